@@ -1,0 +1,127 @@
+//! Which device runs the work: burn's wgpu backend on any Vulkan/Metal/DX12 adapter (Mesa's
+//! lavapipe included), or the Flex CPU backend.
+//!
+//! Devices are always chosen explicitly: with the `wgpu` feature on, burn's `Device::default()`
+//! would pick wgpu (even lavapipe, a software rasteriser) ahead of the faster Flex CPU backend.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::wgpu::wgpu;
+use burn::tensor::{Device, DeviceKind};
+
+use crate::{Error, Result};
+
+/// What the user asked for with `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// A hardware GPU adapter if one exists, else the CPU backend.
+    #[default]
+    Auto,
+    /// burn's wgpu backend on the best adapter, a software one (lavapipe) if that is all.
+    Wgpu,
+    /// The Flex CPU backend.
+    Cpu,
+}
+
+impl FromStr for BackendChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(BackendChoice::Auto),
+            "wgpu" => Ok(BackendChoice::Wgpu),
+            "cpu" => Ok(BackendChoice::Cpu),
+            _ => Err(Error::usage(format!(
+                "unknown backend '{s}' (expected auto, wgpu or cpu)"
+            ))),
+        }
+    }
+}
+
+/// A chosen device with the names a user sees.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    pub device: Device,
+    /// `wgpu` or `cpu`.
+    pub name: &'static str,
+    /// The adapter, e.g. "NVIDIA H100 80GB HBM3 (Vulkan)" or "llvmpipe (LLVM 15.0.6, 256 bits)
+    /// (Vulkan, software)".
+    pub adapter: String,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} on {}", self.name, self.adapter)
+    }
+}
+
+/// The wgpu adapters this machine offers on Vulkan, Metal and DX12.
+pub fn adapters() -> Vec<wgpu::AdapterInfo> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::PRIMARY,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
+        .into_iter()
+        .map(|a| a.get_info())
+        .collect()
+}
+
+fn is_hardware(info: &wgpu::AdapterInfo) -> bool {
+    info.device_type != wgpu::DeviceType::Cpu
+}
+
+fn describe(info: &wgpu::AdapterInfo) -> String {
+    let software = if is_hardware(info) { "" } else { ", software" };
+    format!("{} ({:?}{software})", info.name, info.backend)
+}
+
+/// The CPU backend (Flex).
+pub fn cpu() -> Backend {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    Backend {
+        device: Device::flex(),
+        name: "cpu",
+        adapter: format!("Flex, {threads} threads"),
+    }
+}
+
+/// Opens the device for `choice`.
+pub fn select(choice: BackendChoice) -> Result<Backend> {
+    if choice == BackendChoice::Cpu {
+        return Ok(cpu());
+    }
+    let found = adapters();
+    let best = found
+        .iter()
+        .filter(|a| is_hardware(a))
+        .min_by_key(|a| match a.device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            _ => 3,
+        });
+    match (choice, best) {
+        (_, Some(info)) => Ok(Backend {
+            // The runtime prefers high-power hardware adapters, the same order as ours.
+            device: Device::wgpu(DeviceKind::DefaultDevice),
+            name: "wgpu",
+            adapter: describe(info),
+        }),
+        (BackendChoice::Auto, None) => Ok(cpu()),
+        (_, None) => match found.first() {
+            Some(info) => Ok(Backend {
+                device: Device::wgpu(DeviceKind::Cpu),
+                name: "wgpu",
+                adapter: describe(info),
+            }),
+            None => Err(Error::Backend(
+                "--backend wgpu: no Vulkan, Metal or DX12 adapter found (on Debian/Ubuntu without \
+                 a GPU, `apt-get install mesa-vulkan-drivers libvulkan1` provides lavapipe)"
+                    .into(),
+            )),
+        },
+    }
+}

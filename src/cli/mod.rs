@@ -1,0 +1,344 @@
+//! The `advcomp` command line: a thin layer that parses arguments, calls the library and
+//! prints tables or JSON. Progress and the backend line go to stderr so `--json` output on
+//! stdout stays machine-readable.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use advcomp::backend::{self, Backend, BackendChoice};
+use advcomp::data::{self, DatasetKind, Split};
+use advcomp::model::{self, KeyMap, ModelKind};
+use advcomp::train::{self, Optimizer, Schedule, TrainConfig};
+use advcomp::{Error, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "advcomp",
+    version,
+    about = "Adversarial-example transfer between full and compressed networks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a model's layer table and parameter count (or a checkpoint's).
+    Info(InfoArgs),
+    /// Train a baseline model and write its checkpoint.
+    Train(TrainArgs),
+    /// Clean test accuracy of a checkpoint (ours, or a PyTorch-exported safetensors file).
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// auto (a hardware GPU if present, else cpu), wgpu (any adapter, lavapipe included) or cpu.
+    #[arg(long, default_value = "auto")]
+    backend: BackendChoice,
+    /// Print one JSON object on stdout instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// mnist (embedded), fashion-mnist or cifar10; default: the model's own.
+    #[arg(long)]
+    dataset: Option<DatasetKind>,
+    /// Read the dataset from this directory instead of its default location.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// lenet5 or cifarnet.
+    #[arg(long, default_value = "lenet5")]
+    model: ModelKind,
+    /// Show this checkpoint's metadata as well.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Rename tensors of the checkpoint: old=new,...
+    #[arg(long, default_value = "")]
+    map: KeyMap,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[arg(long, default_value = "lenet5")]
+    model: ModelKind,
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, default_value_t = 6)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// adam or sgd (momentum 0.9).
+    #[arg(long, default_value = "adam")]
+    optimizer: Optimizer,
+    /// constant, cosine or step (÷10 at 50% and 75% of the run).
+    #[arg(long, default_value = "cosine")]
+    schedule: Schedule,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Checkpoint to write (default: runs/<model>-<dataset>-seed<seed>.safetensors).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The architecture, when the file's metadata and tensor names do not tell.
+    #[arg(long)]
+    model: Option<ModelKind>,
+    /// Rename tensors of the checkpoint: old=new,...
+    #[arg(long, default_value = "")]
+    map: KeyMap,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn run() -> i32 {
+    quiet_mesa();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(args) => info(args),
+        Command::Train(args) => train_command(args),
+        Command::Eval(args) => eval(args),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("error: {error}");
+            error.exit_code()
+        }
+    }
+}
+
+fn print_epoch(r: &train::EpochReport) {
+    eprintln!(
+        "epoch {:>3}: train loss {:.4}, train acc {:.2}%, test acc {:.2}% ({:.1} s)",
+        r.epoch,
+        r.train_loss,
+        100.0 * r.train_accuracy,
+        100.0 * r.test_accuracy,
+        r.seconds
+    );
+}
+
+fn open_backend(choice: BackendChoice) -> Result<Backend> {
+    let backend = backend::select(choice)?;
+    eprintln!("backend: {backend}");
+    Ok(backend)
+}
+
+fn print_json(value: serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+}
+
+fn info(args: InfoArgs) -> Result<()> {
+    let backend = open_backend(args.common.backend)?;
+    let (network, meta) = match &args.checkpoint {
+        Some(path) => {
+            let ckpt = model::load_checkpoint(path, None, &args.map, &backend.device)?;
+            (ckpt.network, Some(ckpt.meta))
+        }
+        None => (args.model.init(&backend.device), None),
+    };
+    let kind = network.kind();
+    let layers = kind.layers();
+    let count = network.parameter_count();
+    if args.common.json {
+        print_json(json!({
+            "model": kind.name(),
+            "parameters": count,
+            "layers": layers,
+            "checkpoint": meta,
+            "backend": backend.name,
+            "adapter": backend.adapter,
+        }));
+        return Ok(());
+    }
+    println!("model {kind}: input {:?}", kind.input_shape());
+    println!(
+        "{:<10} {:<36} {:>15} {:>10}",
+        "layer", "operation", "output (C,H,W)", "params"
+    );
+    for layer in &layers {
+        println!(
+            "{:<10} {:<36} {:>15} {:>10}",
+            layer.name,
+            layer.kind,
+            format!("{:?}", layer.output),
+            layer.params
+        );
+    }
+    println!(
+        "parameters: {count} (counted from the model's tensors; batch-norm running statistics excluded)"
+    );
+    if let Some(meta) = meta {
+        println!(
+            "checkpoint: {}",
+            serde_json::to_string(&meta).expect("json")
+        );
+    }
+    Ok(())
+}
+
+fn dataset_for(kind: ModelKind, data: &DataArgs) -> Result<DatasetKind> {
+    let dataset = data.dataset.unwrap_or_else(|| kind.default_dataset());
+    kind.check_dataset(dataset)?;
+    Ok(dataset)
+}
+
+fn train_command(args: TrainArgs) -> Result<()> {
+    let dataset = dataset_for(args.model, &args.data)?;
+    let config = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        optimizer: args.optimizer,
+        schedule: args.schedule,
+        seed: args.seed,
+        train_limit: args.train_limit,
+        ..TrainConfig::new(args.model, dataset.name())
+    };
+    config.validate()?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "runs/{}-{}-seed{}.safetensors",
+            args.model, dataset, args.seed
+        ))
+    });
+    let backend = open_backend(args.common.backend)?;
+    eprintln!(
+        "training {} on {}, {} epochs, batch {}, {:?} lr {} ({:?}), seed {}",
+        args.model,
+        dataset,
+        config.epochs,
+        config.batch_size,
+        config.optimizer,
+        config.learning_rate,
+        config.schedule,
+        config.seed
+    );
+    let outcome = train::train_baseline(
+        args.model,
+        dataset,
+        args.data.data_dir.as_deref(),
+        &config,
+        args.limit,
+        &backend.device,
+        &out,
+        false,
+        print_epoch,
+    )?;
+    if args.common.json {
+        print_json(json!({
+            "checkpoint": outcome.checkpoint,
+            "config": config,
+            "epochs": outcome.epochs,
+            "test_accuracy": outcome.test_accuracy,
+            "seconds": outcome.seconds,
+            "backend": backend.name,
+            "adapter": backend.adapter,
+        }));
+    } else {
+        println!(
+            "{} on {}: test accuracy {:.2}% after {} epochs ({:.0} s); checkpoint {}",
+            args.model,
+            dataset,
+            100.0 * outcome.test_accuracy,
+            config.epochs,
+            outcome.seconds,
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let backend = open_backend(args.common.backend)?;
+    let ckpt = model::load_checkpoint(&args.checkpoint, args.model, &args.map, &backend.device)?;
+    let kind = ckpt.network.kind();
+    let dataset = match args.data.dataset {
+        Some(d) => d,
+        None => model::checkpoint_dataset(&ckpt.meta).unwrap_or_else(|| kind.default_dataset()),
+    };
+    kind.check_dataset(dataset)?;
+    let test_set = data::load(dataset, Split::Test, args.data.data_dir.as_deref())?;
+    let n = args.limit.unwrap_or(test_set.len()).min(test_set.len());
+    if n == 0 {
+        return Err(Error::usage("--limit 0: nothing to evaluate"));
+    }
+    let start = Instant::now();
+    let accuracy = train::evaluate(
+        &ckpt.network,
+        &test_set,
+        &backend.device,
+        args.batch_size,
+        Some(n),
+    )?;
+    let seconds = start.elapsed().as_secs_f64();
+    if args.common.json {
+        print_json(json!({
+            "checkpoint": args.checkpoint,
+            "model": kind.name(),
+            "dataset": dataset.name(),
+            "images": n,
+            "accuracy": accuracy,
+            "metadata": ckpt.meta,
+            "seconds": seconds,
+            "images_per_second": n as f64 / seconds,
+            "batch_size": args.batch_size,
+            "backend": backend.name,
+            "adapter": backend.adapter,
+        }));
+    } else {
+        println!(
+            "{kind} on {dataset} test ({n} images): accuracy {:.2}% ({:.0} images/s, batch {})",
+            100.0 * accuracy,
+            n as f64 / seconds,
+            args.batch_size
+        );
+    }
+    Ok(())
+}
+
+/// Mesa's Vulkan loader prints "XDG_RUNTIME_DIR is invalid" on headless machines; lavapipe does
+/// not need the directory, so point the variable at a private temporary one when it is unset.
+fn quiet_mesa() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let dir = std::env::temp_dir().join("advcomp-xdg");
+        if std::fs::create_dir_all(&dir).is_ok() {
+            // SAFETY: called first thing in main, before any other thread exists.
+            unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+        }
+    }
+}

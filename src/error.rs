@@ -1,0 +1,70 @@
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong in advcomp, each naming what it concerns.
+#[derive(Debug)]
+pub enum Error {
+    /// A data file that is missing, unreadable or malformed.
+    Data { path: PathBuf, problem: String },
+    /// A checkpoint file that cannot be read or does not fit the model.
+    Checkpoint { path: PathBuf, problem: String },
+    /// An option or argument with a value that cannot work.
+    Usage(String),
+    /// The requested backend or adapter is not available.
+    Backend(String),
+    /// An I/O error while writing an output.
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn data(path: &Path, problem: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.to_path_buf(),
+            problem: problem.into(),
+        }
+    }
+    pub fn checkpoint(path: &Path, problem: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            path: path.to_path_buf(),
+            problem: problem.into(),
+        }
+    }
+    pub fn usage(problem: impl Into<String>) -> Self {
+        Error::Usage(problem.into())
+    }
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+    /// The process exit code for this error: 2 for bad input (data, checkpoint, usage), 1 for
+    /// failures of the environment (backend, I/O).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Data { .. } | Error::Checkpoint { .. } | Error::Usage(_) => 2,
+            Error::Backend(_) | Error::Io { .. } => 1,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Data { path, problem } => write!(f, "data file {}: {problem}", path.display()),
+            Error::Checkpoint { path, problem } => {
+                write!(f, "checkpoint {}: {problem}", path.display())
+            }
+            Error::Usage(problem) => write!(f, "{problem}"),
+            Error::Backend(problem) => write!(f, "backend: {problem}"),
+            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,45 @@
+//! advcomp: how adversarial examples transfer between a full-precision classifier and its
+//! compressed (pruned, fixed-point quantised) versions.
+//!
+//! One folder per concern: [`data`] (datasets, batching), [`model`] (LeNet5, CifarNet,
+//! checkpoints), [`backend`] (which device runs the work), [`train`] (training and evaluation).
+//! The command line lives in the `advcomp` binary, not here.
+
+pub mod backend;
+pub mod data;
+mod error;
+pub mod model;
+pub mod train;
+
+pub use error::{Error, Result};
+
+/// The tool's version, written into every checkpoint it makes.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename, so a crash
+/// never leaves a half-written file under the final name.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |e: std::io::Error| Error::io(path, e);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::usage(format!("{}: not a file path", path.display())))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}

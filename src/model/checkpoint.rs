@@ -1,0 +1,346 @@
+//! Checkpoints: one `.safetensors` file per model with PyTorch names and layouts
+//! (`conv0.weight` [out, in, kh, kw], `fc1.weight` [out, in], `bn0.running_mean`, ...), so a
+//! PyTorch user can `load_state_dict` ours and we can load theirs. Metadata (model, dataset,
+//! seed, accuracy, compression, tool version, config hash) lives in the header.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use burn::module::{ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use super::{ModelKind, Network};
+use crate::data::DatasetKind;
+use crate::{Error, Result};
+
+/// What a checkpoint says about itself, stored as `__metadata__` in the safetensors header.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointMeta {
+    pub model: String,
+    pub dataset: String,
+    pub seed: u64,
+    /// Clean test accuracy in [0, 1] when it was written.
+    pub accuracy: Option<f64>,
+    /// Compression config as JSON (`"none"` for a baseline).
+    pub compression: String,
+    pub tool_version: String,
+    /// Hash of the config that made the model.
+    pub config_hash: String,
+}
+
+impl CheckpointMeta {
+    fn to_header(&self) -> HashMap<String, String> {
+        let mut map = HashMap::new();
+        map.insert("model".into(), self.model.clone());
+        map.insert("dataset".into(), self.dataset.clone());
+        map.insert("seed".into(), self.seed.to_string());
+        if let Some(acc) = self.accuracy {
+            map.insert("accuracy".into(), format!("{acc}"));
+        }
+        map.insert("compression".into(), self.compression.clone());
+        map.insert("tool_version".into(), self.tool_version.clone());
+        map.insert("config_hash".into(), self.config_hash.clone());
+        map
+    }
+
+    fn from_header(header: &HashMap<String, String>) -> Self {
+        let get = |k: &str| header.get(k).cloned().unwrap_or_default();
+        Self {
+            model: get("model"),
+            dataset: get("dataset"),
+            seed: header.get("seed").and_then(|s| s.parse().ok()).unwrap_or(0),
+            accuracy: header.get("accuracy").and_then(|s| s.parse().ok()),
+            compression: header
+                .get("compression")
+                .cloned()
+                .unwrap_or_else(|| "none".into()),
+            tool_version: get("tool_version"),
+            config_hash: get("config_hash"),
+        }
+    }
+}
+
+/// A tensor as a checkpoint stores it: PyTorch name, PyTorch shape, values row-major.
+pub(crate) struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// burn's parameter path -> PyTorch's name. Batch norm's `gamma`/`beta` are PyTorch's
+/// `weight`/`bias`; everything else is named alike because the model fields are.
+fn torch_name(path: &[String]) -> String {
+    let mut parts: Vec<&str> = path.iter().map(String::as_str).collect();
+    if let Some(last) = parts.last_mut() {
+        *last = match *last {
+            "gamma" => "weight",
+            "beta" => "bias",
+            other => other,
+        };
+    }
+    parts.join(".")
+}
+
+/// burn stores a linear layer's weight as [in, out]; PyTorch as [out, in]. Rank-2 parameters
+/// are exactly the linear weights, so they are transposed on the way in and out.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
+struct Exporter {
+    path: Vec<String>,
+    out: Vec<NamedTensor>,
+}
+
+impl ModuleVisitor for Exporter {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let tensor = param.val();
+        let mut shape = tensor.dims().to_vec();
+        let data = tensor.into_data().convert::<f32>();
+        let mut values = data.as_slice::<f32>().expect("f32 data").to_vec();
+        if D == 2 {
+            values = transpose(&values, shape[0], shape[1]);
+            shape.reverse();
+        }
+        self.out.push(NamedTensor {
+            name: torch_name(&self.path),
+            shape,
+            values,
+        });
+    }
+}
+
+/// Every tensor of the network under its PyTorch name and layout.
+pub(crate) fn export_tensors(network: &Network) -> Vec<NamedTensor> {
+    let mut exporter = Exporter {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    // Visit the inner model so the enum variant does not become part of the names.
+    match network {
+        Network::LeNet5(m) => m.visit(&mut exporter),
+        Network::CifarNet(m) => m.visit(&mut exporter),
+    }
+    exporter.out
+}
+
+struct Importer<'a> {
+    path: Vec<String>,
+    tensors: &'a BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    used: Vec<String>,
+    problems: Vec<String>,
+}
+
+impl ModuleMapper for Importer<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = torch_name(&self.path);
+        let model_shape = param.val().dims();
+        let mut torch_shape = model_shape.to_vec();
+        if D == 2 {
+            torch_shape.reverse();
+        }
+        let Some((shape, values)) = self.tensors.get(&name) else {
+            self.problems
+                .push(format!("missing tensor '{name}' (shape {torch_shape:?})"));
+            return param;
+        };
+        self.used.push(name.clone());
+        if *shape != torch_shape {
+            self.problems.push(format!(
+                "tensor '{name}' has shape {shape:?}, the model needs {torch_shape:?}"
+            ));
+            return param;
+        }
+        let values = if D == 2 {
+            transpose(values, shape[0], shape[1])
+        } else {
+            values.clone()
+        };
+        param.map(|old| {
+            let device = old.device();
+            Tensor::from_data(TensorData::new(values, model_shape), &device)
+        })
+    }
+}
+
+/// A network with the metadata it was saved with.
+pub struct Checkpoint {
+    pub network: Network,
+    pub meta: CheckpointMeta,
+}
+
+/// Renames tensors of a user's file: `old=new` pairs, as given with `--map`.
+#[derive(Clone, Debug, Default)]
+pub struct KeyMap(pub Vec<(String, String)>);
+
+impl std::str::FromStr for KeyMap {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        s.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|pair| match pair.split_once('=') {
+                Some((old, new)) if !old.trim().is_empty() && !new.trim().is_empty() => {
+                    Ok((old.trim().to_string(), new.trim().to_string()))
+                }
+                _ => Err(Error::usage(format!(
+                    "--map: '{pair}' is not of the form old=new (e.g. --map features.0.weight=conv0.weight)"
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(KeyMap)
+    }
+}
+
+/// Writes `network` and `meta` to `path` atomically.
+pub fn save_checkpoint(path: &Path, network: &Network, meta: &CheckpointMeta) -> Result<()> {
+    let tensors = export_tensors(network);
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .into_iter()
+        .map(|t| (t.name, bytemuck::cast_slice(&t.values).to_vec(), t.shape))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, data, shape)| {
+            let view = TensorView::new(Dtype::F32, shape.clone(), data)
+                .map_err(|e| Error::checkpoint(path, format!("tensor '{name}': {e}")))?;
+            Ok((name.clone(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let serialized = safetensors::tensor::serialize(views, Some(meta.to_header()))
+        .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))?;
+    crate::write_atomically(path, &serialized)
+}
+
+/// Reads a checkpoint onto `device`. The model comes from `model`, else the file's metadata,
+/// else the tensor names; `map` renames the file's tensors first. Missing tensors, wrong shapes,
+/// unknown tensors and non-float dtypes are refused with the tensor's name.
+pub fn load_checkpoint(
+    path: &Path,
+    model: Option<ModelKind>,
+    map: &KeyMap,
+    device: &Device,
+) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::checkpoint(path, "file not found"),
+        _ => Error::checkpoint(path, format!("cannot read: {e}")),
+    })?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e}")))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e}")))?;
+    let meta = header
+        .metadata()
+        .as_ref()
+        .map(CheckpointMeta::from_header)
+        .unwrap_or_default();
+
+    let mut tensors = BTreeMap::new();
+    for (name, view) in file.tensors() {
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => bytemuck::pod_collect_to_vec(view.data()),
+            Dtype::F64 => bytemuck::pod_collect_to_vec::<u8, f64>(view.data())
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
+            other => {
+                return Err(Error::checkpoint(
+                    path,
+                    format!("tensor '{name}' has dtype {other:?}; only F32 and F64 are read"),
+                ));
+            }
+        };
+        let renamed = map
+            .0
+            .iter()
+            .find(|(old, _)| *old == name)
+            .map(|(_, new)| new.clone())
+            .unwrap_or(name);
+        tensors.insert(renamed, (view.shape().to_vec(), values));
+    }
+    for (old, _) in &map.0 {
+        if !file.names().iter().any(|n| *n == old) {
+            return Err(Error::checkpoint(
+                path,
+                format!("--map names tensor '{old}', which the file does not have"),
+            ));
+        }
+    }
+
+    let kind = match model {
+        Some(kind) => kind,
+        None if !meta.model.is_empty() => meta.model.parse().map_err(|_| {
+            Error::checkpoint(
+                path,
+                format!("metadata names unknown model '{}'", meta.model),
+            )
+        })?,
+        None if tensors.contains_key("conv7.weight") => ModelKind::CifarNet,
+        None if tensors.contains_key("fc1.weight") => ModelKind::LeNet5,
+        None => {
+            return Err(Error::checkpoint(
+                path,
+                "cannot tell the model: no metadata and no known tensor names (pass --model, and --map to rename tensors)",
+            ));
+        }
+    };
+
+    let mut importer = Importer {
+        path: Vec::new(),
+        tensors: &tensors,
+        used: Vec::new(),
+        problems: Vec::new(),
+    };
+    let network = match kind.init(device) {
+        Network::LeNet5(m) => Network::LeNet5(m.map(&mut importer)),
+        Network::CifarNet(m) => Network::CifarNet(m.map(&mut importer)),
+    };
+    // PyTorch's BatchNorm keeps a step counter that inference never uses.
+    let unknown: Vec<&String> = tensors
+        .keys()
+        .filter(|k| !importer.used.contains(k) && !k.ends_with("num_batches_tracked"))
+        .collect();
+    if !unknown.is_empty() {
+        importer.problems.push(format!(
+            "tensors {unknown:?} are not part of {kind} (rename them with --map old=new)"
+        ));
+    }
+    if !importer.problems.is_empty() {
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "does not fit model {kind}: {}",
+                importer.problems.join("; ")
+            ),
+        ));
+    }
+    let meta = CheckpointMeta {
+        model: kind.name().to_string(),
+        ..meta
+    };
+    Ok(Checkpoint { network, meta })
+}
+
+/// The dataset a checkpoint was trained on, if its metadata names a known one.
+pub fn checkpoint_dataset(meta: &CheckpointMeta) -> Option<DatasetKind> {
+    meta.dataset.parse().ok()
+}

@@ -1,0 +1,161 @@
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+use super::LayerInfo;
+
+/// (input channels, output channels, stride, padded) of conv0..conv7.
+const CONVS: [(usize, usize, usize, bool); 8] = [
+    (3, 64, 1, false),
+    (64, 64, 1, true),
+    (64, 128, 2, true),
+    (128, 128, 1, true),
+    (128, 128, 1, true),
+    (128, 192, 2, true),
+    (192, 192, 1, true),
+    (192, 192, 1, true),
+];
+
+/// Mayo's CifarNet: eight 3x3 convs without bias, each followed by batch norm (eps 1e-3) and
+/// ReLU, dropout 0.5 after conv3 and conv6, 8x8 average pool, then a 1x1 conv 192->10 with bias.
+///
+/// "Same" convs use a padding of 1 on every side, as PyTorch's `padding=1` does, so PyTorch
+/// users get identical outputs; TensorFlow's SAME pads a stride-2 conv on 30x30 input
+/// asymmetrically (0 before, 1 after), which only shifts where the kernel starts.
+#[derive(Module, Debug)]
+pub struct CifarNet {
+    pub conv0: Conv2d,
+    pub bn0: BatchNorm,
+    pub conv1: Conv2d,
+    pub bn1: BatchNorm,
+    pub conv2: Conv2d,
+    pub bn2: BatchNorm,
+    pub conv3: Conv2d,
+    pub bn3: BatchNorm,
+    pub conv4: Conv2d,
+    pub bn4: BatchNorm,
+    pub conv5: Conv2d,
+    pub bn5: BatchNorm,
+    pub conv6: Conv2d,
+    pub bn6: BatchNorm,
+    pub conv7: Conv2d,
+    pub bn7: BatchNorm,
+    pub logits: Conv2d,
+    pool: AvgPool2d,
+    dropout: Dropout,
+}
+
+fn conv(index: usize, device: &Device) -> Conv2d {
+    let (cin, cout, stride, padded) = CONVS[index];
+    let padding = if padded {
+        PaddingConfig2d::Explicit(1, 1, 1, 1)
+    } else {
+        PaddingConfig2d::Valid
+    };
+    Conv2dConfig::new([cin, cout], [3, 3])
+        .with_stride([stride, stride])
+        .with_padding(padding)
+        .with_bias(false)
+        .init(device)
+}
+
+fn bn(index: usize, device: &Device) -> BatchNorm {
+    BatchNormConfig::new(CONVS[index].1)
+        .with_epsilon(1e-3)
+        .init(device)
+}
+
+impl CifarNet {
+    pub fn new(device: &Device) -> Self {
+        Self {
+            conv0: conv(0, device),
+            bn0: bn(0, device),
+            conv1: conv(1, device),
+            bn1: bn(1, device),
+            conv2: conv(2, device),
+            bn2: bn(2, device),
+            conv3: conv(3, device),
+            bn3: bn(3, device),
+            conv4: conv(4, device),
+            bn4: bn(4, device),
+            conv5: conv(5, device),
+            bn5: bn(5, device),
+            conv6: conv(6, device),
+            bn6: bn(6, device),
+            conv7: conv(7, device),
+            bn7: bn(7, device),
+            logits: Conv2dConfig::new([192, 10], [1, 1]).init(device),
+            pool: AvgPool2dConfig::new([8, 8]).init(),
+            dropout: DropoutConfig::new(0.5).init(),
+        }
+    }
+
+    /// Logits for images in [0, 1]; the model standardises each image itself:
+    /// (x - mean) / max(std, 1/sqrt(N)), N = pixels per image (TensorFlow's
+    /// `per_image_standardization`).
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let [n, c, h, w] = images.dims();
+        let flat = images.reshape([n, c * h * w]);
+        let mean = flat.clone().mean_dim(1);
+        let centred = flat - mean;
+        let std = centred.clone().square().mean_dim(1).sqrt();
+        let floor = 1.0 / ((c * h * w) as f64).sqrt();
+        let x = (centred / std.clamp_min(floor)).reshape([n, c, h, w]);
+
+        let block = |conv: &Conv2d, bn: &BatchNorm, x| relu(bn.forward(conv.forward(x)));
+        let x = block(&self.conv0, &self.bn0, x);
+        let x = block(&self.conv1, &self.bn1, x);
+        let x = block(&self.conv2, &self.bn2, x);
+        let x = block(&self.conv3, &self.bn3, x);
+        let x = self.dropout.forward(x);
+        let x = block(&self.conv4, &self.bn4, x);
+        let x = block(&self.conv5, &self.bn5, x);
+        let x = block(&self.conv6, &self.bn6, x);
+        let x = self.dropout.forward(x);
+        let x = block(&self.conv7, &self.bn7, x);
+        let x = self.logits.forward(self.pool.forward(x));
+        x.reshape([n, 10])
+    }
+
+    pub fn layers() -> Vec<LayerInfo> {
+        let mut size = 32;
+        let mut rows = Vec::new();
+        for (i, &(cin, cout, stride, padded)) in CONVS.iter().enumerate() {
+            size = if padded {
+                (size + 2 - 3) / stride + 1
+            } else {
+                (size - 3) / stride + 1
+            };
+            let kind = format!(
+                "conv 3x3 {cin}->{cout}{}{} + BN + ReLU",
+                if stride > 1 { " /2" } else { "" },
+                if padded { "" } else { " valid" }
+            );
+            // Conv weights, then BN weight and bias (running statistics are not parameters).
+            rows.push(LayerInfo::new(
+                &format!("conv{i}"),
+                &kind,
+                [cout, size, size],
+                cin * cout * 9 + 2 * cout,
+            ));
+            if i == 3 || i == 6 {
+                rows.push(LayerInfo::new(
+                    &format!("dropout{}", i / 3 - 1),
+                    "dropout 0.5",
+                    [cout, size, size],
+                    0,
+                ));
+            }
+        }
+        rows.push(LayerInfo::new("pool", "avgpool 8x8", [192, 1, 1], 0));
+        rows.push(LayerInfo::new(
+            "logits",
+            "conv 1x1 192->10 + bias",
+            [10, 1, 1],
+            192 * 10 + 10,
+        ));
+        rows
+    }
+}

@@ -1,0 +1,71 @@
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+use super::LayerInfo;
+
+/// LeNet5 as in Mayo (431,080 parameters): conv 5x5 1->20 + ReLU, maxpool 2/2, conv 5x5 20->50
+/// + ReLU, maxpool 2/2, flatten 800 (C,H,W order), dropout 0.5, fc 800->500 + ReLU, fc 500->10.
+#[derive(Module, Debug)]
+pub struct LeNet5 {
+    pub conv0: Conv2d,
+    pub conv1: Conv2d,
+    pub fc1: Linear,
+    pub logits: Linear,
+    pool: MaxPool2d,
+    dropout: Dropout,
+}
+
+impl LeNet5 {
+    pub fn new(device: &Device) -> Self {
+        let pool = MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
+        Self {
+            conv0: Conv2dConfig::new([1, 20], [5, 5]).init(device),
+            conv1: Conv2dConfig::new([20, 50], [5, 5]).init(device),
+            fc1: LinearConfig::new(800, 500).init(device),
+            logits: LinearConfig::new(500, 10).init(device),
+            pool,
+            dropout: DropoutConfig::new(0.5).init(),
+        }
+    }
+
+    /// Logits for images in [0, 1]; the model maps them to [-1, 1] itself (x -> 2x - 1).
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = images * 2.0 - 1.0;
+        let x = self.pool.forward(relu(self.conv0.forward(x)));
+        let x = self.pool.forward(relu(self.conv1.forward(x)));
+        let [n, c, h, w] = x.dims();
+        let x = self.dropout.forward(x.reshape([n, c * h * w]));
+        let x = relu(self.fc1.forward(x));
+        self.logits.forward(x)
+    }
+
+    pub fn layers() -> Vec<LayerInfo> {
+        vec![
+            LayerInfo::new(
+                "conv0",
+                "conv 5x5 1->20 valid + ReLU",
+                [20, 24, 24],
+                20 * 25 + 20,
+            ),
+            LayerInfo::new("pool0", "maxpool 2x2 /2", [20, 12, 12], 0),
+            LayerInfo::new(
+                "conv1",
+                "conv 5x5 20->50 valid + ReLU",
+                [50, 8, 8],
+                50 * 20 * 25 + 50,
+            ),
+            LayerInfo::new("pool1", "maxpool 2x2 /2", [50, 4, 4], 0),
+            LayerInfo::new("flatten", "flatten (C,H,W), dropout 0.5", [800, 1, 1], 0),
+            LayerInfo::new(
+                "fc1",
+                "linear 800->500 + ReLU",
+                [500, 1, 1],
+                800 * 500 + 500,
+            ),
+            LayerInfo::new("logits", "linear 500->10", [10, 1, 1], 500 * 10 + 10),
+        ]
+    }
+}

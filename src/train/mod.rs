@@ -1,0 +1,323 @@
+//! Training and evaluation of any [`Network`] on any device.
+
+use std::str::FromStr;
+use std::time::Instant;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use std::path::{Path, PathBuf};
+
+use crate::data::{self, DatasetKind, Images, Split, shuffled_order};
+use crate::model::{self, CheckpointMeta, KeyMap, ModelKind, Network};
+use crate::{Error, Result};
+
+/// The optimiser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Optimizer {
+    Adam,
+    /// SGD with momentum 0.9.
+    SgdMomentum,
+}
+
+impl FromStr for Optimizer {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "adam" => Ok(Optimizer::Adam),
+            "sgd" | "sgd-momentum" => Ok(Optimizer::SgdMomentum),
+            _ => Err(Error::usage(format!(
+                "unknown optimizer '{s}' (expected adam or sgd)"
+            ))),
+        }
+    }
+}
+
+/// How the learning rate moves over the run.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    Constant,
+    /// Cosine decay from the initial rate to zero over all steps.
+    Cosine,
+    /// Divide by 10 at 50% and 75% of the epochs (the paper's scheduled decays).
+    Step,
+}
+
+impl FromStr for Schedule {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "constant" => Ok(Schedule::Constant),
+            "cosine" => Ok(Schedule::Cosine),
+            "step" => Ok(Schedule::Step),
+            _ => Err(Error::usage(format!(
+                "unknown lr schedule '{s}' (expected constant, cosine or step)"
+            ))),
+        }
+    }
+}
+
+/// Everything a training run depends on.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainConfig {
+    pub model: String,
+    pub dataset: String,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub optimizer: Optimizer,
+    pub schedule: Schedule,
+    pub seed: u64,
+    /// Train on the first N training images only.
+    pub train_limit: Option<usize>,
+}
+
+impl TrainConfig {
+    /// The defaults: Adam, lr 1e-3 with cosine decay, batch 128, 6 epochs, seed 1.
+    pub fn new(model: ModelKind, dataset: &str) -> Self {
+        Self {
+            model: model.name().into(),
+            dataset: dataset.into(),
+            epochs: 6,
+            batch_size: 128,
+            learning_rate: 1e-3,
+            optimizer: Optimizer::Adam,
+            schedule: Schedule::Cosine,
+            seed: 1,
+            train_limit: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::usage("--epochs must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::usage("--batch-size must be at least 1"));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return Err(Error::usage(format!(
+                "--lr must be a positive number, got {}",
+                self.learning_rate
+            )));
+        }
+        Ok(())
+    }
+
+    /// A stable hash of this config (FNV-1a over its JSON), written into checkpoints.
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_string(self).expect("config serialises");
+        let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
+
+    fn learning_rate_at(&self, step: usize, total: usize) -> f64 {
+        let progress = step as f64 / total.max(1) as f64;
+        self.learning_rate
+            * match self.schedule {
+                Schedule::Constant => 1.0,
+                Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+                Schedule::Step if progress >= 0.75 => 0.01,
+                Schedule::Step if progress >= 0.5 => 0.1,
+                Schedule::Step => 1.0,
+            }
+    }
+}
+
+/// One epoch's numbers.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub test_accuracy: f64,
+    pub seconds: f64,
+}
+
+fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} [{{elapsed_precise}}<{{eta_precise}}] {{bar:30}} {{pos}}/{{len}} {{msg}}"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}
+
+/// Trains a fresh network of `kind` on `train`, evaluating on `test` after every epoch.
+/// `on_epoch` sees each epoch's report as it completes.
+pub fn train(
+    kind: ModelKind,
+    config: &TrainConfig,
+    device: &Device,
+    train: &Images,
+    test: &Images,
+    mut on_epoch: impl FnMut(&EpochReport),
+) -> Result<(Network, Vec<EpochReport>)> {
+    config.validate()?;
+    let n = config.train_limit.unwrap_or(train.len()).min(train.len());
+    if n == 0 {
+        return Err(Error::usage("no training images"));
+    }
+    let ad_device = device.clone().autodiff();
+    ad_device.seed(config.seed);
+    let mut network = kind.init(&ad_device);
+    let mut optimizer = match config.optimizer {
+        Optimizer::Adam => AdamConfig::new().init(),
+        Optimizer::SgdMomentum => SgdConfig::new()
+            .with_momentum(Some(MomentumConfig {
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: false,
+            }))
+            .init(),
+    };
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad_device);
+    let steps_per_epoch = n.div_ceil(config.batch_size);
+    let total_steps = steps_per_epoch * config.epochs;
+    let mut reports = Vec::new();
+    for epoch in 0..config.epochs {
+        let start = Instant::now();
+        let order = shuffled_order(n, config.seed, epoch);
+        let bar = progress_bar(
+            steps_per_epoch as u64,
+            &format!("epoch {}/{}", epoch + 1, config.epochs),
+        );
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        for (i, indices) in order.chunks(config.batch_size).enumerate() {
+            let (images, labels) = train.batch(indices, &ad_device);
+            let logits = network.forward(images);
+            let loss = loss_fn.forward(logits.clone(), labels.clone());
+            // Reading values back waits for the device, so the running numbers are sampled.
+            if i % 20 == 0 || i + 1 == steps_per_epoch {
+                loss_sum += loss.clone().into_scalar::<f32>() as f64 * indices.len() as f64;
+                correct += count_correct(logits.inner(), labels.inner());
+                seen += indices.len();
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.2}%",
+                    loss_sum / seen as f64,
+                    100.0 * correct as f64 / seen as f64
+                ));
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &network);
+            let lr = config.learning_rate_at(epoch * steps_per_epoch + i, total_steps);
+            network = optimizer.step(lr, network, grads);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let test_accuracy = evaluate(&network.valid(), test, device, 500, None)?;
+        let report = EpochReport {
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            test_accuracy,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        on_epoch(&report);
+        reports.push(report);
+    }
+    Ok((network.valid(), reports))
+}
+
+fn count_correct(logits: Tensor<2>, labels: Tensor<1, Int>) -> usize {
+    let predicted = logits.argmax(1).reshape([labels.dims()[0]]);
+    predicted.equal(labels).int().sum().into_scalar::<i64>() as usize
+}
+
+/// Clean accuracy of `network` on the first `limit` images (all when `None`).
+pub fn evaluate(
+    network: &Network,
+    images: &Images,
+    device: &Device,
+    batch_size: usize,
+    limit: Option<usize>,
+) -> Result<f64> {
+    let n = limit.unwrap_or(images.len()).min(images.len());
+    if n == 0 {
+        return Err(Error::usage("no images to evaluate"));
+    }
+    let indices: Vec<usize> = (0..n).collect();
+    let mut correct = 0;
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let (x, y) = images.batch(chunk, device);
+        correct += count_correct(network.forward(x), y);
+    }
+    Ok(correct as f64 / n as f64)
+}
+
+/// The result of [`train_baseline`].
+#[derive(Clone, Debug, Serialize)]
+pub struct BaselineOutcome {
+    pub checkpoint: PathBuf,
+    pub test_accuracy: f64,
+    /// Empty when an existing checkpoint of the same config was reused.
+    pub epochs: Vec<EpochReport>,
+    pub reused: bool,
+    pub seconds: f64,
+}
+
+/// Trains a baseline of `kind` on `dataset` and writes its checkpoint (with metadata) to `out`.
+/// With `reuse`, a checkpoint already at `out` made by the same config is kept and only
+/// re-evaluated. `test_limit` evaluates on the first N test images.
+#[allow(clippy::too_many_arguments)]
+pub fn train_baseline(
+    kind: ModelKind,
+    dataset: DatasetKind,
+    data_dir: Option<&Path>,
+    config: &TrainConfig,
+    test_limit: Option<usize>,
+    device: &Device,
+    out: &Path,
+    reuse: bool,
+    on_epoch: impl FnMut(&EpochReport),
+) -> Result<BaselineOutcome> {
+    kind.check_dataset(dataset)?;
+    config.validate()?;
+    let start = Instant::now();
+    let mut test = data::load(dataset, Split::Test, data_dir)?;
+    if let Some(limit) = test_limit {
+        test.truncate(limit);
+    }
+    if reuse && out.exists() {
+        let existing = model::load_checkpoint(out, Some(kind), &KeyMap::default(), device)?;
+        if existing.meta.config_hash == config.hash() {
+            let test_accuracy = evaluate(&existing.network, &test, device, 500, None)?;
+            return Ok(BaselineOutcome {
+                checkpoint: out.to_path_buf(),
+                test_accuracy,
+                epochs: Vec::new(),
+                reused: true,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+        }
+    }
+    let train_set = data::load(dataset, Split::Train, data_dir)?;
+    let (network, epochs) = train(kind, config, device, &train_set, &test, on_epoch)?;
+    let test_accuracy = epochs.last().map(|r| r.test_accuracy).unwrap_or(0.0);
+    let meta = CheckpointMeta {
+        model: kind.name().into(),
+        dataset: dataset.name().into(),
+        seed: config.seed,
+        accuracy: Some(test_accuracy),
+        compression: "none".into(),
+        tool_version: crate::VERSION.into(),
+        config_hash: config.hash(),
+    };
+    model::save_checkpoint(out, &network, &meta)?;
+    Ok(BaselineOutcome {
+        checkpoint: out.to_path_buf(),
+        test_accuracy,
+        epochs,
+        reused: false,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
