@@ -4,7 +4,6 @@
 use advcomp::data::{self, DatasetKind, Split};
 use advcomp::model::ModelKind;
 use advcomp::train::{self, TrainConfig};
-use burn::prelude::*;
 
 #[test]
 fn short_training_learns_and_is_reproducible_from_its_seed() {
