@@ -125,3 +125,18 @@ pub fn select(choice: BackendChoice) -> Result<Backend> {
         },
     }
 }
+
+/// Mesa's Vulkan loader prints "XDG_RUNTIME_DIR is invalid" on headless machines; lavapipe does
+/// not need that directory, so point the variable at a temporary one when it is unset.
+///
+/// # Safety
+/// Sets an environment variable: call it before any other thread exists (first thing in main).
+pub unsafe fn silence_mesa_warnings() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let dir = std::env::temp_dir().join("advcomp-xdg");
+        if std::fs::create_dir_all(&dir).is_ok() {
+            // SAFETY: the caller guarantees no other thread reads the environment now.
+            unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+        }
+    }
+}

@@ -125,7 +125,8 @@ struct EvalArgs {
 
 /// Runs the command line and returns the process exit code.
 pub fn run() -> i32 {
-    quiet_mesa();
+    // SAFETY: first thing in main, before any other thread exists.
+    unsafe { backend::silence_mesa_warnings() };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => info(args),
@@ -329,16 +330,4 @@ fn eval(args: EvalArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Mesa's Vulkan loader prints "XDG_RUNTIME_DIR is invalid" on headless machines; lavapipe does
-/// not need the directory, so point the variable at a private temporary one when it is unset.
-fn quiet_mesa() {
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        let dir = std::env::temp_dir().join("advcomp-xdg");
-        if std::fs::create_dir_all(&dir).is_ok() {
-            // SAFETY: called first thing in main, before any other thread exists.
-            unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
-        }
-    }
 }

@@ -19,6 +19,8 @@ const USAGE: &str = "usage:
   cargo xtask test [-- extra cargo test args]";
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any other thread exists.
+    unsafe { backend::silence_mesa_warnings() };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("sweep") => sweep(&args[1..]),
@@ -136,8 +138,6 @@ fn sweep(args: &[String]) -> Result<(), String> {
 }
 
 fn test(extra: &[String]) -> Result<(), String> {
-    let xdg = std::env::temp_dir().join("advcomp-xdg");
-    std::fs::create_dir_all(&xdg).map_err(|e| format!("{}: {e}", xdg.display()))?;
     if backend::adapters().is_empty() {
         install_lavapipe()?;
     }
@@ -146,7 +146,6 @@ fn test(extra: &[String]) -> Result<(), String> {
         .args(["test", "--workspace"])
         .args(extra)
         .env("ADVCOMP_REQUIRE_GPU", "1")
-        .env("XDG_RUNTIME_DIR", &xdg)
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if status.success() {
