@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod data;
 mod error;
+pub mod kernels;
 pub mod model;
 pub mod train;
 

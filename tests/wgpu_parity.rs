@@ -4,7 +4,9 @@
 //! Skips only when no Vulkan/Metal/DX12 adapter exists and `ADVCOMP_REQUIRE_GPU` is unset;
 //! CI sets it, so there a missing adapter fails the test.
 
-use advcomp::backend::{self, BackendChoice};
+mod common;
+
+use advcomp::backend;
 use advcomp::data::{self, DatasetKind, Split};
 use advcomp::model::{self, CheckpointMeta, KeyMap, ModelKind, Network};
 use burn::module::Module;
@@ -68,17 +70,9 @@ fn assert_close(what: &str, a: &[f32], b: &[f32]) {
 
 #[test]
 fn lenet5_forward_and_backward_on_wgpu_equal_the_cpu_backend() {
-    if backend::adapters().is_empty() {
-        if std::env::var_os("ADVCOMP_REQUIRE_GPU").is_some() {
-            panic!(
-                "ADVCOMP_REQUIRE_GPU is set but no Vulkan/Metal/DX12 adapter exists (install mesa-vulkan-drivers)"
-            );
-        }
-        eprintln!("SKIPPED: no wgpu adapter on this machine and ADVCOMP_REQUIRE_GPU unset");
+    let Some(gpu) = common::wgpu_or_skip() else {
         return;
-    }
-    let gpu = backend::select(BackendChoice::Wgpu).unwrap();
-    eprintln!("wgpu adapter: {}", gpu.adapter);
+    };
     let cpu = backend::cpu();
     cpu.device.seed(21);
     let path =

@@ -1,0 +1,230 @@
+//! Compression kernels as a burn backend extension: fixed-point fake quantisation, the pruning
+//! mask, and the DNS mask update.
+//!
+//! One trait, [`CompressionOps`], with three implementations:
+//! - the cubecl backend (wgpu) launches the hand-written WGSL in `shaders/` on the tensors' own
+//!   device buffers (`wgsl.rs`);
+//! - the Flex CPU backend runs a reference built from ordinary tensor ops (`reference.rs`), the
+//!   definition the WGSL is tested against, bit for bit;
+//! - `Autodiff<B>` adds the backward passes (`autodiff.rs`): straight-through (STE) or identity
+//!   (BPDA) for the quantiser, identity to the dense weights for the mask (DNS lets pruned
+//!   weights recover), none for the mask update.
+//!
+//! Kernels know no models: callers pass tensors and quantiser settings.
+
+mod autodiff;
+mod reference;
+mod wgsl;
+
+use burn::Tensor;
+use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The WGSL sources, by file name (for validation and for the record).
+pub const SHADERS: [(&str, &str); 3] = [
+    ("fixed_point.wgsl", wgsl::FIXED_POINT),
+    ("mask.wgsl", wgsl::MASK),
+    ("dns_update.wgsl", wgsl::DNS_UPDATE),
+];
+
+/// A fixed-point format: `bits` total (W), `int_bits` integer bits including the sign (P), so
+/// F = W - P fraction bits and the range is [-2^(P-1), 2^(P-1) - 2^-F].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FixedPoint {
+    pub bits: u32,
+    pub int_bits: u32,
+}
+
+impl FixedPoint {
+    /// A format with W = `bits` and P = `int_bits`; refuses W outside 2..=32 and P outside 1..=W.
+    pub fn new(bits: u32, int_bits: u32) -> Result<Self> {
+        if !(2..=32).contains(&bits) {
+            return Err(Error::usage(format!(
+                "bits {bits}: a fixed-point width must be between 2 and 32"
+            )));
+        }
+        if !(1..=bits).contains(&int_bits) {
+            return Err(Error::usage(format!(
+                "int bits {int_bits}: must be between 1 (the sign bit) and the width {bits}"
+            )));
+        }
+        Ok(Self { bits, int_bits })
+    }
+
+    /// The paper's rule for the integer bits: W=4 -> P=1, W=8 -> P=2, any other W -> P=4
+    /// (P capped at W for widths below 4).
+    pub fn paper(bits: u32) -> Result<Self> {
+        let int_bits = match bits {
+            4 => 1,
+            8 => 2,
+            _ => 4.min(bits),
+        };
+        Self::new(bits, int_bits)
+    }
+
+    pub fn frac_bits(self) -> u32 {
+        self.bits - self.int_bits
+    }
+
+    /// 2^F, exact in f32 (F <= 31).
+    pub fn scale(self) -> f32 {
+        2f32.powi(self.frac_bits() as i32)
+    }
+
+    /// The smallest and largest integer code, as f32: -2^(W-1) and 2^(W-1) - 1. Above 24 bits
+    /// the top code is not an f32; the largest f32 below it is used, so saturation never
+    /// rounds a value up past the range.
+    pub fn code_range(self) -> (f32, f32) {
+        let half = 2f32.powi(self.bits as i32 - 1);
+        let top = if self.bits <= 24 {
+            half - 1.0
+        } else {
+            f32::from_bits(half.to_bits() - 1)
+        };
+        (-half, top)
+    }
+
+    /// The representable range [min, max] of values.
+    pub fn value_range(self) -> (f32, f32) {
+        let (lo, hi) = self.code_range();
+        let inv = 1.0 / self.scale();
+        (lo * inv, hi * inv)
+    }
+
+    /// q(x) on one value, on the host: the same formula as the kernels, for checks.
+    pub fn quantise(self, x: f32) -> f32 {
+        if x.is_nan() {
+            return x;
+        }
+        let (lo, hi) = self.code_range();
+        let code = (x * self.scale()).round_ties_even().clamp(lo, hi);
+        if code == 0.0 {
+            0.0
+        } else {
+            code * (1.0 / self.scale())
+        }
+    }
+}
+
+impl std::fmt::Display for FixedPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Q({},{})", self.bits, self.int_bits)
+    }
+}
+
+/// The gradient a quantiser passes back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantGrad {
+    /// Straight-through inside the representable range, zero where q clamps.
+    #[default]
+    Ste,
+    /// Gradient 1 everywhere (BPDA).
+    Identity,
+}
+
+impl std::str::FromStr for QuantGrad {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ste" => Ok(Self::Ste),
+            "identity" | "bpda" => Ok(Self::Identity),
+            _ => Err(Error::usage(format!(
+                "unknown quantiser gradient '{s}' (expected ste or identity)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for QuantGrad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ste => "ste",
+            Self::Identity => "identity",
+        })
+    }
+}
+
+/// The backend extension. Tensors are f32; `mask` tensors hold 0.0 (pruned) or 1.0 (kept) and
+/// have the weight's number of elements.
+#[backend_extension(Cube, Flex, Autodiff)]
+pub trait CompressionOps: Backend {
+    /// q(x), with `grad` deciding its backward pass.
+    fn fixed_point(x: FloatTensor<Self>, format: FixedPoint, grad: QuantGrad) -> FloatTensor<Self>;
+    /// The STE backward of q: `grad` where x lies in the range, 0 elsewhere.
+    fn fixed_point_ste(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        format: FixedPoint,
+    ) -> FloatTensor<Self>;
+    /// `weight` where `mask` != 0, +0 elsewhere.
+    fn apply_mask(weight: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The DNS update: (mask or |w| > t_high) and |w| > t_low, as 1.0/0.0.
+    fn dns_update(
+        weight: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        t_low: f32,
+        t_high: f32,
+    ) -> FloatTensor<Self>;
+}
+
+/// q(x) elementwise (see [`FixedPoint`]), differentiable as `grad` says.
+pub fn fixed_point<const D: usize>(x: Tensor<D>, format: FixedPoint, grad: QuantGrad) -> Tensor<D> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as CompressionOps>::fixed_point(
+        x.into_dispatch(),
+        format,
+        grad,
+    ))
+}
+
+/// `weight` ⊙ `mask` (pruned entries exactly +0); the gradient reaches every weight.
+pub fn apply_mask<const D: usize>(weight: Tensor<D>, mask: Tensor<D>) -> Tensor<D> {
+    assert_eq!(
+        weight.dims(),
+        mask.dims(),
+        "mask shape must match the weight"
+    );
+    Tensor::from_dispatch(<burn::backend::Dispatch as CompressionOps>::apply_mask(
+        weight.into_dispatch(),
+        mask.into_dispatch(),
+    ))
+}
+
+/// The DNS mask update with thresholds `t_low` = 0.9 t and `t_high` = 1.1 t; returns the new
+/// mask (no gradient).
+pub fn dns_update<const D: usize>(
+    weight: Tensor<D>,
+    mask: Tensor<D>,
+    t_low: f32,
+    t_high: f32,
+) -> Tensor<D> {
+    assert_eq!(
+        weight.dims(),
+        mask.dims(),
+        "mask shape must match the weight"
+    );
+    Tensor::from_dispatch(<burn::backend::Dispatch as CompressionOps>::dns_update(
+        weight.into_dispatch(),
+        mask.into_dispatch(),
+        t_low,
+        t_high,
+    ))
+}
+
+#[doc(hidden)]
+/// The STE backward as a tensor function, for tests that compare backends.
+pub fn fixed_point_ste<const D: usize>(
+    x: Tensor<D>,
+    grad: Tensor<D>,
+    format: FixedPoint,
+) -> Tensor<D> {
+    Tensor::from_dispatch(
+        <burn::backend::Dispatch as CompressionOps>::fixed_point_ste(
+            x.into_dispatch(),
+            grad.into_dispatch(),
+            format,
+        ),
+    )
+}

@@ -1,0 +1,93 @@
+//! The reference: each kernel written with ordinary backend tensor ops. It is what the Flex
+//! CPU backend runs and the definition the WGSL kernels are held to, bit for bit.
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Flex, FloatDType, TensorMetadata, get_or_init_device_settings};
+
+use super::{CompressionOps, FixedPoint, QuantGrad};
+
+fn bool_dtype<B: Backend>(x: &FloatTensor<B>) -> burn::backend::BoolDType {
+    get_or_init_device_settings::<B>(&x.device()).bool_dtype
+}
+
+/// q(x) = clamp(round_half_even(x * 2^F), lo, hi) * 2^-F; a zero result is +0, NaN stays NaN.
+pub(super) fn fixed_point<B: Backend>(x: FloatTensor<B>, format: FixedPoint) -> FloatTensor<B> {
+    let (lo, hi) = format.code_range();
+    let dtype = bool_dtype::<B>(&x);
+    let nan = B::float_is_nan(x.clone(), dtype);
+    let code = B::float_round(B::float_mul_scalar(x.clone(), format.scale().into()));
+    let code = B::float_clamp(code, lo.into(), hi.into());
+    let zero = B::float_equal_elem(code.clone(), 0f32.into(), dtype);
+    let q = B::float_mul_scalar(code, (1.0 / format.scale()).into());
+    let q = B::float_mask_fill(q, zero, 0f32.into());
+    B::float_mask_where(q, nan, x)
+}
+
+/// `grad` where lo <= x * 2^F <= hi (never for NaN), 0 elsewhere.
+pub(super) fn fixed_point_ste<B: Backend>(
+    x: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    format: FixedPoint,
+) -> FloatTensor<B> {
+    let (lo, hi) = format.code_range();
+    let dtype = bool_dtype::<B>(&x);
+    let scaled = B::float_mul_scalar(x, format.scale().into());
+    let above_lo = B::float_greater_equal_elem(scaled.clone(), lo.into(), dtype);
+    let below_hi = B::float_lower_equal_elem(scaled, hi.into(), dtype);
+    let outside = B::bool_not(B::bool_and(above_lo, below_hi));
+    B::float_mask_fill(grad, outside, 0f32.into())
+}
+
+/// `weight` where `mask` != 0, +0 elsewhere.
+pub(super) fn apply_mask<B: Backend>(
+    weight: FloatTensor<B>,
+    mask: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let dtype = bool_dtype::<B>(&weight);
+    let pruned = B::float_equal_elem(mask, 0f32.into(), dtype);
+    B::float_mask_fill(weight, pruned, 0f32.into())
+}
+
+/// (mask or |w| > t_high) and |w| > t_low, as 1.0 / 0.0.
+pub(super) fn dns_update<B: Backend>(
+    weight: FloatTensor<B>,
+    mask: FloatTensor<B>,
+    t_low: f32,
+    t_high: f32,
+) -> FloatTensor<B> {
+    let dtype = bool_dtype::<B>(&weight);
+    let magnitude = B::float_abs(weight);
+    let kept = B::float_not_equal_elem(mask, 0f32.into(), dtype);
+    let grows = B::float_greater_elem(magnitude.clone(), t_high.into(), dtype);
+    let survives = B::float_greater_elem(magnitude, t_low.into(), dtype);
+    let keep = B::bool_and(B::bool_or(kept, grows), survives);
+    B::bool_into_float(keep, FloatDType::F32)
+}
+
+impl CompressionOps for Flex {
+    fn fixed_point(
+        x: FloatTensor<Self>,
+        format: FixedPoint,
+        _grad: QuantGrad,
+    ) -> FloatTensor<Self> {
+        fixed_point::<Self>(x, format)
+    }
+    fn fixed_point_ste(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        format: FixedPoint,
+    ) -> FloatTensor<Self> {
+        fixed_point_ste::<Self>(x, grad, format)
+    }
+    fn apply_mask(weight: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
+        apply_mask::<Self>(weight, mask)
+    }
+    fn dns_update(
+        weight: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        t_low: f32,
+        t_high: f32,
+    ) -> FloatTensor<Self> {
+        dns_update::<Self>(weight, mask, t_low, t_high)
+    }
+}

@@ -1,0 +1,166 @@
+//! The cubecl (wgpu) implementation: each op launches its WGSL file from `shaders/` on the
+//! tensors' device buffers. Inputs are made contiguous first (a transposed or sliced view is
+//! copied on the device, never through the host); the output is a fresh contiguous tensor.
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::wgpu::{
+    CubeBackend, CubeDim, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
+};
+use burn::backend::{DType, TensorMetadata};
+use cubecl::CubeCount;
+use cubecl::prelude::KernelId;
+use cubecl::server::KernelArguments;
+
+use super::{CompressionOps, FixedPoint, QuantGrad};
+
+pub(super) const FIXED_POINT: &str = include_str!("../../shaders/fixed_point.wgsl");
+pub(super) const MASK: &str = include_str!("../../shaders/mask.wgsl");
+pub(super) const DNS_UPDATE: &str = include_str!("../../shaders/dns_update.wgsl");
+
+/// Invocations per workgroup: the `@workgroup_size` of every shader here.
+const WORKGROUP: u32 = 256;
+/// The most workgroups one dispatch dimension may have (WebGPU's limit).
+const MAX_GROUPS_PER_DIM: u32 = 65_535;
+
+/// One WGSL file, named for the kernel cache.
+struct Wgsl {
+    name: &'static str,
+    source: &'static str,
+}
+
+impl KernelSource for Wgsl {
+    fn source(&self) -> SourceTemplate {
+        SourceTemplate::new(self.source)
+    }
+    fn id(&self) -> KernelId {
+        KernelId::new::<Wgsl>().info(self.name)
+    }
+    fn lang(&self) -> &'static str {
+        "wgsl"
+    }
+}
+
+/// Workgroup counts covering `len` elements: one row while it fits, then a 2D grid (the shaders
+/// flatten the workgroup index and skip the tail).
+fn dispatch(len: usize) -> CubeCount {
+    let groups = (len as u64).div_ceil(WORKGROUP as u64);
+    let x = groups.min(MAX_GROUPS_PER_DIM as u64);
+    let y = groups.div_ceil(x);
+    assert!(
+        y <= MAX_GROUPS_PER_DIM as u64,
+        "tensor of {len} elements is too large for one dispatch"
+    );
+    CubeCount::Static(x as u32, y as u32, 1)
+}
+
+/// Launches `shader` with bindings `inputs..., output, params` and returns the output, shaped
+/// like the first input. `params` starts with the element count, which the caller leaves out.
+fn launch(shader: Wgsl, inputs: Vec<CubeTensor>, params: &[u32]) -> CubeTensor {
+    let inputs: Vec<CubeTensor> = inputs.into_iter().map(into_contiguous).collect();
+    let first = &inputs[0];
+    assert!(
+        inputs.iter().all(|t| t.dtype == DType::F32),
+        "{}: the compression kernels take f32 tensors",
+        shader.name
+    );
+    let shape = first.shape();
+    let len = shape.num_elements();
+    assert!(
+        inputs.iter().all(|t| t.shape().num_elements() == len),
+        "{}: inputs differ in size",
+        shader.name
+    );
+    let client = first.client.clone();
+    let device = first.device.clone();
+    let output = CubeTensor::new_contiguous(
+        client.clone(),
+        device,
+        shape,
+        client.empty(len.max(1) * size_of::<f32>()),
+        DType::F32,
+    );
+    if len == 0 {
+        return output;
+    }
+    let mut words = vec![u32::try_from(len).expect("tensor larger than 2^32 elements")];
+    words.extend_from_slice(params);
+    let params = client.create_from_slice(bytemuck::cast_slice(&words));
+
+    let mut arguments = KernelArguments::new();
+    for input in &inputs {
+        arguments = arguments.with_buffer(input.handle.clone().binding());
+    }
+    let arguments = arguments
+        .with_buffer(output.handle.clone().binding())
+        .with_buffer(params.binding());
+    client.launch(
+        Box::new(SourceKernel::new(shader, CubeDim::new_1d(WORKGROUP))),
+        dispatch(len),
+        arguments,
+    );
+    output
+}
+
+/// The fixed-point shader's parameters after the length: mode, 2^F, 2^-F, lo, hi.
+fn fixed_point_params(mode: u32, format: FixedPoint) -> [u32; 5] {
+    let (lo, hi) = format.code_range();
+    [
+        mode,
+        format.scale().to_bits(),
+        (1.0 / format.scale()).to_bits(),
+        lo.to_bits(),
+        hi.to_bits(),
+    ]
+}
+
+impl CompressionOps for CubeBackend {
+    fn fixed_point(
+        x: FloatTensor<Self>,
+        format: FixedPoint,
+        _grad: QuantGrad,
+    ) -> FloatTensor<Self> {
+        let shader = Wgsl {
+            name: "fixed_point",
+            source: FIXED_POINT,
+        };
+        // Mode 0 never reads `grad`; bind the input there too.
+        launch(shader, vec![x.clone(), x], &fixed_point_params(0, format))
+    }
+
+    fn fixed_point_ste(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        format: FixedPoint,
+    ) -> FloatTensor<Self> {
+        let shader = Wgsl {
+            name: "fixed_point",
+            source: FIXED_POINT,
+        };
+        launch(shader, vec![x, grad], &fixed_point_params(1, format))
+    }
+
+    fn apply_mask(weight: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shader = Wgsl {
+            name: "mask",
+            source: MASK,
+        };
+        launch(shader, vec![weight, mask], &[])
+    }
+
+    fn dns_update(
+        weight: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        t_low: f32,
+        t_high: f32,
+    ) -> FloatTensor<Self> {
+        let shader = Wgsl {
+            name: "dns_update",
+            source: DNS_UPDATE,
+        };
+        launch(
+            shader,
+            vec![weight, mask],
+            &[t_low.to_bits(), t_high.to_bits()],
+        )
+    }
+}

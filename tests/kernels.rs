@@ -1,0 +1,330 @@
+//! The compression kernels: every WGSL file validates with naga; on wgpu (lavapipe in CI) each
+//! kernel equals the CPU reference bit for bit (NaN compared as "both NaN"), on ties at .5,
+//! values beyond the range, +-0, NaN, +-Inf, tensors needing a 2D dispatch and non-contiguous
+//! views; gradients through the STE equal the reference's.
+
+mod common;
+
+use advcomp::backend;
+use advcomp::kernels::{self, FixedPoint, QuantGrad};
+use burn::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const FORMATS: [(u32, u32); 9] = [
+    (2, 1),
+    (4, 1),
+    (8, 2),
+    (8, 8),
+    (16, 4),
+    (24, 4),
+    (25, 4),
+    (32, 4),
+    (32, 1),
+];
+
+fn format(bits: u32, int_bits: u32) -> FixedPoint {
+    FixedPoint::new(bits, int_bits).unwrap()
+}
+
+/// Values that exercise every branch of q for `format`: random values well beyond the range,
+/// exact ties between two codes, +-0, NaN, +-Inf, the range ends and just past them, tiny and
+/// subnormal values.
+fn probe_values(format: FixedPoint, n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let step = 1.0 / format.scale();
+    let (min, max) = format.value_range();
+    let mut values = vec![
+        0.0,
+        -0.0,
+        f32::NAN,
+        -f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        min,
+        max,
+        min - step,
+        max + step,
+        0.5 * step,
+        -0.5 * step,
+        1.5 * step,
+        -1.5 * step,
+        2.5 * step,
+        -2.5 * step,
+        1e-40,
+        -1e-40,
+        f32::MAX,
+        f32::MIN,
+    ];
+    while values.len() < n {
+        let v = match rng.random_range(0..4) {
+            // Exact ties: an odd number of half steps, within and beyond the range.
+            0 => (2 * rng.random_range(-40_000i32..40_000) + 1) as f32 * 0.5 * step,
+            1 => rng.random_range(-3.0 * max.abs().max(1.0)..3.0 * max.abs().max(1.0)),
+            2 => rng.random_range(-4.0f32..4.0),
+            _ => rng.random_range(-1e-3f32..1e-3),
+        };
+        values.push(v);
+    }
+    values
+}
+
+fn same_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let equal = (g.is_nan() && w.is_nan()) || g.to_bits() == w.to_bits();
+        assert!(
+            equal,
+            "{what}: element {i}: got {g:e} ({:#010x}), reference {w:e} ({:#010x})",
+            g.to_bits(),
+            w.to_bits()
+        );
+    }
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn tensor(values: &[f32], device: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
+}
+
+fn mask_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| if rng.random_bool(0.4) { 1.0 } else { 0.0 })
+        .collect()
+}
+
+#[test]
+fn every_shader_parses_and_validates_with_naga() {
+    for (name, source) in kernels::SHADERS {
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert!(
+            module.entry_points.iter().any(|e| e.name == "main"),
+            "{name}: no `main` entry point"
+        );
+    }
+}
+
+#[test]
+fn the_reference_quantiser_is_the_designs_formula() {
+    let cpu = backend::cpu().device;
+    // W=4, P=1: F=3, codes -8..7, values -1..0.875 in steps of 1/8.
+    let q4 = format(4, 1);
+    let cases: [(f32, f32); 12] = [
+        (0.0625, 0.0),  // tie 0.5 code -> 0 (even)
+        (0.1875, 0.25), // tie 1.5 -> 2
+        (0.3125, 0.25), // tie 2.5 -> 2
+        (-0.0625, 0.0), // tie -0.5 -> +0, not -0
+        (-0.3125, -0.25),
+        (0.9, 0.875), // saturates at 2^(P-1) - 2^-F
+        (5.0, 0.875),
+        (-1.0, -1.0),
+        (-7.0, -1.0),
+        (-0.01, 0.0), // rounds to zero: +0
+        (f32::INFINITY, 0.875),
+        (f32::NEG_INFINITY, -1.0),
+    ];
+    let input: Vec<f32> = cases.iter().map(|c| c.0).collect();
+    let expected: Vec<f32> = cases.iter().map(|c| c.1).collect();
+    let got = values(kernels::fixed_point(
+        tensor(&input, &cpu),
+        q4,
+        QuantGrad::Ste,
+    ));
+    same_bits("Q(4,1) on cpu", &got, &expected);
+    assert!(got.iter().all(|v| v.to_bits() != (-0.0f32).to_bits()));
+
+    // The paper's P rule and the range of each format.
+    assert_eq!(FixedPoint::paper(4).unwrap(), format(4, 1));
+    assert_eq!(FixedPoint::paper(8).unwrap(), format(8, 2));
+    assert_eq!(FixedPoint::paper(16).unwrap(), format(16, 4));
+    assert_eq!(format(8, 2).value_range(), (-2.0, 2.0 - 1.0 / 64.0));
+
+    // The reference equals the host formula on every probe value of every format.
+    for (bits, int_bits) in FORMATS {
+        let f = format(bits, int_bits);
+        let input = probe_values(f, 4096, bits as u64);
+        let got = values(kernels::fixed_point(
+            tensor(&input, &cpu),
+            f,
+            QuantGrad::Ste,
+        ));
+        let host: Vec<f32> = input.iter().map(|&x| f.quantise(x)).collect();
+        same_bits(&format!("{f} reference vs host"), &got, &host);
+    }
+}
+
+#[test]
+fn wgsl_kernels_equal_the_reference_bit_for_bit() {
+    let Some(gpu) = common::wgpu_or_skip() else {
+        return;
+    };
+    let cpu = backend::cpu().device;
+    let gpu = gpu.device;
+    for (bits, int_bits) in FORMATS {
+        let f = format(bits, int_bits);
+        let input = probe_values(f, 20_000, 100 + bits as u64);
+        let grad: Vec<f32> = probe_values(f, input.len(), 7);
+        let on = |device: &Device| {
+            let q = kernels::fixed_point(tensor(&input, device), f, QuantGrad::Ste);
+            let ste = kernels::fixed_point_ste(tensor(&input, device), tensor(&grad, device), f);
+            (values(q), values(ste))
+        };
+        let (q_gpu, ste_gpu) = on(&gpu);
+        let (q_cpu, ste_cpu) = on(&cpu);
+        same_bits(&format!("{f} on wgpu"), &q_gpu, &q_cpu);
+        same_bits(&format!("{f} STE gradient on wgpu"), &ste_gpu, &ste_cpu);
+    }
+
+    let weights = probe_values(format(8, 2), 50_000, 3);
+    let mask = mask_values(weights.len(), 4);
+    let masked = |device: &Device| {
+        values(kernels::apply_mask(
+            tensor(&weights, device),
+            tensor(&mask, device),
+        ))
+    };
+    same_bits("mask on wgpu", &masked(&gpu), &masked(&cpu));
+
+    for (t_low, t_high) in [
+        (0.9f32, 1.1f32),
+        (0.0, 0.0),
+        (0.45, 0.55),
+        (f32::INFINITY, f32::INFINITY),
+    ] {
+        let updated = |device: &Device| {
+            values(kernels::dns_update(
+                tensor(&weights, device),
+                tensor(&mask, device),
+                t_low,
+                t_high,
+            ))
+        };
+        let on_gpu = updated(&gpu);
+        same_bits(
+            &format!("dns_update t={t_low}..{t_high}"),
+            &on_gpu,
+            &updated(&cpu),
+        );
+        assert!(on_gpu.iter().all(|&m| m == 0.0 || m == 1.0));
+    }
+}
+
+#[test]
+fn wgsl_kernels_tile_large_dispatches_and_read_strided_views() {
+    let Some(gpu) = common::wgpu_or_skip() else {
+        return;
+    };
+    let cpu = backend::cpu().device;
+    let gpu = gpu.device;
+    let f = format(8, 2);
+
+    // More than 65535 workgroups of 256: the dispatch has to use a second dimension.
+    let n = 256 * 65_535 + 1_000;
+    let mut rng = StdRng::seed_from_u64(11);
+    let input: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+    let quantised = |device: &Device| {
+        values(kernels::fixed_point(
+            tensor(&input, device),
+            f,
+            QuantGrad::Ste,
+        ))
+    };
+    let on_gpu = quantised(&gpu);
+    same_bits("17M elements on wgpu", &on_gpu, &quantised(&cpu));
+    // The last element too: an untiled dispatch would leave the tail unwritten.
+    assert_eq!(on_gpu[n - 1], f.quantise(input[n - 1]));
+
+    // A transposed (non-contiguous) view.
+    let (rows, cols) = (300, 517);
+    let data = probe_values(f, rows * cols, 12);
+    let mask = mask_values(rows * cols, 13);
+    let strided = |device: &Device, v: &[f32]| {
+        Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), device).swap_dims(0, 1)
+    };
+    let run = |device: &Device| {
+        let q = kernels::fixed_point(strided(device, &data), f, QuantGrad::Ste);
+        let m = kernels::apply_mask(strided(device, &data), strided(device, &mask));
+        let d = kernels::dns_update(strided(device, &data), strided(device, &mask), 0.5, 0.7);
+        assert_eq!(q.dims(), [cols, rows]);
+        (values(q), values(m), values(d))
+    };
+    let (q_gpu, m_gpu, d_gpu) = run(&gpu);
+    let (q_cpu, m_cpu, d_cpu) = run(&cpu);
+    same_bits("transposed fixed point", &q_gpu, &q_cpu);
+    same_bits("transposed mask", &m_gpu, &m_cpu);
+    same_bits("transposed dns update", &d_gpu, &d_cpu);
+    // And the layout is the view's, not the buffer's: element [1, 0] of the transpose is
+    // element [0, 1] of the original.
+    assert_eq!(q_cpu[rows], f.quantise(data[1]));
+}
+
+/// d/dx sum(c * q(x)) on `device`, and d/dw sum(c * (w ⊙ m)).
+fn gradients(device: &Device, x: &[f32], mask: &[f32], grad: QuantGrad) -> (Vec<f32>, Vec<f32>) {
+    let device = device.clone().autodiff();
+    let f = format(4, 1);
+    let weights: Vec<f32> = (0..x.len()).map(|i| i as f32 * 0.25 + 1.0).collect();
+    let c = tensor(&weights, &device);
+    let input = tensor(x, &device).require_grad();
+    let loss = (kernels::fixed_point(input.clone(), f, grad) * c.clone()).sum();
+    let dx = values(input.grad(&loss.backward()).expect("gradient of x"));
+
+    let w = tensor(x, &device).require_grad();
+    let loss = (kernels::apply_mask(w.clone(), tensor(mask, &device)) * c).sum();
+    let dw = values(w.grad(&loss.backward()).expect("gradient of w"));
+    (dx, dw)
+}
+
+#[test]
+fn gradients_pass_straight_through_inside_the_range_and_reach_pruned_weights() {
+    let cpu = backend::cpu().device;
+    // Q(4,1): range [-1, 0.875].
+    let x = [
+        0.3f32,
+        -0.99,
+        0.875,
+        0.9,
+        -1.0,
+        -1.01,
+        5.0,
+        f32::NAN,
+        0.0,
+        -0.2,
+    ];
+    let mask = [1.0f32, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+    let c: Vec<f32> = (0..x.len()).map(|i| i as f32 * 0.25 + 1.0).collect();
+    let inside = [
+        true, true, true, false, true, false, false, false, true, true,
+    ];
+    let expected_ste: Vec<f32> = c
+        .iter()
+        .zip(inside)
+        .map(|(&c, inside)| if inside { c } else { 0.0 })
+        .collect();
+
+    let (ste, masked) = gradients(&cpu, &x, &mask, QuantGrad::Ste);
+    same_bits("STE gradient on cpu", &ste, &expected_ste);
+    // Every weight gets its gradient, pruned or not (DNS lets pruned weights recover).
+    same_bits("mask gradient on cpu", &masked, &c);
+    let (identity, _) = gradients(&cpu, &x, &mask, QuantGrad::Identity);
+    same_bits("identity (BPDA) gradient on cpu", &identity, &c);
+
+    let Some(gpu) = common::wgpu_or_skip() else {
+        return;
+    };
+    let (ste_gpu, masked_gpu) = gradients(&gpu.device, &x, &mask, QuantGrad::Ste);
+    same_bits("STE gradient on wgpu", &ste_gpu, &expected_ste);
+    same_bits("mask gradient on wgpu", &masked_gpu, &c);
+    let (identity_gpu, _) = gradients(&gpu.device, &x, &mask, QuantGrad::Identity);
+    same_bits("identity gradient on wgpu", &identity_gpu, &c);
+}
