@@ -6,10 +6,12 @@
 //! The command line lives in the `advcomp` binary, not here.
 
 pub mod backend;
+pub mod compress;
 pub mod data;
 mod error;
 pub mod kernels;
 pub mod model;
+pub mod profile;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -2,6 +2,8 @@
 //! prints tables or JSON. Progress and the backend line go to stderr so `--json` output on
 //! stdout stays machine-readable.
 
+mod compress;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -32,6 +34,10 @@ enum Command {
     Train(TrainArgs),
     /// Clean test accuracy of a checkpoint (ours, or a PyTorch-exported safetensors file).
     Eval(EvalArgs),
+    /// Prune and/or quantise a baseline checkpoint, fine-tune it, write the compressed model.
+    Compress(compress::CompressArgs),
+    /// CDF data (CSV) of a checkpoint's weights and of its activations on test images.
+    Stats(compress::StatsArgs),
 }
 
 #[derive(Args)]
@@ -132,6 +138,8 @@ pub fn run() -> i32 {
         Command::Info(args) => info(args),
         Command::Train(args) => train_command(args),
         Command::Eval(args) => eval(args),
+        Command::Compress(args) => compress::compress_command(args),
+        Command::Stats(args) => compress::stats_command(args),
     };
     match result {
         Ok(()) => 0,
@@ -165,13 +173,20 @@ fn print_json(value: serde_json::Value) {
 
 fn info(args: InfoArgs) -> Result<()> {
     let backend = open_backend(args.common.backend)?;
-    let (network, meta) = match &args.checkpoint {
-        Some(path) => {
-            let ckpt = model::load_checkpoint(path, None, &args.map, &backend.device)?;
-            (ckpt.network, Some(ckpt.meta))
-        }
-        None => (args.model.init(&backend.device), None),
+    let checkpoint = match &args.checkpoint {
+        Some(path) => Some(model::load_checkpoint(
+            path,
+            None,
+            &args.map,
+            &backend.device,
+        )?),
+        None => None,
     };
+    let network = match &checkpoint {
+        Some(ckpt) => ckpt.network.clone(),
+        None => args.model.init(&backend.device),
+    };
+    let compression = checkpoint.as_ref().map(compress::compression_report);
     let kind = network.kind();
     let layers = kind.layers();
     let count = network.parameter_count();
@@ -180,7 +195,9 @@ fn info(args: InfoArgs) -> Result<()> {
             "model": kind.name(),
             "parameters": count,
             "layers": layers,
-            "checkpoint": meta,
+            "checkpoint": checkpoint.as_ref().map(|c| &c.meta),
+            "compression": compression.as_ref().map(|c| &c.0),
+            "weights": compression.as_ref().map(|c| &c.1),
             "backend": backend.name,
             "adapter": backend.adapter,
         }));
@@ -203,11 +220,12 @@ fn info(args: InfoArgs) -> Result<()> {
     println!(
         "parameters: {count} (counted from the model's tensors; batch-norm running statistics excluded)"
     );
-    if let Some(meta) = meta {
+    if let (Some(ckpt), Some((_, summary))) = (&checkpoint, &compression) {
         println!(
             "checkpoint: {}",
-            serde_json::to_string(&meta).expect("json")
+            serde_json::to_string(&ckpt.meta).expect("json")
         );
+        compress::print_compression(ckpt, summary);
     }
     Ok(())
 }
@@ -301,6 +319,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     let start = Instant::now();
     let accuracy = train::evaluate(
         &ckpt.network,
+        &ckpt.compression,
         &test_set,
         &backend.device,
         args.batch_size,

@@ -2,6 +2,11 @@
 //! (`conv0.weight` [out, in, kh, kw], `fc1.weight` [out, in], `bn0.running_mean`, ...), so a
 //! PyTorch user can `load_state_dict` ours and we can load theirs. Metadata (model, dataset,
 //! seed, accuracy, compression, tool version, config hash) lives in the header.
+//!
+//! A compressed model also stores each pruned layer's mask as `<layer>.weight_mask` (the name
+//! torch.nn.utils.prune uses) and its quantiser formats in the `compression` metadata; its
+//! weights are stored already masked and quantised, so a PyTorch user who loads them (with
+//! `strict=False`, for the extra mask tensors) gets the compressed model.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -11,7 +16,7 @@ use burn::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
-use super::{ModelKind, Network};
+use super::{Compression, CompressionRecord, Mask, ModelKind, Network, weight_layers};
 use crate::data::DatasetKind;
 use crate::{Error, Result};
 
@@ -183,10 +188,18 @@ impl ModuleMapper for Importer<'_> {
     }
 }
 
-/// A network with the metadata it was saved with.
+/// A network with its compression (none for a baseline) and the metadata it was saved with.
 pub struct Checkpoint {
     pub network: Network,
+    pub compression: Compression,
     pub meta: CheckpointMeta,
+}
+
+impl Checkpoint {
+    /// The compression record of the metadata (`None` for a baseline).
+    pub fn record(&self) -> Option<CompressionRecord> {
+        serde_json::from_str(&self.meta.compression).ok()
+    }
 }
 
 /// Renames tensors of a user's file: `old=new` pairs, as given with `--map`.
@@ -213,7 +226,37 @@ impl std::str::FromStr for KeyMap {
 
 /// Writes `network` and `meta` to `path` atomically.
 pub fn save_checkpoint(path: &Path, network: &Network, meta: &CheckpointMeta) -> Result<()> {
-    let tensors = export_tensors(network);
+    save_compressed(path, network, &Compression::default(), meta)
+}
+
+/// Writes `network`, the masks of `compression` and `meta` to `path` atomically. The caller
+/// bakes the network first (`model::bake`) so the stored weights are the compressed ones.
+pub fn save_compressed(
+    path: &Path,
+    network: &Network,
+    compression: &Compression,
+    meta: &CheckpointMeta,
+) -> Result<()> {
+    let mut tensors = export_tensors(network);
+    for (layer, mask) in &compression.masks {
+        let mut shape = mask.shape.clone();
+        let mut values = mask
+            .values
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| Error::checkpoint(path, format!("mask of {layer}: {e:?}")))?;
+        if shape.len() == 2 {
+            values = transpose(&values, shape[0], shape[1]);
+            shape.reverse();
+        }
+        tensors.push(NamedTensor {
+            name: format!("{layer}{MASK_SUFFIX}"),
+            shape,
+            values,
+        });
+    }
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .into_iter()
         .map(|t| (t.name, bytemuck::cast_slice(&t.values).to_vec(), t.shape))
@@ -229,6 +272,61 @@ pub fn save_checkpoint(path: &Path, network: &Network, meta: &CheckpointMeta) ->
     let serialized = safetensors::tensor::serialize(views, Some(meta.to_header()))
         .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))?;
     crate::write_atomically(path, &serialized)
+}
+
+/// The suffix of a pruning mask's tensor name.
+const MASK_SUFFIX: &str = ".weight_mask";
+
+/// The masks in `tensors` (removed from it) as burn-layout masks of `network`'s weight layers.
+fn take_masks(
+    tensors: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    network: &Network,
+    device: &Device,
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, Mask> {
+    let layers = weight_layers(network);
+    let names: Vec<String> = tensors
+        .keys()
+        .filter(|k| k.ends_with(MASK_SUFFIX))
+        .cloned()
+        .collect();
+    let mut masks = BTreeMap::new();
+    for name in names {
+        let (torch_shape, values) = tensors.remove(&name).expect("listed");
+        let layer_name = name.trim_end_matches(MASK_SUFFIX);
+        let Some(layer) = layers.iter().find(|l| l.name == layer_name) else {
+            problems.push(format!("mask '{name}' names no prunable layer"));
+            continue;
+        };
+        let mut expected = layer.shape.clone();
+        if expected.len() == 2 {
+            expected.reverse();
+        }
+        if torch_shape != expected {
+            problems.push(format!(
+                "mask '{name}' has shape {torch_shape:?}, the weight has {expected:?}"
+            ));
+            continue;
+        }
+        if let Some(bad) = values.iter().find(|v| **v != 0.0 && **v != 1.0) {
+            problems.push(format!(
+                "mask '{name}' holds {bad}; masks hold only 0 and 1"
+            ));
+            continue;
+        }
+        let values = if expected.len() == 2 {
+            transpose(&values, expected[0], expected[1])
+        } else {
+            values
+        };
+        let n = values.len();
+        let mask = Mask {
+            values: Tensor::from_data(TensorData::new(values, [n]), device),
+            shape: layer.shape.clone(),
+        };
+        masks.insert(layer_name.to_string(), mask);
+    }
+    masks
 }
 
 /// Reads a checkpoint onto `device`. The model comes from `model`, else the file's metadata,
@@ -304,6 +402,15 @@ pub fn load_checkpoint(
         }
     };
 
+    let record: Option<CompressionRecord> = match meta.compression.as_str() {
+        "" | "none" => None,
+        json => Some(serde_json::from_str(json).map_err(|e| {
+            Error::checkpoint(path, format!("compression metadata is not valid: {e}"))
+        })?),
+    };
+    let mut mask_problems = Vec::new();
+    let masks = take_masks(&mut tensors, &kind.init(device), device, &mut mask_problems);
+
     let mut importer = Importer {
         path: Vec::new(),
         tensors: &tensors,
@@ -324,6 +431,7 @@ pub fn load_checkpoint(
             "tensors {unknown:?} are not part of {kind} (rename them with --map old=new)"
         ));
     }
+    importer.problems.extend(mask_problems);
     if !importer.problems.is_empty() {
         return Err(Error::checkpoint(
             path,
@@ -337,7 +445,19 @@ pub fn load_checkpoint(
         model: kind.name().to_string(),
         ..meta
     };
-    Ok(Checkpoint { network, meta })
+    let record = record.unwrap_or_default();
+    let compression = Compression {
+        masks,
+        weights: record.weights,
+        activations: record.activations,
+        grad: record.grad,
+        recorder: None,
+    };
+    Ok(Checkpoint {
+        network,
+        compression,
+        meta,
+    })
 }
 
 /// The dataset a checkpoint was trained on, if its metadata names a known one.

@@ -4,7 +4,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, PaddingConfig
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::LayerInfo;
+use super::{Compression, LayerInfo};
 
 /// (input channels, output channels, stride, padded) of conv0..conv7.
 const CONVS: [(usize, usize, usize, bool); 8] = [
@@ -44,7 +44,7 @@ pub struct CifarNet {
     pub bn7: BatchNorm,
     pub logits: Conv2d,
     pool: AvgPool2d,
-    dropout: Dropout,
+    pub(super) dropout: Dropout,
 }
 
 fn conv(index: usize, device: &Device) -> Conv2d {
@@ -95,7 +95,7 @@ impl CifarNet {
     /// Logits for images in [0, 1]; the model standardises each image itself:
     /// (x - mean) / max(std, 1/sqrt(N)), N = pixels per image (TensorFlow's
     /// `per_image_standardization`).
-    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+    pub fn forward(&self, images: Tensor<4>, compression: &Compression) -> Tensor<2> {
         let [n, c, h, w] = images.dims();
         let flat = images.reshape([n, c * h * w]);
         let mean = flat.clone().mean_dim(1);
@@ -104,18 +104,22 @@ impl CifarNet {
         let floor = 1.0 / ((c * h * w) as f64).sqrt();
         let x = (centred / std.clamp_min(floor)).reshape([n, c, h, w]);
 
-        let block = |conv: &Conv2d, bn: &BatchNorm, x| relu(bn.forward(conv.forward(x)));
-        let x = block(&self.conv0, &self.bn0, x);
-        let x = block(&self.conv1, &self.bn1, x);
-        let x = block(&self.conv2, &self.bn2, x);
-        let x = block(&self.conv3, &self.bn3, x);
+        let block = |name: &str, conv: &Conv2d, bn: &BatchNorm, x| {
+            let x = compression.conv2d(name, conv, x);
+            compression.activation(name, relu(bn.forward(x)))
+        };
+        let x = block("conv0", &self.conv0, &self.bn0, x);
+        let x = block("conv1", &self.conv1, &self.bn1, x);
+        let x = block("conv2", &self.conv2, &self.bn2, x);
+        let x = block("conv3", &self.conv3, &self.bn3, x);
         let x = self.dropout.forward(x);
-        let x = block(&self.conv4, &self.bn4, x);
-        let x = block(&self.conv5, &self.bn5, x);
-        let x = block(&self.conv6, &self.bn6, x);
+        let x = block("conv4", &self.conv4, &self.bn4, x);
+        let x = block("conv5", &self.conv5, &self.bn5, x);
+        let x = block("conv6", &self.conv6, &self.bn6, x);
         let x = self.dropout.forward(x);
-        let x = block(&self.conv7, &self.bn7, x);
-        let x = self.logits.forward(self.pool.forward(x));
+        let x = block("conv7", &self.conv7, &self.bn7, x);
+        let x = compression.conv2d("logits", &self.logits, self.pool.forward(x));
+        let x = compression.activation("logits", x);
         x.reshape([n, 10])
     }
 

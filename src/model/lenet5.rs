@@ -4,7 +4,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::LayerInfo;
+use super::{Compression, LayerInfo};
 
 /// LeNet5 as in Mayo (431,080 parameters): conv 5x5 1->20 + ReLU, maxpool 2/2, conv 5x5 20->50
 /// + ReLU, maxpool 2/2, flatten 800 (C,H,W order), dropout 0.5, fc 800->500 + ReLU, fc 500->10.
@@ -15,7 +15,7 @@ pub struct LeNet5 {
     pub fc1: Linear,
     pub logits: Linear,
     pool: MaxPool2d,
-    dropout: Dropout,
+    pub(super) dropout: Dropout,
 }
 
 impl LeNet5 {
@@ -32,14 +32,17 @@ impl LeNet5 {
     }
 
     /// Logits for images in [0, 1]; the model maps them to [-1, 1] itself (x -> 2x - 1).
-    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+    /// Every conv / linear layer and every layer output goes through the compression.
+    pub fn forward(&self, images: Tensor<4>, c: &Compression) -> Tensor<2> {
         let x = images * 2.0 - 1.0;
-        let x = self.pool.forward(relu(self.conv0.forward(x)));
-        let x = self.pool.forward(relu(self.conv1.forward(x)));
-        let [n, c, h, w] = x.dims();
-        let x = self.dropout.forward(x.reshape([n, c * h * w]));
-        let x = relu(self.fc1.forward(x));
-        self.logits.forward(x)
+        let x = c.activation("conv0", relu(c.conv2d("conv0", &self.conv0, x)));
+        let x = self.pool.forward(x);
+        let x = c.activation("conv1", relu(c.conv2d("conv1", &self.conv1, x)));
+        let x = self.pool.forward(x);
+        let [n, ch, h, w] = x.dims();
+        let x = self.dropout.forward(x.reshape([n, ch * h * w]));
+        let x = c.activation("fc1", relu(c.linear("fc1", &self.fc1, x)));
+        c.activation("logits", c.linear("logits", &self.logits, x))
     }
 
     pub fn layers() -> Vec<LayerInfo> {

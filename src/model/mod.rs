@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod cifarnet;
+mod compression;
 mod lenet5;
 
 use std::fmt;
@@ -11,8 +12,10 @@ use burn::prelude::*;
 
 pub use checkpoint::{
     Checkpoint, CheckpointMeta, KeyMap, checkpoint_dataset, load_checkpoint, save_checkpoint,
+    save_compressed,
 };
 pub use cifarnet::CifarNet;
+pub use compression::{Compression, CompressionRecord, Mask, WeightLayer, bake, weight_layers};
 pub use lenet5::LeNet5;
 
 use crate::data::DatasetKind;
@@ -143,9 +146,22 @@ impl Network {
 
     /// Logits [batch, 10] for images [batch, channels, height, width] in [0, 1].
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_compressed(images, &Compression::default())
+    }
+
+    /// Logits of the network compressed as `compression` says (masks, quantisers).
+    pub fn forward_compressed(&self, images: Tensor<4>, compression: &Compression) -> Tensor<2> {
         match self {
-            Network::LeNet5(m) => m.forward(images),
-            Network::CifarNet(m) => m.forward(images),
+            Network::LeNet5(m) => m.forward(images, compression),
+            Network::CifarNet(m) => m.forward(images, compression),
+        }
+    }
+
+    /// Sets the dropout probability of every dropout layer (the models are built with 0.5).
+    pub fn set_dropout(&mut self, prob: f64) {
+        match self {
+            Network::LeNet5(m) => m.dropout.prob = prob,
+            Network::CifarNet(m) => m.dropout.prob = prob,
         }
     }
 

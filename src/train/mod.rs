@@ -13,7 +13,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 use crate::data::{self, DatasetKind, Images, Split, shuffled_order};
-use crate::model::{self, CheckpointMeta, KeyMap, ModelKind, Network};
+use crate::model::{self, CheckpointMeta, Compression, KeyMap, ModelKind, Network};
 use crate::{Error, Result};
 
 /// The optimiser.
@@ -161,6 +161,45 @@ pub fn train(
     device: &Device,
     train: &Images,
     test: &Images,
+    on_epoch: impl FnMut(&EpochReport),
+) -> Result<(Network, Vec<EpochReport>)> {
+    config.validate()?;
+    let ad_device = device.clone().autodiff();
+    ad_device.seed(config.seed);
+    let network = kind.init(&ad_device);
+    let mut compression = Compression::default();
+    fit(
+        network,
+        &mut compression,
+        config,
+        device,
+        train,
+        test,
+        |_, _, _| Ok(()),
+        on_epoch,
+    )
+}
+
+/// What a training step's hook is told: this step's number and the run's number of steps.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInfo {
+    pub step: usize,
+    pub total: usize,
+}
+
+/// The training loop: trains `network` (on the autodiff device) through `compression` on
+/// `train`, evaluating the compressed network on `test` after every epoch. `before_step` runs
+/// before each step and may change the compression (mask updates). Returns the network
+/// without autodiff.
+#[allow(clippy::too_many_arguments)]
+pub fn fit(
+    mut network: Network,
+    compression: &mut Compression,
+    config: &TrainConfig,
+    device: &Device,
+    train: &Images,
+    test: &Images,
+    mut before_step: impl FnMut(StepInfo, &Network, &mut Compression) -> Result<()>,
     mut on_epoch: impl FnMut(&EpochReport),
 ) -> Result<(Network, Vec<EpochReport>)> {
     config.validate()?;
@@ -169,8 +208,6 @@ pub fn train(
         return Err(Error::usage("no training images"));
     }
     let ad_device = device.clone().autodiff();
-    ad_device.seed(config.seed);
-    let mut network = kind.init(&ad_device);
     let mut optimizer = match config.optimizer {
         Optimizer::Adam => AdamConfig::new().init(),
         Optimizer::SgdMomentum => SgdConfig::new()
@@ -194,8 +231,14 @@ pub fn train(
         );
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for (i, indices) in order.chunks(config.batch_size).enumerate() {
+            let step = epoch * steps_per_epoch + i;
+            let info = StepInfo {
+                step,
+                total: total_steps,
+            };
+            before_step(info, &network, compression)?;
             let (images, labels) = train.batch(indices, &ad_device);
-            let logits = network.forward(images);
+            let logits = network.forward_compressed(images, compression);
             let loss = loss_fn.forward(logits.clone(), labels.clone());
             // Reading values back waits for the device, so the running numbers are sampled.
             if i % 20 == 0 || i + 1 == steps_per_epoch {
@@ -209,12 +252,12 @@ pub fn train(
                 ));
             }
             let grads = GradientsParams::from_grads(loss.backward(), &network);
-            let lr = config.learning_rate_at(epoch * steps_per_epoch + i, total_steps);
+            let lr = config.learning_rate_at(step, total_steps);
             network = optimizer.step(lr, network, grads);
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let test_accuracy = evaluate(&network.valid(), test, device, 500, None)?;
+        let test_accuracy = evaluate(&network.valid(), compression, test, device, 500, None)?;
         let report = EpochReport {
             epoch: epoch + 1,
             train_loss: loss_sum / seen.max(1) as f64,
@@ -233,9 +276,11 @@ fn count_correct(logits: Tensor<2>, labels: Tensor<1, Int>) -> usize {
     predicted.equal(labels).int().sum().into_scalar::<i64>() as usize
 }
 
-/// Clean accuracy of `network` on the first `limit` images (all when `None`).
+/// Clean accuracy of `network`, compressed as `compression` says, on the first `limit` images
+/// (all when `None`).
 pub fn evaluate(
     network: &Network,
+    compression: &Compression,
     images: &Images,
     device: &Device,
     batch_size: usize,
@@ -249,7 +294,7 @@ pub fn evaluate(
     let mut correct = 0;
     for chunk in indices.chunks(batch_size.max(1)) {
         let (x, y) = images.batch(chunk, device);
-        correct += count_correct(network.forward(x), y);
+        correct += count_correct(network.forward_compressed(x, compression), y);
     }
     Ok(correct as f64 / n as f64)
 }
@@ -290,7 +335,14 @@ pub fn train_baseline(
     if reuse && out.exists() {
         let existing = model::load_checkpoint(out, Some(kind), &KeyMap::default(), device)?;
         if existing.meta.config_hash == config.hash() {
-            let test_accuracy = evaluate(&existing.network, &test, device, 500, None)?;
+            let test_accuracy = evaluate(
+                &existing.network,
+                &existing.compression,
+                &test,
+                device,
+                500,
+                None,
+            )?;
             return Ok(BaselineOutcome {
                 checkpoint: out.to_path_buf(),
                 test_accuracy,

@@ -1,8 +1,10 @@
-//! `cargo xtask sweep | test`: a thin driver over the advcomp library and cargo.
+//! `cargo xtask sweep | profile | test`: a thin driver over the advcomp library and cargo.
 //!
 //! - `sweep`: the main job. For now: the baseline (train, or reuse a checkpoint of the same
 //!   config) and its clean evaluation on the embedded MNIST; compression, attacks and the
 //!   transfer matrix join it as they land.
+//! - `profile`: throughput. For now `--kernels`: the compression kernels in GB/s on the
+//!   chosen backend (attack throughput per bitwidth joins it with the attacks).
 //! - `test`: set-up (a Vulkan driver so the WGSL/wgpu tests run, lavapipe where there is no
 //!   GPU), then the whole test suite with the GPU tests required.
 
@@ -12,10 +14,12 @@ use std::process::{Command, ExitCode};
 use advcomp::backend::{self, BackendChoice};
 use advcomp::data::DatasetKind;
 use advcomp::model::ModelKind;
+use advcomp::profile;
 use advcomp::train::{self, TrainConfig};
 
 const USAGE: &str = "usage:
   cargo xtask sweep [--model lenet5] [--dataset mnist] [--backend auto|wgpu|cpu] [--epochs N] [--seed S] [--out DIR]
+  cargo xtask profile --kernels [--backend auto|wgpu|cpu] [--elements N] [--repeats R] [--out DIR]
   cargo xtask test [-- extra cargo test args]";
 
 fn main() -> ExitCode {
@@ -24,6 +28,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("sweep") => sweep(&args[1..]),
+        Some("profile") => profile(&args[1..]),
         Some("test") => test(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
@@ -134,6 +139,67 @@ fn sweep(args: &[String]) -> Result<(), String> {
         },
         path.display()
     );
+    Ok(())
+}
+
+fn profile(args: &[String]) -> Result<(), String> {
+    // `--kernels` is a switch; every other option takes a value.
+    let (switches, rest): (Vec<String>, Vec<String>) =
+        args.iter().cloned().partition(|a| a == "--kernels");
+    if switches.is_empty() {
+        return Err(format!(
+            "profile: name what to profile (--kernels)\n{USAGE}"
+        ));
+    }
+    let opts = options(&rest, &["backend", "elements", "repeats", "out"])?;
+    let get = |k: &str| {
+        opts.iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    let number = |k: &str, default: usize| -> Result<usize, String> {
+        get(k).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| format!("--{k}: '{v}' is not a whole number"))
+        })
+    };
+    let choice: BackendChoice = get("backend")
+        .unwrap_or("auto".into())
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let elements = number("elements", 1 << 24)?;
+    let repeats = number("repeats", 10)?;
+    let out = PathBuf::from(get("out").unwrap_or("profile-out".into()));
+    let backend = backend::select(choice).map_err(|e| e.to_string())?;
+    eprintln!(
+        "profile: compression kernels on {backend}, {elements} f32 elements, median of {repeats}"
+    );
+    let timings = profile::kernel_throughput(&backend.device, elements, repeats);
+    let mut csv =
+        String::from("kernel,backend,adapter,elements,bytes,median_seconds,gb_per_second\n");
+    println!("{:<32} {:>12} {:>10}", "kernel", "median ms", "GB/s");
+    for t in &timings {
+        println!(
+            "{:<32} {:>12.3} {:>10.2}",
+            t.kernel,
+            1e3 * t.median_seconds,
+            t.gb_per_second
+        );
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{}\n",
+            t.kernel,
+            backend.name,
+            backend.adapter,
+            t.elements,
+            t.bytes,
+            t.median_seconds,
+            t.gb_per_second
+        ));
+    }
+    let path = out.join("kernels.csv");
+    advcomp::write_atomically(&path, csv.as_bytes()).map_err(|e| e.to_string())?;
+    println!("adapter: {}; -> {}", backend.adapter, path.display());
     Ok(())
 }
 

@@ -1,0 +1,285 @@
+//! `advcomp compress` and `advcomp stats`, and the compression part of `advcomp info`.
+
+use std::path::PathBuf;
+
+use advcomp::compress::{self, CompressConfig, LayerSummary, Pruner};
+use advcomp::data::{self, Split};
+use advcomp::kernels::{FixedPoint, QuantGrad};
+use advcomp::model::{self, Checkpoint, KeyMap};
+use advcomp::train::{Optimizer, Schedule, TrainConfig};
+use advcomp::{Error, Result};
+use clap::Args;
+use serde_json::json;
+
+use super::{Common, DataArgs, open_backend, print_epoch, print_json};
+
+#[derive(Args)]
+pub(super) struct CompressArgs {
+    /// The baseline checkpoint to compress.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Pruner: dns (dynamic network surgery) or magnitude. Default dns when --density is given.
+    #[arg(long)]
+    prune: Option<Pruner>,
+    /// Target density (kept / all weights) of every weight layer, in (0, 1].
+    #[arg(long)]
+    density: Option<f64>,
+    /// Fixed-point width W of weights and activations (2..=32).
+    #[arg(long)]
+    bits: Option<u32>,
+    /// Integer bits P including the sign (default: the paper's rule, 4->1, 8->2, else 4).
+    #[arg(long)]
+    int_bits: Option<u32>,
+    /// Width of the weights only (overrides --bits for them).
+    #[arg(long)]
+    weight_bits: Option<u32>,
+    /// Width of the activations only (overrides --bits for them).
+    #[arg(long)]
+    activation_bits: Option<u32>,
+    /// Quantiser gradient: ste (zero where clamped) or identity (BPDA).
+    #[arg(long, default_value = "ste")]
+    grad: QuantGrad,
+    /// Fine-tuning epochs (0: compress only).
+    #[arg(long, default_value_t = 3)]
+    finetune_epochs: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value = "adam")]
+    optimizer: Optimizer,
+    #[arg(long, default_value = "cosine")]
+    schedule: Schedule,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Fine-tune on the first N training images only.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// DNS: fine-tuning steps between mask updates.
+    #[arg(long, default_value_t = 50)]
+    mask_interval: usize,
+    /// DNS: masks stop changing after this fraction of fine-tuning.
+    #[arg(long, default_value_t = 0.75)]
+    mask_freeze: f64,
+    /// DNS: fraction of fine-tuning over which density falls from 1 to --density (0: at once).
+    #[arg(long, default_value_t = 0.34)]
+    density_ramp: f64,
+    /// Magnitude: pruning rounds (1 = one-shot; more = iterative, fine-tuning between rounds).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Compressed checkpoint to write.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+pub(super) struct StatsArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Also record every layer's output activation on the first N test images.
+    #[arg(long, default_value_t = 10)]
+    activations: usize,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Write the CSV here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Rename tensors of the checkpoint: old=new,...
+    #[arg(long, default_value = "")]
+    map: KeyMap,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn format(bits: Option<u32>, int_bits: Option<u32>) -> Result<Option<FixedPoint>> {
+    match (bits, int_bits) {
+        (Some(w), Some(p)) => FixedPoint::new(w, p).map(Some),
+        (Some(w), None) => FixedPoint::paper(w).map(Some),
+        (None, _) => Ok(None),
+    }
+}
+
+fn config(args: &CompressArgs, model: &str, dataset: &str) -> Result<CompressConfig> {
+    let prune = match (args.prune, args.density) {
+        (Some(p), Some(d)) => Some((p, d)),
+        (None, Some(d)) => Some((Pruner::Dns, d)),
+        (Some(p), None) => {
+            return Err(Error::usage(format!(
+                "--prune {p} needs --density (kept fraction of weights, e.g. --density 0.1)"
+            )));
+        }
+        (None, None) => None,
+    };
+    if args.int_bits.is_some()
+        && args.bits.is_none()
+        && args.weight_bits.is_none()
+        && args.activation_bits.is_none()
+    {
+        return Err(Error::usage("--int-bits needs --bits (the total width)"));
+    }
+    let base = TrainConfig {
+        batch_size: args.batch_size,
+        optimizer: args.optimizer,
+        schedule: args.schedule,
+        seed: args.seed,
+        train_limit: args.train_limit,
+        ..TrainConfig::new(model.parse()?, dataset)
+    };
+    let mut config = CompressConfig::new(base);
+    config.prune = prune;
+    config.weights = format(args.weight_bits.or(args.bits), args.int_bits)?;
+    config.activations = format(args.activation_bits.or(args.bits), args.int_bits)?;
+    config.grad = args.grad;
+    config.finetune.epochs = args.finetune_epochs;
+    config.finetune.learning_rate = args.lr;
+    config.mask_interval = args.mask_interval;
+    config.mask_freeze = args.mask_freeze;
+    config.density_ramp = args.density_ramp;
+    config.magnitude_rounds = args.rounds;
+    config.validate()?;
+    Ok(config)
+}
+
+pub(super) fn compress_command(args: CompressArgs) -> Result<()> {
+    let backend = open_backend(args.common.backend)?;
+    // Read the base once up front so its model names the fine-tuning config.
+    let base = model::load_checkpoint(&args.checkpoint, None, &KeyMap::default(), &backend.device)?;
+    let kind = base.network.kind();
+    let dataset = match args.data.dataset {
+        Some(d) => d,
+        None => model::checkpoint_dataset(&base.meta).unwrap_or(kind.default_dataset()),
+    };
+    let config = config(&args, kind.name(), dataset.name())?;
+    drop(base);
+    eprintln!(
+        "compressing {} ({kind} on {dataset}): prune {}, weights {}, activations {}, {} fine-tuning epochs",
+        args.checkpoint.display(),
+        config
+            .prune
+            .map_or("none".into(), |(p, d)| format!("{p} to density {d}")),
+        config.weights.map_or("float".into(), |f| f.to_string()),
+        config.activations.map_or("float".into(), |f| f.to_string()),
+        config.finetune.epochs
+    );
+    let outcome = compress::compress_checkpoint(
+        &args.checkpoint,
+        Some(dataset),
+        args.data.data_dir.as_deref(),
+        &config,
+        args.limit,
+        &backend.device,
+        &args.out,
+        print_epoch,
+    )?;
+    if args.common.json {
+        print_json(json!({
+            "outcome": outcome,
+            "config": config,
+            "backend": backend.name,
+            "adapter": backend.adapter,
+        }));
+        return Ok(());
+    }
+    let record = &outcome.record;
+    for (layer, density) in &record.density {
+        let alpha = outcome
+            .alphas
+            .iter()
+            .find(|(l, _)| l == layer)
+            .map_or(String::new(), |(_, a)| format!(" (alpha {a:.3})"));
+        println!("  {layer:<8} density {:.4}{alpha}", density);
+    }
+    println!(
+        "{}: test accuracy {:.2}% (baseline {:.2}%), overall density {:.4}, weights {}, activations {} ({:.0} s); checkpoint {}",
+        kind,
+        100.0 * outcome.test_accuracy,
+        100.0 * outcome.base_accuracy,
+        record.overall_density,
+        record.weights.map_or("float".into(), |f| f.to_string()),
+        record.activations.map_or("float".into(), |f| f.to_string()),
+        outcome.seconds,
+        args.out.display()
+    );
+    Ok(())
+}
+
+pub(super) fn stats_command(args: StatsArgs) -> Result<()> {
+    let backend = open_backend(args.common.backend)?;
+    let ckpt = model::load_checkpoint(&args.checkpoint, None, &args.map, &backend.device)?;
+    let kind = ckpt.network.kind();
+    let images = if args.activations > 0 {
+        let dataset = match args.data.dataset {
+            Some(d) => d,
+            None => model::checkpoint_dataset(&ckpt.meta).unwrap_or(kind.default_dataset()),
+        };
+        kind.check_dataset(dataset)?;
+        let test = data::load(dataset, Split::Test, args.data.data_dir.as_deref())?;
+        let n = args.activations.min(test.len());
+        Some(test.batch(&(0..n).collect::<Vec<_>>(), &backend.device).0)
+    } else {
+        None
+    };
+    let rows = compress::cdf_rows(&ckpt.network, &ckpt.compression, images);
+    let mut csv = String::from("tensor,layer,value,cdf\n");
+    for row in &rows {
+        csv.push_str(&format!(
+            "{},{},{:e},{}\n",
+            row.tensor, row.layer, row.value, row.fraction
+        ));
+    }
+    match &args.out {
+        Some(path) => {
+            advcomp::write_atomically(path, csv.as_bytes())?;
+            eprintln!("{} CDF points -> {}", rows.len(), path.display());
+        }
+        None => print!("{csv}"),
+    }
+    Ok(())
+}
+
+/// The compression part of `info --checkpoint`: formats, then one row per weight layer.
+pub(super) fn compression_report(ckpt: &Checkpoint) -> (serde_json::Value, Vec<LayerSummary>) {
+    let summary = compress::weight_summary(&ckpt.network, &ckpt.compression);
+    let record = json!({
+        "record": ckpt.record(),
+        "weights": ckpt.compression.weights,
+        "activations": ckpt.compression.activations,
+        "overall_density": ckpt.compression.overall_density(&ckpt.network),
+    });
+    (record, summary)
+}
+
+pub(super) fn print_compression(ckpt: &Checkpoint, summary: &[LayerSummary]) {
+    let name = |f: Option<FixedPoint>| f.map_or("float32".to_string(), |f| f.to_string());
+    println!(
+        "compression: weights {}, activations {}, overall density {:.4}",
+        name(ckpt.compression.weights),
+        name(ckpt.compression.activations),
+        ckpt.compression.overall_density(&ckpt.network)
+    );
+    println!(
+        "{:<8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>9}  histogram (10 bins, min..max)",
+        "layer", "weights", "density", "distinct", "min", "max", "|w| p50", "|w| p99"
+    );
+    for s in summary {
+        println!(
+            "{:<8} {:>8} {:>8.4} {:>8} {:>10.4} {:>10.4} {:>9.4} {:>9.4}  {:?}",
+            s.layer,
+            s.weights,
+            s.density,
+            s.distinct,
+            s.min,
+            s.max,
+            s.abs_p50,
+            s.abs_p99,
+            s.histogram
+        );
+    }
+}

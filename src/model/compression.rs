@@ -1,0 +1,320 @@
+//! Compression-aware layers: one generic mechanism every model uses. A [`Compression`] holds a
+//! pruning mask per weight layer and fixed-point formats for weights and activations; the
+//! models route each conv / linear layer and each layer output through it. With no
+//! compression the layers run exactly as burn's modules do.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::nn::Linear;
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::Network;
+use crate::kernels::{self, FixedPoint, QuantGrad};
+
+/// A parameter holding a tensor computed from other parameters. `Param::initialized` leaves
+/// the tensor as it is (`Param::from_tensor` would make it a new leaf and cut the gradient).
+fn derived<const D: usize>(tensor: Tensor<D>) -> Param<Tensor<D>> {
+    Param::initialized(ParamId::new(), tensor)
+}
+
+/// A pruning mask for one layer's weight: 1.0 kept, 0.0 pruned, in burn's layout of the weight
+/// (`shape`), stored flat.
+#[derive(Clone, Debug)]
+pub struct Mask {
+    pub values: Tensor<1>,
+    pub shape: Vec<usize>,
+}
+
+impl Mask {
+    /// Kept weights / all weights, counted from the mask.
+    pub fn density(&self) -> f64 {
+        let n = self.values.dims()[0];
+        let kept = self.values.clone().sum().into_scalar::<f32>() as f64;
+        kept / n.max(1) as f64
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.dims()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How a network is compressed. The default compresses nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Compression {
+    /// Masks by layer name (`conv0`, `fc1`, ...); layers without one are dense.
+    pub masks: BTreeMap<String, Mask>,
+    /// Format of weights and biases of conv / linear layers.
+    pub weights: Option<FixedPoint>,
+    /// Format of every layer's output activation (after ReLU, batch norm + ReLU, the logits).
+    pub activations: Option<FixedPoint>,
+    /// The quantisers' backward pass.
+    pub grad: QuantGrad,
+    /// When set, every layer output is appended here (flattened, by layer name) as the
+    /// forward pass computes it: the data of the activation CDFs.
+    pub recorder: Option<ActivationLog>,
+}
+
+/// Layer outputs recorded during forward passes.
+pub type ActivationLog = Arc<Mutex<Vec<(String, Tensor<1>)>>>;
+
+/// What a checkpoint's metadata says about its compression (JSON in the `compression` field).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CompressionRecord {
+    /// `none`, `dns` or `magnitude`.
+    pub pruner: String,
+    pub target_density: Option<f64>,
+    /// Kept / all weights per pruned layer, counted from the masks.
+    pub density: BTreeMap<String, f64>,
+    /// Kept / all weights over every weight layer (dense layers count as fully kept).
+    pub overall_density: f64,
+    pub weights: Option<FixedPoint>,
+    pub activations: Option<FixedPoint>,
+    pub grad: QuantGrad,
+    /// Fine-tuning epochs after compression.
+    pub finetune_epochs: usize,
+}
+
+impl Compression {
+    /// True when the forward pass is burn's plain one (a recorder alone compresses nothing but
+    /// needs the compressed path to see the layer outputs).
+    pub fn is_none(&self) -> bool {
+        self.masks.is_empty()
+            && self.weights.is_none()
+            && self.activations.is_none()
+            && self.recorder.is_none()
+    }
+
+    /// The same compression with its masks on `device`.
+    pub fn to_device(&self, device: &Device) -> Self {
+        let masks = self
+            .masks
+            .iter()
+            .map(|(name, mask)| {
+                let mask = Mask {
+                    values: mask.values.clone().to_device(device),
+                    shape: mask.shape.clone(),
+                };
+                (name.clone(), mask)
+            })
+            .collect();
+        Self {
+            masks,
+            ..self.clone()
+        }
+    }
+
+    /// A weight as the layer uses it: masked, then quantised.
+    fn weight<const D: usize>(&self, layer: &str, weight: Tensor<D>) -> Tensor<D> {
+        let weight = match self.masks.get(layer) {
+            Some(mask) => {
+                let mask = mask.values.clone().reshape(weight.dims());
+                kernels::apply_mask(weight, mask)
+            }
+            None => weight,
+        };
+        self.quantise_weight(weight)
+    }
+
+    fn quantise_weight<const D: usize>(&self, tensor: Tensor<D>) -> Tensor<D> {
+        match self.weights {
+            Some(format) => kernels::fixed_point(tensor, format, self.grad),
+            None => tensor,
+        }
+    }
+
+    /// `layer`'s output activation, quantised when activations are.
+    pub(crate) fn activation<const D: usize>(&self, layer: &str, x: Tensor<D>) -> Tensor<D> {
+        let x = match self.activations {
+            Some(format) => kernels::fixed_point(x, format, self.grad),
+            None => x,
+        };
+        if let Some(log) = &self.recorder {
+            let n = x.shape().num_elements();
+            let flat = x.clone().inner().reshape([n]);
+            log.lock()
+                .expect("activation log")
+                .push((layer.to_string(), flat));
+        }
+        x
+    }
+
+    /// `layer`'s 2D convolution with its compressed weight and bias: burn's own Conv2d forward
+    /// on a copy of the layer whose parameters are the compressed tensors (still in the
+    /// autodiff graph of the originals, so gradients reach them).
+    pub(crate) fn conv2d(&self, layer: &str, conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+        if self.is_none() {
+            return conv.forward(x);
+        }
+        let compressed = Conv2d {
+            weight: derived(self.weight(layer, conv.weight.val())),
+            bias: conv
+                .bias
+                .as_ref()
+                .map(|b| derived(self.quantise_weight(b.val()))),
+            ..conv.clone()
+        };
+        compressed.forward(x)
+    }
+
+    /// `layer`'s linear map with its compressed weight and bias.
+    pub(crate) fn linear(&self, layer: &str, fc: &Linear, x: Tensor<2>) -> Tensor<2> {
+        if self.is_none() {
+            return fc.forward(x);
+        }
+        let compressed = Linear {
+            weight: derived(self.weight(layer, fc.weight.val())),
+            bias: fc
+                .bias
+                .as_ref()
+                .map(|b| derived(self.quantise_weight(b.val()))),
+        };
+        compressed.forward(x)
+    }
+
+    /// The record for a checkpoint's metadata; densities are counted from the masks.
+    pub fn record(
+        &self,
+        network: &Network,
+        pruner: &str,
+        target: Option<f64>,
+        epochs: usize,
+    ) -> CompressionRecord {
+        let density = self
+            .masks
+            .iter()
+            .map(|(name, mask)| (name.clone(), mask.density()))
+            .collect();
+        CompressionRecord {
+            pruner: pruner.into(),
+            target_density: target,
+            density,
+            overall_density: self.overall_density(network),
+            weights: self.weights,
+            activations: self.activations,
+            grad: self.grad,
+            finetune_epochs: epochs,
+        }
+    }
+
+    /// Kept / all weights over every weight layer of `network`.
+    pub fn overall_density(&self, network: &Network) -> f64 {
+        let (mut kept, mut all) = (0.0, 0usize);
+        for layer in weight_layers(network) {
+            let n = layer.shape.iter().product::<usize>();
+            all += n;
+            kept += match self.masks.get(&layer.name) {
+                Some(mask) => mask.density() * n as f64,
+                None => n as f64,
+            };
+        }
+        kept / all.max(1) as f64
+    }
+}
+
+/// A layer whose weight can be pruned: a conv or linear weight (rank >= 2).
+#[derive(Clone, Debug)]
+pub struct WeightLayer {
+    pub name: String,
+    /// The weight, flattened, without autodiff (for statistics and mask updates).
+    pub values: Tensor<1>,
+    /// burn's shape of the weight.
+    pub shape: Vec<usize>,
+}
+
+struct WeightCollector {
+    path: Vec<String>,
+    layers: Vec<WeightLayer>,
+}
+
+impl ModuleVisitor for WeightCollector {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if D < 2 || self.path.last().map(String::as_str) != Some("weight") {
+            return;
+        }
+        let tensor = param.val().inner();
+        let shape = tensor.dims().to_vec();
+        let n = shape.iter().product::<usize>();
+        self.layers.push(WeightLayer {
+            name: self.path[..self.path.len() - 1].join("."),
+            values: tensor.reshape([n]),
+            shape,
+        });
+    }
+}
+
+/// Every prunable layer of `network`, in the model's order: found from the parameters
+/// themselves (any weight of rank >= 2), so new models need no list.
+pub fn weight_layers(network: &Network) -> Vec<WeightLayer> {
+    let mut collector = WeightCollector {
+        path: Vec::new(),
+        layers: Vec::new(),
+    };
+    match network {
+        Network::LeNet5(m) => m.visit(&mut collector),
+        Network::CifarNet(m) => m.visit(&mut collector),
+    }
+    collector.layers
+}
+
+struct Baker<'a> {
+    compression: &'a Compression,
+    weight_layers: BTreeSet<String>,
+    path: Vec<String>,
+}
+
+impl ModuleMapper for Baker<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some((field, layer)) = self.path.split_last() else {
+            return param;
+        };
+        let layer = layer.join(".");
+        if !self.weight_layers.contains(&layer) {
+            return param;
+        }
+        let compression = self.compression;
+        match field.as_str() {
+            "weight" => param.map(|w| compression.weight(&layer, w.inner())),
+            "bias" => param.map(|b| compression.quantise_weight(b.inner())),
+            _ => param,
+        }
+    }
+}
+
+/// `network` with every conv / linear weight replaced by what the compressed layer uses
+/// (masked, quantised) and every bias quantised, so the stored tensors are the compressed
+/// model. Applying the compression again changes nothing: q and the mask are idempotent.
+pub fn bake(network: Network, compression: &Compression) -> Network {
+    let weight_layers = weight_layers(&network)
+        .into_iter()
+        .map(|layer| layer.name)
+        .collect();
+    let mut baker = Baker {
+        compression,
+        weight_layers,
+        path: Vec::new(),
+    };
+    match network {
+        Network::LeNet5(m) => Network::LeNet5(m.map(&mut baker)),
+        Network::CifarNet(m) => Network::CifarNet(m.map(&mut baker)),
+    }
+}

@@ -1,0 +1,495 @@
+//! Compression: DNS and magnitude pruning reach their density (counted from the masks),
+//! quantised weights lie on the fixed-point grid, 4-bit activations take at most 16 values,
+//! compressed checkpoints keep masks and formats, and bad options are refused.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use advcomp::backend;
+use advcomp::compress::{self, CompressConfig, Pruner};
+use advcomp::data::{self, DatasetKind, Split};
+use advcomp::kernels::FixedPoint;
+use advcomp::model::{self, CheckpointMeta, Compression, KeyMap, ModelKind};
+use advcomp::train::TrainConfig;
+use burn::prelude::*;
+use safetensors::SafeTensors;
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("advcomp-compress-{}-{name}", std::process::id()))
+}
+
+/// A freshly initialised LeNet5 saved as a baseline checkpoint.
+fn baseline(name: &str) -> PathBuf {
+    let device = backend::cpu().device;
+    device.seed(5);
+    let path = temp(name);
+    let meta = CheckpointMeta {
+        model: "lenet5".into(),
+        dataset: "mnist".into(),
+        ..Default::default()
+    };
+    model::save_checkpoint(&path, &ModelKind::LeNet5.init(&device), &meta).unwrap();
+    path
+}
+
+fn config(epochs: usize) -> CompressConfig {
+    let mut config = CompressConfig::new(TrainConfig {
+        batch_size: 64,
+        train_limit: Some(512),
+        ..TrainConfig::new(ModelKind::LeNet5, "mnist")
+    });
+    config.finetune.epochs = epochs;
+    config
+}
+
+fn run(base: &Path, config: &CompressConfig, out: &Path) -> compress::CompressOutcome {
+    compress::compress_checkpoint(
+        base,
+        None,
+        None,
+        config,
+        Some(200),
+        &backend::cpu().device,
+        out,
+        |_| {},
+    )
+    .unwrap()
+}
+
+fn load(path: &Path) -> model::Checkpoint {
+    model::load_checkpoint(path, None, &KeyMap::default(), &backend::cpu().device).unwrap()
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+/// Every tensor the file stores, by name.
+fn stored(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let values: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
+            (name, view.shape().to_vec(), values)
+        })
+        .collect()
+}
+
+fn masks(ckpt: &model::Checkpoint) -> Vec<(String, Vec<f32>)> {
+    ckpt.compression
+        .masks
+        .iter()
+        .map(|(name, m)| (name.clone(), host(m.values.clone())))
+        .collect()
+}
+
+#[test]
+fn dns_reaches_the_target_density_in_every_layer_and_pruned_weights_recover() {
+    let base = baseline("dns-base.safetensors");
+    let (one_shot, tuned) = (temp("dns0.safetensors"), temp("dns1.safetensors"));
+    let mut c = config(0);
+    c.prune = Some((Pruner::Dns, 0.1));
+    let outcome = run(&base, &c, &one_shot);
+    assert_eq!(outcome.record.density.len(), 4, "conv0, conv1, fc1, logits");
+    for (layer, density) in &outcome.record.density {
+        assert!((density - 0.1).abs() <= 0.005, "{layer}: density {density}");
+    }
+    assert!((outcome.record.overall_density - 0.1).abs() <= 0.005);
+
+    // Fine-tuning with a mask update every step: densities stay on target, and some weights
+    // pruned by the first mask come back (DNS's update reaches every weight).
+    c.finetune.epochs = 1;
+    c.finetune.learning_rate = 3e-3;
+    c.mask_interval = 1;
+    c.mask_freeze = 1.0;
+    run(&base, &c, &tuned);
+    let (first, last) = (load(&one_shot), load(&tuned));
+    let mut recovered = 0;
+    for ((layer, before), (_, after)) in masks(&first).iter().zip(masks(&last)) {
+        let density = after.iter().sum::<f32>() / after.len() as f32;
+        assert!(
+            (density - 0.1).abs() <= 0.005,
+            "{layer} after fine-tuning: {density}"
+        );
+        recovered += before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| **b == 0.0 && **a == 1.0)
+            .count();
+    }
+    assert!(
+        recovered > 0,
+        "no pruned weight came back during DNS fine-tuning"
+    );
+
+    // Stored weights are already masked: zero wherever the mask is.
+    let tensors = stored(&tuned);
+    for (layer, mask) in masks(&last) {
+        let (_, shape, weight) = tensors
+            .iter()
+            .find(|(n, ..)| *n == format!("{layer}.weight"))
+            .unwrap();
+        let (_, mask_shape, stored_mask) = tensors
+            .iter()
+            .find(|(n, ..)| *n == format!("{layer}.weight_mask"))
+            .unwrap();
+        assert_eq!(shape, mask_shape, "{layer}: mask in PyTorch's layout");
+        assert_eq!(stored_mask.iter().sum::<f32>(), mask.iter().sum::<f32>());
+        for (w, m) in weight.iter().zip(stored_mask) {
+            assert!(
+                *m == 1.0 || *w == 0.0,
+                "{layer}: a pruned weight is stored as {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn magnitude_pruning_keeps_the_largest_weights_and_never_regrows() {
+    let base = baseline("mag-base.safetensors");
+    let out = temp("mag.safetensors");
+    let mut c = config(0);
+    c.prune = Some((Pruner::Magnitude, 0.25));
+    run(&base, &c, &out);
+    let original = load(&base);
+    let pruned = load(&out);
+    for layer in model::weight_layers(&original.network) {
+        let weights = host(layer.values.clone());
+        let mask = host(pruned.compression.masks[&layer.name].values.clone());
+        let kept = mask.iter().filter(|m| **m == 1.0).count();
+        assert_eq!(
+            kept,
+            (0.25 * weights.len() as f64).round() as usize,
+            "{}",
+            layer.name
+        );
+        let smallest_kept = weights
+            .iter()
+            .zip(&mask)
+            .filter(|(_, m)| **m == 1.0)
+            .map(|(w, _)| w.abs())
+            .fold(f32::INFINITY, f32::min);
+        let largest_pruned = weights
+            .iter()
+            .zip(&mask)
+            .filter(|(_, m)| **m == 0.0)
+            .map(|(w, _)| w.abs())
+            .fold(0.0, f32::max);
+        assert!(smallest_kept >= largest_pruned, "{}", layer.name);
+    }
+
+    // Iterative: three rounds with fine-tuning between; each round's mask is inside the last.
+    let iterative = temp("mag3.safetensors");
+    c.finetune.epochs = 1;
+    c.magnitude_rounds = 3;
+    let outcome = run(&base, &c, &iterative);
+    let last = load(&iterative);
+    let mut first_round = c.clone();
+    first_round.finetune.epochs = 0;
+    first_round.prune = Some((Pruner::Magnitude, 0.25f64.powf(1.0 / 3.0)));
+    let first_out = temp("mag-r1.safetensors");
+    run(&base, &first_round, &first_out);
+    let first = load(&first_out);
+    for ((layer, a), (_, b)) in masks(&first).iter().zip(masks(&last)) {
+        assert!(
+            a.iter().zip(&b).all(|(a, b)| *b <= *a),
+            "{layer}: a weight pruned in round 1 came back"
+        );
+    }
+    for (layer, density) in &outcome.record.density {
+        assert!((density - 0.25).abs() <= 0.005, "{layer}: {density}");
+    }
+}
+
+/// Every value of every stored weight and bias of a conv / linear layer lies on Q(W, P)'s grid.
+fn assert_on_grid(path: &Path, format: FixedPoint) {
+    let mut checked = 0;
+    for (name, _, values) in stored(path) {
+        let layer_param = name.ends_with(".weight") || name.ends_with(".bias");
+        if !layer_param || name.starts_with("bn") {
+            continue;
+        }
+        for v in values {
+            assert_eq!(
+                format.quantise(v).to_bits(),
+                v.to_bits(),
+                "{name}: {v} is off the {format} grid"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 431_080, "every LeNet5 parameter checked");
+}
+
+#[test]
+fn quantised_weights_lie_on_the_grid_and_4_bit_activations_take_at_most_16_values() {
+    let base = baseline("q-base.safetensors");
+    for bits in [4, 8] {
+        let out = temp(&format!("q{bits}.safetensors"));
+        let mut c = config(1);
+        c.weights = Some(FixedPoint::paper(bits).unwrap());
+        c.activations = c.weights;
+        // Pruned and quantised together.
+        c.prune = Some((Pruner::Dns, 0.5));
+        let outcome = run(&base, &c, &out);
+        assert_on_grid(&out, c.weights.unwrap());
+        assert!((outcome.record.overall_density - 0.5).abs() <= 0.005);
+        let ckpt = load(&out);
+        assert_eq!(ckpt.compression.weights, c.weights);
+        assert_eq!(ckpt.compression.activations, c.activations);
+
+        // A forward pass records every layer output: on the grid, at most 2^bits values.
+        let format = c.activations.unwrap();
+        for (layer, values) in layer_outputs(&ckpt.network, &ckpt.compression) {
+            assert!(
+                values.iter().all(|v| format.quantise(*v) == *v),
+                "{layer} off grid"
+            );
+            assert!(
+                distinct(&values) <= 1 << bits,
+                "{layer}: {} values",
+                distinct(&values)
+            );
+        }
+    }
+
+    // With 8-bit weights (4-bit weights zero most of a fresh network's small weights, which
+    // would make the check trivial), 4-bit activations use several of their 16 codes.
+    let fresh = load(&base);
+    let compression = Compression {
+        weights: Some(FixedPoint::paper(8).unwrap()),
+        activations: Some(FixedPoint::paper(4).unwrap()),
+        ..Compression::default()
+    };
+    for (layer, values) in layer_outputs(&fresh.network, &compression) {
+        let n = distinct(&values);
+        assert!(
+            (3..=16).contains(&n),
+            "{layer}: {n} distinct 4-bit activations"
+        );
+    }
+}
+
+fn distinct(values: &[f32]) -> usize {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    sorted.dedup();
+    sorted.len()
+}
+
+/// Every layer output of `network` under `compression` on 64 test images, by layer.
+fn layer_outputs(network: &model::Network, compression: &Compression) -> Vec<(String, Vec<f32>)> {
+    let device = backend::cpu().device;
+    let test = data::load(DatasetKind::Mnist, Split::Test, None).unwrap();
+    let (images, _) = test.batch(&(0..64).collect::<Vec<_>>(), &device);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let recording = Compression {
+        recorder: Some(log.clone()),
+        ..compression.clone()
+    };
+    network.forward_compressed(images, &recording);
+    let layers = std::mem::take(&mut *log.lock().unwrap());
+    let names: Vec<&str> = layers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["conv0", "conv1", "fc1", "logits"]);
+    layers.into_iter().map(|(n, t)| (n, host(t))).collect()
+}
+
+#[test]
+fn a_compressed_checkpoint_loads_back_with_the_same_masks_formats_and_outputs() {
+    let base = baseline("rt-base.safetensors");
+    let out = temp("rt.safetensors");
+    let mut c = config(0);
+    c.prune = Some((Pruner::Magnitude, 0.3));
+    c.weights = Some(FixedPoint::new(6, 2).unwrap());
+    let outcome = run(&base, &c, &out);
+    let ckpt = load(&out);
+    let record = ckpt.record().expect("compression record in the metadata");
+    assert_eq!(record, outcome.record);
+    assert_eq!(record.pruner, "magnitude");
+    assert_eq!(ckpt.compression.activations, None);
+
+    // The baked weights give the same logits with or without applying the compression again.
+    let device = backend::cpu().device;
+    let test = data::load(DatasetKind::Mnist, Split::Test, None).unwrap();
+    let (images, _) = test.batch(&(0..32).collect::<Vec<_>>(), &device);
+    let again = host(
+        ckpt.network
+            .forward_compressed(images.clone(), &ckpt.compression),
+    );
+    let plain = host(ckpt.network.forward(images));
+    assert_eq!(again, plain, "compression is idempotent on baked weights");
+
+    // Saved again and reloaded: identical tensors.
+    let resaved = temp("rt2.safetensors");
+    model::save_compressed(&resaved, &ckpt.network, &ckpt.compression, &ckpt.meta).unwrap();
+    let (mut a, mut b) = (stored(&resaved), stored(&out));
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    b.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            x == y,
+            "tensor {} differs after a save/load round trip",
+            x.0
+        );
+    }
+}
+
+fn advcomp(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_advcomp"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn impossible_compression_options_are_refused_and_write_nothing() {
+    let base = baseline("bad-base.safetensors");
+    let base = base.to_str().unwrap();
+    let out = temp("never.safetensors");
+    let out_str = out.to_str().unwrap();
+    let cases: [(&[&str], &str); 9] = [
+        (&["--density", "0"], "must lie in (0, 1]"),
+        (&["--density", "1.5"], "must lie in (0, 1]"),
+        (&["--prune", "dns"], "needs --density"),
+        (&["--bits", "1"], "between 2 and 32"),
+        (&["--bits", "33"], "between 2 and 32"),
+        (
+            &["--bits", "8", "--int-bits", "0"],
+            "between 1 (the sign bit)",
+        ),
+        (
+            &["--bits", "8", "--int-bits", "9"],
+            "between 1 (the sign bit) and the width 8",
+        ),
+        (&[], "nothing to compress"),
+        (
+            &["--prune", "snip", "--density", "0.5"],
+            "unknown pruner 'snip'",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let mut args = vec![
+            "compress",
+            "--checkpoint",
+            base,
+            "--out",
+            out_str,
+            "--backend",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        let result = advcomp(&args);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+        assert!(!out.exists(), "{extra:?} wrote {}", out.display());
+    }
+
+    // A checkpoint whose mask does not fit its weight.
+    let device = backend::cpu().device;
+    let network = ModelKind::LeNet5.init(&device);
+    let mut compression = Compression::default();
+    let wrong = model::Mask {
+        values: Tensor::ones([10], &device),
+        shape: vec![10],
+    };
+    compression.masks.insert("conv0".into(), wrong);
+    let bad = temp("bad-mask.safetensors");
+    model::save_compressed(&bad, &network, &compression, &CheckpointMeta::default()).unwrap();
+    let result = advcomp(&[
+        "info",
+        "--checkpoint",
+        bad.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("mask 'conv0.weight_mask' has shape [10], the weight has [20, 1, 5, 5]"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn stats_writes_weight_and_activation_cdfs_and_info_shows_the_compression() {
+    let base = baseline("stats-base.safetensors");
+    let out = temp("stats-q4.safetensors");
+    let mut c = config(0);
+    c.weights = Some(FixedPoint::paper(4).unwrap());
+    c.activations = c.weights;
+    c.prune = Some((Pruner::Dns, 0.2));
+    run(&base, &c, &out);
+    let csv = temp("stats.csv");
+    let result = advcomp(&[
+        "stats",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--activations",
+        "10",
+        "--out",
+        csv.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("tensor,layer,value,cdf"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    for tensor in ["weight", "activation"] {
+        for layer in ["conv0", "conv1", "fc1", "logits", "all"] {
+            let points: Vec<(f32, f64)> = rows
+                .iter()
+                .filter(|r| r[0] == tensor && r[1] == layer)
+                .map(|r| (r[2].parse().unwrap(), r[3].parse().unwrap()))
+                .collect();
+            // At 4 bits a CDF has at most 16 steps and ends at 1.
+            assert!(
+                !points.is_empty() && points.len() <= 16,
+                "{tensor} {layer}: {}",
+                points.len()
+            );
+            assert_eq!(points.last().unwrap().1, 1.0, "{tensor} {layer}");
+            assert!(
+                points
+                    .windows(2)
+                    .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
+            );
+        }
+    }
+
+    let result = advcomp(&[
+        "info",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    let table = String::from_utf8_lossy(&result.stdout);
+    assert!(result.status.success());
+    assert!(
+        table.contains("compression: weights Q(4,1), activations Q(4,1), overall density 0.2"),
+        "{table}"
+    );
+    // One row per weight layer; its density counts non-zero weights as the layer uses them,
+    // at most the mask's (4-bit rounding zeroes more of a fresh network's small weights).
+    let rows: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("compression:"))
+        .collect();
+    for layer in ["conv0", "conv1", "fc1", "logits"] {
+        let row = rows.iter().find(|l| l.starts_with(layer));
+        let row = row.unwrap_or_else(|| panic!("no row for {layer}: {table}"));
+        let density: f64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert!(density <= 0.2 + 1e-9, "{layer}: {row}");
+    }
+}
