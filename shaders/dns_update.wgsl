@@ -1,7 +1,8 @@
 // Dynamic network surgery mask update (Guo et al. 2016), in one pass:
 //   M <- (M or |W| > t_high) and (|W| > t_low),   t_high = 1.1 t, t_low = 0.9 t.
 // Output is 1.0 (kept) or 0.0 (pruned); a NaN weight is pruned (its comparisons are
-// false). The dispatch may be two-dimensional (see fixed_point.wgsl).
+// false). Four elements per invocation; the dispatch may be two-dimensional (see
+// fixed_point.wgsl).
 
 struct Params {
     len: u32,
@@ -23,11 +24,13 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = (group.y * groups.x + group.x) * 256u + local;
-    if (i >= params.len) {
-        return;
+    // Read the parameters once: every binding is read_write, so the compiler may not assume
+    // that writes to `output` leave `params` unchanged.
+    let p = params;
+    let first = ((group.y * groups.x + group.x) * 256u + local) * 4u;
+    for (var i = first; i < min(first + 4u, p.len); i++) {
+        let magnitude = abs(weight[i]);
+        let keep = (mask[i] != 0.0 || magnitude > p.t_high) && magnitude > p.t_low;
+        output[i] = select(0.0, 1.0, keep);
     }
-    let magnitude = abs(weight[i]);
-    let keep = (mask[i] != 0.0 || magnitude > params.t_high) && magnitude > params.t_low;
-    output[i] = select(0.0, 1.0, keep);
 }

@@ -1,5 +1,5 @@
 // Fixed-point fake quantisation (DESIGN.md "Fixed-point quantisation") and its
-// straight-through gradient, one element per invocation.
+// straight-through gradient.
 //
 // mode 0: output = q(input) = clamp(round_half_even(input * 2^F), lo, hi) * 2^-F
 //   - WGSL round() rounds half to even; 2^F and 2^-F are exact powers of two, so the
@@ -9,8 +9,9 @@
 // mode 1: output = grad where lo <= input * 2^F <= hi, else 0 (STE: the gradient
 //   passes inside the representable range and is zero where q clamps; 0 for NaN).
 //
-// The dispatch may be two-dimensional (more than 65535 workgroups): the element
-// index is the flattened workgroup index times 256 plus the local index.
+// Each invocation handles 4 consecutive elements (the per-invocation cost dominates on
+// software Vulkan); the dispatch may be two-dimensional (more than 65535 workgroups): the
+// first element is (flattened workgroup index * 256 + local index) * 4.
 
 struct Params {
     len: u32,
@@ -40,21 +41,27 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = (group.y * groups.x + group.x) * 256u + local;
-    if (i >= params.len) {
-        return;
+    // Read the parameters once: every binding is read_write, so the compiler may not assume
+    // that writes to `output` leave `params` unchanged.
+    let p = params;
+    let first = ((group.y * groups.x + group.x) * 256u + local) * 4u;
+    for (var i = first; i < min(first + 4u, p.len); i++) {
+        quantise(i, p);
     }
+}
+
+fn quantise(i: u32, p: Params) {
     let x = input[i];
-    let scaled = x * params.scale;
-    if (params.mode == 0u) {
+    let scaled = x * p.scale;
+    if (p.mode == 0u) {
         if (is_nan(x)) {
             output[i] = x;
             return;
         }
-        let code = clamp(round(scaled), params.lo, params.hi);
-        output[i] = select(code * params.inv_scale, 0.0, code == 0.0);
+        let code = clamp(round(scaled), p.lo, p.hi);
+        output[i] = select(code * p.inv_scale, 0.0, code == 0.0);
     } else {
-        let inside = !is_nan(x) && scaled >= params.lo && scaled <= params.hi;
+        let inside = !is_nan(x) && scaled >= p.lo && scaled <= p.hi;
         output[i] = select(0.0, grad[i], inside);
     }
 }

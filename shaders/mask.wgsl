@@ -20,9 +20,11 @@ fn main(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = (group.y * groups.x + group.x) * 256u + local;
-    if (i >= params.len) {
-        return;
+    // Read the parameters once: every binding is read_write, so the compiler may not assume
+    // that writes to `output` leave `params` unchanged.
+    let p = params;
+    let first = ((group.y * groups.x + group.x) * 256u + local) * 4u;
+    for (var i = first; i < min(first + 4u, p.len); i++) {
+        output[i] = select(0.0, weight[i], mask[i] != 0.0);
     }
-    output[i] = select(0.0, weight[i], mask[i] != 0.0);
 }

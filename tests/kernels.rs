@@ -229,8 +229,11 @@ fn wgsl_kernels_tile_large_dispatches_and_read_strided_views() {
     let gpu = gpu.device;
     let f = format(8, 2);
 
-    // More than 65535 workgroups of 256: the dispatch has to use a second dimension.
-    let n = 256 * 65_535 + 1_000;
+    // A dispatch wider than the per-dimension limit must tile into a second dimension. A
+    // tensor needing 65,536 workgroups of 1,024 elements (256 MiB) exceeds what lavapipe can
+    // bind, so the limit is lowered instead: 1,000,003 elements are 977 workgroups, which with
+    // at most 3 per dimension is a 3 x 326 grid with a ragged tail.
+    let n = 1_000_003;
     let mut rng = StdRng::seed_from_u64(11);
     let input: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect();
     let quantised = |device: &Device| {
@@ -240,10 +243,19 @@ fn wgsl_kernels_tile_large_dispatches_and_read_strided_views() {
             QuantGrad::Ste,
         ))
     };
-    let on_gpu = quantised(&gpu);
-    same_bits("17M elements on wgpu", &on_gpu, &quantised(&cpu));
-    // The last element too: an untiled dispatch would leave the tail unwritten.
-    assert_eq!(on_gpu[n - 1], f.quantise(input[n - 1]));
+    let reference = quantised(&cpu);
+    let one_row = quantised(&gpu);
+    kernels::limit_groups_per_dimension(3);
+    let tiled = quantised(&gpu);
+    kernels::limit_groups_per_dimension(65_535);
+    same_bits("1M elements on wgpu", &one_row, &reference);
+    same_bits(
+        "1M elements on wgpu, 3 x 326 workgroups",
+        &tiled,
+        &reference,
+    );
+    // The last element too: a dispatch that missed the tail would leave it unwritten.
+    assert_eq!(tiled[n - 1], f.quantise(input[n - 1]));
 
     // A transposed (non-contiguous) view.
     let (rows, cols) = (300, 517);

@@ -213,6 +213,14 @@ pub fn dns_update<const D: usize>(
     ))
 }
 
+/// Caps the workgroups per dispatch dimension (65,535 by default, WebGPU's limit), so tests
+/// can drive the two-dimensional dispatch with tensors a software adapter can allocate.
+/// Results must not depend on it.
+#[doc(hidden)]
+pub fn limit_groups_per_dimension(groups: u32) {
+    wgsl::MAX_GROUPS_PER_DIM.store(groups.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
 #[doc(hidden)]
 /// The STE backward as a tensor function, for tests that compare backends.
 pub fn fixed_point_ste<const D: usize>(

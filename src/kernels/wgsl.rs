@@ -7,6 +7,8 @@ use burn::backend::wgpu::{
     CubeBackend, CubeDim, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
 };
 use burn::backend::{DType, TensorMetadata};
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use cubecl::CubeCount;
 use cubecl::prelude::KernelId;
 use cubecl::server::KernelArguments;
@@ -19,8 +21,12 @@ pub(super) const DNS_UPDATE: &str = include_str!("../../shaders/dns_update.wgsl"
 
 /// Invocations per workgroup: the `@workgroup_size` of every shader here.
 const WORKGROUP: u32 = 256;
-/// The most workgroups one dispatch dimension may have (WebGPU's limit).
-const MAX_GROUPS_PER_DIM: u32 = 65_535;
+/// Consecutive elements each invocation handles (the loop in every shader here).
+const PER_INVOCATION: u64 = 4;
+/// The most workgroups the first dispatch dimension may have: WebGPU's limit, 65,535, as for
+/// the second. Tests lower it to make small tensors take the two-dimensional path (software Vulkan cannot allocate a
+/// tensor that needs it: 65,536 workgroups x 1,024 elements is 256 MiB in one binding).
+pub(super) static MAX_GROUPS_PER_DIM: AtomicU32 = AtomicU32::new(65_535);
 
 /// One WGSL file, named for the kernel cache.
 struct Wgsl {
@@ -43,11 +49,12 @@ impl KernelSource for Wgsl {
 /// Workgroup counts covering `len` elements: one row while it fits, then a 2D grid (the shaders
 /// flatten the workgroup index and skip the tail).
 fn dispatch(len: usize) -> CubeCount {
-    let groups = (len as u64).div_ceil(WORKGROUP as u64);
-    let x = groups.min(MAX_GROUPS_PER_DIM as u64);
+    let limit = MAX_GROUPS_PER_DIM.load(Ordering::Relaxed) as u64;
+    let groups = (len as u64).div_ceil(WORKGROUP as u64 * PER_INVOCATION);
+    let x = groups.min(limit);
     let y = groups.div_ceil(x);
     assert!(
-        y <= MAX_GROUPS_PER_DIM as u64,
+        y <= 65_535,
         "tensor of {len} elements is too large for one dispatch"
     );
     CubeCount::Static(x as u32, y as u32, 1)
@@ -82,7 +89,13 @@ fn launch(shader: Wgsl, inputs: Vec<CubeTensor>, params: &[u32]) -> CubeTensor {
     if len == 0 {
         return output;
     }
-    let mut words = vec![u32::try_from(len).expect("tensor larger than 2^32 elements")];
+    // The shaders index with u32 and step up to 4 * 256 past the last element.
+    assert!(
+        len < (u32::MAX - 4 * WORKGROUP) as usize,
+        "{}: tensors of 2^32 elements or more are not supported",
+        shader.name
+    );
+    let mut words = vec![len as u32];
     words.extend_from_slice(params);
     let params = client.create_from_slice(bytemuck::cast_slice(&words));
 

@@ -84,6 +84,11 @@ pub fn kernel_throughput(device: &Device, elements: usize, repeats: usize) -> Ve
             Box::new(|| fixed_point_with_stock_ops(x.clone(), format)),
         ),
         (
+            "one stock op (x * 2), for scale",
+            2 * f32s,
+            Box::new(|| x.clone() * 2.0),
+        ),
+        (
             "fixed_point_ste (backward)",
             3 * f32s,
             Box::new(|| kernels::fixed_point_ste(x.clone(), g.clone(), format)),
