@@ -6,7 +6,7 @@
 mod common;
 
 use advcomp::backend;
-use advcomp::kernels::{self, FixedPoint, QuantGrad};
+use advcomp::kernels::{self, FixedPoint, QuantGrad, StepRule, StepSettings};
 use burn::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -339,4 +339,92 @@ fn gradients_pass_straight_through_inside_the_range_and_reach_pruned_weights() {
     same_bits("mask gradient on wgpu", &masked_gpu, &c);
     let (identity_gpu, _) = gradients(&gpu.device, &x, &mask, QuantGrad::Identity);
     same_bits("identity gradient on wgpu", &identity_gpu, &c);
+}
+
+/// Inputs of an attack step: 7 images of 3 x 5 x 5, a gradient with zeros and a NaN, factors
+/// with an infinite one (a vanished gradient norm).
+fn attack_inputs(device: &Device) -> [Tensor<4>; 3] {
+    let mut rng = StdRng::seed_from_u64(21);
+    let n = 7 * 3 * 5 * 5;
+    let x0: Vec<f32> = (0..n).map(|_| rng.random_range(0.0f32..1.0)).collect();
+    let x: Vec<f32> = x0
+        .iter()
+        .map(|v| (v + rng.random_range(-0.05f32..0.05)).clamp(0.0, 1.0))
+        .collect();
+    let mut g: Vec<f32> = (0..n)
+        .map(|i| match i % 11 {
+            0 => 0.0,
+            _ => rng.random_range(-2.0f32..2.0),
+        })
+        .collect();
+    g[5] = f32::NAN;
+    let shaped = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [7, 3, 5, 5]), device);
+    [shaped(x), shaped(x0), shaped(g)]
+}
+
+#[test]
+fn the_attack_step_moves_clips_and_matches_on_wgpu() {
+    let cpu = backend::cpu().device;
+    let factors = [0.01f32, 0.5, 0.0, f32::INFINITY, 0.02, 1.0, 0.03];
+    let settings = [
+        StepSettings {
+            rule: StepRule::Sign,
+            eps: 0.02,
+            budget: f32::INFINITY,
+        },
+        StepSettings {
+            rule: StepRule::Sign,
+            eps: 0.02,
+            budget: 0.03,
+        },
+        StepSettings {
+            rule: StepRule::Scaled,
+            eps: 0.05,
+            budget: f32::INFINITY,
+        },
+        StepSettings {
+            rule: StepRule::Scaled,
+            eps: 0.05,
+            budget: 0.01,
+        },
+    ];
+    let run = |device: &Device, step: StepSettings| {
+        let [x, x0, g] = attack_inputs(device);
+        let f = tensor(&factors, device);
+        values(kernels::attack_step(x, x0, g, f, step))
+    };
+    // The definition, on the host, element by element.
+    let [x, x0, g] = attack_inputs(&cpu).map(values);
+    for step in settings {
+        let got = run(&cpu, step);
+        for i in 0..got.len() {
+            let delta = match step.rule {
+                StepRule::Sign if g[i] > 0.0 => step.eps,
+                StepRule::Sign if g[i] < 0.0 => -step.eps,
+                StepRule::Sign => 0.0,
+                StepRule::Scaled => factors[i / 75] * g[i],
+            };
+            let delta = if delta.is_nan() || g[i].is_nan() {
+                0.0
+            } else {
+                delta
+            };
+            let want = (x[i] + delta)
+                .clamp(x[i] - step.eps, x[i] + step.eps)
+                .clamp(x0[i] - step.budget, x0[i] + step.budget)
+                .clamp(0.0, 1.0);
+            assert_eq!(got[i], want, "{step:?}: element {i}");
+            assert!((0.0..=1.0).contains(&got[i]));
+        }
+    }
+    let Some(gpu) = common::wgpu_or_skip() else {
+        return;
+    };
+    for step in settings {
+        let (on_gpu, on_cpu) = (run(&gpu.device, step), run(&cpu, step));
+        // Compared as floats: clamping may give either sign of zero.
+        for (i, (a, b)) in on_gpu.iter().zip(&on_cpu).enumerate() {
+            assert_eq!(a, b, "{step:?} on wgpu: element {i}");
+        }
+    }
 }

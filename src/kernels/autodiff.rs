@@ -5,7 +5,8 @@
 //!   gradient unchanged.
 //! - `apply_mask`: the gradient of the masked weight goes to the dense weight unchanged, so
 //!   pruned weights keep learning and can come back (DNS); the mask gets none.
-//! - `dns_update` and `fixed_point_ste` are not differentiated (their outputs are constants).
+//! - `dns_update`, `fixed_point_ste` and `attack_step` are not differentiated (their outputs
+//!   are constants).
 
 use burn::backend::Autodiff;
 use burn::backend::Backend;
@@ -15,12 +16,12 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::tensor::FloatTensor;
 
-use super::{CompressionOps, FixedPoint, QuantGrad};
+use super::{FixedPoint, KernelOps, QuantGrad, StepSettings};
 
 #[derive(Debug)]
 struct Ste(FixedPoint);
 
-impl<B: Backend + CompressionOps> Backward<B, 1> for Ste {
+impl<B: Backend + KernelOps> Backward<B, 1> for Ste {
     type State = B::FloatTensorPrimitive;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -58,7 +59,7 @@ impl<B: Backend> Backward<B, 2> for ToWeight {
     }
 }
 
-impl<B: Backend + CompressionOps, C: CheckpointStrategy> CompressionOps for Autodiff<B, C> {
+impl<B: Backend + KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
     fn fixed_point(x: FloatTensor<Self>, format: FixedPoint, grad: QuantGrad) -> FloatTensor<Self> {
         match grad {
             QuantGrad::Ste => match Ste(format)
@@ -116,6 +117,22 @@ impl<B: Backend + CompressionOps, C: CheckpointStrategy> CompressionOps for Auto
             mask.into_primitive(),
             t_low,
             t_high,
+        ))
+    }
+
+    fn attack_step(
+        x: FloatTensor<Self>,
+        x0: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        factor: FloatTensor<Self>,
+        step: StepSettings,
+    ) -> FloatTensor<Self> {
+        FloatTensor::<Self>::new(B::attack_step(
+            x.into_primitive(),
+            x0.into_primitive(),
+            grad.into_primitive(),
+            factor.into_primitive(),
+            step,
         ))
     }
 }

@@ -1,16 +1,16 @@
-//! Compression kernels as a burn backend extension: fixed-point fake quantisation, the pruning
-//! mask, and the DNS mask update.
+//! advcomp's kernels as a burn backend extension: fixed-point fake quantisation, the pruning
+//! mask, the DNS mask update, and the fused step of the iterative attacks.
 //!
-//! One trait, [`CompressionOps`], with three implementations:
+//! One trait, [`KernelOps`], with three implementations:
 //! - the cubecl backend (wgpu) launches the hand-written WGSL in `shaders/` on the tensors' own
 //!   device buffers (`wgsl.rs`);
 //! - the Flex CPU backend runs a reference built from ordinary tensor ops (`reference.rs`), the
 //!   definition the WGSL is tested against, bit for bit;
 //! - `Autodiff<B>` adds the backward passes (`autodiff.rs`): straight-through (STE) or identity
 //!   (BPDA) for the quantiser, identity to the dense weights for the mask (DNS lets pruned
-//!   weights recover), none for the mask update.
+//!   weights recover), none for the mask update and the attack step.
 //!
-//! Kernels know no models: callers pass tensors and quantiser settings.
+//! Kernels know no models or attacks: callers pass tensors and settings.
 
 mod autodiff;
 mod reference;
@@ -23,11 +23,31 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// The WGSL sources, by file name (for validation and for the record).
-pub const SHADERS: [(&str, &str); 3] = [
+pub const SHADERS: [(&str, &str); 4] = [
     ("fixed_point.wgsl", wgsl::FIXED_POINT),
     ("mask.wgsl", wgsl::MASK),
     ("dns_update.wgsl", wgsl::DNS_UPDATE),
+    ("attack_step.wgsl", wgsl::ATTACK_STEP),
 ];
+
+/// How an attack step turns the gradient into a perturbation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StepRule {
+    /// eps * sign(g) (FGSM, IFGSM, PGD).
+    Sign,
+    /// factor[image] * g, one factor per image (FGM, IFGM).
+    Scaled,
+}
+
+/// Settings of one fused attack step (see `shaders/attack_step.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepSettings {
+    pub rule: StepRule,
+    /// Sign step size and half-width of the interval each step stays in.
+    pub eps: f32,
+    /// Total L-inf budget around the original image (`f32::INFINITY`: none).
+    pub budget: f32,
+}
 
 /// A fixed-point format: `bits` total (W), `int_bits` integer bits including the sign (P), so
 /// F = W - P fraction bits and the range is [-2^(P-1), 2^(P-1) - 2^-F].
@@ -150,7 +170,7 @@ impl std::fmt::Display for QuantGrad {
 /// The backend extension. Tensors are f32; `mask` tensors hold 0.0 (pruned) or 1.0 (kept) and
 /// have the weight's number of elements.
 #[backend_extension(Cube, Flex, Autodiff)]
-pub trait CompressionOps: Backend {
+pub trait KernelOps: Backend {
     /// q(x), with `grad` deciding its backward pass.
     fn fixed_point(x: FloatTensor<Self>, format: FixedPoint, grad: QuantGrad) -> FloatTensor<Self>;
     /// The STE backward of q: `grad` where x lies in the range, 0 elsewhere.
@@ -168,11 +188,20 @@ pub trait CompressionOps: Backend {
         t_low: f32,
         t_high: f32,
     ) -> FloatTensor<Self>;
+    /// One attack step from `x` (images [n, ...]) with gradient `grad`, original images `x0`
+    /// and per-image `factor` [n] (used by [`StepRule::Scaled`]).
+    fn attack_step(
+        x: FloatTensor<Self>,
+        x0: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        factor: FloatTensor<Self>,
+        step: StepSettings,
+    ) -> FloatTensor<Self>;
 }
 
 /// q(x) elementwise (see [`FixedPoint`]), differentiable as `grad` says.
 pub fn fixed_point<const D: usize>(x: Tensor<D>, format: FixedPoint, grad: QuantGrad) -> Tensor<D> {
-    Tensor::from_dispatch(<burn::backend::Dispatch as CompressionOps>::fixed_point(
+    Tensor::from_dispatch(<burn::backend::Dispatch as KernelOps>::fixed_point(
         x.into_dispatch(),
         format,
         grad,
@@ -186,7 +215,7 @@ pub fn apply_mask<const D: usize>(weight: Tensor<D>, mask: Tensor<D>) -> Tensor<
         mask.dims(),
         "mask shape must match the weight"
     );
-    Tensor::from_dispatch(<burn::backend::Dispatch as CompressionOps>::apply_mask(
+    Tensor::from_dispatch(<burn::backend::Dispatch as KernelOps>::apply_mask(
         weight.into_dispatch(),
         mask.into_dispatch(),
     ))
@@ -205,11 +234,33 @@ pub fn dns_update<const D: usize>(
         mask.dims(),
         "mask shape must match the weight"
     );
-    Tensor::from_dispatch(<burn::backend::Dispatch as CompressionOps>::dns_update(
+    Tensor::from_dispatch(<burn::backend::Dispatch as KernelOps>::dns_update(
         weight.into_dispatch(),
         mask.into_dispatch(),
         t_low,
         t_high,
+    ))
+}
+
+/// One fused attack step: x + (eps sign(g) or factor g), clipped to the eps interval of `x`,
+/// to the budget around `x0`, and to [0, 1]; a NaN gradient makes no step. `factor` holds one
+/// value per image (the first dimension); no gradient flows through it.
+pub fn attack_step<const D: usize>(
+    x: Tensor<D>,
+    x0: Tensor<D>,
+    grad: Tensor<D>,
+    factor: Tensor<1>,
+    step: StepSettings,
+) -> Tensor<D> {
+    assert_eq!(x.dims(), x0.dims(), "x0 shape must match x");
+    assert_eq!(x.dims(), grad.dims(), "gradient shape must match x");
+    assert_eq!(factor.dims()[0], x.dims()[0], "one factor per image");
+    Tensor::from_dispatch(<burn::backend::Dispatch as KernelOps>::attack_step(
+        x.into_dispatch(),
+        x0.into_dispatch(),
+        grad.into_dispatch(),
+        factor.into_dispatch(),
+        step,
     ))
 }
 
@@ -228,11 +279,9 @@ pub fn fixed_point_ste<const D: usize>(
     grad: Tensor<D>,
     format: FixedPoint,
 ) -> Tensor<D> {
-    Tensor::from_dispatch(
-        <burn::backend::Dispatch as CompressionOps>::fixed_point_ste(
-            x.into_dispatch(),
-            grad.into_dispatch(),
-            format,
-        ),
-    )
+    Tensor::from_dispatch(<burn::backend::Dispatch as KernelOps>::fixed_point_ste(
+        x.into_dispatch(),
+        grad.into_dispatch(),
+        format,
+    ))
 }

@@ -4,7 +4,9 @@
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Flex, FloatDType, TensorMetadata, get_or_init_device_settings};
 
-use super::{CompressionOps, FixedPoint, QuantGrad};
+use burn::backend::Shape;
+
+use super::{FixedPoint, KernelOps, QuantGrad, StepRule, StepSettings};
 
 fn bool_dtype<B: Backend>(x: &FloatTensor<B>) -> burn::backend::BoolDType {
     get_or_init_device_settings::<B>(&x.device()).bool_dtype
@@ -64,7 +66,61 @@ pub(super) fn dns_update<B: Backend>(
     B::bool_into_float(keep, FloatDType::F32)
 }
 
-impl CompressionOps for Flex {
+/// `value` clamped between the tensors `lo` and `hi`, as WGSL's clamp (max, then min).
+fn clamp_between<B: Backend>(
+    value: FloatTensor<B>,
+    lo: FloatTensor<B>,
+    hi: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let dtype = bool_dtype::<B>(&value);
+    let below = B::float_lower(value.clone(), lo.clone(), dtype);
+    let value = B::float_mask_where(value, below, lo);
+    let above = B::float_greater(value.clone(), hi.clone(), dtype);
+    B::float_mask_where(value, above, hi)
+}
+
+/// x + step (eps sign(g), or factor[image] g; 0 where g or the step is NaN), clamped to
+/// [x - eps, x + eps], to [x0 - budget, x0 + budget], and to [0, 1].
+pub(super) fn attack_step<B: Backend>(
+    x: FloatTensor<B>,
+    x0: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    factor: FloatTensor<B>,
+    step: StepSettings,
+) -> FloatTensor<B> {
+    let shape = x.shape();
+    let dtype = bool_dtype::<B>(&x);
+    let images = shape[0];
+    let per_image = shape.num_elements() / images.max(1);
+    let raw = match step.rule {
+        StepRule::Sign => B::float_mul_scalar(B::float_sign(grad.clone()), step.eps.into()),
+        StepRule::Scaled => {
+            let flat = Shape::new([images, per_image]);
+            let g = B::float_reshape(grad.clone(), flat.clone());
+            let f = B::float_expand(B::float_reshape(factor, Shape::new([images, 1])), flat);
+            B::float_reshape(B::float_mul(f, g), shape)
+        }
+    };
+    let nan = B::bool_or(
+        B::float_is_nan(grad, dtype),
+        B::float_is_nan(raw.clone(), dtype),
+    );
+    let delta = B::float_mask_fill(raw, nan, 0f32.into());
+    let moved = B::float_add(x.clone(), delta);
+    let moved = clamp_between::<B>(
+        moved,
+        B::float_sub_scalar(x.clone(), step.eps.into()),
+        B::float_add_scalar(x, step.eps.into()),
+    );
+    let moved = clamp_between::<B>(
+        moved,
+        B::float_sub_scalar(x0.clone(), step.budget.into()),
+        B::float_add_scalar(x0, step.budget.into()),
+    );
+    B::float_clamp(moved, 0f32.into(), 1f32.into())
+}
+
+impl KernelOps for Flex {
     fn fixed_point(
         x: FloatTensor<Self>,
         format: FixedPoint,
@@ -89,5 +145,14 @@ impl CompressionOps for Flex {
         t_high: f32,
     ) -> FloatTensor<Self> {
         dns_update::<Self>(weight, mask, t_low, t_high)
+    }
+    fn attack_step(
+        x: FloatTensor<Self>,
+        x0: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        factor: FloatTensor<Self>,
+        step: StepSettings,
+    ) -> FloatTensor<Self> {
+        attack_step::<Self>(x, x0, grad, factor, step)
     }
 }

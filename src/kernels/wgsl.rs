@@ -13,11 +13,12 @@ use cubecl::CubeCount;
 use cubecl::prelude::KernelId;
 use cubecl::server::KernelArguments;
 
-use super::{CompressionOps, FixedPoint, QuantGrad};
+use super::{FixedPoint, KernelOps, QuantGrad, StepRule, StepSettings};
 
 pub(super) const FIXED_POINT: &str = include_str!("../../shaders/fixed_point.wgsl");
 pub(super) const MASK: &str = include_str!("../../shaders/mask.wgsl");
 pub(super) const DNS_UPDATE: &str = include_str!("../../shaders/dns_update.wgsl");
+pub(super) const ATTACK_STEP: &str = include_str!("../../shaders/attack_step.wgsl");
 
 /// Invocations per workgroup: the `@workgroup_size` of every shader here.
 const WORKGROUP: u32 = 256;
@@ -62,18 +63,22 @@ fn dispatch(len: usize) -> CubeCount {
 
 /// Launches `shader` with bindings `inputs..., output, params` and returns the output, shaped
 /// like the first input. `params` starts with the element count, which the caller leaves out.
-fn launch(shader: Wgsl, inputs: Vec<CubeTensor>, params: &[u32]) -> CubeTensor {
+/// The first `same_size` inputs have the output's number of elements (the rest are smaller
+/// side tables, such as one factor per image).
+fn launch(shader: Wgsl, inputs: Vec<CubeTensor>, same_size: usize, params: &[u32]) -> CubeTensor {
     let inputs: Vec<CubeTensor> = inputs.into_iter().map(into_contiguous).collect();
     let first = &inputs[0];
     assert!(
         inputs.iter().all(|t| t.dtype == DType::F32),
-        "{}: the compression kernels take f32 tensors",
+        "{}: the kernels take f32 tensors",
         shader.name
     );
     let shape = first.shape();
     let len = shape.num_elements();
     assert!(
-        inputs.iter().all(|t| t.shape().num_elements() == len),
+        inputs[..same_size]
+            .iter()
+            .all(|t| t.shape().num_elements() == len),
         "{}: inputs differ in size",
         shader.name
     );
@@ -126,7 +131,7 @@ fn fixed_point_params(mode: u32, format: FixedPoint) -> [u32; 5] {
     ]
 }
 
-impl CompressionOps for CubeBackend {
+impl KernelOps for CubeBackend {
     fn fixed_point(
         x: FloatTensor<Self>,
         format: FixedPoint,
@@ -137,7 +142,12 @@ impl CompressionOps for CubeBackend {
             source: FIXED_POINT,
         };
         // Mode 0 never reads `grad`; bind the input there too.
-        launch(shader, vec![x.clone(), x], &fixed_point_params(0, format))
+        launch(
+            shader,
+            vec![x.clone(), x],
+            2,
+            &fixed_point_params(0, format),
+        )
     }
 
     fn fixed_point_ste(
@@ -149,7 +159,7 @@ impl CompressionOps for CubeBackend {
             name: "fixed_point",
             source: FIXED_POINT,
         };
-        launch(shader, vec![x, grad], &fixed_point_params(1, format))
+        launch(shader, vec![x, grad], 2, &fixed_point_params(1, format))
     }
 
     fn apply_mask(weight: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -157,7 +167,7 @@ impl CompressionOps for CubeBackend {
             name: "mask",
             source: MASK,
         };
-        launch(shader, vec![weight, mask], &[])
+        launch(shader, vec![weight, mask], 2, &[])
     }
 
     fn dns_update(
@@ -173,7 +183,34 @@ impl CompressionOps for CubeBackend {
         launch(
             shader,
             vec![weight, mask],
+            2,
             &[t_low.to_bits(), t_high.to_bits()],
         )
+    }
+
+    fn attack_step(
+        x: FloatTensor<Self>,
+        x0: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        factor: FloatTensor<Self>,
+        step: StepSettings,
+    ) -> FloatTensor<Self> {
+        let shader = Wgsl {
+            name: "attack_step",
+            source: ATTACK_STEP,
+        };
+        let shape = x.shape();
+        let per_image = shape.num_elements() / shape[0].max(1);
+        let mode = match step.rule {
+            StepRule::Sign => 0,
+            StepRule::Scaled => 1,
+        };
+        let params = [
+            per_image as u32,
+            mode,
+            step.eps.to_bits(),
+            step.budget.to_bits(),
+        ];
+        launch(shader, vec![x, x0, grad, factor], 3, &params)
     }
 }
