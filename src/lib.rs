@@ -5,6 +5,7 @@
 //! checkpoints), [`backend`] (which device runs the work), [`train`] (training and evaluation).
 //! The command line lives in the `advcomp` binary, not here.
 
+pub mod attack;
 pub mod backend;
 pub mod compress;
 pub mod data;

@@ -196,6 +196,14 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The network and its compression, ready to run.
+    pub fn classifier(&self) -> super::Classifier {
+        super::Classifier {
+            network: self.network.clone(),
+            compression: self.compression.clone(),
+        }
+    }
+
     /// The compression record of the metadata (`None` for a baseline).
     pub fn record(&self) -> Option<CompressionRecord> {
         serde_json::from_str(&self.meta.compression).ok()

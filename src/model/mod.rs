@@ -125,6 +125,20 @@ impl LayerInfo {
     }
 }
 
+/// A network with its compression: what attacks differentiate and evaluations run.
+#[derive(Clone, Debug)]
+pub struct Classifier {
+    pub network: Network,
+    pub compression: Compression,
+}
+
+impl Classifier {
+    /// Logits [batch, 10] for images in [0, 1], through the compression.
+    pub fn logits(&self, images: Tensor<4>) -> Tensor<2> {
+        self.network.forward_compressed(images, &self.compression)
+    }
+}
+
 /// Any of advcomp's classifiers; everything downstream (training, checkpoints, attacks) works
 /// on this one type.
 // A network is built a few times per run and moved by value through the optimiser; the size

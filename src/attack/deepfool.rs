@@ -1,0 +1,132 @@
+//! DeepFool-L2 (Moosavi-Dezfooli et al. 2016), batched: the whole batch moves together, each
+//! image stops once its label flips. Every iteration linearises all class logits of every
+//! image with one forward and one backward pass over the batch repeated once per class.
+
+use burn::prelude::*;
+
+use super::{AttackConfig, AttackOutput, Differentiable};
+
+/// Added to each step's distance so a step lands past the boundary, not on it.
+const STEP_SLACK: f32 = 1e-4;
+/// Floor under the norm of a logit-difference gradient (a flat direction gives no step).
+const NORM_FLOOR: f32 = 1e-12;
+
+/// Logits [n, K] (without autodiff) and the gradient of every class logit with respect to the
+/// images, [n, K, d]: the batch is repeated K times and block k's loss is its k-th logit.
+fn class_gradients(
+    model: &impl Differentiable,
+    x: &Tensor<4>,
+    classes: usize,
+) -> (Tensor<2>, Tensor<3>) {
+    let [n, c, h, w] = x.dims();
+    let device = x.device();
+    let repeated = x.clone().repeat_dim(0, classes).autodiff().require_grad();
+    let logits = model.logits(repeated.clone());
+    let class_of_row = Tensor::<1, Int>::arange(0..classes as i64, &device)
+        .reshape([classes, 1])
+        .repeat_dim(1, n)
+        .reshape([classes * n, 1]);
+    let picked = logits.clone().gather(1, class_of_row).sum();
+    let grads = repeated
+        .grad(&picked.backward())
+        .expect("image gradient")
+        .reshape([classes, n, c * h * w])
+        .swap_dims(0, 1);
+    let clean = logits.inner().slice([0..n, 0..classes]);
+    (clean, grads)
+}
+
+pub(super) fn deepfool(
+    model: &impl Differentiable,
+    images: Tensor<4>,
+    labels: Tensor<1, Int>,
+    config: &AttackConfig,
+) -> AttackOutput {
+    let dims = images.dims();
+    let [n, c, h, w] = dims;
+    let d = c * h * w;
+    let device = images.device();
+    let truth: Vec<i64> = labels
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap();
+    let label_index = labels.reshape([n, 1]);
+    let scale = 1.0 + config.overshoot;
+    let place = |r: &Tensor<2>| (images.clone() + r.clone().reshape(dims) * scale).clamp(0.0, 1.0);
+
+    let mut total = Tensor::<2>::zeros([n, d], &device);
+    let mut done = vec![false; n];
+    let mut iterations = vec![0usize; n];
+    let mut excluded: Option<Tensor<2, Bool>> = None;
+    let classes = model.logits(images.clone().narrow(0, 0, 1)).dims()[1];
+    for _ in 0..config.max_iterations {
+        let (logits, grads) = class_gradients(model, &place(&total), classes);
+        let predicted: Vec<i64> = logits
+            .clone()
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap();
+        for i in 0..n {
+            done[i] |= predicted[i] != truth[i];
+        }
+        if done.iter().all(|&x| x) {
+            break;
+        }
+        // The true class, and (with --candidates) classes outside the clean top k, are no
+        // boundary to step to.
+        let excluded = excluded
+            .get_or_insert_with(|| {
+                let own = label_index
+                    .clone()
+                    .reshape([n])
+                    .one_hot(classes)
+                    .equal_elem(1);
+                match config.candidates {
+                    Some(k) if k < classes => {
+                        let rank = logits.clone().neg().argsort(1).argsort(1);
+                        own.bool_or(rank.greater_equal_elem(k as i64))
+                    }
+                    _ => own,
+                }
+            })
+            .clone();
+
+        let own_logit = logits.clone().gather(1, label_index.clone());
+        let margin = logits - own_logit; // [n, K]: f_k - f_y
+        let own_grad = grads
+            .clone()
+            .gather(1, label_index.clone().reshape([n, 1, 1]).repeat_dim(2, d));
+        let directions = grads - own_grad; // [n, K, d]: w_k
+        let norms = directions
+            .clone()
+            .square()
+            .sum_dim(2)
+            .sqrt()
+            .reshape([n, classes])
+            .clamp_min(NORM_FLOOR);
+        let distance = (margin.clone().abs() / norms.clone()).mask_fill(excluded, f32::INFINITY);
+        let nearest = distance.argmin(1); // [n, 1]
+        let direction = directions
+            .gather(1, nearest.clone().reshape([n, 1, 1]).repeat_dim(2, d))
+            .reshape([n, d]);
+        let gap = margin.gather(1, nearest.clone()).abs() + STEP_SLACK;
+        let norm = norms.gather(1, nearest);
+        let active: Vec<f32> = done.iter().map(|&x| if x { 0.0 } else { 1.0 }).collect();
+        let active = Tensor::<2>::from_data(TensorData::new(active, [n, 1]), &device);
+        let step = direction * (gap / norm.square() * active);
+        total = total + step;
+        for i in 0..n {
+            if !done[i] {
+                iterations[i] += 1;
+            }
+        }
+    }
+    AttackOutput {
+        adversarial: place(&total),
+        iterations,
+    }
+}

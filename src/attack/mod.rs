@@ -1,0 +1,278 @@
+//! Untargeted attacks on whole batches: FGSM, FGM, IFGSM (the paper's Algorithm 1), IFGM, PGD
+//! and DeepFool-L2. Cross-entropy on logits with the true labels (summed over the batch, so an
+//! image's gradient does not depend on the batch size). Attacks see a differentiable model and
+//! nothing else: how it was compressed (masks, STE quantisers) is the model's business.
+//!
+//! The update of the iterative attacks is the fused `attack_step` kernel (WGSL on wgpu).
+
+mod deepfool;
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::kernels::{self, StepRule, StepSettings};
+use crate::{Error, Result};
+
+/// A model an attack can differentiate: logits for images in [0, 1]. Gradients with respect
+/// to the images must flow through it when they are autodiff tensors.
+pub trait Differentiable {
+    fn logits(&self, images: Tensor<4>) -> Tensor<2>;
+}
+
+impl Differentiable for crate::model::Classifier {
+    fn logits(&self, images: Tensor<4>) -> Tensor<2> {
+        crate::model::Classifier::logits(self, images)
+    }
+}
+
+/// The attacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttackKind {
+    Fgsm,
+    Fgm,
+    Ifgsm,
+    Ifgm,
+    Pgd,
+    DeepFool,
+}
+
+impl AttackKind {
+    pub const ALL: [AttackKind; 6] = [
+        AttackKind::Fgsm,
+        AttackKind::Fgm,
+        AttackKind::Ifgsm,
+        AttackKind::Ifgm,
+        AttackKind::Pgd,
+        AttackKind::DeepFool,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttackKind::Fgsm => "fgsm",
+            AttackKind::Fgm => "fgm",
+            AttackKind::Ifgsm => "ifgsm",
+            AttackKind::Ifgm => "ifgm",
+            AttackKind::Pgd => "pgd",
+            AttackKind::DeepFool => "deepfool",
+        }
+    }
+}
+
+impl fmt::Display for AttackKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for AttackKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        AttackKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s.to_ascii_lowercase())
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "unknown attack '{s}' (expected fgsm, fgm, ifgsm, ifgm, pgd or deepfool)"
+                ))
+            })
+    }
+}
+
+/// How IFGM / FGM scale the gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GradNorm {
+    /// eps * sqrt(d) * g / ||g||_2 per image: a step as long (L2) as an L-inf step of eps.
+    L2,
+    /// The paper's literal eps * g.
+    None,
+}
+
+impl FromStr for GradNorm {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "l2" => Ok(Self::L2),
+            "none" => Ok(Self::None),
+            _ => Err(Error::usage(format!(
+                "unknown gradient norm '{s}' (expected l2 or none)"
+            ))),
+        }
+    }
+}
+
+/// Everything an attack run depends on.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttackConfig {
+    pub kind: AttackKind,
+    /// Step size and per-step interval (the paper: 0.02).
+    pub eps: f32,
+    /// Iterations of the iterative attacks (the paper: 12); FGSM and FGM take one.
+    pub steps: usize,
+    /// Total L-inf budget around the original image; PGD's default 0.1, none for the others.
+    pub budget: Option<f32>,
+    pub grad_norm: GradNorm,
+    /// Seed of PGD's random start.
+    pub seed: u64,
+    /// DeepFool: overshoot of the accumulated perturbation.
+    pub overshoot: f32,
+    /// DeepFool: most iterations.
+    pub max_iterations: usize,
+    /// DeepFool: consider only the k classes with the highest clean logits (all when `None`).
+    pub candidates: Option<usize>,
+}
+
+impl AttackConfig {
+    /// The paper's settings: eps 0.02, 12 steps, L2-scaled IFGM, DeepFool overshoot 0.02 and at
+    /// most 50 iterations.
+    pub fn new(kind: AttackKind) -> Self {
+        Self {
+            kind,
+            eps: 0.02,
+            steps: 12,
+            budget: None,
+            grad_norm: GradNorm::L2,
+            seed: 1,
+            overshoot: 0.02,
+            max_iterations: 50,
+            candidates: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(Error::usage(format!(
+                "--eps {}: must be a positive number",
+                self.eps
+            )));
+        }
+        if self.steps == 0 || self.max_iterations == 0 {
+            return Err(Error::usage("--steps must be at least 1"));
+        }
+        if let Some(b) = self.budget
+            && (b.is_nan() || b <= 0.0)
+        {
+            return Err(Error::usage(format!("--budget {b}: must be positive")));
+        }
+        if self.candidates == Some(0) || self.candidates == Some(1) {
+            return Err(Error::usage("--candidates needs at least 2 classes"));
+        }
+        if self.overshoot.is_nan() || self.overshoot < 0.0 {
+            return Err(Error::usage("--overshoot must be at least 0"));
+        }
+        Ok(())
+    }
+
+    /// The total budget PGD projects onto.
+    fn pgd_budget(&self) -> f32 {
+        self.budget.unwrap_or(0.1)
+    }
+}
+
+/// Adversarial images of one batch, and the iterations each image took.
+pub struct AttackOutput {
+    pub adversarial: Tensor<4>,
+    /// Steps per image: DeepFool's per-image count until its label flipped, the step count
+    /// for the others.
+    pub iterations: Vec<usize>,
+}
+
+/// The summed cross-entropy of `model` on `images` (autodiff) and its gradient with respect to
+/// the images, without autodiff.
+fn loss_gradient(
+    model: &impl Differentiable,
+    images: &Tensor<4>,
+    labels: &Tensor<1, Int>,
+) -> Tensor<4> {
+    let x = images.clone().autodiff().require_grad();
+    let logits = model.logits(x.clone());
+    let n = labels.dims()[0];
+    // log-softmax in f32, summed: per-image gradients independent of the batch size.
+    let picked = log_softmax(logits, 1).gather(1, labels.clone().reshape([n, 1]));
+    let loss = picked.sum().neg();
+    x.grad(&loss.backward()).expect("image gradient")
+}
+
+/// Per-image factor of the gradient-amplitude step: eps * sqrt(d) / ||g||_2 (L2) or eps.
+/// The norm is taken as max|g| * ||g / max|g|||, so gradients far below 1e-19 (whose squares
+/// underflow) still give their true direction; only an exactly zero gradient makes no step
+/// (its factor is infinite and the kernel skips NaN steps).
+fn step_factor(grad: &Tensor<4>, config: &AttackConfig) -> Tensor<1> {
+    let [n, c, h, w] = grad.dims();
+    let device = grad.device();
+    match config.grad_norm {
+        GradNorm::None => Tensor::full([n], config.eps, &device),
+        GradNorm::L2 => {
+            let d = c * h * w;
+            let flat = grad.clone().reshape([n, d]);
+            let peak = flat.clone().abs().max_dim(1);
+            let norm = (flat / peak.clone()).square().sum_dim(1).sqrt() * peak;
+            (norm.recip() * (config.eps * (d as f32).sqrt())).reshape([n])
+        }
+    }
+}
+
+/// Runs `config`'s attack on one batch (`images` in [0, 1], `labels` the true classes), all
+/// images together on `images`' device.
+pub fn attack(
+    model: &impl Differentiable,
+    images: Tensor<4>,
+    labels: Tensor<1, Int>,
+    config: &AttackConfig,
+) -> Result<AttackOutput> {
+    config.validate()?;
+    let n = images.dims()[0];
+    if config.kind == AttackKind::DeepFool {
+        return Ok(deepfool::deepfool(model, images, labels, config));
+    }
+    let (rule, steps, budget) = match config.kind {
+        AttackKind::Fgsm => (StepRule::Sign, 1, config.budget),
+        AttackKind::Fgm => (StepRule::Scaled, 1, config.budget),
+        AttackKind::Ifgsm => (StepRule::Sign, config.steps, config.budget),
+        AttackKind::Ifgm => (StepRule::Scaled, config.steps, config.budget),
+        AttackKind::Pgd => (StepRule::Sign, config.steps, Some(config.pgd_budget())),
+        AttackKind::DeepFool => unreachable!("handled above"),
+    };
+    let settings = StepSettings {
+        rule,
+        eps: config.eps,
+        budget: budget.unwrap_or(f32::INFINITY),
+    };
+    let device = images.device();
+    let mut x = images.clone();
+    if config.kind == AttackKind::Pgd {
+        x = random_start(&images, config.pgd_budget(), config.seed);
+    }
+    let ones = Tensor::<1>::ones([n], &device);
+    for _ in 0..steps {
+        let grad = loss_gradient(model, &x, &labels);
+        let factor = match rule {
+            StepRule::Sign => ones.clone(),
+            StepRule::Scaled => step_factor(&grad, config),
+        };
+        x = kernels::attack_step(x, images.clone(), grad, factor, settings);
+    }
+    Ok(AttackOutput {
+        adversarial: x,
+        iterations: vec![steps; n],
+    })
+}
+
+/// PGD's start: the images plus uniform noise in [-budget, budget], clipped to [0, 1]. The
+/// noise comes from a seeded host RNG, so every backend starts from the same images.
+fn random_start(images: &Tensor<4>, budget: f32, seed: u64) -> Tensor<4> {
+    let dims = images.dims();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let noise: Vec<f32> = (0..dims.iter().product::<usize>())
+        .map(|_| rng.random_range(-budget..=budget))
+        .collect();
+    let noise = Tensor::<4>::from_data(TensorData::new(noise, dims), &images.device());
+    (images.clone() + noise).clamp(0.0, 1.0)
+}

@@ -1,0 +1,297 @@
+//! Attacks: closed forms on a linear softmax model (FGSM, FGM, DeepFool), budgets and the pixel
+//! range, IFGM-L2 on a very confident model, seeded PGD, and gradients through an STE
+//! quantiser.
+
+mod common;
+
+use advcomp::attack::{self, AttackConfig, AttackKind, Differentiable, GradNorm};
+use advcomp::backend;
+use advcomp::kernels::FixedPoint;
+use advcomp::model::{Classifier, Compression, ModelKind};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const CLASSES: usize = 4;
+const SIDE: usize = 4;
+const D: usize = SIDE * SIDE;
+
+/// logits = x W + b on flattened 1 x 4 x 4 images.
+struct Linear {
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+}
+
+impl Differentiable for Linear {
+    fn logits(&self, images: Tensor<4>) -> Tensor<2> {
+        let n = images.dims()[0];
+        images.reshape([n, D]).matmul(self.weight.clone()) + self.bias.clone().unsqueeze()
+    }
+}
+
+fn host<const D2: usize>(t: Tensor<D2>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+fn linear(device: &Device, scale: f32, seed: u64) -> (Linear, Vec<f32>, Vec<f32>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let w: Vec<f32> = (0..D * CLASSES)
+        .map(|_| scale * rng.random_range(-1.0f32..1.0))
+        .collect();
+    let b: Vec<f32> = (0..CLASSES)
+        .map(|_| scale * rng.random_range(-0.1f32..0.1))
+        .collect();
+    let model = Linear {
+        weight: Tensor::from_data(TensorData::new(w.clone(), [D, CLASSES]), device),
+        bias: Tensor::from_data(TensorData::new(b.clone(), [CLASSES]), device),
+    };
+    (model, w, b)
+}
+
+/// Images in [0.3, 0.7] (no pixel clipping in one small step) and labels.
+fn batch(device: &Device, n: usize, seed: u64) -> (Tensor<4>, Tensor<1, Int>, Vec<f32>, Vec<i64>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x: Vec<f32> = (0..n * D).map(|_| rng.random_range(0.3f32..0.7)).collect();
+    let y: Vec<i64> = (0..n)
+        .map(|_| rng.random_range(0..CLASSES as i64))
+        .collect();
+    let images = Tensor::from_data(TensorData::new(x.clone(), [n, 1, SIDE, SIDE]), device);
+    let labels = Tensor::from_data(TensorData::new(y.clone(), [n]), device);
+    (images, labels, x, y)
+}
+
+/// d CE / d x for the linear model, on the host: W (softmax(x W + b) - onehot(y)).
+fn input_gradient(model: &Linear, w: &[f32], x: &[f32], y: &[i64]) -> Vec<f32> {
+    let n = y.len();
+    let device = model.weight.device();
+    let images = Tensor::<4>::from_data(TensorData::new(x.to_vec(), [n, 1, SIDE, SIDE]), &device);
+    let p = host(softmax(model.logits(images), 1));
+    let mut g = vec![0.0f32; n * D];
+    for i in 0..n {
+        for j in 0..D {
+            g[i * D + j] = (0..CLASSES)
+                .map(|k| {
+                    let target = if k as i64 == y[i] { 1.0 } else { 0.0 };
+                    w[j * CLASSES + k] * (p[i * CLASSES + k] - target)
+                })
+                .sum();
+        }
+    }
+    g
+}
+
+#[test]
+fn fgsm_and_fgm_steps_equal_their_closed_form_on_a_linear_model() {
+    let device = backend::cpu().device;
+    let (model, w, _) = linear(&device, 1.0, 1);
+    let (images, labels, x, y) = batch(&device, 9, 2);
+    let g = input_gradient(&model, &w, &x, &y);
+
+    let mut config = AttackConfig::new(AttackKind::Fgsm);
+    config.eps = 0.05;
+    let adv = host(
+        attack::attack(&model, images.clone(), labels.clone(), &config)
+            .unwrap()
+            .adversarial,
+    );
+    for i in 0..x.len() {
+        let want = (x[i] + 0.05 * g[i].signum() * (g[i] != 0.0) as i32 as f32).clamp(0.0, 1.0);
+        assert!(
+            (adv[i] - want).abs() < 1e-6,
+            "FGSM element {i}: {} vs {want}",
+            adv[i]
+        );
+    }
+
+    config.kind = AttackKind::Fgm;
+    let adv = host(
+        attack::attack(&model, images, labels, &config)
+            .unwrap()
+            .adversarial,
+    );
+    for (i, grad) in g.chunks(D).enumerate() {
+        let norm = grad.iter().map(|v| v * v).sum::<f32>().sqrt();
+        for j in 0..D {
+            let step = (0.05 * (D as f32).sqrt() * grad[j] / norm).clamp(-0.05, 0.05);
+            let want = (x[i * D + j] + step).clamp(0.0, 1.0);
+            let got = adv[i * D + j];
+            assert!(
+                (got - want).abs() < 1e-5,
+                "FGM image {i} pixel {j}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn deepfool_reaches_the_linear_boundary_in_one_step() {
+    let device = backend::cpu().device;
+    // Small weights: the step to the boundary stays inside [0, 1], so nothing is clipped.
+    let (model, _, _) = linear(&device, 0.05, 3);
+    let (images, _, _, _) = batch(&device, 16, 4);
+    // Attack the model's own predictions, so every image starts correctly classified.
+    let predicted = model.logits(images.clone()).argmax(1).reshape([16]);
+    let mut config = AttackConfig::new(AttackKind::DeepFool);
+    config.overshoot = 0.02;
+    let out = attack::attack(&model, images.clone(), predicted.clone(), &config).unwrap();
+    assert!(
+        out.iterations.iter().all(|&k| k == 1),
+        "{:?}",
+        out.iterations
+    );
+    let flipped = model
+        .logits(out.adversarial.clone())
+        .argmax(1)
+        .reshape([16]);
+    let same = host(flipped.equal(predicted.clone()).int().float());
+    assert!(same.iter().all(|&s| s == 0.0), "every label flips");
+
+    // Without the overshoot the point lies on the boundary: the two top logits tie.
+    let r = (out.adversarial - images.clone()) / 1.02;
+    let logits = host(model.logits(images + r));
+    for row in logits.chunks(CLASSES) {
+        let mut sorted = row.to_vec();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        assert!(sorted[0] - sorted[1] < 2e-3, "not on the boundary: {row:?}");
+    }
+}
+
+#[test]
+fn adversarial_images_stay_in_the_pixel_range_and_their_budget() {
+    let device = backend::cpu().device;
+    let (model, _, _) = linear(&device, 3.0, 5);
+    let (images, labels, x, _) = batch(&device, 8, 6);
+    for (kind, limit) in [
+        (AttackKind::Fgsm, 0.02),
+        (AttackKind::Ifgsm, 0.24),
+        (AttackKind::Ifgm, 0.24),
+        (AttackKind::Pgd, 0.1),
+    ] {
+        let config = AttackConfig::new(kind);
+        let adv = host(
+            attack::attack(&model, images.clone(), labels.clone(), &config)
+                .unwrap()
+                .adversarial,
+        );
+        let worst = adv
+            .iter()
+            .zip(&x)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst <= limit + 1e-6, "{kind}: L-inf {worst} > {limit}");
+        assert!(worst > 0.0, "{kind} did not move");
+        assert!(
+            adv.iter().all(|v| (0.0..=1.0).contains(v)),
+            "{kind} left [0, 1]"
+        );
+    }
+    let mut budgeted = AttackConfig::new(AttackKind::Ifgsm);
+    budgeted.budget = Some(0.05);
+    let adv = host(
+        attack::attack(&model, images, labels, &budgeted)
+            .unwrap()
+            .adversarial,
+    );
+    let worst = adv
+        .iter()
+        .zip(&x)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(worst <= 0.05 + 1e-6, "IFGSM with budget 0.05: {worst}");
+}
+
+#[test]
+fn ifgm_l2_moves_images_of_a_very_confident_model() {
+    let device = backend::cpu().device;
+    // Large weights: softmax is saturated and the loss gradient tiny (around 1e-20).
+    let (model, w, _) = linear(&device, 60.0, 7);
+    let (images, _, x, _) = batch(&device, 8, 8);
+    let predicted = model.logits(images.clone()).argmax(1).reshape([8]);
+    let y: Vec<i64> = predicted
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap();
+    let g = input_gradient(&model, &w, &x, &y);
+    let peak = g.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(
+        peak < 1e-6,
+        "the model is not confident enough: |g| up to {peak}"
+    );
+
+    let moved = |norm: GradNorm| {
+        let mut config = AttackConfig::new(AttackKind::Ifgm);
+        config.grad_norm = norm;
+        let adv = host(
+            attack::attack(&model, images.clone(), predicted.clone(), &config)
+                .unwrap()
+                .adversarial,
+        );
+        adv.iter().zip(&x).map(|(a, b)| (a - b).abs()).sum::<f32>() / adv.len() as f32
+    };
+    let l2 = moved(GradNorm::L2);
+    let literal = moved(GradNorm::None);
+    assert!(l2 > 0.01, "IFGM-L2 barely moved: mean |delta| {l2}");
+    assert!(
+        literal < 1e-6,
+        "the literal eps * g should be inert here: {literal}"
+    );
+}
+
+#[test]
+fn pgd_is_reproducible_from_its_seed() {
+    let device = backend::cpu().device;
+    let (model, _, _) = linear(&device, 3.0, 9);
+    let (images, labels, _, _) = batch(&device, 8, 10);
+    let run = |seed| {
+        let mut config = AttackConfig::new(AttackKind::Pgd);
+        config.seed = seed;
+        // Two steps of 0.02 within a budget of 0.1: the random start still shows (12 steps
+        // on a linear model end in the budget's corners whatever the start).
+        config.steps = 2;
+        host(
+            attack::attack(&model, images.clone(), labels.clone(), &config)
+                .unwrap()
+                .adversarial,
+        )
+    };
+    assert_eq!(run(3), run(3));
+    assert_ne!(run(3), run(4));
+}
+
+#[test]
+fn attacks_on_a_quantised_model_follow_ste_gradients() {
+    let device = backend::cpu().device;
+    device.seed(12);
+    let network = ModelKind::LeNet5.init(&device);
+    let test = advcomp::data::load(
+        advcomp::data::DatasetKind::Mnist,
+        advcomp::data::Split::Test,
+        None,
+    )
+    .unwrap();
+    let (images, labels) = test.batch(&(0..8).collect::<Vec<_>>(), &device);
+    let quantised = Classifier {
+        network,
+        compression: Compression {
+            weights: Some(FixedPoint::paper(8).unwrap()),
+            activations: Some(FixedPoint::paper(8).unwrap()),
+            ..Compression::default()
+        },
+    };
+    // A quantiser's forward is a step function: its true derivative is zero almost everywhere,
+    // so FGSM with detached or true gradients would not move. Through the STE it does.
+    let config = AttackConfig::new(AttackKind::Fgsm);
+    let adv = attack::attack(&quantised, images.clone(), labels, &config)
+        .unwrap()
+        .adversarial;
+    let delta = host((adv - images).abs());
+    let moved = delta.iter().filter(|d| **d > 0.0).count();
+    assert!(
+        moved > delta.len() / 2,
+        "only {moved} of {} pixels moved",
+        delta.len()
+    );
+}
