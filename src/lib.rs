@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod model;
 pub mod profile;
 pub mod train;
+pub mod transfer;
 
 pub use error::{Error, Result};
 

@@ -295,3 +295,40 @@ fn attacks_on_a_quantised_model_follow_ste_gradients() {
         delta.len()
     );
 }
+
+#[test]
+fn attacks_on_a_loaded_checkpoint_are_deterministic() {
+    // A checkpoint loads in inference mode: no dropout, even when gradients flow to the
+    // images, so the same attack gives the same images.
+    let device = backend::cpu().device;
+    device.seed(13);
+    let path =
+        std::env::temp_dir().join(format!("advcomp-attack-{}.safetensors", std::process::id()));
+    let meta = advcomp::model::CheckpointMeta {
+        model: "lenet5".into(),
+        ..Default::default()
+    };
+    advcomp::model::save_checkpoint(&path, &ModelKind::LeNet5.init(&device), &meta).unwrap();
+    let ckpt = advcomp::model::load_checkpoint(&path, None, &Default::default(), &device).unwrap();
+    let classifier = ckpt.classifier();
+    let test = advcomp::data::load(
+        advcomp::data::DatasetKind::Mnist,
+        advcomp::data::Split::Test,
+        None,
+    )
+    .unwrap();
+    let (images, labels) = test.batch(&(0..16).collect::<Vec<_>>(), &device);
+    for kind in [AttackKind::Ifgm, AttackKind::DeepFool] {
+        let mut config = AttackConfig::new(kind);
+        config.steps = 3;
+        config.max_iterations = 3;
+        let run = || {
+            host(
+                attack::attack(&classifier, images.clone(), labels.clone(), &config)
+                    .unwrap()
+                    .adversarial,
+            )
+        };
+        assert_eq!(run(), run(), "{kind}");
+    }
+}

@@ -23,8 +23,14 @@ struct Pass {
 fn forward_backward(checkpoint: &std::path::Path, device: &Device) -> Pass {
     let device = device.clone().autodiff();
     let loaded = model::load_checkpoint(checkpoint, None, &KeyMap::default(), &device).unwrap();
-    // Dropout off (freeze), weight gradients on: the pass is deterministic on every backend.
-    let network = loaded.network.freeze().set_require_grad(true);
+    // Checkpoints load in inference mode; back to autodiff (train), then dropout off (freeze)
+    // with weight gradients on: the pass is deterministic on every backend.
+    let network = loaded
+        .network
+        .to_device(&device)
+        .train()
+        .freeze()
+        .set_require_grad(true);
     let test = data::load(DatasetKind::Mnist, Split::Test, None).unwrap();
     let (images, labels) = test.batch(&(0..16).collect::<Vec<_>>(), &device);
     let images = images.require_grad();

@@ -2,6 +2,7 @@
 //! prints tables or JSON. Progress and the backend line go to stderr so `--json` output on
 //! stdout stays machine-readable.
 
+mod attack;
 mod compress;
 
 use std::path::PathBuf;
@@ -38,6 +39,10 @@ enum Command {
     Compress(compress::CompressArgs),
     /// CDF data (CSV) of a checkpoint's weights and of its activations on test images.
     Stats(compress::StatsArgs),
+    /// Craft adversarial examples on a source model and evaluate them on target models.
+    Attack(attack::AttackArgs),
+    /// The any-to-any transfer matrix of a list of models under one attack.
+    Transfer(attack::TransferArgs),
 }
 
 #[derive(Args)]
@@ -140,6 +145,8 @@ pub fn run() -> i32 {
         Command::Eval(args) => eval(args),
         Command::Compress(args) => compress::compress_command(args),
         Command::Stats(args) => compress::stats_command(args),
+        Command::Attack(args) => attack::attack_command(args),
+        Command::Transfer(args) => attack::transfer_command(args),
     };
     match result {
         Ok(()) => 0,

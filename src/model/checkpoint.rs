@@ -429,6 +429,9 @@ pub fn load_checkpoint(
         Network::LeNet5(m) => Network::LeNet5(m.map(&mut importer)),
         Network::CifarNet(m) => Network::CifarNet(m.map(&mut importer)),
     };
+    // Inference mode (dropout off, batch norm on its running statistics), also when gradients
+    // flow to the inputs (attacks); `.train()` turns training back on for fine-tuning.
+    let network = network.valid();
     // PyTorch's BatchNorm keeps a step counter that inference never uses.
     let unknown: Vec<&String> = tensors
         .keys()

@@ -1,0 +1,305 @@
+//! `advcomp attack` (one source, its adversarial set evaluated on targets) and
+//! `advcomp transfer` (the any-to-any matrix of a list of models).
+
+use std::path::{Path, PathBuf};
+
+use advcomp::attack::{AttackConfig, AttackKind, GradNorm};
+use advcomp::backend::Backend;
+use advcomp::data::{self, DatasetKind, Images, Split};
+use advcomp::kernels::QuantGrad;
+use advcomp::model::{self, Classifier, KeyMap};
+use advcomp::transfer::{self, AdversarialSet, CellMetrics};
+use advcomp::{Error, Result};
+use clap::Args;
+use serde_json::json;
+
+use super::{Common, DataArgs, open_backend, print_json};
+
+#[derive(Args)]
+pub(super) struct AttackOptions {
+    /// fgsm, fgm, ifgsm, ifgm, pgd or deepfool.
+    #[arg(long, default_value = "ifgsm")]
+    attack: AttackKind,
+    /// Step size and per-step interval.
+    #[arg(long, default_value_t = 0.02)]
+    eps: f32,
+    /// Iterations of the iterative attacks.
+    #[arg(long, default_value_t = 12)]
+    steps: usize,
+    /// Total L-inf budget (PGD's default 0.1; none for the others).
+    #[arg(long)]
+    budget: Option<f32>,
+    /// IFGM / FGM step: l2 (eps·sqrt(d)·g/||g||) or none (the paper's literal eps·g).
+    #[arg(long, default_value = "l2")]
+    grad_norm: GradNorm,
+    /// Gradient through the source's quantisers: ste or identity (BPDA).
+    #[arg(long, default_value = "ste")]
+    grad: QuantGrad,
+    /// PGD's random-start seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// DeepFool's overshoot.
+    #[arg(long, default_value_t = 0.02)]
+    overshoot: f32,
+    /// DeepFool's most iterations.
+    #[arg(long, default_value_t = 50)]
+    max_iterations: usize,
+    /// DeepFool: only the k classes with the highest clean logits.
+    #[arg(long)]
+    candidates: Option<usize>,
+    /// Attack the first N test images.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+impl AttackOptions {
+    fn config(&self) -> Result<AttackConfig> {
+        let config = AttackConfig {
+            eps: self.eps,
+            steps: self.steps,
+            budget: self.budget,
+            grad_norm: self.grad_norm,
+            seed: self.seed,
+            overshoot: self.overshoot,
+            max_iterations: self.max_iterations,
+            candidates: self.candidates,
+            ..AttackConfig::new(self.attack)
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Args)]
+pub(super) struct AttackArgs {
+    /// The model the examples are crafted on.
+    #[arg(long)]
+    source: PathBuf,
+    /// Models to evaluate the examples on (comma-separated; default: the source).
+    #[arg(long, value_delimiter = ',')]
+    eval: Vec<PathBuf>,
+    /// Write the adversarial images here (float safetensors).
+    #[arg(long)]
+    save_adv: Option<PathBuf>,
+    #[command(flatten)]
+    options: AttackOptions,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+pub(super) struct TransferArgs {
+    /// Every model of the matrix (comma-separated checkpoints): each is a source and a target.
+    #[arg(long, value_delimiter = ',', required = true)]
+    models: Vec<PathBuf>,
+    /// The matrix of adversarial accuracy (rows: source, columns: target) as CSV.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    options: AttackOptions,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// A loaded checkpoint, named by its file.
+struct Loaded {
+    name: String,
+    path: PathBuf,
+    classifier: Classifier,
+    dataset: Option<DatasetKind>,
+}
+
+fn load(path: &Path, backend: &Backend, grad: QuantGrad) -> Result<Loaded> {
+    let ckpt = model::load_checkpoint(path, None, &KeyMap::default(), &backend.device)?;
+    let mut classifier = ckpt.classifier();
+    classifier.compression.grad = grad;
+    Ok(Loaded {
+        name: path
+            .file_stem()
+            .map_or("model".into(), |s| s.to_string_lossy().into_owned()),
+        path: path.to_path_buf(),
+        dataset: model::checkpoint_dataset(&ckpt.meta),
+        classifier,
+    })
+}
+
+/// The test images every model of the run takes.
+fn test_images(models: &[&Loaded], data: &DataArgs) -> Result<Images> {
+    let kind = models[0].classifier.network.kind();
+    let dataset = data
+        .dataset
+        .or(models[0].dataset)
+        .unwrap_or(kind.default_dataset());
+    for m in models {
+        m.classifier.network.kind().check_dataset(dataset)?;
+    }
+    data::load(dataset, Split::Test, data.data_dir.as_deref())
+}
+
+fn craft(
+    source: &Loaded,
+    images: &Images,
+    options: &AttackOptions,
+    backend: &Backend,
+) -> Result<AdversarialSet> {
+    let config = options.config()?;
+    let description = json!({ "source": source.path, "attack": config }).to_string();
+    let set = transfer::craft(
+        &source.classifier,
+        images,
+        options.limit,
+        options.batch_size,
+        &config,
+        &backend.device,
+        description,
+    )?;
+    eprintln!(
+        "{} on {}: {} images in {:.1} s = {:.1} images/s (batch {}, {} on {})",
+        config.kind,
+        source.name,
+        set.len(),
+        set.seconds,
+        set.images_per_second(),
+        options.batch_size,
+        backend.name,
+        backend.adapter
+    );
+    Ok(set)
+}
+
+fn print_cells(rows: &[(String, String, CellMetrics)]) {
+    println!(
+        "{:<24} {:<24} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>6} {:>6}",
+        "source", "target", "clean", "adv acc", "success", "mean|d|", "L0", "L2", "Linf", "iters"
+    );
+    for (source, target, m) in rows {
+        println!(
+            "{:<24} {:<24} {:>7.2}% {:>7.2}% {:>7.2}% {:>9.5} {:>7.1} {:>7.3} {:>6.3} {:>6.2}",
+            source,
+            target,
+            100.0 * m.clean_accuracy,
+            100.0 * m.adversarial_accuracy,
+            100.0 * m.success_rate,
+            m.mean_abs_delta,
+            m.l0,
+            m.l2,
+            m.linf,
+            m.mean_iterations
+        );
+    }
+}
+
+pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
+    let backend = open_backend(args.common.backend)?;
+    let config = args.options.config()?;
+    let source = load(&args.source, &backend, args.options.grad)?;
+    let targets = if args.eval.is_empty() {
+        vec![load(&args.source, &backend, args.options.grad)?]
+    } else {
+        args.eval
+            .iter()
+            .map(|p| load(p, &backend, args.options.grad))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let mut all: Vec<&Loaded> = vec![&source];
+    all.extend(targets.iter());
+    let images = test_images(&all, &args.options.data)?;
+    let set = craft(&source, &images, &args.options, &backend)?;
+    if let Some(path) = &args.save_adv {
+        transfer::save(path, &set)?;
+        eprintln!("adversarial images -> {}", path.display());
+    }
+    let mut rows = Vec::new();
+    for target in &targets {
+        let cell = transfer::evaluate(
+            &target.classifier,
+            &set,
+            &images,
+            args.options.batch_size,
+            &backend.device,
+        )?;
+        rows.push((source.name.clone(), target.name.clone(), cell));
+    }
+    if args.common.json {
+        print_json(json!({
+            "source": args.source,
+            "attack": config,
+            "images": set.len(),
+            "seconds": set.seconds,
+            "images_per_second": set.images_per_second(),
+            "batch_size": args.options.batch_size,
+            "backend": backend.name,
+            "adapter": backend.adapter,
+            "cells": rows.iter().map(|(s, t, m)| json!({"source": s, "target": t, "metrics": m})).collect::<Vec<_>>(),
+        }));
+    } else {
+        print_cells(&rows);
+        println!(
+            "throughput: {:.1} images/s ({} images, batch {}, {} on {})",
+            set.images_per_second(),
+            set.len(),
+            args.options.batch_size,
+            backend.name,
+            backend.adapter
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
+    let backend = open_backend(args.common.backend)?;
+    if args.models.len() < 2 {
+        return Err(Error::usage("--models needs at least two checkpoints"));
+    }
+    args.options.config()?;
+    let models = args
+        .models
+        .iter()
+        .map(|p| load(p, &backend, args.options.grad))
+        .collect::<Result<Vec<_>>>()?;
+    let images = test_images(&models.iter().collect::<Vec<_>>(), &args.options.data)?;
+    let mut rows = Vec::new();
+    let mut csv = format!(
+        "source\\target,{}\n",
+        models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for source in &models {
+        let set = craft(source, &images, &args.options, &backend)?;
+        let mut line = vec![source.name.clone()];
+        for target in &models {
+            let cell = transfer::evaluate(
+                &target.classifier,
+                &set,
+                &images,
+                args.options.batch_size,
+                &backend.device,
+            )?;
+            line.push(format!("{}", cell.adversarial_accuracy));
+            rows.push((source.name.clone(), target.name.clone(), cell));
+        }
+        csv.push_str(&line.join(","));
+        csv.push('\n');
+    }
+    advcomp::write_atomically(&args.out, csv.as_bytes())?;
+    if args.common.json {
+        print_json(json!({
+            "attack": args.options.config()?,
+            "matrix": args.out,
+            "cells": rows.iter().map(|(s, t, m)| json!({"source": s, "target": t, "metrics": m})).collect::<Vec<_>>(),
+            "backend": backend.name,
+            "adapter": backend.adapter,
+        }));
+    } else {
+        print_cells(&rows);
+        println!("matrix of adversarial accuracy -> {}", args.out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Transfer of adversarial examples: craft a set once per source model (batched on the
+//! device), evaluate it on any target, and measure each cell (adversarial accuracy, success
+//! rate, perturbation sizes). Sets are stored as float safetensors, never 8-bit images, so a
+//! perturbation below 1/255 survives the round trip.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::Serialize;
+
+use crate::attack::{self, AttackConfig};
+use crate::data::Images;
+use crate::model::Classifier;
+use crate::{Error, Result};
+
+/// Adversarial images made on one source model, with the originals' labels.
+#[derive(Clone, Debug)]
+pub struct AdversarialSet {
+    /// What made the set (source checkpoint, attack), as JSON.
+    pub description: String,
+    /// Images [n, c, h, w] in [0, 1], row-major.
+    pub images: Vec<f32>,
+    pub shape: [usize; 4],
+    pub labels: Vec<i64>,
+    /// Attack iterations per image.
+    pub iterations: Vec<usize>,
+    /// Seconds the attack took, and its throughput.
+    pub seconds: f64,
+}
+
+impl AdversarialSet {
+    pub fn len(&self) -> usize {
+        self.shape[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn images_per_second(&self) -> f64 {
+        self.len() as f64 / self.seconds.max(1e-9)
+    }
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 data")
+}
+
+/// Runs `config`'s attack on the first `limit` images of `originals` against `source`, in
+/// batches of `batch_size` on `device`.
+pub fn craft(
+    source: &Classifier,
+    originals: &Images,
+    limit: usize,
+    batch_size: usize,
+    config: &AttackConfig,
+    device: &Device,
+    description: String,
+) -> Result<AdversarialSet> {
+    config.validate()?;
+    let n = limit.min(originals.len());
+    if n == 0 {
+        return Err(Error::usage("no images to attack"));
+    }
+    if batch_size == 0 {
+        return Err(Error::usage("--batch-size must be at least 1"));
+    }
+    let indices: Vec<usize> = (0..n).collect();
+    let bar = ProgressBar::new(n as u64).with_style(
+        ProgressStyle::with_template(
+            "{msg:>10} [{bar:30}] {pos}/{len} images ({per_sec}, eta {eta})",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(config.kind.to_string());
+    let start = Instant::now();
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    let mut iterations = Vec::new();
+    for chunk in indices.chunks(batch_size) {
+        let (x, y) = originals.batch(chunk, device);
+        labels.extend(
+            y.clone()
+                .into_data()
+                .convert::<i64>()
+                .try_to_vec::<i64>()
+                .expect("labels"),
+        );
+        let out = attack::attack(source, x, y, config)?;
+        images.extend(host(out.adversarial));
+        iterations.extend(out.iterations);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(AdversarialSet {
+        description,
+        images,
+        shape: [n, originals.channels, originals.height, originals.width],
+        labels,
+        iterations,
+        seconds,
+    })
+}
+
+/// The numbers of one (source set, target) cell.
+#[derive(Clone, Debug, Serialize)]
+pub struct CellMetrics {
+    pub images: usize,
+    /// Target's accuracy on the original images.
+    pub clean_accuracy: f64,
+    /// Target's accuracy on the adversarial images (the paper's y axis).
+    pub adversarial_accuracy: f64,
+    /// Share of the images the target classified correctly that are now misclassified.
+    pub success_rate: f64,
+    /// Mean |x_adv - x| over all pixels (the paper's Figure 6).
+    pub mean_abs_delta: f64,
+    /// Mean number of changed pixels per image.
+    pub l0: f64,
+    /// Mean per-image L2 norm of the perturbation.
+    pub l2: f64,
+    /// Largest |x_adv - x| in the set.
+    pub linf: f64,
+    /// Mean attack iterations per image (DeepFool: until the label flipped).
+    pub mean_iterations: f64,
+}
+
+fn predictions(
+    model: &Classifier,
+    images: &[f32],
+    shape: [usize; 4],
+    batch: usize,
+    device: &Device,
+) -> Vec<i64> {
+    let per_image = shape[1] * shape[2] * shape[3];
+    let mut out = Vec::with_capacity(shape[0]);
+    for start in (0..shape[0]).step_by(batch.max(1)) {
+        let end = (start + batch.max(1)).min(shape[0]);
+        let data = TensorData::new(
+            images[start * per_image..end * per_image].to_vec(),
+            [end - start, shape[1], shape[2], shape[3]],
+        );
+        let logits = model.logits(Tensor::from_data(data, device));
+        let predicted = logits.argmax(1).into_data().convert::<i64>();
+        out.extend(predicted.try_to_vec::<i64>().expect("predictions"));
+    }
+    out
+}
+
+/// Evaluates `set` (made from the first images of `originals`) on `target`.
+pub fn evaluate(
+    target: &Classifier,
+    set: &AdversarialSet,
+    originals: &Images,
+    batch_size: usize,
+    device: &Device,
+) -> Result<CellMetrics> {
+    let n = set.len();
+    if originals.len() < n {
+        return Err(Error::usage(format!(
+            "the adversarial set has {n} images but the dataset only {}",
+            originals.len()
+        )));
+    }
+    let indices: Vec<usize> = (0..n).collect();
+    let (clean, _) = originals.batch(&indices, device);
+    let clean = host(clean);
+    let clean_pred = predictions(target, &clean, set.shape, batch_size, device);
+    let adv_pred = predictions(target, &set.images, set.shape, batch_size, device);
+    let per_image = set.shape[1] * set.shape[2] * set.shape[3];
+    let (mut abs_sum, mut l0, mut l2, mut linf) = (0.0f64, 0usize, 0.0f64, 0.0f64);
+    for (a, c) in set.images.chunks(per_image).zip(clean.chunks(per_image)) {
+        let mut squares = 0.0f64;
+        for (x, y) in a.iter().zip(c) {
+            let d = (x - y).abs() as f64;
+            abs_sum += d;
+            squares += d * d;
+            l0 += (d > 0.0) as usize;
+            linf = linf.max(d);
+        }
+        l2 += squares.sqrt();
+    }
+    let correct = |pred: &[i64]| pred.iter().zip(&set.labels).filter(|(p, y)| p == y).count();
+    let was_right: Vec<bool> = clean_pred
+        .iter()
+        .zip(&set.labels)
+        .map(|(p, y)| p == y)
+        .collect();
+    let flipped = was_right
+        .iter()
+        .zip(adv_pred.iter().zip(&set.labels))
+        .filter(|(right, (p, y))| **right && p != y)
+        .count();
+    let n_f = n as f64;
+    Ok(CellMetrics {
+        images: n,
+        clean_accuracy: correct(&clean_pred) as f64 / n_f,
+        adversarial_accuracy: correct(&adv_pred) as f64 / n_f,
+        success_rate: flipped as f64 / was_right.iter().filter(|r| **r).count().max(1) as f64,
+        mean_abs_delta: abs_sum / (n * per_image) as f64,
+        l0: l0 as f64 / n_f,
+        l2: l2 / n_f,
+        linf,
+        mean_iterations: set.iterations.iter().sum::<usize>() as f64 / n_f,
+    })
+}
+
+/// Writes `set` to `path` (safetensors, f32 images, i64 labels and iterations) atomically.
+pub fn save(path: &Path, set: &AdversarialSet) -> Result<()> {
+    let images: Vec<u8> = bytemuck::cast_slice(&set.images).to_vec();
+    let labels: Vec<u8> = bytemuck::cast_slice(&set.labels).to_vec();
+    let iterations: Vec<i64> = set.iterations.iter().map(|&i| i as i64).collect();
+    let iterations: Vec<u8> = bytemuck::cast_slice(&iterations).to_vec();
+    let n = set.len();
+    let err =
+        |e: safetensors::SafeTensorError| Error::io(path, std::io::Error::other(e.to_string()));
+    let views = vec![
+        (
+            "adversarial",
+            TensorView::new(Dtype::F32, set.shape.to_vec(), &images).map_err(err)?,
+        ),
+        (
+            "labels",
+            TensorView::new(Dtype::I64, vec![n], &labels).map_err(err)?,
+        ),
+        (
+            "iterations",
+            TensorView::new(Dtype::I64, vec![n], &iterations).map_err(err)?,
+        ),
+    ];
+    let metadata = HashMap::from([
+        ("description".to_string(), set.description.clone()),
+        ("seconds".to_string(), set.seconds.to_string()),
+    ]);
+    let bytes = safetensors::tensor::serialize(views, Some(metadata)).map_err(err)?;
+    crate::write_atomically(path, &bytes)
+}
+
+/// Reads a set written by [`save`].
+pub fn load(path: &Path) -> Result<AdversarialSet> {
+    let bytes = std::fs::read(path).map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
+    let bad = |what: String| Error::data(path, what);
+    let (_, header) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not safetensors: {e}")))?;
+    let file =
+        SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("not safetensors: {e}")))?;
+    let tensor = |name: &str, dtype: Dtype| {
+        let view = file
+            .tensor(name)
+            .map_err(|_| bad(format!("no tensor '{name}' (not an adversarial set)")))?;
+        if view.dtype() != dtype {
+            return Err(bad(format!(
+                "tensor '{name}' is {:?}, expected {dtype:?}",
+                view.dtype()
+            )));
+        }
+        Ok(view)
+    };
+    let images = tensor("adversarial", Dtype::F32)?;
+    let shape: [usize; 4] = images
+        .shape()
+        .try_into()
+        .map_err(|_| bad("'adversarial' is not [n, c, h, w]".into()))?;
+    let labels: Vec<i64> = bytemuck::pod_collect_to_vec(tensor("labels", Dtype::I64)?.data());
+    let iterations: Vec<i64> =
+        bytemuck::pod_collect_to_vec(tensor("iterations", Dtype::I64)?.data());
+    if labels.len() != shape[0] || iterations.len() != shape[0] {
+        return Err(bad(
+            "labels / iterations do not match the image count".into()
+        ));
+    }
+    let meta = header.metadata().clone().unwrap_or_default();
+    Ok(AdversarialSet {
+        description: meta.get("description").cloned().unwrap_or_default(),
+        images: bytemuck::pod_collect_to_vec(images.data()),
+        shape,
+        labels,
+        iterations: iterations.into_iter().map(|i| i as usize).collect(),
+        seconds: meta
+            .get("seconds")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0),
+    })
+}
