@@ -1,0 +1,197 @@
+//! Transfer: adversarial sets keep float precision through a save/load round trip, cell metrics
+//! agree with a direct computation, and `advcomp attack` / `advcomp transfer` run end to end and
+//! refuse bad options.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use advcomp::attack::{AttackConfig, AttackKind};
+use advcomp::backend;
+use advcomp::data::{self, DatasetKind, Split};
+use advcomp::kernels::FixedPoint;
+use advcomp::model::{self, CheckpointMeta, Classifier, Compression, KeyMap, ModelKind};
+use advcomp::transfer;
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("advcomp-transfer-{}-{name}", std::process::id()))
+}
+
+fn checkpoint(name: &str, seed: u64, compression: &Compression) -> PathBuf {
+    let device = backend::cpu().device;
+    device.seed(seed);
+    let path = temp(name);
+    let meta = CheckpointMeta {
+        model: "lenet5".into(),
+        dataset: "mnist".into(),
+        ..Default::default()
+    };
+    let network = model::bake(ModelKind::LeNet5.init(&device), compression);
+    model::save_compressed(&path, &network, compression, &meta).unwrap();
+    path
+}
+
+fn classifier(path: &PathBuf) -> Classifier {
+    model::load_checkpoint(path, None, &KeyMap::default(), &backend::cpu().device)
+        .unwrap()
+        .classifier()
+}
+
+#[test]
+fn sets_round_trip_in_float_and_metrics_match_a_direct_count() {
+    let device = backend::cpu().device;
+    let source = classifier(&checkpoint("src.safetensors", 1, &Compression::default()));
+    let test = data::load(DatasetKind::Mnist, Split::Test, None).unwrap();
+    let mut config = AttackConfig::new(AttackKind::Ifgsm);
+    config.eps = 0.001; // below 1/255: an 8-bit image could not hold it
+    config.steps = 2;
+    let set = transfer::craft(&source, &test, 40, 16, &config, &device, "test".into()).unwrap();
+    assert_eq!(set.len(), 40);
+    let path = temp("set.safetensors");
+    transfer::save(&path, &set).unwrap();
+    let back = transfer::load(&path).unwrap();
+    assert_eq!(back.images, set.images);
+    assert_eq!(back.labels, set.labels);
+    assert_eq!(back.shape, [40, 1, 28, 28]);
+
+    let cell = transfer::evaluate(&source, &back, &test, 16, &device).unwrap();
+    let (clean, _) = test.batch(&(0..40).collect::<Vec<_>>(), &device);
+    let clean: Vec<f32> = clean
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let deltas: Vec<f32> = set
+        .images
+        .iter()
+        .zip(&clean)
+        .map(|(a, b)| (a - b).abs())
+        .collect();
+    let mean = deltas.iter().map(|d| *d as f64).sum::<f64>() / deltas.len() as f64;
+    assert!((cell.mean_abs_delta - mean).abs() < 1e-9);
+    assert!(
+        cell.linf <= 0.002 + 1e-6 && cell.linf > 0.0,
+        "L-inf {}",
+        cell.linf
+    );
+    let changed = deltas.iter().filter(|d| **d > 0.0).count() as f64 / 40.0;
+    assert_eq!(cell.l0, changed);
+    assert_eq!(cell.mean_iterations, 2.0);
+    assert!(cell.adversarial_accuracy <= cell.clean_accuracy + 1e-9);
+}
+
+fn advcomp(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_advcomp"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn attack_and_transfer_commands_run_and_refuse_bad_options() {
+    let full = checkpoint("full.safetensors", 2, &Compression::default());
+    let quantised = checkpoint(
+        "q8.safetensors",
+        2,
+        &Compression {
+            weights: Some(FixedPoint::paper(8).unwrap()),
+            activations: Some(FixedPoint::paper(8).unwrap()),
+            ..Compression::default()
+        },
+    );
+    let (full, quantised) = (full.to_str().unwrap(), quantised.to_str().unwrap());
+    let both = format!("{full},{quantised}");
+    let out = advcomp(&[
+        "attack",
+        "--source",
+        quantised,
+        "--attack",
+        "fgsm",
+        "--eval",
+        &both,
+        "--limit",
+        "24",
+        "--batch-size",
+        "8",
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["images"], 24);
+    assert_eq!(json["cells"].as_array().unwrap().len(), 2);
+    assert!(json["images_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        json["adapter"].as_str().map(|a| a.starts_with("Flex")),
+        Some(true)
+    );
+
+    let matrix = temp("matrix.csv");
+    let out = advcomp(&[
+        "transfer",
+        "--models",
+        &both,
+        "--attack",
+        "fgsm",
+        "--limit",
+        "16",
+        "--backend",
+        "cpu",
+        "--out",
+        matrix.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(&matrix).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(rows.iter().all(|r| r.len() == 3), "{csv}");
+    for row in &rows[1..] {
+        for cell in &row[1..] {
+            let accuracy: f64 = cell.parse().unwrap();
+            assert!((0.0..=1.0).contains(&accuracy));
+        }
+    }
+
+    let never = temp("never.csv");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["attack", "--source", full, "--attack", "cw"],
+            "unknown attack 'cw'",
+        ),
+        (
+            &["attack", "--source", full, "--eps", "0"],
+            "--eps 0: must be a positive number",
+        ),
+        (
+            &["attack", "--source", full, "--attack", "pgd", "--budget=-1"],
+            "--budget -1: must be positive",
+        ),
+        (
+            &[
+                "transfer",
+                "--models",
+                full,
+                "--out",
+                never.to_str().unwrap(),
+            ],
+            "at least two checkpoints",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut args = args.to_vec();
+        args.extend(["--backend", "cpu", "--limit", "4"]);
+        let out = advcomp(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert!(!never.exists());
+}
