@@ -30,7 +30,7 @@ fn checkpoint(name: &str, seed: u64, compression: &Compression) -> PathBuf {
     path
 }
 
-fn classifier(path: &PathBuf) -> Classifier {
+fn classifier(path: &std::path::Path) -> Classifier {
     model::load_checkpoint(path, None, &KeyMap::default(), &backend::cpu().device)
         .unwrap()
         .classifier()
