@@ -160,6 +160,39 @@ fn attack_and_transfer_commands_run_and_refuse_bad_options() {
         }
     }
 
+    // With a cache the second run reuses both sets and gives the same matrix.
+    let cache = temp("cache");
+    let cached = temp("matrix-cached.csv");
+    let run = || {
+        advcomp(&[
+            "transfer",
+            "--models",
+            &both,
+            "--attack",
+            "fgsm",
+            "--limit",
+            "16",
+            "--backend",
+            "cpu",
+            "--out",
+            cached.to_str().unwrap(),
+            "--cache",
+            cache.to_str().unwrap(),
+        ])
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let first_matrix = std::fs::read_to_string(&cached).unwrap();
+    let second = run();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(stderr.matches("reusing").count(), 2, "{stderr}");
+    assert_eq!(std::fs::read_to_string(&cached).unwrap(), first_matrix);
+    assert_eq!(first_matrix, csv, "the cached run computes the same matrix");
+
     let never = temp("never.csv");
     let cases: [(&[&str], &str); 4] = [
         (

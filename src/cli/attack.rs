@@ -99,6 +99,10 @@ pub(super) struct TransferArgs {
     /// The matrix of adversarial accuracy (rows: source, columns: target) as CSV.
     #[arg(long)]
     out: PathBuf,
+    /// Keep each source's adversarial set here (float safetensors, keyed by a hash of the
+    /// source checkpoint, the attack and the image count) and reuse it when present.
+    #[arg(long)]
+    cache: Option<PathBuf>,
     #[command(flatten)]
     options: AttackOptions,
     #[command(flatten)]
@@ -111,11 +115,13 @@ struct Loaded {
     path: PathBuf,
     classifier: Classifier,
     dataset: Option<DatasetKind>,
+    compressed: bool,
 }
 
 fn load(path: &Path, backend: &Backend, grad: QuantGrad) -> Result<Loaded> {
     let ckpt = model::load_checkpoint(path, None, &KeyMap::default(), &backend.device)?;
     let mut classifier = ckpt.classifier();
+    let compressed = !classifier.compression.is_none();
     classifier.compression.grad = grad;
     Ok(Loaded {
         name: path
@@ -124,6 +130,7 @@ fn load(path: &Path, backend: &Backend, grad: QuantGrad) -> Result<Loaded> {
         path: path.to_path_buf(),
         dataset: model::checkpoint_dataset(&ckpt.meta),
         classifier,
+        compressed,
     })
 }
 
@@ -171,16 +178,45 @@ fn craft(
     Ok(set)
 }
 
-fn print_cells(rows: &[(String, String, CellMetrics)]) {
-    println!(
-        "{:<24} {:<24} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>6} {:>6}",
-        "source", "target", "clean", "adv acc", "success", "mean|d|", "L0", "L2", "Linf", "iters"
+/// One evaluated cell: source name, target name, scenario, metrics.
+type Row = (String, String, &'static str, CellMetrics);
+
+fn cell(source: &Loaded, target: &Loaded, metrics: CellMetrics) -> Row {
+    let scenario = transfer::scenario(
+        source.compressed,
+        target.compressed,
+        source.path == target.path,
     );
-    for (source, target, m) in rows {
+    (source.name.clone(), target.name.clone(), scenario, metrics)
+}
+
+fn rows_json(rows: &[Row]) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|(s, t, scenario, m)| json!({"source": s, "target": t, "scenario": scenario, "metrics": m}))
+        .collect()
+}
+
+fn print_cells(rows: &[Row]) {
+    println!(
+        "{:<22} {:<22} {:<16} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>6} {:>6}",
+        "source",
+        "target",
+        "scenario",
+        "clean",
+        "adv acc",
+        "success",
+        "mean|d|",
+        "L0",
+        "L2",
+        "Linf",
+        "iters"
+    );
+    for (source, target, scenario, m) in rows {
         println!(
-            "{:<24} {:<24} {:>7.2}% {:>7.2}% {:>7.2}% {:>9.5} {:>7.1} {:>7.3} {:>6.3} {:>6.2}",
+            "{:<22} {:<22} {:<16} {:>7.2}% {:>7.2}% {:>7.2}% {:>9.5} {:>7.1} {:>7.3} {:>6.3} {:>6.2}",
             source,
             target,
+            scenario,
             100.0 * m.clean_accuracy,
             100.0 * m.adversarial_accuracy,
             100.0 * m.success_rate,
@@ -215,14 +251,14 @@ pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
     }
     let mut rows = Vec::new();
     for target in &targets {
-        let cell = transfer::evaluate(
+        let metrics = transfer::evaluate(
             &target.classifier,
             &set,
             &images,
             args.options.batch_size,
             &backend.device,
         )?;
-        rows.push((source.name.clone(), target.name.clone(), cell));
+        rows.push(cell(&source, target, metrics));
     }
     if args.common.json {
         print_json(json!({
@@ -234,7 +270,7 @@ pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
             "batch_size": args.options.batch_size,
             "backend": backend.name,
             "adapter": backend.adapter,
-            "cells": rows.iter().map(|(s, t, m)| json!({"source": s, "target": t, "metrics": m})).collect::<Vec<_>>(),
+            "cells": rows_json(&rows),
         }));
     } else {
         print_cells(&rows);
@@ -250,12 +286,39 @@ pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
     Ok(())
 }
 
+/// `source`'s set from the cache directory when an identical one is there, else crafted and
+/// stored there.
+fn cached_set(
+    dir: &Path,
+    source: &Loaded,
+    images: &Images,
+    config: &AttackConfig,
+    options: &AttackOptions,
+    backend: &Backend,
+) -> Result<AdversarialSet> {
+    let bytes = std::fs::read(&source.path).map_err(|e| Error::io(&source.path, e))?;
+    let key = transfer::set_key(&bytes, config, options.limit.min(images.len()));
+    let path = dir.join(format!("{}-{}-{key}.safetensors", source.name, config.kind));
+    if path.exists() {
+        eprintln!(
+            "{} on {}: reusing {}",
+            config.kind,
+            source.name,
+            path.display()
+        );
+        return transfer::load(&path);
+    }
+    let set = craft(source, images, options, backend)?;
+    transfer::save(&path, &set)?;
+    Ok(set)
+}
+
 pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
     let backend = open_backend(args.common.backend)?;
     if args.models.len() < 2 {
         return Err(Error::usage("--models needs at least two checkpoints"));
     }
-    args.options.config()?;
+    let config = args.options.config()?;
     let models = args
         .models
         .iter()
@@ -272,18 +335,21 @@ pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
             .join(",")
     );
     for source in &models {
-        let set = craft(source, &images, &args.options, &backend)?;
+        let set = match &args.cache {
+            Some(dir) => cached_set(dir, source, &images, &config, &args.options, &backend)?,
+            None => craft(source, &images, &args.options, &backend)?,
+        };
         let mut line = vec![source.name.clone()];
         for target in &models {
-            let cell = transfer::evaluate(
+            let metrics = transfer::evaluate(
                 &target.classifier,
                 &set,
                 &images,
                 args.options.batch_size,
                 &backend.device,
             )?;
-            line.push(format!("{}", cell.adversarial_accuracy));
-            rows.push((source.name.clone(), target.name.clone(), cell));
+            line.push(format!("{}", metrics.adversarial_accuracy));
+            rows.push(cell(source, target, metrics));
         }
         csv.push_str(&line.join(","));
         csv.push('\n');
@@ -291,9 +357,9 @@ pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
     advcomp::write_atomically(&args.out, csv.as_bytes())?;
     if args.common.json {
         print_json(json!({
-            "attack": args.options.config()?,
+            "attack": config,
             "matrix": args.out,
-            "cells": rows.iter().map(|(s, t, m)| json!({"source": s, "target": t, "metrics": m})).collect::<Vec<_>>(),
+            "cells": rows_json(&rows),
             "backend": backend.name,
             "adapter": backend.adapter,
         }));

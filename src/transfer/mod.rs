@@ -110,6 +110,36 @@ pub fn craft(
     })
 }
 
+/// The paper's scenario a (source, target) cell belongs to.
+pub fn scenario(
+    source_compressed: bool,
+    target_compressed: bool,
+    same_model: bool,
+) -> &'static str {
+    match (source_compressed, target_compressed, same_model) {
+        (false, false, true) => "FULL->FULL",
+        (true, true, true) => "1 COMP->COMP",
+        (false, true, _) => "2 FULL->COMP",
+        (true, false, _) => "3 COMP->FULL",
+        (true, true, false) => "COMP->other COMP",
+        (false, false, false) => "FULL->other FULL",
+    }
+}
+
+/// A cache key for a set: FNV-1a over the source checkpoint's bytes, the attack config and
+/// the image count, so a set is reused only for exactly the same inputs.
+pub fn set_key(source_bytes: &[u8], config: &AttackConfig, images: usize) -> String {
+    let json = serde_json::to_string(config).expect("config serialises");
+    let hash = source_bytes
+        .iter()
+        .chain(json.as_bytes())
+        .chain(&images.to_le_bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{hash:016x}")
+}
+
 /// The numbers of one (source set, target) cell.
 #[derive(Clone, Debug, Serialize)]
 pub struct CellMetrics {
