@@ -1,8 +1,10 @@
 //! DeepFool-L2 (Moosavi-Dezfooli et al. 2016), batched: the whole batch moves together, each
-//! image stops once its label flips. Every iteration linearises all class logits of every
-//! image with one forward and one backward pass over the batch repeated once per class.
+//! image stops once its label flips (and leaves the batch). Every iteration linearises all
+//! class logits of every active image with one forward and one backward pass over the active
+//! images repeated once per class.
 
 use burn::prelude::*;
+use burn::tensor::IndexingUpdateOp;
 
 use super::{AttackConfig, AttackOutput, Differentiable};
 
@@ -59,10 +61,25 @@ pub(super) fn deepfool(
     let mut total = Tensor::<2>::zeros([n, d], &device);
     let mut done = vec![false; n];
     let mut iterations = vec![0usize; n];
-    let mut excluded: Option<Tensor<2, Bool>> = None;
     let classes = model.logits(images.clone().narrow(0, 0, 1)).dims()[1];
+    // The true class, and (with --candidates) classes outside the clean top k, are no
+    // boundary to step to; set from the clean logits on the first iteration.
+    let mut excluded: Option<Tensor<2, Bool>> = None;
+    let index = |rows: &[usize]| {
+        let rows: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
+        let m = rows.len();
+        Tensor::<1, Int>::from_data(TensorData::new(rows, [m]), &device)
+    };
     for _ in 0..config.max_iterations {
-        let (logits, grads) = class_gradients(model, &place(&total), classes);
+        // Only images whose label has not flipped yet go through the model: the batch
+        // shrinks as images finish, instead of carrying them to the slowest one's end.
+        let active: Vec<usize> = (0..n).filter(|&i| !done[i]).collect();
+        if active.is_empty() {
+            break;
+        }
+        let rows = index(&active);
+        let x = place(&total).select(0, rows.clone());
+        let (logits, grads) = class_gradients(model, &x, classes);
         let predicted: Vec<i64> = logits
             .clone()
             .argmax(1)
@@ -70,14 +87,6 @@ pub(super) fn deepfool(
             .convert::<i64>()
             .try_to_vec::<i64>()
             .unwrap();
-        for i in 0..n {
-            done[i] |= predicted[i] != truth[i];
-        }
-        if done.iter().all(|&x| x) {
-            break;
-        }
-        // The true class, and (with --candidates) classes outside the clean top k, are no
-        // boundary to step to.
         let excluded = excluded
             .get_or_insert_with(|| {
                 let own = label_index
@@ -94,35 +103,51 @@ pub(super) fn deepfool(
                 }
             })
             .clone();
+        // Images that flipped are done; the rest take a step.
+        let mut stepping = Vec::new();
+        let mut positions = Vec::new();
+        for (j, &i) in active.iter().enumerate() {
+            if predicted[j] != truth[i] {
+                done[i] = true;
+            } else {
+                stepping.push(i);
+                positions.push(j);
+            }
+        }
+        if stepping.is_empty() {
+            break;
+        }
+        let m = stepping.len();
+        let (within, rows) = (index(&positions), index(&stepping));
+        let logits = logits.select(0, within.clone());
+        let grads = grads.select(0, within);
+        let labels = label_index.clone().select(0, rows.clone());
+        let excluded = excluded.select(0, rows.clone());
 
-        let own_logit = logits.clone().gather(1, label_index.clone());
-        let margin = logits - own_logit; // [n, K]: f_k - f_y
+        let own_logit = logits.clone().gather(1, labels.clone());
+        let margin = logits - own_logit; // [m, K]: f_k - f_y
         let own_grad = grads
             .clone()
-            .gather(1, label_index.clone().reshape([n, 1, 1]).repeat_dim(2, d));
-        let directions = grads - own_grad; // [n, K, d]: w_k
+            .gather(1, labels.reshape([m, 1, 1]).repeat_dim(2, d));
+        let directions = grads - own_grad; // [m, K, d]: w_k
         let norms = directions
             .clone()
             .square()
             .sum_dim(2)
             .sqrt()
-            .reshape([n, classes])
+            .reshape([m, classes])
             .clamp_min(NORM_FLOOR);
         let distance = (margin.clone().abs() / norms.clone()).mask_fill(excluded, f32::INFINITY);
-        let nearest = distance.argmin(1); // [n, 1]
+        let nearest = distance.argmin(1); // [m, 1]
         let direction = directions
-            .gather(1, nearest.clone().reshape([n, 1, 1]).repeat_dim(2, d))
-            .reshape([n, d]);
+            .gather(1, nearest.clone().reshape([m, 1, 1]).repeat_dim(2, d))
+            .reshape([m, d]);
         let gap = margin.gather(1, nearest.clone()).abs() + STEP_SLACK;
         let norm = norms.gather(1, nearest);
-        let active: Vec<f32> = done.iter().map(|&x| if x { 0.0 } else { 1.0 }).collect();
-        let active = Tensor::<2>::from_data(TensorData::new(active, [n, 1]), &device);
-        let step = direction * (gap / norm.square() * active);
-        total = total + step;
-        for i in 0..n {
-            if !done[i] {
-                iterations[i] += 1;
-            }
+        let step = direction * (gap / norm.square());
+        total = total.select_assign(0, rows, step, IndexingUpdateOp::Add);
+        for &i in &stepping {
+            iterations[i] += 1;
         }
     }
     AttackOutput {
