@@ -21,6 +21,18 @@ pub use error::{Error, Result};
 /// The tool's version, written into every checkpoint it makes.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// A stable 64-bit FNV-1a hash of `parts` (in order), as 16 hex digits: the key of configs in
+/// checkpoints and of cached artefacts.
+pub fn stable_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let hash = parts
+        .into_iter()
+        .flatten()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{hash:016x}")
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename, so a crash
 /// never leaves a half-written file under the final name.
 pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {

@@ -145,10 +145,7 @@ impl CompressConfig {
     /// A stable hash of this config, written into the compressed checkpoint.
     pub fn hash(&self) -> String {
         let json = serde_json::to_string(self).expect("config serialises");
-        let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        format!("{hash:016x}")
+        crate::stable_hash([json.as_bytes()])
     }
 
     /// The fine-tuning step at which DNS's density reaches the target: the first step at or

@@ -47,6 +47,10 @@ impl KernelSource for Wgsl {
     }
 }
 
+fn wgsl(name: &'static str, source: &'static str) -> Wgsl {
+    Wgsl { name, source }
+}
+
 /// Workgroup counts covering `len` elements: one row while it fits, then a 2D grid (the shaders
 /// flatten the workgroup index and skip the tail).
 fn dispatch(len: usize) -> CubeCount {
@@ -137,10 +141,7 @@ impl KernelOps for CubeBackend {
         format: FixedPoint,
         _grad: QuantGrad,
     ) -> FloatTensor<Self> {
-        let shader = Wgsl {
-            name: "fixed_point",
-            source: FIXED_POINT,
-        };
+        let shader = wgsl("fixed_point", FIXED_POINT);
         // Mode 0 never reads `grad`; bind the input there too.
         launch(
             shader,
@@ -155,18 +156,12 @@ impl KernelOps for CubeBackend {
         grad: FloatTensor<Self>,
         format: FixedPoint,
     ) -> FloatTensor<Self> {
-        let shader = Wgsl {
-            name: "fixed_point",
-            source: FIXED_POINT,
-        };
+        let shader = wgsl("fixed_point", FIXED_POINT);
         launch(shader, vec![x, grad], 2, &fixed_point_params(1, format))
     }
 
     fn apply_mask(weight: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
-        let shader = Wgsl {
-            name: "mask",
-            source: MASK,
-        };
+        let shader = wgsl("mask", MASK);
         launch(shader, vec![weight, mask], 2, &[])
     }
 
@@ -176,10 +171,7 @@ impl KernelOps for CubeBackend {
         t_low: f32,
         t_high: f32,
     ) -> FloatTensor<Self> {
-        let shader = Wgsl {
-            name: "dns_update",
-            source: DNS_UPDATE,
-        };
+        let shader = wgsl("dns_update", DNS_UPDATE);
         launch(
             shader,
             vec![weight, mask],
@@ -195,10 +187,7 @@ impl KernelOps for CubeBackend {
         factor: FloatTensor<Self>,
         step: StepSettings,
     ) -> FloatTensor<Self> {
-        let shader = Wgsl {
-            name: "attack_step",
-            source: ATTACK_STEP,
-        };
+        let shader = wgsl("attack_step", ATTACK_STEP);
         let shape = x.shape();
         let per_image = shape.num_elements() / shape[0].max(1);
         let mode = match step.rule {

@@ -113,10 +113,7 @@ impl TrainConfig {
     /// A stable hash of this config (FNV-1a over its JSON), written into checkpoints.
     pub fn hash(&self) -> String {
         let json = serde_json::to_string(self).expect("config serialises");
-        let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        format!("{hash:016x}")
+        crate::stable_hash([json.as_bytes()])
     }
 
     fn learning_rate_at(&self, step: usize, total: usize) -> f64 {

@@ -130,14 +130,7 @@ pub fn scenario(
 /// the image count, so a set is reused only for exactly the same inputs.
 pub fn set_key(source_bytes: &[u8], config: &AttackConfig, images: usize) -> String {
     let json = serde_json::to_string(config).expect("config serialises");
-    let hash = source_bytes
-        .iter()
-        .chain(json.as_bytes())
-        .chain(&images.to_le_bytes())
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-    format!("{hash:016x}")
+    crate::stable_hash([source_bytes, json.as_bytes(), &images.to_le_bytes()])
 }
 
 /// The numbers of one (source set, target) cell.
