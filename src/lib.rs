@@ -2,7 +2,10 @@
 //! compressed (pruned, fixed-point quantised) versions.
 //!
 //! One folder per concern: [`data`] (datasets, batching), [`model`] (LeNet5, CifarNet,
-//! checkpoints), [`backend`] (which device runs the work), [`train`] (training and evaluation).
+//! checkpoints), [`backend`] (which device runs the work), [`train`] (training and evaluation),
+//! [`kernels`] (the WGSL kernels and their references), [`compress`], [`attack`], [`transfer`]
+//! (adversarial sets and cell metrics), [`report`] (result files, figures, report page),
+//! [`sweep`] (the whole study, cached and resumable) and [`profile`] (throughput).
 //! The command line lives in the `advcomp` binary, not here.
 
 pub mod attack;
@@ -13,6 +16,8 @@ mod error;
 pub mod kernels;
 pub mod model;
 pub mod profile;
+pub mod report;
+pub mod sweep;
 pub mod train;
 pub mod transfer;
 

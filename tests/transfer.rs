@@ -44,7 +44,18 @@ fn sets_round_trip_in_float_and_metrics_match_a_direct_count() {
     let mut config = AttackConfig::new(AttackKind::Ifgsm);
     config.eps = 0.001; // below 1/255: an 8-bit image could not hold it
     config.steps = 2;
-    let set = transfer::craft(&source, &test, 40, 16, &config, &device, "test".into()).unwrap();
+    let bar = indicatif::ProgressBar::hidden();
+    let set = transfer::craft(
+        &source,
+        &test,
+        40,
+        16,
+        &config,
+        &device,
+        "test".into(),
+        &bar,
+    )
+    .unwrap();
     assert_eq!(set.len(), 40);
     let path = temp("set.safetensors");
     transfer::save(&path, &set).unwrap();
@@ -77,6 +88,24 @@ fn sets_round_trip_in_float_and_metrics_match_a_direct_count() {
     assert_eq!(cell.l0, changed);
     assert_eq!(cell.mean_iterations, 2.0);
     assert!(cell.adversarial_accuracy <= cell.clean_accuracy + 1e-9);
+    let [lo, hi] = cell.mean_abs_delta_ci;
+    assert!(lo <= cell.mean_abs_delta && cell.mean_abs_delta <= hi && lo < hi);
+    let [lo, hi] = cell.adversarial_accuracy_ci;
+    assert!(lo <= cell.adversarial_accuracy && cell.adversarial_accuracy <= hi);
+}
+
+#[test]
+fn bootstrap_intervals_cover_the_mean_with_the_binomial_width() {
+    assert_eq!(transfer::bootstrap_interval(&[1.0; 50]), [1.0, 1.0]);
+    // 400 coin flips at p = 0.5: the standard error is 0.025, so the 95% interval is about
+    // 0.45..0.55.
+    let flips: Vec<f64> = (0..400).map(|i| (i % 2) as f64).collect();
+    let [lo, hi] = transfer::bootstrap_interval(&flips);
+    assert!(
+        (0.43..0.47).contains(&lo) && (0.53..0.57).contains(&hi),
+        "{lo}..{hi}"
+    );
+    assert_eq!(transfer::bootstrap_interval(&flips), [lo, hi], "fixed seed");
 }
 
 fn advcomp(args: &[&str]) -> std::process::Output {

@@ -1,5 +1,6 @@
 //! DeepFool-L2 (Moosavi-Dezfooli et al. 2016), batched: the whole batch moves together, each
-//! image stops once its label flips (and leaves the batch). Every iteration linearises all
+//! image stops once its label flips (or once its step is exactly zero, when no further
+//! iteration could change it) and leaves the batch. Every iteration linearises all
 //! class logits of every active image with one forward and one backward pass over the active
 //! images repeated once per class.
 
@@ -145,9 +146,21 @@ pub(super) fn deepfool(
         let gap = margin.gather(1, nearest.clone()).abs() + STEP_SLACK;
         let norm = norms.gather(1, nearest);
         let step = direction * (gap / norm.square());
+        // An image whose step is exactly zero (no gradient reaches it, e.g. through saturated
+        // quantisers) would see the same input, and take the same zero step, on every further
+        // iteration: it stops now with the image it would end with.
+        let moved: Vec<f32> = step
+            .clone()
+            .abs()
+            .max_dim(1)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap();
         total = total.select_assign(0, rows, step, IndexingUpdateOp::Add);
-        for &i in &stepping {
+        for (&i, moved) in stepping.iter().zip(moved) {
             iterations[i] += 1;
+            done[i] |= moved == 0.0;
         }
     }
     AttackOutput {

@@ -186,7 +186,7 @@ pub struct AttackOutput {
 
 /// The summed cross-entropy of `model` on `images` (autodiff) and its gradient with respect to
 /// the images, without autodiff.
-fn loss_gradient(
+pub fn loss_gradient(
     model: &impl Differentiable,
     images: &Tensor<4>,
     labels: &Tensor<1, Int>,

@@ -155,6 +155,7 @@ fn craft(
 ) -> Result<AdversarialSet> {
     let config = options.config()?;
     let description = json!({ "source": source.path, "attack": config }).to_string();
+    let bar = transfer::image_bar(options.limit.min(images.len()), config.kind.name());
     let set = transfer::craft(
         &source.classifier,
         images,
@@ -163,7 +164,9 @@ fn craft(
         &config,
         &backend.device,
         description,
+        &bar,
     )?;
+    bar.finish_and_clear();
     eprintln!(
         "{} on {}: {} images in {:.1} s = {:.1} images/s (batch {}, {} on {})",
         config.kind,

@@ -4,6 +4,7 @@
 
 mod attack;
 mod compress;
+mod study;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -43,6 +44,11 @@ enum Command {
     Attack(attack::AttackArgs),
     /// The any-to-any transfer matrix of a list of models under one attack.
     Transfer(attack::TransferArgs),
+    /// The whole study (baseline, compressed grid, attacks, every scenario, figures, report);
+    /// cached and resumable.
+    Sweep(study::SweepArgs),
+    /// Throughput: attacks (images/s) per bitwidth, density and batch size, or the kernels.
+    Profile(study::ProfileArgs),
 }
 
 #[derive(Args)]
@@ -147,6 +153,8 @@ pub fn run() -> i32 {
         Command::Stats(args) => compress::stats_command(args),
         Command::Attack(args) => attack::attack_command(args),
         Command::Transfer(args) => attack::transfer_command(args),
+        Command::Sweep(args) => study::sweep_command(args),
+        Command::Profile(args) => study::profile_command(args),
     };
     match result {
         Ok(()) => 0,

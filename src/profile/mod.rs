@@ -1,12 +1,20 @@
-//! Throughput measurements. Warm-up runs are excluded, every number is the median of timed
+//! Throughput measurements: the compression kernels (GB/s) and the attacks (images/s per
+//! bitwidth, density and batch size, with the time split of one iteration). Warm-up runs are excluded, every number is the median of timed
 //! repeats, and each repeat ends by waiting for the device.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burn::prelude::*;
 use serde::Serialize;
 
-use crate::kernels::{self, FixedPoint, QuantGrad};
+use crate::Result;
+use crate::attack::{self, AttackConfig};
+use crate::compress::{self, CompressConfig, Pruner};
+use crate::data::Images;
+use crate::kernels::{self, FixedPoint, QuantGrad, StepRule, StepSettings};
+use crate::model::{Classifier, Compression, Network, weight_layers};
+use crate::train::TrainConfig;
 
 /// One kernel's measured throughput.
 #[derive(Clone, Debug, Serialize)]
@@ -117,4 +125,227 @@ pub fn kernel_throughput(device: &Device, elements: usize, repeats: usize) -> Ve
             }
         })
         .collect()
+}
+
+/// A model to profile attacks on: the baseline, quantised to `bits`, or pruned to `density`.
+/// Made without fine-tuning: speed does not depend on it.
+pub struct Variant {
+    pub label: String,
+    pub bits: Option<u32>,
+    pub density: f64,
+    pub classifier: Classifier,
+}
+
+/// The baseline and its quantised (weights and activations, the paper's P rule) and
+/// magnitude-pruned variants.
+pub fn variants(
+    base: &Network,
+    bits: &[u32],
+    densities: &[f64],
+    device: &Device,
+    test: &Images,
+) -> Result<Vec<Variant>> {
+    let mut out = vec![Variant {
+        label: "full".into(),
+        bits: None,
+        density: 1.0,
+        classifier: Classifier {
+            network: base.clone(),
+            compression: Compression::default(),
+        },
+    }];
+    let no_finetune = TrainConfig {
+        epochs: 0,
+        ..TrainConfig::new(base.kind(), "mnist")
+    };
+    for &b in bits {
+        let format = Some(FixedPoint::paper(b)?);
+        out.push(Variant {
+            label: format!("q{b}"),
+            bits: Some(b),
+            density: 1.0,
+            classifier: Classifier {
+                network: base.clone(),
+                compression: Compression {
+                    weights: format,
+                    activations: format,
+                    ..Compression::default()
+                },
+            },
+        });
+    }
+    for &d in densities {
+        let config = CompressConfig {
+            prune: Some((Pruner::Magnitude, d)),
+            finetune: no_finetune.clone(),
+            ..CompressConfig::new(no_finetune.clone())
+        };
+        config.validate()?;
+        let pruned = compress::compress(base, &config, device, test, test, |_| {})?;
+        out.push(Variant {
+            label: format!("magnitude{d}"),
+            bits: None,
+            density: d,
+            classifier: Classifier {
+                network: pruned.network,
+                compression: pruned.compression,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// One attack's measured throughput on one variant at one batch size.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttackTiming {
+    pub attack: String,
+    pub model: String,
+    pub bits: Option<u32>,
+    pub density: f64,
+    pub batch_size: usize,
+    pub median_seconds: f64,
+    pub images_per_second: f64,
+    pub mean_iterations: f64,
+}
+
+/// Where one attack iteration's time goes, for one variant and batch size (medians).
+#[derive(Clone, Debug, Serialize)]
+pub struct TimeSplit {
+    pub model: String,
+    pub batch_size: usize,
+    /// Forward pass (compression included).
+    pub forward_seconds: f64,
+    /// Backward pass to the images: forward + backward minus forward.
+    pub backward_seconds: f64,
+    /// The masks and quantisers of one forward pass run on their own: the weights' mask and
+    /// fixed-point kernels and the fixed-point kernel on every layer output.
+    pub compression_kernel_seconds: f64,
+    /// The fused attack-step kernel on the batch.
+    pub attack_step_seconds: f64,
+}
+
+/// Median seconds of `op` (which must leave its work queued on `device`) over `repeats` runs
+/// after one warm-up.
+fn median_time(device: &Device, repeats: usize, mut op: impl FnMut()) -> f64 {
+    op();
+    device.sync().expect("device sync");
+    let samples = (0..repeats.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            op();
+            device.sync().expect("device sync");
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(samples)
+}
+
+/// Throughput of `config`'s attack on `variant`, on the first `batch` test images (repeated
+/// when there are fewer), median of `repeats` after a warm-up.
+pub fn attack_throughput(
+    variant: &Variant,
+    config: &AttackConfig,
+    test: &Images,
+    batch: usize,
+    repeats: usize,
+    device: &Device,
+) -> Result<AttackTiming> {
+    let indices: Vec<usize> = (0..batch).map(|i| i % test.len()).collect();
+    let (x, y) = test.batch(&indices, device);
+    let mut iterations = 0.0;
+    let mut failure = None;
+    let seconds = median_time(device, repeats, || {
+        match attack::attack(&variant.classifier, x.clone(), y.clone(), config) {
+            Ok(out) => {
+                iterations =
+                    out.iterations.iter().sum::<usize>() as f64 / out.iterations.len() as f64;
+                // Reading the result back is part of the attack's cost.
+                let _ = out.adversarial.into_data();
+            }
+            Err(e) => failure = Some(e),
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(AttackTiming {
+        attack: config.kind.to_string(),
+        model: variant.label.clone(),
+        bits: variant.bits,
+        density: variant.density,
+        batch_size: batch,
+        median_seconds: seconds,
+        images_per_second: batch as f64 / seconds,
+        mean_iterations: iterations,
+    })
+}
+
+/// Splits one attack iteration on `variant` at `batch` into its parts.
+pub fn time_split(
+    variant: &Variant,
+    test: &Images,
+    batch: usize,
+    repeats: usize,
+    device: &Device,
+) -> TimeSplit {
+    let indices: Vec<usize> = (0..batch).map(|i| i % test.len()).collect();
+    let (x, y) = test.batch(&indices, device);
+    let model = &variant.classifier;
+    let forward = median_time(device, repeats, || {
+        let _ = model.logits(x.clone());
+    });
+    let forward_backward = median_time(device, repeats, || {
+        let _ = attack::loss_gradient(model, &x, &y);
+    });
+    // The compression ops of one forward pass, on tensors of the same sizes.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let recording = Compression {
+        recorder: Some(log.clone()),
+        ..model.compression.clone()
+    };
+    let _ = model.network.forward_compressed(x.clone(), &recording);
+    let outputs: Vec<Tensor<1>> = match model.compression.activations {
+        Some(_) => std::mem::take(&mut *log.lock().expect("activation log"))
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect(),
+        None => Vec::new(),
+    };
+    let layers = weight_layers(&model.network);
+    let compression = &model.compression;
+    let compression_kernels = median_time(device, repeats, || {
+        for layer in &layers {
+            let mut w = layer.values.clone();
+            if let Some(mask) = compression.masks.get(&layer.name) {
+                w = kernels::apply_mask(w, mask.values.clone());
+            }
+            if let Some(format) = compression.weights {
+                w = kernels::fixed_point(w, format, compression.grad);
+            }
+            drop(w);
+        }
+        if let Some(format) = compression.activations {
+            for out in &outputs {
+                let _ = kernels::fixed_point(out.clone(), format, compression.grad);
+            }
+        }
+    });
+    let grad = attack::loss_gradient(model, &x, &y);
+    let ones = Tensor::<1>::ones([batch], device);
+    let settings = StepSettings {
+        rule: StepRule::Sign,
+        eps: 0.02,
+        budget: f32::INFINITY,
+    };
+    let step = median_time(device, repeats, || {
+        let _ = kernels::attack_step(x.clone(), x.clone(), grad.clone(), ones.clone(), settings);
+    });
+    TimeSplit {
+        model: variant.label.clone(),
+        batch_size: batch,
+        forward_seconds: forward,
+        backward_seconds: (forward_backward - forward).max(0.0),
+        compression_kernel_seconds: compression_kernels,
+        attack_step_seconds: step,
+    }
 }

@@ -9,8 +9,10 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::attack::{self, AttackConfig};
 use crate::data::Images;
@@ -53,8 +55,21 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .expect("f32 data")
 }
 
+/// A progress bar over `images` images, labelled `label`: what [`craft`] advances.
+pub fn image_bar(images: usize, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(images as u64).with_style(
+        ProgressStyle::with_template(
+            "{msg:>18} [{bar:30}] {pos}/{len} images ({per_sec}, eta {eta})",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(label.to_string());
+    bar
+}
+
 /// Runs `config`'s attack on the first `limit` images of `originals` against `source`, in
-/// batches of `batch_size` on `device`.
+/// batches of `batch_size` on `device`, advancing `bar` by the images done.
+#[allow(clippy::too_many_arguments)]
 pub fn craft(
     source: &Classifier,
     originals: &Images,
@@ -63,6 +78,7 @@ pub fn craft(
     config: &AttackConfig,
     device: &Device,
     description: String,
+    bar: &ProgressBar,
 ) -> Result<AdversarialSet> {
     config.validate()?;
     let n = limit.min(originals.len());
@@ -73,13 +89,6 @@ pub fn craft(
         return Err(Error::usage("--batch-size must be at least 1"));
     }
     let indices: Vec<usize> = (0..n).collect();
-    let bar = ProgressBar::new(n as u64).with_style(
-        ProgressStyle::with_template(
-            "{msg:>10} [{bar:30}] {pos}/{len} images ({per_sec}, eta {eta})",
-        )
-        .expect("valid template"),
-    );
-    bar.set_message(config.kind.to_string());
     let start = Instant::now();
     let mut images = Vec::new();
     let mut labels = Vec::new();
@@ -98,7 +107,6 @@ pub fn craft(
         iterations.extend(out.iterations);
         bar.inc(chunk.len() as u64);
     }
-    bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     Ok(AdversarialSet {
         description,
@@ -133,18 +141,41 @@ pub fn set_key(source_bytes: &[u8], config: &AttackConfig, images: usize) -> Str
     crate::stable_hash([source_bytes, json.as_bytes(), &images.to_le_bytes()])
 }
 
+/// Resamples of the bootstrap intervals over test images.
+const BOOTSTRAP_RESAMPLES: usize = 1000;
+
+/// The 95% percentile-bootstrap interval of the mean of `values` (resampled with a fixed seed,
+/// so the same values always give the same interval).
+pub fn bootstrap_interval(values: &[f64]) -> [f64; 2] {
+    let n = values.len();
+    if n == 0 {
+        return [f64::NAN, f64::NAN];
+    }
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let mut means: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| (0..n).map(|_| values[rng.random_range(0..n)]).sum::<f64>() / n as f64)
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((q * (BOOTSTRAP_RESAMPLES - 1) as f64).round()) as usize];
+    [at(0.025), at(0.975)]
+}
+
 /// The numbers of one (source set, target) cell.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellMetrics {
     pub images: usize,
     /// Target's accuracy on the original images.
     pub clean_accuracy: f64,
     /// Target's accuracy on the adversarial images (the paper's y axis).
     pub adversarial_accuracy: f64,
+    /// 95% bootstrap interval of the adversarial accuracy over the test images.
+    pub adversarial_accuracy_ci: [f64; 2],
     /// Share of the images the target classified correctly that are now misclassified.
     pub success_rate: f64,
     /// Mean |x_adv - x| over all pixels (the paper's Figure 6).
     pub mean_abs_delta: f64,
+    /// 95% bootstrap interval of the mean |x_adv - x| over the test images.
+    pub mean_abs_delta_ci: [f64; 2],
     /// Mean number of changed pixels per image.
     pub l0: f64,
     /// Mean per-image L2 norm of the perturbation.
@@ -199,17 +230,25 @@ pub fn evaluate(
     let adv_pred = predictions(target, &set.images, set.shape, batch_size, device);
     let per_image = set.shape[1] * set.shape[2] * set.shape[3];
     let (mut abs_sum, mut l0, mut l2, mut linf) = (0.0f64, 0usize, 0.0f64, 0.0f64);
+    let mut abs_per_image = Vec::with_capacity(n);
     for (a, c) in set.images.chunks(per_image).zip(clean.chunks(per_image)) {
-        let mut squares = 0.0f64;
+        let (mut squares, mut image_abs) = (0.0f64, 0.0f64);
         for (x, y) in a.iter().zip(c) {
             let d = (x - y).abs() as f64;
-            abs_sum += d;
+            image_abs += d;
             squares += d * d;
             l0 += (d > 0.0) as usize;
             linf = linf.max(d);
         }
         l2 += squares.sqrt();
+        abs_sum += image_abs;
+        abs_per_image.push(image_abs / per_image as f64);
     }
+    let adv_right: Vec<f64> = adv_pred
+        .iter()
+        .zip(&set.labels)
+        .map(|(p, y)| (p == y) as u8 as f64)
+        .collect();
     let correct = |pred: &[i64]| pred.iter().zip(&set.labels).filter(|(p, y)| p == y).count();
     let was_right: Vec<bool> = clean_pred
         .iter()
@@ -226,8 +265,10 @@ pub fn evaluate(
         images: n,
         clean_accuracy: correct(&clean_pred) as f64 / n_f,
         adversarial_accuracy: correct(&adv_pred) as f64 / n_f,
+        adversarial_accuracy_ci: bootstrap_interval(&adv_right),
         success_rate: flipped as f64 / was_right.iter().filter(|r| **r).count().max(1) as f64,
         mean_abs_delta: abs_sum / (n * per_image) as f64,
+        mean_abs_delta_ci: bootstrap_interval(&abs_per_image),
         l0: l0 as f64 / n_f,
         l2: l2 / n_f,
         linf,

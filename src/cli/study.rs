@@ -1,0 +1,388 @@
+//! `advcomp sweep` (the whole study, resumable) and `advcomp profile` (throughput of the
+//! kernels and of the attacks per bitwidth, density and batch size). `cargo xtask sweep` and
+//! `cargo xtask profile` run these.
+
+use std::path::PathBuf;
+
+use advcomp::attack::{AttackConfig, AttackKind};
+use advcomp::backend::Backend;
+use advcomp::data::{self, Split};
+use advcomp::model::{self, KeyMap, ModelKind};
+use advcomp::report::{self, LineFigure, Panel, Point, Series};
+use advcomp::sweep::{self, SweepConfig, SweepOptions};
+use advcomp::{Error, Result, profile, train};
+use clap::Args;
+use serde_json::json;
+
+use super::{Common, open_backend, print_json};
+
+#[derive(Args)]
+pub(super) struct SweepArgs {
+    /// quick (default: every figure in minutes on a CPU) or paper (the paper's full grid).
+    #[arg(long, default_value = "quick")]
+    preset: String,
+    /// A sweep file (TOML, the presets' format) instead of a preset.
+    #[arg(long, conflicts_with = "preset")]
+    config: Option<PathBuf>,
+    /// Override the preset's model (lenet5, cifarnet).
+    #[arg(long)]
+    model: Option<ModelKind>,
+    /// Override the preset's dataset (mnist, fashion-mnist, cifar10).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Override the number of seeds (curves then show mean and 95% interval across seeds).
+    #[arg(long)]
+    seeds: Option<u64>,
+    /// Override the number of attacked test images.
+    #[arg(long)]
+    images: Option<usize>,
+    /// Start from this baseline checkpoint instead of training one.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Where non-embedded datasets live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Output folder (cache, results, figures, report); a rerun resumes it.
+    #[arg(long, default_value = "sweep-out")]
+    out: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+pub(super) fn sweep_command(args: SweepArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => SweepConfig::from_file(path)?,
+        None => SweepConfig::preset(&args.preset)?,
+    };
+    if let Some(model) = args.model {
+        config.model = model.name().into();
+        if args.dataset.is_none() {
+            config.dataset = None;
+        }
+    }
+    if let Some(dataset) = &args.dataset {
+        config.dataset = Some(dataset.parse::<data::DatasetKind>()?.name().into());
+    }
+    if let Some(seeds) = args.seeds {
+        config.seeds = seeds;
+    }
+    if let Some(images) = args.images {
+        config.attack.images = images;
+    }
+    config.validate()?;
+    let backend = open_backend(args.common.backend)?;
+    let summary = sweep::run(&SweepOptions {
+        config,
+        out: args.out.clone(),
+        backend: &backend,
+        baseline: args.baseline.clone(),
+        data_dir: args.data_dir.clone(),
+    })?;
+    if args.common.json {
+        print_json(json!(summary));
+    } else {
+        println!(
+            "sweep done in {:.0} s: {} models, {} cells -> {} (and report.html, cells.csv, figures/ in {})",
+            summary.seconds,
+            summary.models,
+            summary.cells,
+            summary.report.display(),
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn list<T: std::str::FromStr>(text: &str, option: &str) -> Result<Vec<T>> {
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|_| Error::usage(format!("--{option}: '{s}' is not valid")))
+        })
+        .collect()
+}
+
+#[derive(Args)]
+pub(super) struct ProfileArgs {
+    /// Profile the compression kernels (GB/s) instead of the attacks.
+    #[arg(long)]
+    kernels: bool,
+    /// Bitwidths of the quantised variants (weights and activations).
+    #[arg(long, default_value = "32,16,8,4")]
+    bits: String,
+    /// Densities of the (magnitude-)pruned variants; none by default.
+    #[arg(long, default_value = "")]
+    density: String,
+    #[arg(long, default_value = "64,256,1024")]
+    batch_sizes: String,
+    #[arg(long, default_value = "ifgsm,ifgm,deepfool")]
+    attacks: String,
+    /// Timed repeats per measurement (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Baseline checkpoint (default: the quick preset's baseline, trained once into --out).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Elements per kernel call (with --kernels).
+    #[arg(long, default_value_t = 1 << 24)]
+    elements: usize,
+    #[arg(long, default_value = "profile-out")]
+    out: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+pub(super) fn profile_command(args: ProfileArgs) -> Result<()> {
+    let backend = open_backend(args.common.backend)?;
+    if args.kernels {
+        return profile_kernels(&args, &backend);
+    }
+    let bits: Vec<u32> = list(&args.bits, "bits")?;
+    let densities: Vec<f64> = list(&args.density, "density")?;
+    let batch_sizes: Vec<usize> = list(&args.batch_sizes, "batch-sizes")?;
+    let attacks: Vec<AttackKind> = list(&args.attacks, "attacks")?;
+    if batch_sizes.is_empty() || batch_sizes.contains(&0) {
+        return Err(Error::usage("--batch-sizes: give positive batch sizes"));
+    }
+    if attacks.is_empty() {
+        return Err(Error::usage("--attacks: give at least one attack"));
+    }
+    let baseline = match &args.baseline {
+        Some(path) => path.clone(),
+        None => quick_baseline(&args, &backend)?,
+    };
+    let ckpt = model::load_checkpoint(&baseline, None, &KeyMap::default(), &backend.device)?;
+    let kind = ckpt.network.kind();
+    let dataset = model::checkpoint_dataset(&ckpt.meta).unwrap_or(kind.default_dataset());
+    let test = data::load(dataset, Split::Test, None)?;
+    let variants = profile::variants(&ckpt.network, &bits, &densities, &backend.device, &test)?;
+    eprintln!(
+        "profile: {} attacks x {} models x batch sizes {:?} on {backend}, median of {}",
+        attacks.len(),
+        variants.len(),
+        batch_sizes,
+        args.repeats
+    );
+    let mut timings = Vec::new();
+    let mut splits = Vec::new();
+    println!(
+        "{:<10} {:<14} {:>6} {:>12} {:>10} {:>8}",
+        "attack", "model", "batch", "median s", "images/s", "iters"
+    );
+    for variant in &variants {
+        for &batch in &batch_sizes {
+            splits.push(profile::time_split(
+                variant,
+                &test,
+                batch,
+                args.repeats,
+                &backend.device,
+            ));
+            for &kind in &attacks {
+                let t = profile::attack_throughput(
+                    variant,
+                    &AttackConfig::new(kind),
+                    &test,
+                    batch,
+                    args.repeats,
+                    &backend.device,
+                )?;
+                println!(
+                    "{:<10} {:<14} {:>6} {:>12.4} {:>10.1} {:>8.2}",
+                    t.attack,
+                    t.model,
+                    t.batch_size,
+                    t.median_seconds,
+                    t.images_per_second,
+                    t.mean_iterations
+                );
+                timings.push(t);
+            }
+        }
+    }
+    let mut csv = String::from(
+        "attack,model,bits,density,batch_size,median_seconds,images_per_second,mean_iterations,backend,adapter\n",
+    );
+    for t in &timings {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},\"{}\"\n",
+            t.attack,
+            t.model,
+            t.bits.map_or(String::new(), |b| b.to_string()),
+            t.density,
+            t.batch_size,
+            t.median_seconds,
+            t.images_per_second,
+            t.mean_iterations,
+            backend.name,
+            backend.adapter
+        ));
+    }
+    advcomp::write_atomically(&args.out.join("attacks.csv"), csv.as_bytes())?;
+    let mut split_csv = String::from(
+        "model,batch_size,forward_seconds,backward_seconds,compression_kernel_seconds,attack_step_seconds,backend,adapter\n",
+    );
+    println!(
+        "\n{:<14} {:>6} {:>12} {:>12} {:>14} {:>12}",
+        "model", "batch", "forward ms", "backward ms", "compress ms", "step ms"
+    );
+    for s in &splits {
+        println!(
+            "{:<14} {:>6} {:>12.3} {:>12.3} {:>14.3} {:>12.3}",
+            s.model,
+            s.batch_size,
+            1e3 * s.forward_seconds,
+            1e3 * s.backward_seconds,
+            1e3 * s.compression_kernel_seconds,
+            1e3 * s.attack_step_seconds
+        );
+        split_csv.push_str(&format!(
+            "{},{},{},{},{},{},{},\"{}\"\n",
+            s.model,
+            s.batch_size,
+            s.forward_seconds,
+            s.backward_seconds,
+            s.compression_kernel_seconds,
+            s.attack_step_seconds,
+            backend.name,
+            backend.adapter
+        ));
+    }
+    advcomp::write_atomically(&args.out.join("split.csv"), split_csv.as_bytes())?;
+    let figure = throughput_figure(&timings, &attacks, &batch_sizes, &backend);
+    let fig = report::save_lines(&args.out, "throughput", "Attack throughput".into(), &figure)?;
+    println!(
+        "backend {backend}; -> {}, {}, {}",
+        args.out.join("attacks.csv").display(),
+        args.out.join("split.csv").display(),
+        fig.png.display()
+    );
+    Ok(())
+}
+
+/// Images/s against bitwidth, one panel per attack, one line per batch size (the float
+/// baseline drawn flat across the bitwidths for comparison).
+fn throughput_figure(
+    timings: &[profile::AttackTiming],
+    attacks: &[AttackKind],
+    batch_sizes: &[usize],
+    backend: &Backend,
+) -> LineFigure {
+    let panels = attacks
+        .iter()
+        .map(|kind| {
+            let mut series = Vec::new();
+            for &batch in batch_sizes {
+                let of = |t: &&profile::AttackTiming| {
+                    t.attack == kind.name() && t.batch_size == batch && t.density == 1.0
+                };
+                let quantised: Vec<(f64, Point)> = timings
+                    .iter()
+                    .filter(of)
+                    .filter_map(|t| t.bits.map(|b| (b as f64, t.images_per_second)))
+                    .map(|(x, y)| (x, Point::new(y, y, y)))
+                    .collect();
+                if let Some(full) = timings.iter().filter(of).find(|t| t.bits.is_none()) {
+                    let y = full.images_per_second;
+                    let xs = quantised.iter().map(|(x, _)| *x);
+                    let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+                        (a.min(x), b.max(x))
+                    });
+                    if lo.is_finite() {
+                        series.push(Series {
+                            name: format!("float, batch {batch}"),
+                            points: vec![(lo, Point::new(y, y, y)), (hi, Point::new(y, y, y))],
+                        });
+                    }
+                }
+                series.push(Series {
+                    name: format!("fixed point, batch {batch}"),
+                    points: quantised,
+                });
+            }
+            let top = series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|(_, p)| p.y))
+                .fold(0.0, f64::max);
+            Panel {
+                title: kind.name().to_uppercase(),
+                x_label: "bitwidth".into(),
+                y_label: "images / s".into(),
+                series,
+                y_range: Some((0.0, 1.1 * top.max(1e-3))),
+                steps: false,
+            }
+        })
+        .collect();
+    LineFigure {
+        title: format!("Attack throughput on {backend}"),
+        panels,
+    }
+}
+
+/// The quick preset's baseline, trained once into `args.out` and reused by config hash.
+fn quick_baseline(args: &ProfileArgs, backend: &Backend) -> Result<PathBuf> {
+    let preset = SweepConfig::preset("quick")?;
+    let kind = preset.model_kind()?;
+    let dataset = kind.default_dataset();
+    let config = train::TrainConfig {
+        epochs: preset.baseline.epochs,
+        ..train::TrainConfig::new(kind, dataset.name())
+    };
+    let path = args
+        .out
+        .join(format!("baseline-{kind}-{}.safetensors", config.hash()));
+    let outcome = train::train_baseline(
+        kind,
+        dataset,
+        None,
+        &config,
+        None,
+        &backend.device,
+        &path,
+        true,
+        super::print_epoch,
+    )?;
+    eprintln!(
+        "profile: baseline {} ({:.2}%{})",
+        path.display(),
+        100.0 * outcome.test_accuracy,
+        if outcome.reused { ", reused" } else { "" }
+    );
+    Ok(path)
+}
+
+fn profile_kernels(args: &ProfileArgs, backend: &Backend) -> Result<()> {
+    eprintln!(
+        "profile: compression kernels on {backend}, {} f32 elements, median of {}",
+        args.elements, args.repeats
+    );
+    let timings = profile::kernel_throughput(&backend.device, args.elements, args.repeats);
+    let mut csv =
+        String::from("kernel,backend,adapter,elements,bytes,median_seconds,gb_per_second\n");
+    println!("{:<32} {:>12} {:>10}", "kernel", "median ms", "GB/s");
+    for t in &timings {
+        println!(
+            "{:<32} {:>12.3} {:>10.2}",
+            t.kernel,
+            1e3 * t.median_seconds,
+            t.gb_per_second
+        );
+        csv.push_str(&format!(
+            "{},{},\"{}\",{},{},{},{}\n",
+            t.kernel,
+            backend.name,
+            backend.adapter,
+            t.elements,
+            t.bytes,
+            t.median_seconds,
+            t.gb_per_second
+        ));
+    }
+    let path = args.out.join("kernels.csv");
+    advcomp::write_atomically(&path, csv.as_bytes())?;
+    println!("adapter: {}; -> {}", backend.adapter, path.display());
+    Ok(())
+}

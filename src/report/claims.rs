@@ -1,0 +1,285 @@
+//! The paper's summary claims (Sections 4.1 and 4.2), each turned into a comparison this
+//! sweep's numbers can make: a trend is the value at the lowest density (bitwidth) of the grid
+//! against the value at the highest, averaged over seeds.
+
+use super::{Family, SCENARIOS, View, adversarial_accuracy};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Supported,
+    NotSupported,
+    NotTestable,
+}
+
+impl Verdict {
+    pub fn text(self) -> &'static str {
+        match self {
+            Verdict::Supported => "supported",
+            Verdict::NotSupported => "not supported",
+            Verdict::NotTestable => "not testable here",
+        }
+    }
+}
+
+/// One claim and what this sweep says about it.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    pub section: &'static str,
+    pub claim: &'static str,
+    /// How the claim was turned into a comparison.
+    pub test: &'static str,
+    pub verdict: Verdict,
+    pub evidence: String,
+}
+
+/// Adversarial accuracy at the highest and at the lowest grid point of `family` for one
+/// attack and scenario (index into [`SCENARIOS`]).
+fn trend(view: &View, family: Family, attack: &str, scenario: usize) -> Option<(f64, f64)> {
+    let models = view.family(family);
+    if models.len() < 2 {
+        return None;
+    }
+    let pair = SCENARIOS[scenario].1;
+    let at = |label: &str| {
+        let (s, t) = pair(label);
+        view.cell(attack, s, t, adversarial_accuracy).y
+    };
+    let (high, low) = (at(&models[0].label), at(&models[models.len() - 1].label));
+    (high.is_finite() && low.is_finite()).then_some((high, low))
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.1}%", 100.0 * v)
+}
+
+/// Checks that `rising` (low > high) or falling holds for every (attack, scenario) listed;
+/// the evidence lists each pair's numbers.
+fn trend_claim(
+    view: &View,
+    family: Family,
+    cases: &[(&str, usize)],
+    rising: bool,
+    grid: &str,
+) -> (Verdict, String) {
+    let mut parts = Vec::new();
+    let mut all = true;
+    for &(attack, scenario) in cases {
+        match trend(view, family, attack, scenario) {
+            Some((high, low)) => {
+                all &= if rising { low > high } else { low < high };
+                parts.push(format!(
+                    "{attack} scenario {}: {} at the highest {grid} -> {} at the lowest",
+                    scenario + 1,
+                    pct(high),
+                    pct(low)
+                ));
+            }
+            None => {
+                return (
+                    Verdict::NotTestable,
+                    format!("needs {attack} and at least two {grid} points"),
+                );
+            }
+        }
+    }
+    let verdict = if all {
+        Verdict::Supported
+    } else {
+        Verdict::NotSupported
+    };
+    (verdict, parts.join("; "))
+}
+
+pub(super) fn check(view: &View) -> Vec<Claim> {
+    let clipped = [("ifgsm", 0), ("ifgm", 0)];
+    let mut claims = Vec::new();
+    let mut push = |section, claim, test, (verdict, evidence): (Verdict, String)| {
+        claims.push(Claim {
+            section,
+            claim,
+            test,
+            verdict,
+            evidence,
+        })
+    };
+    let s = |scenario: usize| [("ifgsm", scenario), ("ifgm", scenario)];
+    push(
+        "4.1",
+        "It becomes easier to attack the baseline model using a compressed model when densities are low.",
+        "IFGSM and IFGM, scenario 3: accuracy at the lowest density < at the highest.",
+        trend_claim(view, Family::Pruned, &s(2), false, "density"),
+    );
+    push(
+        "4.1",
+        "It becomes harder to attack the compressed model using a baseline model when densities are low.",
+        "IFGSM and IFGM, scenario 2: accuracy at the lowest density > at the highest.",
+        trend_claim(view, Family::Pruned, &s(1), true, "density"),
+    );
+    push(
+        "4.1",
+        "For scenarios 1 and 3, DeepFool performs better as the network densities decrease.",
+        "DeepFool, scenarios 1 and 3: accuracy at the lowest density < at the highest.",
+        trend_claim(
+            view,
+            Family::Pruned,
+            &[("deepfool", 0), ("deepfool", 2)],
+            false,
+            "density",
+        ),
+    );
+    push(
+        "4.1",
+        "For scenarios 1 and 3, clipped attacks (IFGSM and IFGM) perform worse as the network densities decrease.",
+        "IFGSM and IFGM, scenarios 1 and 3: accuracy at the lowest density > at the highest.",
+        trend_claim(
+            view,
+            Family::Pruned,
+            &[clipped[0], clipped[1], ("ifgsm", 2), ("ifgm", 2)],
+            true,
+            "density",
+        ),
+    );
+    push(
+        "4.2",
+        "Transferability between quantised and full models is not affected by fewer fractional bits at high precision.",
+        "IFGSM and IFGM, scenarios 2 and 3, models above 8 bits: accuracies within 5 points of each other.",
+        high_precision_flat(view),
+    );
+    push(
+        "4.2",
+        "Aggressive reductions in fractional bits introduce the same effect as fine-grained pruning.",
+        "IFGSM and IFGM, scenarios 1-3: the change from the highest to the lowest bitwidth has the sign of the change from the highest to the lowest density in at least 4 of the 6 cases.",
+        same_effect_as_pruning(view),
+    );
+    push(
+        "4.2",
+        "Smaller integer bitwidths make it marginally harder to attack the baseline with examples from compressed models.",
+        "IFGSM and IFGM, scenario 3: accuracy at the lowest bitwidth > at the highest.",
+        trend_claim(view, Family::Quantised, &s(2), true, "bitwidth"),
+    );
+    push(
+        "4.2",
+        "In terms of classification accuracy, IFGSM transfers best.",
+        "Mean accuracy over the scenario-2 and scenario-3 cells of the quantised models is lowest under IFGSM.",
+        ifgsm_transfers_best(view),
+    );
+    claims
+}
+
+fn high_precision_flat(view: &View) -> (Verdict, String) {
+    let models: Vec<_> = view
+        .family(Family::Quantised)
+        .into_iter()
+        .filter(|m| m.bits.unwrap_or(0) > 8)
+        .collect();
+    if models.len() < 2 {
+        return (
+            Verdict::NotTestable,
+            "needs at least two quantised models above 8 bits".into(),
+        );
+    }
+    let mut worst = 0.0f64;
+    let mut parts = Vec::new();
+    for attack in ["ifgsm", "ifgm"] {
+        for scenario in [1, 2] {
+            let values: Vec<f64> = models
+                .iter()
+                .map(|m| {
+                    let (s, t) = SCENARIOS[scenario].1(&m.label);
+                    view.cell(attack, s, t, adversarial_accuracy).y
+                })
+                .collect();
+            if values.iter().any(|v| !v.is_finite()) {
+                return (Verdict::NotTestable, format!("no {attack} cells"));
+            }
+            let spread = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+                - values.iter().cloned().fold(f64::INFINITY, f64::min);
+            worst = worst.max(spread);
+            parts.push(format!(
+                "{attack} scenario {}: spread {:.1} points",
+                scenario + 1,
+                100.0 * spread
+            ));
+        }
+    }
+    let verdict = if worst <= 0.05 {
+        Verdict::Supported
+    } else {
+        Verdict::NotSupported
+    };
+    (verdict, parts.join("; "))
+}
+
+fn same_effect_as_pruning(view: &View) -> (Verdict, String) {
+    let mut agree = 0;
+    let mut parts = Vec::new();
+    for attack in ["ifgsm", "ifgm"] {
+        for scenario in 0..3 {
+            let (Some(q), Some(p)) = (
+                trend(view, Family::Quantised, attack, scenario),
+                trend(view, Family::Pruned, attack, scenario),
+            ) else {
+                return (
+                    Verdict::NotTestable,
+                    "needs pruned and quantised models under IFGSM and IFGM".into(),
+                );
+            };
+            let (dq, dp) = (q.1 - q.0, p.1 - p.0);
+            agree += (dq.signum() == dp.signum()) as usize;
+            parts.push(format!(
+                "{attack} scenario {}: bits {:+.1}, density {:+.1} points",
+                scenario + 1,
+                100.0 * dq,
+                100.0 * dp
+            ));
+        }
+    }
+    let verdict = if agree >= 4 {
+        Verdict::Supported
+    } else {
+        Verdict::NotSupported
+    };
+    (
+        verdict,
+        format!("{agree} of 6 agree ({})", parts.join("; ")),
+    )
+}
+
+fn ifgsm_transfers_best(view: &View) -> (Verdict, String) {
+    let models = view.family(Family::Quantised);
+    let mean = |attack: &str| {
+        let values: Vec<f64> = models
+            .iter()
+            .flat_map(|m| [SCENARIOS[1].1(&m.label), SCENARIOS[2].1(&m.label)])
+            .map(|(s, t)| view.cell(attack, s, t, adversarial_accuracy).y)
+            .collect();
+        let finite = values.iter().all(|v| v.is_finite()) && !values.is_empty();
+        finite.then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
+    let attacks: Vec<(&str, f64)> = view
+        .attacks()
+        .into_iter()
+        .filter_map(|a| mean(a).map(|m| (a, m)))
+        .collect();
+    let Some(ifgsm) = attacks.iter().find(|(a, _)| *a == "ifgsm").map(|(_, m)| *m) else {
+        return (
+            Verdict::NotTestable,
+            "needs IFGSM and quantised models".into(),
+        );
+    };
+    if attacks.len() < 2 {
+        return (Verdict::NotTestable, "needs a second attack".into());
+    }
+    let best = attacks.iter().all(|(_, m)| ifgsm <= *m);
+    let evidence = attacks
+        .iter()
+        .map(|(a, m)| format!("{a} {}", pct(*m)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let verdict = if best {
+        Verdict::Supported
+    } else {
+        Verdict::NotSupported
+    };
+    (verdict, evidence)
+}

@@ -1,0 +1,299 @@
+//! `report.md` and `report.html` from one list of blocks, so the two never disagree. The HTML
+//! page is self-contained: the figures' SVG is inlined.
+
+use std::path::{Path, PathBuf};
+
+use super::claims::Claim;
+use super::figures::Figure;
+use super::{Family, SCENARIOS, View, adversarial_accuracy, summarise};
+use crate::Result;
+
+enum Block {
+    Heading(String),
+    Text(String),
+    Code(String),
+    Table {
+        header: Vec<String>,
+        rows: Vec<Vec<String>>,
+    },
+    Figure(Figure),
+}
+
+fn pct(p: super::Point) -> String {
+    if !p.y.is_finite() {
+        return "-".into();
+    }
+    if p.hi > p.lo {
+        format!(
+            "{:.1} ({:.1}-{:.1})",
+            100.0 * p.y,
+            100.0 * p.lo,
+            100.0 * p.hi
+        )
+    } else {
+        format!("{:.1}", 100.0 * p.y)
+    }
+}
+
+fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
+    let r = view.results;
+    let seeds: Vec<u64> = {
+        let mut s: Vec<u64> = r.models.iter().map(|m| m.seed).collect();
+        s.dedup();
+        s
+    };
+    let images = r.cells.first().map_or(0, |c| c.metrics.images);
+    let mut out = vec![
+        Block::Heading(r.title.clone()),
+        Block::Text(format!(
+            "Backend {} on {}; {} seed(s); {} attacked test images per source model. \
+             Accuracies in %; in brackets the 95% interval ({}).",
+            r.backend,
+            r.adapter,
+            seeds.len(),
+            images,
+            if seeds.len() > 1 {
+                "t-interval across seeds"
+            } else {
+                "bootstrap over the test images"
+            }
+        )),
+        Block::Heading("Models".into()),
+    ];
+    let families = [Family::Full, Family::Pruned, Family::Quantised];
+    out.push(Block::Table {
+        header: [
+            "model",
+            "kind",
+            "density",
+            "bits",
+            "clean accuracy (BASE ACC)",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: families
+            .iter()
+            .flat_map(|f| view.family(*f))
+            .map(|m| {
+                vec![
+                    m.label.clone(),
+                    format!("{:?}", m.family).to_lowercase(),
+                    format!("{}", m.density),
+                    m.bits.map_or("32-bit float".into(), |b| b.to_string()),
+                    pct(view.base_accuracy(&m.label)),
+                ]
+            })
+            .collect(),
+    });
+    for attack in view.attacks() {
+        out.push(Block::Heading(format!(
+            "{}: accuracy under attack",
+            attack.to_uppercase()
+        )));
+        let mut header = vec!["model".to_string(), "BASE ACC".into()];
+        header.extend(SCENARIOS.iter().map(|(n, _)| n.to_string()));
+        header.push("mean |delta| (scenario 1)".into());
+        let rows = [Family::Pruned, Family::Quantised]
+            .iter()
+            .flat_map(|f| view.family(*f))
+            .map(|m| {
+                let mut row = vec![m.label.clone(), pct(view.base_accuracy(&m.label))];
+                row.extend(SCENARIOS.iter().map(|(_, pair)| {
+                    let (s, t) = pair(&m.label);
+                    pct(view.cell(attack, s, t, adversarial_accuracy))
+                }));
+                let delta = view.cell(attack, &m.label, &m.label, super::mean_abs_delta);
+                row.push(format!("{:.4}", delta.y));
+                row
+            })
+            .collect();
+        out.push(Block::Table { header, rows });
+        let full = view.cell(attack, "full", "full", adversarial_accuracy);
+        out.push(Block::Text(format!(
+            "The baseline under its own {attack} examples: {}%.",
+            pct(full)
+        )));
+    }
+    out.push(Block::Heading("Figures".into()));
+    out.extend(figures.iter().cloned().map(Block::Figure));
+    out.push(Block::Heading("Check against the paper".into()));
+    out.push(Block::Text(
+        "Each summary claim of the paper (Sections 4.1 and 4.2), the comparison it was turned \
+         into, and what this sweep's numbers say (means over seeds)."
+            .into(),
+    ));
+    out.push(Block::Table {
+        header: ["section", "claim", "test", "verdict", "numbers"]
+            .map(String::from)
+            .to_vec(),
+        rows: claims
+            .iter()
+            .map(|c| {
+                vec![
+                    c.section.into(),
+                    c.claim.into(),
+                    c.test.into(),
+                    c.verdict.text().into(),
+                    c.evidence.clone(),
+                ]
+            })
+            .collect(),
+    });
+    out.push(Block::Heading("Attack throughput".into()));
+    out.push(Block::Table {
+        header: ["seed", "attack", "source", "images", "images/s", "note"]
+            .map(String::from)
+            .to_vec(),
+        rows: r
+            .throughput
+            .iter()
+            .map(|t| {
+                vec![
+                    t.seed.to_string(),
+                    t.attack.clone(),
+                    t.source.clone(),
+                    t.images.to_string(),
+                    format!("{:.1}", t.images as f64 / t.seconds.max(1e-9)),
+                    if t.cached {
+                        "from the cache".into()
+                    } else {
+                        String::new()
+                    },
+                ]
+            })
+            .collect(),
+    });
+    let per_seed: Vec<(f64, [f64; 2])> = r
+        .models
+        .iter()
+        .filter(|m| m.family == Family::Full)
+        .map(|m| (m.clean_accuracy, [m.clean_accuracy; 2]))
+        .collect();
+    out.push(Block::Text(format!(
+        "Baseline clean accuracy over seeds: {}%.",
+        pct(summarise(&per_seed))
+    )));
+    out.push(Block::Heading("Configuration".into()));
+    out.push(Block::Code(
+        serde_json::to_string_pretty(&r.config).expect("config serialises"),
+    ));
+    out.push(Block::Text(
+        "Files: cells.csv and cells.jsonl (one row per seed, attack, source and target, with \
+         every metric), matrix-<attack>.csv, models.csv, eps-steps.csv, cdf.csv, \
+         throughput.csv, figures/ (PNG and SVG), sweep.log."
+            .into(),
+    ));
+    out
+}
+
+fn markdown(blocks: &[Block], out: &Path) -> String {
+    let mut md = String::new();
+    let mut first = true;
+    for block in blocks {
+        match block {
+            Block::Heading(h) if first => {
+                md.push_str(&format!("# {h}\n\n"));
+                first = false;
+            }
+            Block::Heading(h) => md.push_str(&format!("## {h}\n\n")),
+            Block::Text(t) => md.push_str(&format!("{t}\n\n")),
+            Block::Code(c) => md.push_str(&format!("```json\n{c}\n```\n\n")),
+            Block::Table { header, rows } => {
+                let line = |cells: &[String]| {
+                    format!(
+                        "| {} |\n",
+                        cells
+                            .iter()
+                            .map(|c| c.replace('|', "\\|"))
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    )
+                };
+                md.push_str(&line(header));
+                md.push_str(&format!("|{}\n", " --- |".repeat(header.len())));
+                for row in rows {
+                    md.push_str(&line(row));
+                }
+                md.push('\n');
+            }
+            Block::Figure(f) => {
+                let rel = f.png.strip_prefix(out).unwrap_or(&f.png);
+                md.push_str(&format!(
+                    "![{}]({})\n\n*{}*\n\n",
+                    f.caption,
+                    rel.display(),
+                    f.caption
+                ));
+            }
+        }
+    }
+    md
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn html(blocks: &[Block]) -> Result<String> {
+    let mut body = String::new();
+    let mut title = String::new();
+    for block in blocks {
+        match block {
+            Block::Heading(h) if title.is_empty() => {
+                title = h.clone();
+                body.push_str(&format!("<h1>{}</h1>\n", escape(h)));
+            }
+            Block::Heading(h) => body.push_str(&format!("<h2>{}</h2>\n", escape(h))),
+            Block::Text(t) => body.push_str(&format!("<p>{}</p>\n", escape(t))),
+            Block::Code(c) => body.push_str(&format!("<pre>{}</pre>\n", escape(c))),
+            Block::Table { header, rows } => {
+                body.push_str("<table>\n<tr>");
+                for h in header {
+                    body.push_str(&format!("<th>{}</th>", escape(h)));
+                }
+                body.push_str("</tr>\n");
+                for row in rows {
+                    body.push_str("<tr>");
+                    for c in row {
+                        body.push_str(&format!("<td>{}</td>", escape(c)));
+                    }
+                    body.push_str("</tr>\n");
+                }
+                body.push_str("</table>\n");
+            }
+            Block::Figure(f) => {
+                let svg =
+                    std::fs::read_to_string(&f.svg).map_err(|e| crate::Error::io(&f.svg, e))?;
+                body.push_str(&format!(
+                    "<figure>{svg}<figcaption>{}</figcaption></figure>\n",
+                    escape(&f.caption)
+                ));
+            }
+        }
+    }
+    Ok(format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\n\
+         <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}\
+         table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;\
+         padding:3px 8px;text-align:left;vertical-align:top}}th{{background:#f0f0f0}}\
+         figure{{margin:1.5em 0}}svg{{max-width:100%;height:auto}}pre{{background:#f6f6f6;\
+         padding:1em;overflow:auto}}</style></head>\n<body>\n{body}</body></html>\n",
+        escape(&title)
+    ))
+}
+
+/// Writes `report.md` and `report.html` into `out`; returns the Markdown report's path.
+pub(super) fn write(
+    out: &Path,
+    view: &View,
+    figures: &[Figure],
+    claims: &[Claim],
+) -> Result<PathBuf> {
+    let blocks = blocks(view, figures, claims);
+    let md_path = out.join("report.md");
+    crate::write_atomically(&md_path, markdown(&blocks, out).as_bytes())?;
+    crate::write_atomically(&out.join("report.html"), html(&blocks)?.as_bytes())?;
+    Ok(md_path)
+}

@@ -1,0 +1,128 @@
+//! A sweep's output folder: the lock that keeps a second sweep out, the log, the progress
+//! bars, and the cleanup of temporary files a killed run left behind.
+//!
+//! Every artefact is written by [`crate::write_atomically`] (temporary file, then rename) under
+//! a name that carries the hash of everything it depends on, so a file that exists is complete
+//! and current; resuming is nothing more than skipping what exists.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::{Error, Result};
+
+/// Sub-folders of the output folder.
+pub(super) const FOLDERS: [&str; 4] = ["models", "sets", "cells", "figures"];
+
+pub(super) struct Store {
+    root: PathBuf,
+    /// Held for the whole run: the OS releases it when the process ends, however it ends.
+    _lock: File,
+    log: Mutex<File>,
+    start: Instant,
+    pub multi: MultiProgress,
+    pub overall: ProgressBar,
+}
+
+/// Removes `.name.tmp-PID[.ext]` files: what `write_atomically` leaves when killed mid-write.
+fn remove_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+impl Store {
+    pub fn open(root: &Path) -> Result<Self> {
+        for folder in FOLDERS {
+            let dir = root.join(folder);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        let lock_path = root.join(".lock");
+        let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(Error::usage(format!(
+                    "another sweep is running on {} (it holds {}); wait for it or choose \
+                     another --out",
+                    root.display(),
+                    lock_path.display()
+                )));
+            }
+            Err(TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
+        }
+        // Only now, holding the lock, is it safe to clear what a killed run left.
+        remove_temporaries(root);
+        for folder in FOLDERS {
+            remove_temporaries(&root.join(folder));
+        }
+        let log_path = root.join("sweep.log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| Error::io(&log_path, e))?;
+        let multi = MultiProgress::new();
+        let overall = multi.add(ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "{prefix:>18} [{bar:30}] {percent:>3}% elapsed {elapsed_precise}, eta {eta_precise}",
+            )
+            .expect("valid template"),
+        ));
+        overall.set_prefix("sweep");
+        Ok(Self {
+            root: root.to_path_buf(),
+            _lock: lock,
+            log: Mutex::new(log),
+            start: Instant::now(),
+            multi,
+            overall,
+        })
+    }
+
+    pub fn path(&self, folder: &str, name: &str) -> PathBuf {
+        self.root.join(folder).join(name)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A line in `sweep.log` and on stderr (above the progress bars).
+    pub fn log(&self, message: &str) {
+        let line = format!("[{:>7.1}s] {message}", self.start.elapsed().as_secs_f64());
+        if let Ok(mut log) = self.log.lock() {
+            let _ = writeln!(log, "{line}");
+        }
+        self.multi.suspend(|| eprintln!("{line}"));
+    }
+
+    /// A stage bar under the overall one.
+    pub fn stage(&self, len: u64, label: &str, unit: &str) -> ProgressBar {
+        let bar = self.multi.add(
+            ProgressBar::new(len).with_style(
+                ProgressStyle::with_template(&format!(
+                    "{{prefix:>18}} [{{bar:30}}] {{pos}}/{{len}} {unit} (eta {{eta}})"
+                ))
+                .expect("valid template"),
+            ),
+        );
+        bar.set_prefix(label.to_string());
+        bar
+    }
+
+    /// Adds an externally made bar (an attack's image bar) under the overall one.
+    pub fn add(&self, bar: ProgressBar) -> ProgressBar {
+        self.multi.add(bar)
+    }
+}

@@ -1,0 +1,233 @@
+//! The sweep as a user runs it (the `advcomp sweep` binary on a tiny preset): every result
+//! file and figure is written; killing it at random moments and rerunning gives exactly the
+//! results of an uninterrupted run; a second sweep on the same folder is refused; bad configs
+//! are refused by name.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-sweep.toml");
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("advcomp-sweep-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn sweep(out: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_advcomp"));
+    cmd.args(["sweep", "--config", TINY, "--backend", "cpu", "--out"])
+        .arg(out);
+    cmd
+}
+
+fn run(out: &Path) -> Output {
+    let output = sweep(out).output().unwrap();
+    assert!(
+        output.status.success(),
+        "sweep failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn spawn(out: &Path) -> Child {
+    sweep(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The result files, with the output folder's own path taken out (models.csv names the
+/// checkpoints by path).
+fn results(out: &Path) -> Vec<(String, String)> {
+    let mut files: Vec<String> = std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".csv") || n.ends_with(".jsonl"))
+        .filter(|n| n != "throughput.csv") // timings differ from run to run
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(out.join(&name)).unwrap();
+            (name, text.replace(&out.display().to_string(), "OUT"))
+        })
+        .collect()
+}
+
+fn temporaries(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(temporaries(&path));
+        } else if entry.file_name().to_string_lossy().contains(".tmp-") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn killed_and_resumed_sweeps_give_the_results_of_an_uninterrupted_one() {
+    let whole = out_dir("whole");
+    let start = Instant::now();
+    run(&whole);
+    let seconds = start.elapsed().as_secs_f64();
+
+    // Every result file, figure and the report.
+    for file in [
+        "cells.csv",
+        "cells.jsonl",
+        "models.csv",
+        "eps-steps.csv",
+        "cdf.csv",
+        "throughput.csv",
+        "report.md",
+        "report.html",
+        "sweep.log",
+    ] {
+        assert!(whole.join(file).is_file(), "{file} missing");
+    }
+    let figures = [
+        "fig2-density",
+        "fig3-eps-steps",
+        "fig4-bits",
+        "fig5-cdf",
+        "fig6-perturbation",
+        "matrix-ifgsm",
+        "matrix-ifgm",
+        "matrix-deepfool",
+    ];
+    let report = std::fs::read_to_string(whole.join("report.md")).unwrap();
+    let html = std::fs::read_to_string(whole.join("report.html")).unwrap();
+    for stem in figures {
+        let png = std::fs::read(whole.join("figures").join(format!("{stem}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{stem}.png is a PNG");
+        assert!(png.len() > 10_000, "{stem}.png has content");
+        let svg = std::fs::read_to_string(whole.join("figures").join(format!("{stem}.svg")));
+        assert!(svg.unwrap().contains("<svg"), "{stem}.svg");
+        assert!(
+            report.contains(&format!("figures/{stem}.png")),
+            "report shows {stem}"
+        );
+    }
+    assert_eq!(
+        html.matches("<svg").count(),
+        figures.len(),
+        "figures inline"
+    );
+    assert!(
+        !html.contains("src=\""),
+        "the page loads nothing from outside"
+    );
+    assert!(report.contains("Check against the paper") && report.contains("supported"));
+    // 5 models x 5 models x 3 attacks; Figure 3: 2 attacks x 2 eps x 2 step counts.
+    let cells = std::fs::read_to_string(whole.join("cells.csv")).unwrap();
+    assert_eq!(cells.lines().count(), 1 + 75);
+    assert_eq!(cells.matches(",1 COMP->COMP,").count(), 12);
+    let eps_steps = std::fs::read_to_string(whole.join("eps-steps.csv")).unwrap();
+    assert_eq!(eps_steps.lines().count(), 1 + 8);
+
+    // Kill the same sweep at random moments, then let it finish.
+    let seed: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let resumed = out_dir("resumed");
+    let mut kills = Vec::new();
+    for _ in 0..4 {
+        let delay = rng.random_range(0.3..(0.8 * seconds).max(0.6));
+        let mut child = spawn(&resumed);
+        std::thread::sleep(Duration::from_secs_f64(delay));
+        child.kill().unwrap(); // SIGKILL: no chance to clean up
+        child.wait().unwrap();
+        kills.push(format!("{delay:.1}s"));
+    }
+    run(&resumed);
+    eprintln!("killed after {kills:?} (rng seed {seed})");
+    assert_eq!(temporaries(&resumed), Vec::<PathBuf>::new());
+    let (a, b) = (results(&whole), results(&resumed));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(
+            x == y,
+            "{name} differs after kills at {kills:?} (seed {seed})"
+        );
+    }
+
+    // A rerun of a finished sweep reuses everything and changes nothing.
+    let rerun = String::from_utf8_lossy(&run(&resumed).stderr).into_owned();
+    assert!(rerun.contains("baseline reused"), "{rerun}");
+    assert!(
+        !rerun.contains("training") && !rerun.contains("images/s"),
+        "{rerun}"
+    );
+    assert_eq!(results(&resumed), b);
+    let _ = std::fs::remove_dir_all(&whole);
+    let _ = std::fs::remove_dir_all(&resumed);
+}
+
+#[test]
+fn a_second_sweep_on_the_same_folder_is_refused() {
+    let out = out_dir("locked");
+    let mut first = spawn(&out);
+    let log = out.join("sweep.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(log.exists(), "the first sweep started");
+    let second = sweep(&out).output().unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("another sweep is running"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn bad_sweep_configs_are_refused_by_name_and_write_nothing() {
+    let dir = out_dir("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        ("modle = \"lenet5\"\n", "modle"),
+        ("[grid]\ndensities = [1.5]\n", "grid.densities: 1.5"),
+        ("[grid]\nbits = [1]\n", "grid.bits"),
+        ("[attack]\nnames = [\"cw\"]\n", "unknown attack 'cw'"),
+        ("seeds = 0\n", "seeds"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let config = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let out = dir.join(format!("out{i}"));
+        let output = Command::new(env!("CARGO_BIN_EXE_advcomp"))
+            .args(["sweep", "--backend", "cpu", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(expected), "{text}: {stderr}");
+        assert!(!out.exists(), "{text}: nothing written");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_advcomp"))
+        .args(["sweep", "--preset", "fast"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown preset 'fast'"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
