@@ -312,7 +312,7 @@ fn throughput_figure(
                 y_label: "images / s".into(),
                 series,
                 y_range: Some((0.0, 1.1 * top.max(1e-3))),
-                steps: false,
+                cdf: false,
             }
         })
         .collect();

@@ -7,6 +7,8 @@ use super::{Family, SCENARIOS, View, adversarial_accuracy};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Supported,
+    /// The direction holds, the size does not.
+    Partly,
     NotSupported,
     NotTestable,
 }
@@ -15,6 +17,7 @@ impl Verdict {
     pub fn text(self) -> &'static str {
         match self {
             Verdict::Supported => "supported",
+            Verdict::Partly => "partly supported",
             Verdict::NotSupported => "not supported",
             Verdict::NotTestable => "not testable here",
         }
@@ -154,8 +157,11 @@ pub(super) fn check(view: &View) -> Vec<Claim> {
     push(
         "4.2",
         "Smaller integer bitwidths make it marginally harder to attack the baseline with examples from compressed models.",
-        "IFGSM and IFGM, scenario 3: accuracy at the lowest bitwidth > at the highest.",
-        trend_claim(view, Family::Quantised, &s(2), true, "bitwidth"),
+        "IFGSM and IFGM, scenario 3: accuracy at the lowest bitwidth > at the highest, by at most 10 points (marginally).",
+        marginal(
+            trend_claim(view, Family::Quantised, &s(2), true, "bitwidth"),
+            view,
+        ),
     );
     push(
         "4.2",
@@ -164,6 +170,25 @@ pub(super) fn check(view: &View) -> Vec<Claim> {
         ifgsm_transfers_best(view),
     );
     claims
+}
+
+/// A rising-trend verdict, downgraded when the rise is larger than "marginal" (10 points).
+fn marginal((verdict, evidence): (Verdict, String), view: &View) -> (Verdict, String) {
+    let largest = ["ifgsm", "ifgm"]
+        .iter()
+        .filter_map(|a| trend(view, Family::Quantised, a, 2))
+        .map(|(high, low)| low - high)
+        .fold(0.0, f64::max);
+    if verdict == Verdict::Supported && largest > 0.10 {
+        return (
+            Verdict::Partly,
+            format!(
+                "{evidence}: harder, but by up to {:.1} points, not marginally",
+                100.0 * largest
+            ),
+        );
+    }
+    (verdict, evidence)
 }
 
 fn high_precision_flat(view: &View) -> (Verdict, String) {

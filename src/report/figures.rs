@@ -45,8 +45,9 @@ pub struct Panel {
     pub series: Vec<Series>,
     /// Fixed y range (accuracies: 0..1); from the data when absent.
     pub y_range: Option<(f64, f64)>,
-    /// Draw each series as a step function without markers (CDFs).
-    pub steps: bool,
+    /// The series are empirical CDFs: drawn as step functions without markers, the x axis
+    /// spanning the 0.5%..99.5% quantiles (a few extreme logits would squash the rest).
+    pub cdf: bool,
 }
 
 /// A figure of one or more panels side by side.
@@ -121,7 +122,17 @@ type DrawResult<DB> =
 
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> DrawResult<DB> {
     let points = || panel.series.iter().flat_map(|s| s.points.iter());
-    let (x0, x1) = range_of(points().map(|(x, _)| *x));
+    let (x0, x1) = if panel.cdf {
+        let quantile = |q: f64| {
+            panel
+                .series
+                .iter()
+                .filter_map(move |s| s.points.iter().find(|(_, p)| p.y >= q).map(|(x, _)| *x))
+        };
+        range_of(quantile(0.005).chain(quantile(0.995)))
+    } else {
+        range_of(points().map(|(x, _)| *x))
+    };
     let (y0, y1) = panel
         .y_range
         .unwrap_or_else(|| range_of(points().flat_map(|(_, p)| [p.y, p.lo, p.hi])));
@@ -147,7 +158,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
             .copied()
             .filter(|(_, p)| p.y.is_finite())
             .collect();
-        if panel.steps {
+        if panel.cdf {
             chart.draw_series(LineSeries::new(step_path(&pts), color.stroke_width(2)))?;
             continue;
         }
@@ -411,7 +422,7 @@ fn scenario_figure(view: &View, family: Family, title: &str, x_label: &str) -> L
                 y_label: "accuracy".into(),
                 series,
                 y_range: Some((0.0, 1.02)),
-                steps: false,
+                cdf: false,
             }
         })
         .collect();
@@ -444,7 +455,7 @@ fn eps_steps_figure(view: &View) -> LineFigure {
             x_label: "eps".into(),
             y_label: "accuracy".into(),
             y_range: Some((0.0, 1.02)),
-            steps: false,
+            cdf: false,
             series: steps
                 .iter()
                 .map(|&k| Series {
@@ -479,7 +490,7 @@ fn cdf_figure(view: &View) -> LineFigure {
         x_label: format!("{tensor} value"),
         y_label: "fraction <= value".into(),
         y_range: Some((0.0, 1.02)),
-        steps: true,
+        cdf: true,
         series: view
             .results
             .cdfs
@@ -517,7 +528,7 @@ fn perturbation_figure(view: &View) -> LineFigure {
             y_label: "mean |x_adv - x| per pixel".into(),
             series,
             y_range: None,
-            steps: false,
+            cdf: false,
         }],
     }
 }
@@ -572,7 +583,9 @@ pub(super) fn draw_all(dir: &Path, view: &View, labels: &[&str]) -> Result<Vec<F
             out.push(save_lines(
                 dir,
                 "fig6-perturbation",
-                "Figure 6: mean perturbation per pixel of IFGSM against bitwidth, per scenario."
+                "Figure 6: mean perturbation per pixel of IFGSM against bitwidth, per scenario \
+                 (scenarios 1 and 3 share their source model, so their curves coincide; \
+                 scenario 2's source is the baseline)."
                     .into(),
                 &perturbation_figure(view),
             )?);
