@@ -110,7 +110,7 @@ fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
         out.push(Block::Table { header, rows });
         let full = view.cell(attack, "full", "full", adversarial_accuracy);
         out.push(Block::Text(format!(
-            "The baseline under its own {attack} examples: {}%.",
+            "The baseline's accuracy (%) under its own {attack} examples: {}.",
             pct(full)
         )));
     }
@@ -170,7 +170,7 @@ fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
         .map(|m| (m.clean_accuracy, [m.clean_accuracy; 2]))
         .collect();
     out.push(Block::Text(format!(
-        "Baseline clean accuracy over seeds: {}%.",
+        "Baseline clean accuracy (%) over seeds: {}.",
         pct(summarise(&per_seed))
     )));
     out.push(Block::Heading("Configuration".into()));
