@@ -327,10 +327,7 @@ fn quick_baseline(args: &ProfileArgs, backend: &Backend) -> Result<PathBuf> {
     let preset = SweepConfig::preset("quick")?;
     let kind = preset.model_kind()?;
     let dataset = kind.default_dataset();
-    let config = train::TrainConfig {
-        epochs: preset.baseline.epochs,
-        ..train::TrainConfig::new(kind, dataset.name())
-    };
+    let config = preset.baseline.train_config(kind, dataset, 1);
     let path = args
         .out
         .join(format!("baseline-{kind}-{}.safetensors", config.hash()));

@@ -32,25 +32,6 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
-/// Median seconds of `op` over `repeats` timed runs after two warm-ups.
-fn time(device: &Device, repeats: usize, mut op: impl FnMut() -> Tensor<1>) -> f64 {
-    for _ in 0..2 {
-        let _ = op();
-        device.sync().expect("device sync");
-    }
-    let samples = (0..repeats.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            let out = op();
-            device.sync().expect("device sync");
-            let seconds = start.elapsed().as_secs_f64();
-            drop(out);
-            seconds
-        })
-        .collect();
-    median(samples)
-}
-
 /// A kernel to time: name, bytes moved per call, the call.
 type Case<'a> = (&'static str, usize, Box<dyn FnMut() -> Tensor<1> + 'a>);
 
@@ -115,7 +96,7 @@ pub fn kernel_throughput(device: &Device, elements: usize, repeats: usize) -> Ve
     cases
         .into_iter()
         .map(|(name, bytes, mut op)| {
-            let seconds = time(device, repeats, &mut op);
+            let seconds = median_time(device, 2, repeats, || drop(op()));
             KernelTiming {
                 kernel: name.into(),
                 elements,
@@ -224,11 +205,13 @@ pub struct TimeSplit {
     pub attack_step_seconds: f64,
 }
 
-/// Median seconds of `op` (which must leave its work queued on `device`) over `repeats` runs
-/// after one warm-up.
-fn median_time(device: &Device, repeats: usize, mut op: impl FnMut()) -> f64 {
-    op();
-    device.sync().expect("device sync");
+/// Median seconds of `op` over `repeats` timed runs after `warmups` untimed ones; each run
+/// ends by waiting for `device`.
+fn median_time(device: &Device, warmups: usize, repeats: usize, mut op: impl FnMut()) -> f64 {
+    for _ in 0..warmups {
+        op();
+        device.sync().expect("device sync");
+    }
     let samples = (0..repeats.max(1))
         .map(|_| {
             let start = Instant::now();
@@ -254,7 +237,7 @@ pub fn attack_throughput(
     let (x, y) = test.batch(&indices, device);
     let mut iterations = 0.0;
     let mut failure = None;
-    let seconds = median_time(device, repeats, || {
+    let seconds = median_time(device, 1, repeats, || {
         match attack::attack(&variant.classifier, x.clone(), y.clone(), config) {
             Ok(out) => {
                 iterations =
@@ -291,10 +274,10 @@ pub fn time_split(
     let indices: Vec<usize> = (0..batch).map(|i| i % test.len()).collect();
     let (x, y) = test.batch(&indices, device);
     let model = &variant.classifier;
-    let forward = median_time(device, repeats, || {
+    let forward = median_time(device, 1, repeats, || {
         let _ = model.logits(x.clone());
     });
-    let forward_backward = median_time(device, repeats, || {
+    let forward_backward = median_time(device, 1, repeats, || {
         let _ = attack::loss_gradient(model, &x, &y);
     });
     // The compression ops of one forward pass, on tensors of the same sizes.
@@ -313,7 +296,7 @@ pub fn time_split(
     };
     let layers = weight_layers(&model.network);
     let compression = &model.compression;
-    let compression_kernels = median_time(device, repeats, || {
+    let compression_kernels = median_time(device, 1, repeats, || {
         for layer in &layers {
             let mut w = layer.values.clone();
             if let Some(mask) = compression.masks.get(&layer.name) {
@@ -337,7 +320,7 @@ pub fn time_split(
         eps: 0.02,
         budget: f32::INFINITY,
     };
-    let step = median_time(device, repeats, || {
+    let step = median_time(device, 1, repeats, || {
         let _ = kernels::attack_step(x.clone(), x.clone(), grad.clone(), ones.clone(), settings);
     });
     TimeSplit {

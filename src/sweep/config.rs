@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::attack::AttackKind;
 use crate::compress::Pruner;
+use crate::data::DatasetKind;
 use crate::kernels::FixedPoint;
 use crate::model::ModelKind;
+use crate::train::{Optimizer, Schedule, TrainConfig};
 use crate::{Error, Result};
 
 /// The presets shipped in `assets/presets/`, by name.
@@ -30,6 +32,20 @@ pub struct Training {
 }
 
 impl Training {
+    /// The training run this stands for (Adam, cosine decay, as DESIGN.md fixes).
+    pub fn train_config(&self, model: ModelKind, dataset: DatasetKind, seed: u64) -> TrainConfig {
+        TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            optimizer: Optimizer::Adam,
+            schedule: Schedule::Cosine,
+            seed,
+            train_limit: self.train_limit,
+            ..TrainConfig::new(model, dataset.name())
+        }
+    }
+
     fn with_epochs(epochs: usize) -> Self {
         Self {
             epochs,

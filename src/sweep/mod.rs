@@ -23,7 +23,7 @@ use crate::data::{self, DatasetKind, Images, Split};
 use crate::kernels::{FixedPoint, QuantGrad};
 use crate::model::{self, Classifier, KeyMap, ModelKind};
 use crate::report::{self, CdfSeries, Cell, EpsStepsCell, Family, ModelRow, Throughput};
-use crate::train::{self, Optimizer, Schedule, TrainConfig};
+use crate::train::{self, TrainConfig};
 use crate::transfer::{self, AdversarialSet};
 use crate::{Error, Result, stable_hash};
 
@@ -86,16 +86,7 @@ impl Plan<'_> {
     }
 
     fn train_config(&self, training: &config::Training, seed: u64) -> TrainConfig {
-        TrainConfig {
-            epochs: training.epochs,
-            batch_size: training.batch_size,
-            learning_rate: training.learning_rate,
-            optimizer: Optimizer::Adam,
-            schedule: Schedule::Cosine,
-            seed,
-            train_limit: training.train_limit,
-            ..TrainConfig::new(self.kind, self.dataset.name())
-        }
+        training.train_config(self.kind, self.dataset, seed)
     }
 
     fn train_images(&self, training: &config::Training) -> u64 {
@@ -337,13 +328,8 @@ impl Plan<'_> {
         for kind in self.config.attacks()? {
             let config =
                 self.attack_config(kind, self.config.attack.eps, self.config.attack.steps, seed);
-            let config_json = serde_json::to_string(&config).expect("config serialises");
             for source in models {
-                let set_key = stable_hash([
-                    source.key.as_bytes(),
-                    config_json.as_bytes(),
-                    &self.images.to_le_bytes(),
-                ]);
+                let set_key = transfer::set_key(source.key.as_bytes(), &config, self.images);
                 let cells: Vec<(PathBuf, &SweepModel)> = models
                     .iter()
                     .map(|target| {

@@ -134,11 +134,12 @@ pub fn scenario(
     }
 }
 
-/// A cache key for a set: FNV-1a over the source checkpoint's bytes, the attack config and
-/// the image count, so a set is reused only for exactly the same inputs.
-pub fn set_key(source_bytes: &[u8], config: &AttackConfig, images: usize) -> String {
+/// A cache key for a set: FNV-1a over what identifies the source model (its checkpoint's
+/// bytes, or a key of everything it was made from), the attack config and the image count,
+/// so a set is reused only for exactly the same inputs.
+pub fn set_key(source: &[u8], config: &AttackConfig, images: usize) -> String {
     let json = serde_json::to_string(config).expect("config serialises");
-    crate::stable_hash([source_bytes, json.as_bytes(), &images.to_le_bytes()])
+    crate::stable_hash([source, json.as_bytes(), &images.to_le_bytes()])
 }
 
 /// Resamples of the bootstrap intervals over test images.
