@@ -10,6 +10,9 @@ pub enum Error {
     Checkpoint { path: PathBuf, problem: String },
     /// An option or argument with a value that cannot work.
     Usage(String),
+    /// A setting whose value cannot work, named by its field (`eps`, `attack.eps`): library
+    /// code names fields, the command line turns them into its flags ([`Error::for_flags`]).
+    Invalid { field: String, problem: String },
     /// The requested backend or adapter is not available.
     Backend(String),
     /// An I/O error while writing an output.
@@ -37,6 +40,43 @@ impl Error {
     pub fn usage(problem: impl Into<String>) -> Self {
         Error::Usage(problem.into())
     }
+    pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Error::Invalid {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+    /// The same error with its field inside `section` (`eps` -> `attack.eps`), or renamed
+    /// where `renames` says (`candidates` -> `attack.deepfool_candidates`).
+    pub fn in_section(self, section: &str, renames: &[(&str, &str)]) -> Self {
+        match self {
+            Error::Invalid { field, problem } => {
+                let field = renames
+                    .iter()
+                    .find(|(from, _)| *from == field)
+                    .map_or_else(|| format!("{section}.{field}"), |(_, to)| to.to_string());
+                Error::Invalid { field, problem }
+            }
+            other => other,
+        }
+    }
+    /// The same error naming the command-line flag of its field: `max_iterations` ->
+    /// `--max-iterations`, or the flag `renames` gives (`learning_rate` -> `--lr`).
+    pub fn for_flags(self, renames: &[(&str, &str)]) -> Self {
+        match self {
+            Error::Invalid { field, problem } => {
+                let flag = renames.iter().find(|(from, _)| *from == field).map_or_else(
+                    || format!("--{}", field.replace('_', "-")),
+                    |(_, to)| to.to_string(),
+                );
+                Error::Invalid {
+                    field: flag,
+                    problem,
+                }
+            }
+            other => other,
+        }
+    }
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         Error::Io {
             path: path.to_path_buf(),
@@ -47,7 +87,10 @@ impl Error {
     /// failures of the environment (backend, I/O).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Data { .. } | Error::Checkpoint { .. } | Error::Usage(_) => 2,
+            Error::Data { .. }
+            | Error::Checkpoint { .. }
+            | Error::Usage(_)
+            | Error::Invalid { .. } => 2,
             Error::Backend(_) | Error::Io { .. } => 1,
         }
     }
@@ -61,6 +104,7 @@ impl fmt::Display for Error {
                 write!(f, "checkpoint {}: {problem}", path.display())
             }
             Error::Usage(problem) => write!(f, "{problem}"),
+            Error::Invalid { field, problem } => write!(f, "{field}: {problem}"),
             Error::Backend(problem) => write!(f, "backend: {problem}"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
         }

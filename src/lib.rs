@@ -13,6 +13,7 @@ pub mod backend;
 pub mod compress;
 pub mod data;
 mod error;
+pub mod files;
 pub mod kernels;
 pub mod model;
 pub mod profile;
@@ -22,6 +23,7 @@ pub mod train;
 pub mod transfer;
 
 pub use error::{Error, Result};
+pub use files::write_atomically;
 
 /// The tool's version, written into every checkpoint it makes.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -29,39 +31,37 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// A stable 64-bit FNV-1a hash of `parts` (in order), as 16 hex digits: the key of configs in
 /// checkpoints and of cached artefacts.
 pub fn stable_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
-    let hash = parts
+    format!("{:016x}", stable_hash64(parts))
+}
+
+/// The FNV-1a hash of [`stable_hash`] as a number (e.g. to seed a random generator).
+pub fn stable_hash64<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    parts
         .into_iter()
         .flatten()
         .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-    format!("{hash:016x}")
+        })
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename, so a crash
-/// never leaves a half-written file under the final name.
-pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io = |e: std::io::Error| Error::io(path, e);
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::usage(format!("{}: not a file path", path.display())))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+/// Upper bounds on the counts advcomp accepts from command lines, config files and data
+/// files: far above any real run, low enough that no size computed from them overflows or
+/// asks for more memory than a machine has.
+pub mod limits {
+    /// Images per batch (attacks, training, evaluation, profiling).
+    pub const MAX_BATCH_SIZE: usize = 1 << 16;
+    /// Training or fine-tuning epochs.
+    pub const MAX_EPOCHS: usize = 10_000;
+    /// Iterations of an attack (steps, DeepFool's most iterations).
+    pub const MAX_STEPS: usize = 100_000;
+    /// Seeds of a sweep.
+    pub const MAX_SEEDS: u64 = 1_000;
+    /// Images of a dataset, an adversarial set, or a limit on either.
+    pub const MAX_IMAGES: usize = 100_000_000;
+    /// Bytes of one data file once decompressed (16 GiB).
+    pub const MAX_DATA_BYTES: usize = 1 << 34;
+    /// Timed repeats of a measurement.
+    pub const MAX_REPEATS: usize = 10_000;
+    /// Elements per kernel call in the kernel profile (4 GiB of f32).
+    pub const MAX_KERNEL_ELEMENTS: usize = 1 << 30;
 }

@@ -91,7 +91,7 @@ fn fgsm_and_fgm_steps_equal_their_closed_form_on_a_linear_model() {
     let mut config = AttackConfig::new(AttackKind::Fgsm);
     config.eps = 0.05;
     let adv = host(
-        attack::attack(&model, images.clone(), labels.clone(), &config)
+        attack::attack(&model, images.clone(), labels.clone(), &config, 0)
             .unwrap()
             .adversarial,
     );
@@ -106,7 +106,7 @@ fn fgsm_and_fgm_steps_equal_their_closed_form_on_a_linear_model() {
 
     config.kind = AttackKind::Fgm;
     let adv = host(
-        attack::attack(&model, images, labels, &config)
+        attack::attack(&model, images, labels, &config, 0)
             .unwrap()
             .adversarial,
     );
@@ -134,7 +134,7 @@ fn deepfool_reaches_the_linear_boundary_in_one_step() {
     let predicted = model.logits(images.clone()).argmax(1).reshape([16]);
     let mut config = AttackConfig::new(AttackKind::DeepFool);
     config.overshoot = 0.02;
-    let out = attack::attack(&model, images.clone(), predicted.clone(), &config).unwrap();
+    let out = attack::attack(&model, images.clone(), predicted.clone(), &config, 0).unwrap();
     assert!(
         out.iterations.iter().all(|&k| k == 1),
         "{:?}",
@@ -170,7 +170,7 @@ fn adversarial_images_stay_in_the_pixel_range_and_their_budget() {
     ] {
         let config = AttackConfig::new(kind);
         let adv = host(
-            attack::attack(&model, images.clone(), labels.clone(), &config)
+            attack::attack(&model, images.clone(), labels.clone(), &config, 0)
                 .unwrap()
                 .adversarial,
         );
@@ -189,7 +189,7 @@ fn adversarial_images_stay_in_the_pixel_range_and_their_budget() {
     let mut budgeted = AttackConfig::new(AttackKind::Ifgsm);
     budgeted.budget = Some(0.05);
     let adv = host(
-        attack::attack(&model, images, labels, &budgeted)
+        attack::attack(&model, images, labels, &budgeted, 0)
             .unwrap()
             .adversarial,
     );
@@ -225,7 +225,7 @@ fn ifgm_l2_moves_images_of_a_very_confident_model() {
         let mut config = AttackConfig::new(AttackKind::Ifgm);
         config.grad_norm = norm;
         let adv = host(
-            attack::attack(&model, images.clone(), predicted.clone(), &config)
+            attack::attack(&model, images.clone(), predicted.clone(), &config, 0)
                 .unwrap()
                 .adversarial,
         );
@@ -252,7 +252,7 @@ fn pgd_is_reproducible_from_its_seed() {
         // on a linear model end in the budget's corners whatever the start).
         config.steps = 2;
         host(
-            attack::attack(&model, images.clone(), labels.clone(), &config)
+            attack::attack(&model, images.clone(), labels.clone(), &config, 0)
                 .unwrap()
                 .adversarial,
         )
@@ -284,7 +284,7 @@ fn attacks_on_a_quantised_model_follow_ste_gradients() {
     // A quantiser's forward is a step function: its true derivative is zero almost everywhere,
     // so FGSM with detached or true gradients would not move. Through the STE it does.
     let config = AttackConfig::new(AttackKind::Fgsm);
-    let adv = attack::attack(&quantised, images.clone(), labels, &config)
+    let adv = attack::attack(&quantised, images.clone(), labels, &config, 0)
         .unwrap()
         .adversarial;
     let delta = host((adv - images).abs());
@@ -324,7 +324,7 @@ fn attacks_on_a_loaded_checkpoint_are_deterministic() {
         config.max_iterations = 3;
         let run = || {
             host(
-                attack::attack(&classifier, images.clone(), labels.clone(), &config)
+                attack::attack(&classifier, images.clone(), labels.clone(), &config, 0)
                     .unwrap()
                     .adversarial,
             )

@@ -64,7 +64,7 @@ fn impossible_options_are_refused_with_exit_code_2() {
         ),
         (
             &["train", "--epochs", "0", "--backend", "cpu"],
-            "--epochs must be at least 1",
+            "--epochs: must be between 1 and",
         ),
         (&["info", "--backend", "tpu"], "unknown backend 'tpu'"),
         (

@@ -308,7 +308,7 @@ fn a_compressed_checkpoint_loads_back_with_the_same_masks_formats_and_outputs() 
     let ckpt = load(&out);
     let record = ckpt.record().expect("compression record in the metadata");
     assert_eq!(record, outcome.record);
-    assert_eq!(record.pruner, "magnitude");
+    assert_eq!(record.pruner, Some(compress::Pruner::Magnitude));
     assert_eq!(ckpt.compression.activations, None);
 
     // The baked weights give the same logits with or without applying the compression again.

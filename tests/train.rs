@@ -54,5 +54,10 @@ fn short_training_learns_and_is_reproducible_from_its_seed() {
         learning_rate: -1.0,
         ..config.clone()
     };
-    assert!(bad.validate().unwrap_err().to_string().contains("--lr"));
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("learning_rate: must be a positive number")
+    );
 }

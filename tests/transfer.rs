@@ -59,7 +59,7 @@ fn sets_round_trip_in_float_and_metrics_match_a_direct_count() {
     assert_eq!(set.len(), 40);
     let path = temp("set.safetensors");
     transfer::save(&path, &set).unwrap();
-    let back = transfer::load(&path).unwrap();
+    let back = transfer::load(&path, &test, 40).unwrap();
     assert_eq!(back.images, set.images);
     assert_eq!(back.labels, set.labels);
     assert_eq!(back.shape, [40, 1, 28, 28]);
@@ -230,11 +230,11 @@ fn attack_and_transfer_commands_run_and_refuse_bad_options() {
         ),
         (
             &["attack", "--source", full, "--eps", "0"],
-            "--eps 0: must be a positive number",
+            "--eps: must be a positive number (got 0)",
         ),
         (
             &["attack", "--source", full, "--attack", "pgd", "--budget=-1"],
-            "--budget -1: must be positive",
+            "--budget: must be a positive number (got -1)",
         ),
         (
             &[

@@ -146,26 +146,48 @@ impl AttackConfig {
         }
     }
 
+    /// Refuses settings that cannot run, naming the field (the command line maps fields to
+    /// its flags, a sweep config to its own field names).
     pub fn validate(&self) -> Result<()> {
+        use crate::limits::MAX_STEPS;
         if !(self.eps > 0.0 && self.eps.is_finite()) {
-            return Err(Error::usage(format!(
-                "--eps {}: must be a positive number",
-                self.eps
-            )));
+            return Err(Error::invalid(
+                "eps",
+                format!("must be a positive number (got {})", self.eps),
+            ));
         }
-        if self.steps == 0 || self.max_iterations == 0 {
-            return Err(Error::usage("--steps must be at least 1"));
+        for (field, value) in [
+            ("steps", self.steps),
+            ("max_iterations", self.max_iterations),
+        ] {
+            if !(1..=MAX_STEPS).contains(&value) {
+                return Err(Error::invalid(
+                    field,
+                    format!("must be between 1 and {MAX_STEPS} (got {value})"),
+                ));
+            }
         }
         if let Some(b) = self.budget
-            && (b.is_nan() || b <= 0.0)
+            && !(b > 0.0 && b.is_finite())
         {
-            return Err(Error::usage(format!("--budget {b}: must be positive")));
+            return Err(Error::invalid(
+                "budget",
+                format!("must be a positive number (got {b})"),
+            ));
         }
-        if self.candidates == Some(0) || self.candidates == Some(1) {
-            return Err(Error::usage("--candidates needs at least 2 classes"));
+        if let Some(k) = self.candidates
+            && k < 2
+        {
+            return Err(Error::invalid(
+                "candidates",
+                format!("DeepFool needs at least 2 classes to compare (got {k})"),
+            ));
         }
-        if self.overshoot.is_nan() || self.overshoot < 0.0 {
-            return Err(Error::usage("--overshoot must be at least 0"));
+        if !(self.overshoot >= 0.0 && self.overshoot.is_finite()) {
+            return Err(Error::invalid(
+                "overshoot",
+                format!("must be a number of at least 0 (got {})", self.overshoot),
+            ));
         }
         Ok(())
     }
@@ -221,11 +243,15 @@ fn step_factor(grad: &Tensor<4>, config: &AttackConfig) -> Tensor<1> {
 
 /// Runs `config`'s attack on one batch (`images` in [0, 1], `labels` the true classes), all
 /// images together on `images`' device.
+///
+/// `first_image` is the index of the batch's first image in the whole set: PGD's random start
+/// is a function of (seed, image index), so any batch size gives the same images.
 pub fn attack(
     model: &impl Differentiable,
     images: Tensor<4>,
     labels: Tensor<1, Int>,
     config: &AttackConfig,
+    first_image: usize,
 ) -> Result<AttackOutput> {
     config.validate()?;
     let n = images.dims()[0];
@@ -248,7 +274,7 @@ pub fn attack(
     let device = images.device();
     let mut x = images.clone();
     if config.kind == AttackKind::Pgd {
-        x = random_start(&images, config.pgd_budget(), config.seed);
+        x = random_start(&images, config.pgd_budget(), config.seed, first_image);
     }
     let ones = Tensor::<1>::ones([n], &device);
     for _ in 0..steps {
@@ -265,14 +291,21 @@ pub fn attack(
     })
 }
 
-/// PGD's start: the images plus uniform noise in [-budget, budget], clipped to [0, 1]. The
-/// noise comes from a seeded host RNG, so every backend starts from the same images.
-fn random_start(images: &Tensor<4>, budget: f32, seed: u64) -> Tensor<4> {
+/// PGD's start: the images plus uniform noise in [-budget, budget], clipped to [0, 1]. Each
+/// image's noise comes from a host RNG seeded by (seed, the image's index in the set), so
+/// every backend and every batch size starts from the same images.
+fn random_start(images: &Tensor<4>, budget: f32, seed: u64, first_image: usize) -> Tensor<4> {
     let dims = images.dims();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let noise: Vec<f32> = (0..dims.iter().product::<usize>())
-        .map(|_| rng.random_range(-budget..=budget))
-        .collect();
+    let per_image = dims[1] * dims[2] * dims[3];
+    let mut noise = Vec::with_capacity(dims[0] * per_image);
+    for i in 0..dims[0] {
+        let index = (first_image + i) as u64;
+        let mut rng = StdRng::seed_from_u64(crate::stable_hash64([
+            &seed.to_le_bytes()[..],
+            &index.to_le_bytes()[..],
+        ]));
+        noise.extend((0..per_image).map(|_| rng.random_range(-budget..=budget)));
+    }
     let noise = Tensor::<4>::from_data(TensorData::new(noise, dims), &images.device());
     (images.clone() + noise).clamp(0.0, 1.0)
 }

@@ -48,9 +48,9 @@ pub(super) struct AttackOptions {
     #[arg(long)]
     candidates: Option<usize>,
     /// Attack the first N test images.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = super::image_count)]
     limit: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::batch_size)]
     batch_size: usize,
     #[command(flatten)]
     data: DataArgs,
@@ -233,8 +233,13 @@ fn print_cells(rows: &[Row]) {
 }
 
 pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
-    let backend = open_backend(args.common.backend)?;
     let config = args.options.config()?;
+    if let Some(path) = &args.save_adv {
+        let mut inputs = vec![args.source.as_path()];
+        inputs.extend(args.eval.iter().map(PathBuf::as_path));
+        advcomp::files::check_output_file("--save-adv", path, &inputs)?;
+    }
+    let backend = open_backend(args.common.backend)?;
     let source = load(&args.source, &backend, args.options.grad)?;
     let targets = if args.eval.is_empty() {
         vec![load(&args.source, &backend, args.options.grad)?]
@@ -302,6 +307,7 @@ fn cached_set(
     let bytes = std::fs::read(&source.path).map_err(|e| Error::io(&source.path, e))?;
     let key = transfer::set_key(&bytes, config, options.limit.min(images.len()));
     let path = dir.join(format!("{}-{}-{key}.safetensors", source.name, config.kind));
+    let count = options.limit.min(images.len());
     if path.exists() {
         eprintln!(
             "{} on {}: reusing {}",
@@ -309,7 +315,7 @@ fn cached_set(
             source.name,
             path.display()
         );
-        return transfer::load(&path);
+        return transfer::load(&path, images, count);
     }
     let set = craft(source, images, options, backend)?;
     transfer::save(&path, &set)?;
@@ -317,11 +323,16 @@ fn cached_set(
 }
 
 pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
-    let backend = open_backend(args.common.backend)?;
     if args.models.len() < 2 {
         return Err(Error::usage("--models needs at least two checkpoints"));
     }
     let config = args.options.config()?;
+    let inputs: Vec<&Path> = args.models.iter().map(PathBuf::as_path).collect();
+    advcomp::files::check_output_file("--out", &args.out, &inputs)?;
+    if let Some(dir) = &args.cache {
+        advcomp::files::check_output_dir("--cache", dir, &inputs)?;
+    }
+    let backend = open_backend(args.common.backend)?;
     let models = args
         .models
         .iter()

@@ -44,7 +44,7 @@ pub(super) struct CompressArgs {
     finetune_epochs: usize,
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = super::batch_size)]
     batch_size: usize,
     #[arg(long, default_value = "adam")]
     optimizer: Optimizer,
@@ -53,7 +53,7 @@ pub(super) struct CompressArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Fine-tune on the first N training images only.
-    #[arg(long)]
+    #[arg(long, value_parser = super::image_count)]
     train_limit: Option<usize>,
     /// DNS: fine-tuning steps between mask updates.
     #[arg(long, default_value_t = 50)]
@@ -70,7 +70,7 @@ pub(super) struct CompressArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Evaluate on the first N test images only.
-    #[arg(long)]
+    #[arg(long, value_parser = super::image_count)]
     limit: Option<usize>,
     /// Compressed checkpoint to write.
     #[arg(long)]
@@ -148,6 +148,7 @@ fn config(args: &CompressArgs, model: &str, dataset: &str) -> Result<CompressCon
 }
 
 pub(super) fn compress_command(args: CompressArgs) -> Result<()> {
+    advcomp::files::check_output_file("--out", &args.out, &[&args.checkpoint])?;
     let backend = open_backend(args.common.backend)?;
     // Read the base once up front so its model names the fine-tuning config.
     let base = model::load_checkpoint(&args.checkpoint, None, &KeyMap::default(), &backend.device)?;
@@ -211,6 +212,9 @@ pub(super) fn compress_command(args: CompressArgs) -> Result<()> {
 }
 
 pub(super) fn stats_command(args: StatsArgs) -> Result<()> {
+    if let Some(out) = &args.out {
+        advcomp::files::check_output_file("--out", out, &[&args.checkpoint])?;
+    }
     let backend = open_backend(args.common.backend)?;
     let ckpt = model::load_checkpoint(&args.checkpoint, None, &args.map, &backend.device)?;
     let kind = ckpt.network.kind();

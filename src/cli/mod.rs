@@ -9,11 +9,11 @@ mod study;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use advcomp::Result;
 use advcomp::backend::{self, Backend, BackendChoice};
 use advcomp::data::{self, DatasetKind, Split};
 use advcomp::model::{self, KeyMap, ModelKind};
 use advcomp::train::{self, Optimizer, Schedule, TrainConfig};
-use advcomp::{Error, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
@@ -94,7 +94,7 @@ struct TrainArgs {
     data: DataArgs,
     #[arg(long, default_value_t = 6)]
     epochs: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = batch_size)]
     batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
@@ -107,10 +107,10 @@ struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Train on the first N training images only.
-    #[arg(long)]
+    #[arg(long, value_parser = image_count)]
     train_limit: Option<usize>,
     /// Evaluate on the first N test images only.
-    #[arg(long)]
+    #[arg(long, value_parser = image_count)]
     limit: Option<usize>,
     /// Checkpoint to write (default: runs/<model>-<dataset>-seed<seed>.safetensors).
     #[arg(long)]
@@ -132,9 +132,9 @@ struct EvalArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Evaluate on the first N test images only.
-    #[arg(long)]
+    #[arg(long, value_parser = image_count)]
     limit: Option<usize>,
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = batch_size)]
     batch_size: usize,
     #[command(flatten)]
     common: Common,
@@ -145,6 +145,26 @@ pub fn run() -> i32 {
     // SAFETY: first thing in main, before any other thread exists.
     unsafe { backend::silence_mesa_warnings() };
     let cli = Cli::parse();
+    advcomp::files::stop_cleanly_on_signals(match cli.command {
+        Command::Sweep(_) => {
+            "rerun the same command to resume: the models, sets and cells already finished are kept"
+        }
+        Command::Transfer(_) => {
+            "rerun the same command to resume (with --cache, the finished sets are reused); no matrix was written"
+        }
+        _ => "no output was written; rerun the command",
+    });
+    // Library errors name settings by their field; a command names them by its flags.
+    let flags: &[(&str, &str)] = match cli.command {
+        Command::Compress(_) => &[
+            ("epochs", "--finetune-epochs"),
+            ("learning_rate", "--lr"),
+            ("magnitude_rounds", "--rounds"),
+        ],
+        Command::Sweep(_) => &[],
+        _ => &[("learning_rate", "--lr")],
+    };
+    let sweep = matches!(cli.command, Command::Sweep(_));
     let result = match cli.command {
         Command::Info(args) => info(args),
         Command::Train(args) => train_command(args),
@@ -156,6 +176,8 @@ pub fn run() -> i32 {
         Command::Sweep(args) => study::sweep_command(args),
         Command::Profile(args) => study::profile_command(args),
     };
+    // A sweep's fields are those of its config file (`attack.eps`), not flags.
+    let result = result.map_err(|e| if sweep { e } else { e.for_flags(flags) });
     match result {
         Ok(()) => 0,
         Err(error) => {
@@ -163,6 +185,28 @@ pub fn run() -> i32 {
             error.exit_code()
         }
     }
+}
+
+/// A count given on the command line, between `min` and `max`.
+fn bounded(text: &str, min: usize, max: usize) -> std::result::Result<usize, String> {
+    let value: usize = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a whole number"))?;
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("must be between {min} and {max} (got {value})"))
+    }
+}
+
+/// Images per batch.
+fn batch_size(text: &str) -> std::result::Result<usize, String> {
+    bounded(text, 1, advcomp::limits::MAX_BATCH_SIZE)
+}
+
+/// A number of images (a limit on a dataset).
+fn image_count(text: &str) -> std::result::Result<usize, String> {
+    bounded(text, 1, advcomp::limits::MAX_IMAGES)
 }
 
 fn print_epoch(r: &train::EpochReport) {
@@ -270,6 +314,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
             args.model, dataset, args.seed
         ))
     });
+    advcomp::files::check_output_file("--out", &out, &[])?;
     let backend = open_backend(args.common.backend)?;
     eprintln!(
         "training {} on {}, {} epochs, batch {}, {:?} lr {} ({:?}), seed {}",
@@ -328,9 +373,6 @@ fn eval(args: EvalArgs) -> Result<()> {
     kind.check_dataset(dataset)?;
     let test_set = data::load(dataset, Split::Test, args.data.data_dir.as_deref())?;
     let n = args.limit.unwrap_or(test_set.len()).min(test_set.len());
-    if n == 0 {
-        return Err(Error::usage("--limit 0: nothing to evaluate"));
-    }
     let start = Instant::now();
     let accuracy = train::evaluate(
         &ckpt.network,

@@ -120,13 +120,13 @@ pub(super) struct ProfileArgs {
     #[arg(long, default_value = "ifgsm,ifgm,deepfool")]
     attacks: String,
     /// Timed repeats per measurement (after one warm-up); the median is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = repeats)]
     repeats: usize,
     /// Baseline checkpoint (default: the quick preset's baseline, trained once into --out).
     #[arg(long)]
     baseline: Option<PathBuf>,
     /// Elements per kernel call (with --kernels).
-    #[arg(long, default_value_t = 1 << 24)]
+    #[arg(long, default_value_t = 1 << 24, value_parser = elements)]
     elements: usize,
     #[arg(long, default_value = "profile-out")]
     out: PathBuf,
@@ -134,21 +134,35 @@ pub(super) struct ProfileArgs {
     common: Common,
 }
 
+fn repeats(text: &str) -> std::result::Result<usize, String> {
+    super::bounded(text, 1, advcomp::limits::MAX_REPEATS)
+}
+
+fn elements(text: &str) -> std::result::Result<usize, String> {
+    super::bounded(text, 1, advcomp::limits::MAX_KERNEL_ELEMENTS)
+}
+
 pub(super) fn profile_command(args: ProfileArgs) -> Result<()> {
-    let backend = open_backend(args.common.backend)?;
+    let inputs: Vec<&std::path::Path> = args.baseline.iter().map(PathBuf::as_path).collect();
     if args.kernels {
-        return profile_kernels(&args, &backend);
+        advcomp::files::check_output_dir("--out", &args.out, &inputs)?;
+        return profile_kernels(&args, &open_backend(args.common.backend)?);
     }
     let bits: Vec<u32> = list(&args.bits, "bits")?;
     let densities: Vec<f64> = list(&args.density, "density")?;
     let batch_sizes: Vec<usize> = list(&args.batch_sizes, "batch-sizes")?;
     let attacks: Vec<AttackKind> = list(&args.attacks, "attacks")?;
-    if batch_sizes.is_empty() || batch_sizes.contains(&0) {
-        return Err(Error::usage("--batch-sizes: give positive batch sizes"));
+    let max = advcomp::limits::MAX_BATCH_SIZE;
+    if batch_sizes.is_empty() || batch_sizes.iter().any(|b| !(1..=max).contains(b)) {
+        return Err(Error::usage(format!(
+            "--batch-sizes: each batch size must be between 1 and {max} (got {batch_sizes:?})"
+        )));
     }
     if attacks.is_empty() {
         return Err(Error::usage("--attacks: give at least one attack"));
     }
+    advcomp::files::check_output_dir("--out", &args.out, &inputs)?;
+    let backend = open_backend(args.common.backend)?;
     let baseline = match &args.baseline {
         Some(path) => path.clone(),
         None => quick_baseline(&args, &backend)?,

@@ -6,9 +6,7 @@ mod prune;
 mod stats;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -19,6 +17,7 @@ pub use stats::{Cdf, LayerSummary, cdf_rows, weight_summary};
 
 use crate::data::{self, DatasetKind, Images, Split};
 use crate::kernels::{FixedPoint, QuantGrad};
+pub use crate::model::Pruner;
 use crate::model::{
     self, CheckpointMeta, Compression, CompressionRecord, KeyMap, Mask, Network, weight_layers,
 };
@@ -27,38 +26,6 @@ use crate::{Error, Result};
 
 /// The dropout rate the models are trained with.
 const BASE_DROPOUT: f64 = 0.5;
-
-/// How weights are pruned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pruner {
-    /// Dynamic network surgery: masks updated during fine-tuning, pruned weights can recover.
-    Dns,
-    /// Keep the largest |w|; pruned weights stay pruned.
-    Magnitude,
-}
-
-impl FromStr for Pruner {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "dns" => Ok(Self::Dns),
-            "magnitude" => Ok(Self::Magnitude),
-            _ => Err(Error::usage(format!(
-                "unknown pruner '{s}' (expected dns or magnitude)"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for Pruner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Dns => "dns",
-            Self::Magnitude => "magnitude",
-        })
-    }
-}
 
 /// Everything a compression run depends on.
 #[derive(Clone, Debug, Serialize)]
@@ -105,13 +72,15 @@ impl CompressConfig {
         }
     }
 
+    /// Refuses settings that cannot run, naming the field.
     pub fn validate(&self) -> Result<()> {
         if let Some((_, density)) = self.prune
             && !(density > 0.0 && density <= 1.0)
         {
-            return Err(Error::usage(format!(
-                "--density {density}: a density must lie in (0, 1]"
-            )));
+            return Err(Error::invalid(
+                "density",
+                format!("must lie in (0, 1] (got {density})"),
+            ));
         }
         if self.prune.is_none() && self.weights.is_none() && self.activations.is_none() {
             return Err(Error::usage(
@@ -119,22 +88,40 @@ impl CompressConfig {
             ));
         }
         if self.mask_interval == 0 {
-            return Err(Error::usage("--mask-interval must be at least 1"));
+            return Err(Error::invalid(
+                "mask_interval",
+                "must be at least 1 (got 0)",
+            ));
         }
-        if !(0.0..=1.0).contains(&self.mask_freeze) {
-            return Err(Error::usage("--mask-freeze must lie in [0, 1]"));
-        }
-        if !(0.0..=1.0).contains(&self.density_ramp) {
-            return Err(Error::usage("--density-ramp must lie in [0, 1]"));
+        for (field, value) in [
+            ("mask_freeze", self.mask_freeze),
+            ("density_ramp", self.density_ramp),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(Error::invalid(
+                    field,
+                    format!("must lie in [0, 1] (got {value})"),
+                ));
+            }
         }
         if self.mask_freeze < self.density_ramp {
-            return Err(Error::usage(format!(
-                "--mask-freeze {} comes before the end of --density-ramp {}: masks would freeze above the target density",
-                self.mask_freeze, self.density_ramp
-            )));
+            return Err(Error::invalid(
+                "mask_freeze",
+                format!(
+                    "{} comes before the end of the density ramp {}: masks would freeze above the target density",
+                    self.mask_freeze, self.density_ramp
+                ),
+            ));
         }
-        if self.magnitude_rounds == 0 {
-            return Err(Error::usage("--rounds must be at least 1"));
+        if !(1..=crate::limits::MAX_EPOCHS).contains(&self.magnitude_rounds) {
+            return Err(Error::invalid(
+                "magnitude_rounds",
+                format!(
+                    "must be between 1 and {} (got {})",
+                    crate::limits::MAX_EPOCHS,
+                    self.magnitude_rounds
+                ),
+            ));
         }
         if self.finetune.epochs > 0 {
             self.finetune.validate()?;
@@ -282,7 +269,7 @@ pub fn compress(
     let test_accuracy = train::evaluate(&network, &compression, test, device, 500, None)?;
     let record = compression.record(
         &network,
-        &config.prune.map_or("none".into(), |(p, _)| p.to_string()),
+        config.prune.map(|(p, _)| p),
         config.prune.map(|(_, d)| d),
         config.finetune.epochs,
     );

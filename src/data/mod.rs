@@ -243,6 +243,9 @@ pub fn images_from_idx(
             ),
         ));
     }
+    if images.dims[0] == 0 {
+        return Err(Error::data(&images_path, "holds no images (count 0)"));
+    }
     if labels.dims.len() != 1 {
         return Err(Error::data(
             &labels_path,

@@ -51,10 +51,28 @@ pub struct StepSettings {
 
 /// A fixed-point format: `bits` total (W), `int_bits` integer bits including the sign (P), so
 /// F = W - P fraction bits and the range is [-2^(P-1), 2^(P-1) - 2^-F].
+/// Deserialised through [`FixedPoint::new`], so a format read from a file or config is as
+/// valid as one built in code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "UncheckedFixedPoint")]
 pub struct FixedPoint {
     pub bits: u32,
     pub int_bits: u32,
+}
+
+/// A format as read, before [`FixedPoint::new`] checks it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UncheckedFixedPoint {
+    bits: u32,
+    int_bits: u32,
+}
+
+impl TryFrom<UncheckedFixedPoint> for FixedPoint {
+    type Error = String;
+    fn try_from(f: UncheckedFixedPoint) -> std::result::Result<Self, String> {
+        FixedPoint::new(f.bits, f.int_bits).map_err(|e| e.to_string())
+    }
 }
 
 impl FixedPoint {

@@ -36,8 +36,8 @@ pub struct CheckpointMeta {
 }
 
 impl CheckpointMeta {
-    fn to_header(&self) -> HashMap<String, String> {
-        let mut map = HashMap::new();
+    fn to_header(&self) -> BTreeMap<String, String> {
+        let mut map = BTreeMap::new();
         map.insert("model".into(), self.model.clone());
         map.insert("dataset".into(), self.dataset.clone());
         map.insert("seed".into(), self.seed.to_string());
@@ -265,6 +265,12 @@ pub fn save_compressed(
             values,
         });
     }
+    if let Some(problem) = tensors.iter().find_map(non_finite) {
+        return Err(Error::checkpoint(
+            path,
+            format!("not written: {problem} (did training diverge?)"),
+        ));
+    }
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .into_iter()
         .map(|t| (t.name, bytemuck::cast_slice(&t.values).to_vec(), t.shape))
@@ -277,9 +283,19 @@ pub fn save_compressed(
             Ok((name.clone(), view))
         })
         .collect::<Result<Vec<_>>>()?;
-    let serialized = safetensors::tensor::serialize(views, Some(meta.to_header()))
+    let serialized = crate::files::safetensors_bytes(views, meta.to_header())
         .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))?;
     crate::write_atomically(path, &serialized)
+}
+
+/// "tensor 'name' holds NaN at index i" for a tensor with a value that is not finite.
+fn non_finite(tensor: &NamedTensor) -> Option<String> {
+    let (i, v) = tensor
+        .values
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !v.is_finite())?;
+    Some(format!("tensor '{}' holds {v} at index {i}", tensor.name))
 }
 
 /// The suffix of a pruning mask's tensor name.
@@ -375,6 +391,12 @@ pub fn load_checkpoint(
                 ));
             }
         };
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor '{name}' holds {v} at index {i}: weights must be finite numbers"),
+            ));
+        }
         let renamed = map
             .0
             .iter()
@@ -416,6 +438,11 @@ pub fn load_checkpoint(
             Error::checkpoint(path, format!("compression metadata is not valid: {e}"))
         })?),
     };
+    if let Some(record) = &record {
+        record
+            .validate(&kind.init(device))
+            .map_err(|e| Error::checkpoint(path, format!("compression metadata: {e}")))?;
+    }
     let mut mask_problems = Vec::new();
     let masks = take_masks(&mut tensors, &kind.init(device), device, &mut mask_problems);
 

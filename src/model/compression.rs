@@ -4,6 +4,8 @@
 //! compression the layers run exactly as burn's modules do.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -14,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Network;
 use crate::kernels::{self, FixedPoint, QuantGrad};
+use crate::{Error, Result};
 
 /// A parameter holding a tensor computed from other parameters. `Param::initialized` leaves
 /// the tensor as it is (`Param::from_tensor` would make it a new leaf and cut the gradient).
@@ -65,11 +68,65 @@ pub struct Compression {
 /// Layer outputs recorded during forward passes.
 pub type ActivationLog = Arc<Mutex<Vec<(String, Tensor<1>)>>>;
 
+/// How weights are pruned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pruner {
+    /// Dynamic network surgery: masks updated during fine-tuning, pruned weights can recover.
+    Dns,
+    /// Keep the largest |w|; pruned weights stay pruned.
+    Magnitude,
+}
+
+impl FromStr for Pruner {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "dns" => Ok(Self::Dns),
+            "magnitude" => Ok(Self::Magnitude),
+            _ => Err(Error::usage(format!(
+                "unknown pruner '{s}' (expected dns or magnitude)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Pruner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Dns => "dns",
+            Self::Magnitude => "magnitude",
+        })
+    }
+}
+
+/// A record's pruner as the metadata writes it: `none`, `dns` or `magnitude`.
+mod pruner_or_none {
+    use super::Pruner;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &Option<Pruner>, s: S) -> Result<S::Ok, S::Error> {
+        match p {
+            Some(p) => p.serialize(s),
+            None => s.serialize_str("none"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Pruner>, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "none" => Ok(None),
+            other => other.parse().map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// What a checkpoint's metadata says about its compression (JSON in the `compression` field).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct CompressionRecord {
-    /// `none`, `dns` or `magnitude`.
-    pub pruner: String,
+    /// No pruning, `dns` or `magnitude`.
+    #[serde(with = "pruner_or_none")]
+    pub pruner: Option<Pruner>,
     pub target_density: Option<f64>,
     /// Kept / all weights per pruned layer, counted from the masks.
     pub density: BTreeMap<String, f64>,
@@ -80,6 +137,54 @@ pub struct CompressionRecord {
     pub grad: QuantGrad,
     /// Fine-tuning epochs after compression.
     pub finetune_epochs: usize,
+}
+
+impl CompressionRecord {
+    /// Refuses a record that cannot describe `network`'s compression, naming the field.
+    pub fn validate(&self, network: &Network) -> std::result::Result<(), String> {
+        let fraction = |x: f64| (0.0..=1.0).contains(&x);
+        if let Some(t) = self.target_density
+            && !(t > 0.0 && t <= 1.0)
+        {
+            return Err(format!("target_density {t} is not in (0, 1]"));
+        }
+        if self.pruner.is_none() && (self.target_density.is_some() || !self.density.is_empty()) {
+            return Err("densities are given but the pruner is none".into());
+        }
+        let layers = weight_layers(network);
+        for (layer, density) in &self.density {
+            if !layers.iter().any(|l| l.name == *layer) {
+                return Err(format!(
+                    "density for layer '{layer}', which {} does not have (its layers: {})",
+                    network.kind(),
+                    layers
+                        .iter()
+                        .map(|l| l.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            if !fraction(*density) {
+                return Err(format!(
+                    "density {density} of layer '{layer}' is not in [0, 1]"
+                ));
+            }
+        }
+        if !fraction(self.overall_density) {
+            return Err(format!(
+                "overall_density {} is not in [0, 1]",
+                self.overall_density
+            ));
+        }
+        if self.finetune_epochs > crate::limits::MAX_EPOCHS {
+            return Err(format!(
+                "finetune_epochs {} is more than {}",
+                self.finetune_epochs,
+                crate::limits::MAX_EPOCHS
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Compression {
@@ -183,7 +288,7 @@ impl Compression {
     pub fn record(
         &self,
         network: &Network,
-        pruner: &str,
+        pruner: Option<Pruner>,
         target: Option<f64>,
         epochs: usize,
     ) -> CompressionRecord {
@@ -193,7 +298,7 @@ impl Compression {
             .map(|(name, mask)| (name.clone(), mask.density()))
             .collect();
         CompressionRecord {
-            pruner: pruner.into(),
+            pruner,
             target_density: target,
             density,
             overall_density: self.overall_density(network),

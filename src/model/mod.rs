@@ -15,7 +15,9 @@ pub use checkpoint::{
     save_compressed,
 };
 pub use cifarnet::CifarNet;
-pub use compression::{Compression, CompressionRecord, Mask, WeightLayer, bake, weight_layers};
+pub use compression::{
+    Compression, CompressionRecord, Mask, Pruner, WeightLayer, bake, weight_layers,
+};
 pub use lenet5::LeNet5;
 
 use crate::data::DatasetKind;

@@ -238,7 +238,7 @@ pub fn attack_throughput(
     let mut iterations = 0.0;
     let mut failure = None;
     let seconds = median_time(device, 1, repeats, || {
-        match attack::attack(&variant.classifier, x.clone(), y.clone(), config) {
+        match attack::attack(&variant.classifier, x.clone(), y.clone(), config, 0) {
             Ok(out) => {
                 iterations =
                     out.iterations.iter().sum::<usize>() as f64 / out.iterations.len() as f64;

@@ -335,11 +335,15 @@ fn save(
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let png = dir.join(format!("{stem}.png"));
     let svg = dir.join(format!("{stem}.svg"));
-    // The bitmap backend picks the encoder from the extension, so the temporary name keeps it.
-    let tmp_png = dir.join(format!(".{stem}.tmp-{}.png", std::process::id()));
-    draw_png(BitMapBackend::new(&tmp_png, size).into_drawing_area())
-        .map_err(|e| drawing_error(&png, e))?;
-    std::fs::rename(&tmp_png, &png).map_err(|e| Error::io(&png, e))?;
+    let mut drawn = Ok(());
+    crate::files::write_atomically_with(&png, |tmp| {
+        drawn = draw_png(BitMapBackend::new(tmp, size).into_drawing_area());
+        drawn.clone().map_err(std::io::Error::other)
+    })
+    .map_err(|e| match drawn {
+        Err(problem) => drawing_error(&png, problem),
+        Ok(()) => e,
+    })?;
     let mut text = String::new();
     draw_svg(SVGBackend::with_string(&mut text, size).into_drawing_area())
         .map_err(|e| drawing_error(&svg, e))?;

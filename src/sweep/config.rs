@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::attack::AttackKind;
+use crate::attack::{AttackConfig, AttackKind};
 use crate::compress::Pruner;
 use crate::data::DatasetKind;
 use crate::kernels::FixedPoint;
@@ -149,10 +149,6 @@ impl Default for Figure5 {
     }
 }
 
-fn positive(x: f64) -> bool {
-    x > 0.0 && x.is_finite()
-}
-
 /// A whole sweep.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -204,9 +200,10 @@ impl SweepConfig {
 
     /// A user's sweep file.
     pub fn from_file(path: &Path) -> Result<Self> {
+        let origin = format!("config file {}", path.display());
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
-        Self::parse(&text, &path.display().to_string())
+            .map_err(|e| Error::usage(format!("{origin}: cannot read: {e}")))?;
+        Self::parse(&text, &origin)
     }
 
     fn parse(text: &str, origin: &str) -> Result<Self> {
@@ -236,29 +233,50 @@ impl SweepConfig {
         self.figure3.attacks.iter().map(|n| n.parse()).collect()
     }
 
-    /// Refuses what cannot run, naming the field.
+    /// Refuses what cannot run, naming the field: everything is checked here, before a sweep
+    /// writes or trains anything.
     pub fn validate(&self) -> Result<()> {
-        let fail = |field: &str, what: String| Err(Error::usage(format!("{field}: {what}")));
-        self.model_kind()?;
-        self.pruner()?;
-        self.attacks()?;
-        self.figure3_attacks()?;
-        self.attack.grad.parse::<crate::kernels::QuantGrad>()?;
-        if self.evaluation_images == Some(0) {
-            return fail("evaluation_images", "must be at least 1".into());
-        }
-        if self.seeds == 0 {
-            return fail("seeds", "must be at least 1".into());
-        }
-        for (name, t) in [("baseline", &self.baseline), ("finetune", &self.finetune)] {
-            if t.epochs == 0 || t.batch_size == 0 || !positive(t.learning_rate) {
-                return fail(
-                    name,
-                    "epochs, batch_size and learning_rate must be positive".into(),
-                );
+        use crate::limits::{MAX_BATCH_SIZE, MAX_IMAGES, MAX_SEEDS, MAX_STEPS};
+        let fail = |field: &str, what: String| Err(Error::invalid(field, what));
+        let count = |field: &str, value: usize, max: usize| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                fail(field, format!("must be between 1 and {max} (got {value})"))
             }
-            if t.train_limit == Some(0) {
-                return fail(name, "train_limit must be at least 1".into());
+        };
+        self.model_kind()
+            .map_err(|e| Error::invalid("model", e.to_string()))?;
+        if let Some(dataset) = &self.dataset {
+            dataset
+                .parse::<DatasetKind>()
+                .map_err(|e| Error::invalid("dataset", e.to_string()))?;
+        }
+        self.pruner()
+            .map_err(|e| Error::invalid("grid.pruner", e.to_string()))?;
+        self.attacks()
+            .map_err(|e| Error::invalid("attack.names", e.to_string()))?;
+        self.figure3_attacks()
+            .map_err(|e| Error::invalid("figure3.attacks", e.to_string()))?;
+        self.attack
+            .grad
+            .parse::<crate::kernels::QuantGrad>()
+            .map_err(|e| Error::invalid("attack.grad", e.to_string()))?;
+        if let Some(n) = self.evaluation_images {
+            count("evaluation_images", n, MAX_IMAGES)?;
+        }
+        if !(1..=MAX_SEEDS).contains(&self.seeds) {
+            return fail(
+                "seeds",
+                format!("must be between 1 and {MAX_SEEDS} (got {})", self.seeds),
+            );
+        }
+        for (section, t) in [("baseline", &self.baseline), ("finetune", &self.finetune)] {
+            t.train_config(ModelKind::LeNet5, DatasetKind::Mnist, 1)
+                .validate()
+                .map_err(|e| e.in_section(section, &[]))?;
+            if let Some(n) = t.train_limit {
+                count(&format!("{section}.train_limit"), n, MAX_IMAGES)?;
             }
         }
         if let Some(d) = self
@@ -270,11 +288,9 @@ impl SweepConfig {
             return fail("grid.densities", format!("{d} is not in (0, 1]"));
         }
         for &bits in &self.grid.bits {
-            FixedPoint::paper(bits).map_err(|e| Error::usage(format!("grid.bits: {e}")))?;
+            FixedPoint::paper(bits).map_err(|e| Error::invalid("grid.bits", e.to_string()))?;
         }
-        if self.grid.mask_interval == 0 {
-            return fail("grid.mask_interval", "must be at least 1".into());
-        }
+        count("grid.mask_interval", self.grid.mask_interval, MAX_STEPS)?;
         if self.grid.densities.is_empty() && self.grid.bits.is_empty() {
             return fail(
                 "grid",
@@ -284,19 +300,65 @@ impl SweepConfig {
         if self.attack.names.is_empty() {
             return fail("attack.names", "no attack".into());
         }
-        if self.attack.images == 0 || self.attack.batch_size == 0 {
-            return fail("attack", "images and batch_size must be at least 1".into());
-        }
-        if !positive(self.attack.eps as f64) || self.attack.steps == 0 {
-            return fail("attack", "eps and steps must be positive".into());
-        }
-        if self.figure3.eps.iter().any(|e| !positive(*e as f64)) || self.figure3.steps.contains(&0)
+        count("attack.images", self.attack.images, MAX_IMAGES)?;
+        count("attack.batch_size", self.attack.batch_size, MAX_BATCH_SIZE)?;
+        let classes = 10;
+        if let Some(k) = self.attack.deepfool_candidates
+            && k > classes
         {
-            return fail("figure3", "every eps and steps must be positive".into());
+            return fail(
+                "attack.deepfool_candidates",
+                format!("{k} is more than the {classes} classes"),
+            );
         }
-        if self.figure5.activation_images == 0 {
-            return fail("figure5.activation_images", "must be at least 1".into());
+        for kind in self.attacks()? {
+            self.attack_config(kind, self.attack.eps, self.attack.steps, 1)
+                .validate()
+                .map_err(|e| {
+                    e.in_section("attack", &[("candidates", "attack.deepfool_candidates")])
+                })?;
         }
+        if self.figure3.eps.is_empty() || self.figure3.steps.is_empty() {
+            return fail(
+                "figure3",
+                "eps and steps need at least one value each".into(),
+            );
+        }
+        for kind in self.figure3_attacks()? {
+            for &eps in &self.figure3.eps {
+                for &steps in &self.figure3.steps {
+                    self.attack_config(kind, eps, steps, 1)
+                        .validate()
+                        .map_err(|e| e.in_section("figure3", &[]))?;
+                }
+            }
+        }
+        count(
+            "figure5.activation_images",
+            self.figure5.activation_images,
+            MAX_IMAGES,
+        )?;
         Ok(())
+    }
+
+    /// The attack settings of `kind` at `eps` and `steps` for `seed`: the paper's defaults
+    /// with this sweep's DeepFool candidates.
+    pub fn attack_config(
+        &self,
+        kind: AttackKind,
+        eps: f32,
+        steps: usize,
+        seed: u64,
+    ) -> AttackConfig {
+        AttackConfig {
+            eps,
+            steps,
+            seed,
+            candidates: match kind {
+                AttackKind::DeepFool => self.attack.deepfool_candidates,
+                _ => None,
+            },
+            ..AttackConfig::new(kind)
+        }
     }
 }

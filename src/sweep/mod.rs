@@ -138,8 +138,8 @@ impl Plan<'_> {
     /// The seed's baseline: the user's file, or trained (once; reused by config hash).
     fn baseline(&self, seed: u64) -> Result<SweepModel> {
         if let Some(path) = &self.options.baseline {
-            let bytes =
-                std::fs::read(path).map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
+            let bytes = std::fs::read(path)
+                .map_err(|e| Error::checkpoint(path, format!("cannot read: {e}")))?;
             let key = stable_hash([bytes.as_slice()]);
             self.store.overall.inc(self.cost_baseline());
             return self.load(path, "full", Family::Full, seed, key);
@@ -269,16 +269,7 @@ impl Plan<'_> {
     }
 
     fn attack_config(&self, kind: AttackKind, eps: f32, steps: usize, seed: u64) -> AttackConfig {
-        AttackConfig {
-            eps,
-            steps,
-            seed,
-            candidates: match kind {
-                AttackKind::DeepFool => self.config.attack.deepfool_candidates,
-                _ => None,
-            },
-            ..AttackConfig::new(kind)
-        }
+        self.config.attack_config(kind, eps, steps, seed)
     }
 
     fn classes(&self) -> usize {
@@ -293,7 +284,9 @@ impl Plan<'_> {
         path: Option<&Path>,
     ) -> Result<(AdversarialSet, bool)> {
         if let Some(path) = path.filter(|p| p.exists()) {
-            return Ok((transfer::load(path)?, true));
+            let mut set = transfer::load(path, &self.test, self.images)?;
+            set.seconds = read_seconds(path);
+            return Ok((set, true));
         }
         let label = format!("{} {}", config.kind, source.row.label);
         let bar = self.store.add(transfer::image_bar(self.images, &label));
@@ -312,6 +305,7 @@ impl Plan<'_> {
         bar.finish_and_clear();
         if let Some(path) = path {
             transfer::save(path, &set)?;
+            write_json(&seconds_path(path), &set.seconds)?;
         }
         Ok((set, false))
     }
@@ -345,8 +339,14 @@ impl Plan<'_> {
                 let cost = self.images as u64
                     * (attack_cost(kind, config.steps, self.classes()) + 2 * models.len() as u64);
                 if cells.iter().all(|(p, _)| p.exists()) && set_path.exists() {
-                    let set = transfer::load(&set_path)?;
-                    throughput.push(self.throughput(seed, kind, source, &set, true));
+                    throughput.push(Throughput {
+                        seed,
+                        attack: kind.to_string(),
+                        source: source.row.label.clone(),
+                        images: self.images,
+                        seconds: read_seconds(&set_path),
+                        cached: true,
+                    });
                     self.store.overall.inc(cost);
                     continue;
                 }
@@ -491,6 +491,19 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     crate::write_atomically(path, text.as_bytes())
 }
 
+/// Where the seconds an adversarial set took are kept: beside the set, not in it, so the set's
+/// bytes depend only on its inputs.
+fn seconds_path(set: &Path) -> PathBuf {
+    let mut name = set.file_name().unwrap_or_default().to_os_string();
+    name.push(".seconds.json");
+    set.with_file_name(name)
+}
+
+/// The seconds a stored set took (NaN when its timing file is missing).
+fn read_seconds(set: &Path) -> f64 {
+    read_json(&seconds_path(set)).unwrap_or(f64::NAN)
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::data(path, format!("not a result file: {e}")))
@@ -510,10 +523,13 @@ pub fn run(options: &SweepOptions) -> Result<SweepSummary> {
     if let Some(path) = &options.baseline
         && !path.is_file()
     {
-        return Err(Error::data(path, "no such baseline checkpoint"));
+        return Err(Error::checkpoint(path, "no such baseline checkpoint"));
     }
-    let store = Store::open(&options.out)?;
+    // Everything that can be refused is refused before the output folder is touched.
     let test = data::load(dataset, Split::Test, options.data_dir.as_deref())?;
+    let inputs: Vec<&Path> = options.baseline.iter().map(PathBuf::as_path).collect();
+    crate::files::check_output_dir("--out", &options.out, &inputs)?;
+    let store = Store::open(&options.out)?;
     let images = config.attack.images.min(test.len());
     let plan = Plan {
         config,
@@ -525,27 +541,30 @@ pub fn run(options: &SweepOptions) -> Result<SweepSummary> {
         grad: config.attack.grad.parse()?,
         test,
     };
+    // The ETA's work units, in f64: a huge (but valid) grid saturates instead of overflowing.
     let models_per_seed = 1 + config.grid.densities.len() + config.grid.bits.len();
-    let per_seed: u64 = plan.cost_baseline()
-        + (models_per_seed as u64 - 1) * plan.cost_compress()
+    let (models_f, images_f) = (models_per_seed as f64, images as f64);
+    let per_seed: f64 = plan.cost_baseline() as f64
+        + (models_f - 1.0) * plan.cost_compress() as f64
         + config
             .attacks()?
             .iter()
             .map(|k| {
-                models_per_seed as u64
-                    * images as u64
-                    * (attack_cost(*k, config.attack.steps, plan.classes())
-                        + 2 * models_per_seed as u64)
+                models_f
+                    * images_f
+                    * (attack_cost(*k, config.attack.steps, plan.classes()) as f64 + 2.0 * models_f)
             })
-            .sum::<u64>()
-        + (config.figure3.attacks.len() * config.figure3.eps.len()) as u64
+            .sum::<f64>()
+        + (config.figure3.attacks.len() * config.figure3.eps.len()) as f64
             * config
                 .figure3
                 .steps
                 .iter()
-                .map(|s| 2 * *s as u64 * images as u64)
-                .sum::<u64>();
-    plan.store.overall.set_length(per_seed * config.seeds);
+                .map(|s| 2.0 * *s as f64 * images_f)
+                .sum::<f64>();
+    plan.store
+        .overall
+        .set_length((per_seed * config.seeds as f64) as u64);
     plan.store.log(&format!(
         "sweep: {kind} on {dataset}, {} seed(s), {models_per_seed} models per seed, {images} attacked images, backend {}, output {}",
         config.seeds,

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+use crate::files::remove_stale_temporaries;
 use crate::{Error, Result};
 
 /// Sub-folders of the output folder.
@@ -26,19 +27,6 @@ pub(super) struct Store {
     start: Instant,
     pub multi: MultiProgress,
     pub overall: ProgressBar,
-}
-
-/// Removes `.name.tmp-PID[.ext]` files: what `write_atomically` leaves when killed mid-write.
-fn remove_temporaries(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(".tmp-") {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
 }
 
 impl Store {
@@ -62,9 +50,9 @@ impl Store {
             Err(TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
         }
         // Only now, holding the lock, is it safe to clear what a killed run left.
-        remove_temporaries(root);
+        remove_stale_temporaries(root, None, false);
         for folder in FOLDERS {
-            remove_temporaries(&root.join(folder));
+            remove_stale_temporaries(&root.join(folder), None, false);
         }
         let log_path = root.join("sweep.log");
         let log = OpenOptions::new()

@@ -94,18 +94,32 @@ impl TrainConfig {
         }
     }
 
+    /// Refuses settings that cannot run, naming the field.
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 {
-            return Err(Error::usage("--epochs must be at least 1"));
+        use crate::limits::{MAX_BATCH_SIZE, MAX_EPOCHS};
+        if !(1..=MAX_EPOCHS).contains(&self.epochs) {
+            return Err(Error::invalid(
+                "epochs",
+                format!("must be between 1 and {MAX_EPOCHS} (got {})", self.epochs),
+            ));
         }
-        if self.batch_size == 0 {
-            return Err(Error::usage("--batch-size must be at least 1"));
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return Err(Error::invalid(
+                "batch_size",
+                format!(
+                    "must be between 1 and {MAX_BATCH_SIZE} (got {})",
+                    self.batch_size
+                ),
+            ));
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return Err(Error::usage(format!(
-                "--lr must be a positive number, got {}",
-                self.learning_rate
-            )));
+            return Err(Error::invalid(
+                "learning_rate",
+                format!("must be a positive number (got {})", self.learning_rate),
+            ));
+        }
+        if self.train_limit == Some(0) {
+            return Err(Error::invalid("train_limit", "must be at least 1 (got 0)"));
         }
         Ok(())
     }
@@ -227,6 +241,7 @@ pub fn fit(
             &format!("epoch {}/{}", epoch + 1, config.epochs),
         );
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut recent_losses = Vec::new();
         for (i, indices) in order.chunks(config.batch_size).enumerate() {
             let step = epoch * steps_per_epoch + i;
             let info = StepInfo {
@@ -237,8 +252,11 @@ pub fn fit(
             let (images, labels) = train.batch(indices, &ad_device);
             let logits = network.forward_compressed(images, compression);
             let loss = loss_fn.forward(logits.clone(), labels.clone());
-            // Reading values back waits for the device, so the running numbers are sampled.
+            recent_losses.push(loss.clone().inner());
+            // Reading values back waits for the device, so the running numbers (and the check
+            // that training has not diverged) are sampled.
             if i % 20 == 0 || i + 1 == steps_per_epoch {
+                check_finite(std::mem::take(&mut recent_losses), i, epoch, config)?;
                 loss_sum += loss.clone().into_scalar::<f32>() as f64 * indices.len() as f64;
                 correct += count_correct(logits.inner(), labels.inner());
                 seen += indices.len();
@@ -266,6 +284,33 @@ pub fn fit(
         reports.push(report);
     }
     Ok((network.valid(), reports))
+}
+
+/// Refuses to go on when one of the `losses` of the steps up to `last_step` is not finite,
+/// naming the first such step: a diverged run writes nothing.
+fn check_finite(
+    losses: Vec<Tensor<1>>,
+    last_step: usize,
+    epoch: usize,
+    config: &TrainConfig,
+) -> Result<()> {
+    let count = losses.len();
+    let values = Tensor::cat(losses, 0)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::usage(format!(
+            "training diverged: the loss is {} at epoch {}, step {} of the epoch (learning rate {}); \
+             nothing was written — try a lower learning rate",
+            values[i],
+            epoch + 1,
+            last_step + 2 + i - count,
+            config.learning_rate
+        ))),
+    }
 }
 
 fn count_correct(logits: Tensor<2>, labels: Tensor<1, Int>) -> usize {

@@ -3,7 +3,7 @@
 //! rate, perturbation sizes). Sets are stored as float safetensors, never 8-bit images, so a
 //! perturbation below 1/255 survives the round trip.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -102,7 +102,7 @@ pub fn craft(
                 .try_to_vec::<i64>()
                 .expect("labels"),
         );
-        let out = attack::attack(source, x, y, config)?;
+        let out = attack::attack(source, x, y, config, chunk[0])?;
         images.extend(host(out.adversarial));
         iterations.extend(out.iterations);
         bar.inc(chunk.len() as u64);
@@ -224,6 +224,19 @@ pub fn evaluate(
             originals.len()
         )));
     }
+    let image_shape = [originals.channels, originals.height, originals.width];
+    if set.shape[1..] != image_shape
+        || set.images.len() != n * image_shape.iter().product::<usize>()
+        || set.labels.len() != n
+        || set.iterations.len() != n
+        || n == 0
+    {
+        return Err(Error::usage(format!(
+            "the adversarial set ({:?}, {} labels) does not fit the dataset's {image_shape:?} images",
+            set.shape,
+            set.labels.len()
+        )));
+    }
     let indices: Vec<usize> = (0..n).collect();
     let (clean, _) = originals.batch(&indices, device);
     let clean = host(clean);
@@ -273,7 +286,7 @@ pub fn evaluate(
         l0: l0 as f64 / n_f,
         l2: l2 / n_f,
         linf,
-        mean_iterations: set.iterations.iter().sum::<usize>() as f64 / n_f,
+        mean_iterations: set.iterations.iter().map(|&i| i as f64).sum::<f64>() / n_f,
     })
 }
 
@@ -300,16 +313,18 @@ pub fn save(path: &Path, set: &AdversarialSet) -> Result<()> {
             TensorView::new(Dtype::I64, vec![n], &iterations).map_err(err)?,
         ),
     ];
-    let metadata = HashMap::from([
-        ("description".to_string(), set.description.clone()),
-        ("seconds".to_string(), set.seconds.to_string()),
-    ]);
-    let bytes = safetensors::tensor::serialize(views, Some(metadata)).map_err(err)?;
+    // No timing in the file: the same attack on the same inputs gives the same bytes.
+    let metadata = BTreeMap::from([("description".to_string(), set.description.clone())]);
+    let views = views.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let bytes = crate::files::safetensors_bytes(views, metadata)
+        .map_err(|e| Error::io(path, std::io::Error::other(e)))?;
     crate::write_atomically(path, &bytes)
 }
 
-/// Reads a set written by [`save`].
-pub fn load(path: &Path) -> Result<AdversarialSet> {
+/// Reads a set written by [`save`] and checks it against what it claims to be: the attack of
+/// the first `count` images of `originals` (same image shape, same labels), with finite pixels
+/// in [0, 1] and plausible iteration counts. `seconds` is 0: timings are not stored in sets.
+pub fn load(path: &Path, originals: &Images, count: usize) -> Result<AdversarialSet> {
     let bytes = std::fs::read(path).map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
     let bad = |what: String| Error::data(path, what);
     let (_, header) =
@@ -328,29 +343,72 @@ pub fn load(path: &Path) -> Result<AdversarialSet> {
         }
         Ok(view)
     };
+    if count == 0 || count > originals.len() {
+        return Err(Error::usage(format!(
+            "{}: cannot check a set of {count} images against a dataset of {}",
+            path.display(),
+            originals.len()
+        )));
+    }
     let images = tensor("adversarial", Dtype::F32)?;
     let shape: [usize; 4] = images
         .shape()
         .try_into()
         .map_err(|_| bad("'adversarial' is not [n, c, h, w]".into()))?;
+    let expected = [count, originals.channels, originals.height, originals.width];
+    if shape[1..] != expected[1..] {
+        return Err(bad(format!(
+            "images of shape {:?}, but the dataset's are {:?}",
+            &shape[1..],
+            &expected[1..]
+        )));
+    }
+    if shape[0] != count {
+        return Err(bad(format!(
+            "holds {} images, this run attacks {count}",
+            shape[0]
+        )));
+    }
+    let pixels: Vec<f32> = bytemuck::pod_collect_to_vec(images.data());
+    if let Some((i, v)) = pixels
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(0.0..=1.0).contains(*v))
+    {
+        return Err(bad(format!(
+            "pixel {i} is {v}; adversarial images lie in [0, 1]"
+        )));
+    }
     let labels: Vec<i64> = bytemuck::pod_collect_to_vec(tensor("labels", Dtype::I64)?.data());
     let iterations: Vec<i64> =
         bytemuck::pod_collect_to_vec(tensor("iterations", Dtype::I64)?.data());
-    if labels.len() != shape[0] || iterations.len() != shape[0] {
-        return Err(bad(
-            "labels / iterations do not match the image count".into()
-        ));
+    if labels.len() != count || iterations.len() != count {
+        return Err(bad(format!(
+            "{} labels and {} iteration counts for {count} images",
+            labels.len(),
+            iterations.len()
+        )));
+    }
+    if let Some(i) = (0..count).find(|&i| labels[i] != originals.labels[i] as i64) {
+        return Err(bad(format!(
+            "label {} of image {i} is not the dataset's ({}): the set was made from other images",
+            labels[i], originals.labels[i]
+        )));
+    }
+    let max = crate::limits::MAX_STEPS as i64;
+    if let Some(i) = iterations.iter().position(|&t| !(0..=max).contains(&t)) {
+        return Err(bad(format!(
+            "image {i} took {} iterations; a count lies in 0..={max}",
+            iterations[i]
+        )));
     }
     let meta = header.metadata().clone().unwrap_or_default();
     Ok(AdversarialSet {
         description: meta.get("description").cloned().unwrap_or_default(),
-        images: bytemuck::pod_collect_to_vec(images.data()),
+        images: pixels,
         shape,
         labels,
         iterations: iterations.into_iter().map(|i| i as usize).collect(),
-        seconds: meta
-            .get("seconds")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0.0),
+        seconds: 0.0,
     })
 }

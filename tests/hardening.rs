@@ -1,0 +1,981 @@
+//! Hostile but fair input, through the real binary: malformed checkpoints, adversarial sets,
+//! configs and data files end with `error: ...` naming the file or field and exit code 2,
+//! with nothing written; outputs never overwrite inputs; files are byte-reproducible; killed
+//! runs leave no temporaries behind; SIGINT / SIGTERM stop cleanly.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use advcomp::backend;
+use advcomp::model::{self, CheckpointMeta, Compression, ModelKind};
+use safetensors::tensor::{Dtype, TensorView};
+use serde_json::json;
+
+/// A fresh, empty folder for one test.
+fn folder(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("advcomp-hard-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn advcomp_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_advcomp"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn advcomp(args: &[&str]) -> Output {
+    advcomp_in(&std::env::temp_dir(), args)
+}
+
+/// Runs `args` on the cpu backend and asserts success.
+fn succeed(args: &[&str]) {
+    let mut args = args.to_vec();
+    args.extend(["--backend", "cpu"]);
+    let out = advcomp(&args);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts exit code 2 and an `error:` line that contains every one of `expected`.
+fn assert_refused(out: &Output, what: &str, expected: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+    assert!(err.contains("error: "), "{what}: {err}");
+    for e in expected {
+        assert!(err.contains(e), "{what}: expected '{e}' in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{what}: {err}");
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn meta(compression: String) -> CheckpointMeta {
+    CheckpointMeta {
+        model: "lenet5".into(),
+        dataset: "mnist".into(),
+        seed: 1,
+        accuracy: None,
+        compression,
+        tool_version: advcomp::VERSION.into(),
+        config_hash: "test".into(),
+    }
+}
+
+/// An untrained LeNet5 checkpoint (its accuracy does not matter here).
+fn lenet5(path: &Path, seed: u64) -> PathBuf {
+    let device = backend::cpu().device;
+    device.seed(seed);
+    let network = ModelKind::LeNet5.init(&device);
+    model::save_compressed(
+        path,
+        &network,
+        &Compression::default(),
+        &meta("none".into()),
+    )
+    .unwrap();
+    path.to_path_buf()
+}
+
+/// A safetensors file written as-is (the library refuses to write most of what these tests
+/// need).
+fn write_raw(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)], meta: &[(&str, &str)]) {
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            (
+                name.to_string(),
+                TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    let meta = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
+/// A copy of the checkpoint at `from` with its metadata's `compression` replaced.
+fn with_compression(from: &Path, to: &Path, compression: &serde_json::Value) {
+    let bytes = std::fs::read(from).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+        .collect();
+    let text = compression.to_string();
+    write_raw(
+        to,
+        &tensors,
+        &[
+            ("model", "lenet5"),
+            ("dataset", "mnist"),
+            ("compression", &text),
+        ],
+    );
+}
+
+#[test]
+fn compression_records_that_cannot_be_are_refused_by_every_command() {
+    let dir = folder("record");
+    let base = lenet5(&dir.join("base.safetensors"), 1);
+    let good = json!({
+        "pruner": "none", "target_density": null, "density": {}, "overall_density": 1.0,
+        "weights": {"bits": 8, "int_bits": 2}, "activations": {"bits": 8, "int_bits": 2},
+        "grad": "ste", "finetune_epochs": 0
+    });
+    let with = |key: &str, value: serde_json::Value| {
+        let mut record = good.clone();
+        record[key] = value;
+        record
+    };
+    let cases = [
+        (
+            with("weights", json!({"bits": 4, "int_bits": 9})),
+            "int bits 9",
+        ),
+        (with("weights", json!({"bits": 0, "int_bits": 1})), "bits 0"),
+        (
+            with("activations", json!({"bits": 200, "int_bits": 2})),
+            "bits 200",
+        ),
+        (with("pruner", json!("snip")), "unknown pruner 'snip'"),
+        (
+            with("pruner", json!("dns"))
+                .as_object()
+                .cloned()
+                .map(|mut r| {
+                    r.insert("target_density".into(), json!(-0.5));
+                    serde_json::Value::Object(r)
+                })
+                .unwrap(),
+            "target_density -0.5",
+        ),
+        (
+            with("pruner", json!("dns"))
+                .as_object()
+                .cloned()
+                .map(|mut r| {
+                    r.insert("density".into(), json!({"conv9": 0.5}));
+                    serde_json::Value::Object(r)
+                })
+                .unwrap(),
+            "layer 'conv9'",
+        ),
+    ];
+    // The good record loads, so each refusal is the field's doing.
+    let fine = dir.join("fine.safetensors");
+    with_compression(&base, &fine, &good);
+    succeed(&["info", "--checkpoint", s(&fine)]);
+    for (i, (record, expected)) in cases.iter().enumerate() {
+        let ckpt = dir.join(format!("bad{i}.safetensors"));
+        with_compression(&base, &ckpt, record);
+        let c = s(&ckpt);
+        for args in [
+            &["eval", "--checkpoint", c, "--limit", "8"][..],
+            &["info", "--checkpoint", c],
+            &["stats", "--checkpoint", c],
+            &["attack", "--source", c, "--limit", "4"],
+        ] {
+            let mut args = args.to_vec();
+            args.extend(["--backend", "cpu"]);
+            let out = advcomp(&args);
+            assert_refused(
+                &out,
+                &format!("{args:?}"),
+                &[c, "compression metadata", expected],
+            );
+        }
+    }
+}
+
+/// A valid set of `n` images for the first `n` MNIST test images, then spoiled by `spoil`.
+fn set_file(
+    path: &Path,
+    n: usize,
+    spoil: impl FnOnce(&mut Vec<f32>, &mut Vec<usize>, &mut Vec<i64>, &mut Vec<i64>),
+) {
+    let test = advcomp::data::load(
+        advcomp::data::DatasetKind::Mnist,
+        advcomp::data::Split::Test,
+        None,
+    )
+    .unwrap();
+    let mut pixels: Vec<f32> = test.pixels[..n * 784]
+        .iter()
+        .map(|&p| p as f32 / 255.0)
+        .collect();
+    let mut shape = vec![n, 1, 28, 28];
+    let mut labels: Vec<i64> = test.labels[..n].iter().map(|&l| l as i64).collect();
+    let mut iterations = vec![1i64; n];
+    spoil(&mut pixels, &mut shape, &mut labels, &mut iterations);
+    let count = shape[0];
+    write_raw(
+        path,
+        &[
+            (
+                "adversarial",
+                Dtype::F32,
+                shape,
+                bytemuck::cast_slice(&pixels).to_vec(),
+            ),
+            (
+                "labels",
+                Dtype::I64,
+                vec![labels.len()],
+                bytemuck::cast_slice(&labels).to_vec(),
+            ),
+            (
+                "iterations",
+                Dtype::I64,
+                vec![iterations.len()],
+                bytemuck::cast_slice(&iterations).to_vec(),
+            ),
+        ],
+        &[("description", &format!("{count} images"))],
+    );
+}
+
+#[test]
+fn adversarial_sets_that_do_not_fit_the_run_are_refused() {
+    let dir = folder("sets");
+    let a = lenet5(&dir.join("a.safetensors"), 1);
+    let b = lenet5(&dir.join("b.safetensors"), 2);
+    let cache = dir.join("cache");
+    let matrix = dir.join("m.csv");
+    let models = format!("{},{}", s(&a), s(&b));
+    let args = [
+        "transfer",
+        "--models",
+        &models,
+        "--attack",
+        "fgsm",
+        "--limit",
+        "8",
+        "--cache",
+        s(&cache),
+        "--out",
+        s(&matrix),
+        "--backend",
+        "cpu",
+    ];
+    let first = advcomp(&args);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let cached = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("a-fgsm-")
+        })
+        .expect("a's cached set");
+    // The unspoiled set is reused as it is.
+    set_file(&cached, 8, |_, _, _, _| {});
+    let again = advcomp(&args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    type Spoil = Box<dyn FnOnce(&mut Vec<f32>, &mut Vec<usize>, &mut Vec<i64>, &mut Vec<i64>)>;
+    let cases: Vec<(Spoil, &str)> = vec![
+        (
+            Box::new(|p, s, _, _| {
+                *s = vec![8, 3, 32, 32];
+                p.resize(8 * 3 * 32 * 32, 0.5);
+            }),
+            "images of shape [3, 32, 32], but the dataset's are [1, 28, 28]",
+        ),
+        (
+            Box::new(|_, _, _, it| it[3] = -1),
+            "image 3 took -1 iterations",
+        ),
+        (
+            Box::new(|_, _, _, it| it[0] = 1 << 62),
+            "took 4611686018427387904 iterations",
+        ),
+        (
+            Box::new(|p, s, l, it| {
+                *s = vec![0, 1, 28, 28];
+                p.clear();
+                l.clear();
+                it.clear();
+            }),
+            "holds 0 images, this run attacks 8",
+        ),
+        (
+            Box::new(|p, s, l, it| {
+                *s = vec![4, 1, 28, 28];
+                p.truncate(4 * 784);
+                l.truncate(4);
+                it.truncate(4);
+            }),
+            "holds 4 images, this run attacks 8",
+        ),
+        (Box::new(|_, _, l, _| l[5] = 42), "label 42 of image 5"),
+        (Box::new(|p, _, _, _| p[100] = f32::NAN), "pixel 100 is NaN"),
+    ];
+    for (i, (spoil, expected)) in cases.into_iter().enumerate() {
+        set_file(&cached, 8, spoil);
+        let out = advcomp(&args);
+        assert_refused(&out, &format!("case {i}"), &[s(&cached), expected]);
+    }
+}
+
+/// Runs `advcomp sweep --config` on `text` and returns the output folder it was given.
+fn sweep_with(dir: &Path, name: &str, text: &str) -> (Output, PathBuf) {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, text).unwrap();
+    let out = dir.join(format!("{name}-out"));
+    let output = advcomp(&[
+        "sweep",
+        "--backend",
+        "cpu",
+        "--config",
+        s(&config),
+        "--out",
+        s(&out),
+    ]);
+    (output, out)
+}
+
+#[test]
+fn sweep_configs_with_impossible_counts_are_refused_before_anything_is_written() {
+    let dir = folder("config");
+    let huge = "9223372036854775807";
+    let cases = [
+        (
+            format!("seeds = {huge}\n"),
+            "seeds: must be between 1 and 1000",
+        ),
+        (
+            format!("[attack]\nsteps = {huge}\n"),
+            "attack.steps: must be between 1 and 100000",
+        ),
+        (
+            format!("[baseline]\ntrain_limit = {huge}\n"),
+            "baseline.train_limit",
+        ),
+        (
+            format!("[baseline]\nepochs = {huge}\n"),
+            "baseline.epochs: must be between 1 and 10000",
+        ),
+        (format!("[figure3]\nsteps = [1, {huge}]\n"), "figure3.steps"),
+        (
+            "[attack]\ndeepfool_candidates = 1\n".into(),
+            "attack.deepfool_candidates",
+        ),
+        (
+            "[attack]\ndeepfool_candidates = 11\n".into(),
+            "attack.deepfool_candidates: 11",
+        ),
+        (
+            "[attack]\neps = -0.1\n".into(),
+            "attack.eps: must be a positive number",
+        ),
+        (
+            "[attack]\nbatch_size = 1000000000000\n".into(),
+            "attack.batch_size",
+        ),
+        ("[figure3]\neps = [0.0]\n".into(), "figure3.eps"),
+        (
+            "[grid]\nbits = [8]\npruner = \"snip\"\n".into(),
+            "grid.pruner",
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let (output, out) = sweep_with(&dir, &format!("c{i}"), text);
+        assert_refused(&output, text, &[expected]);
+        assert!(
+            !stderr(&output).contains("--"),
+            "names the field, not a flag: {}",
+            stderr(&output)
+        );
+        assert!(!out.exists(), "{text}: nothing written");
+    }
+    // An unreadable config is a config file, not a data file.
+    let missing = dir.join("missing.toml");
+    let out = advcomp(&["sweep", "--config", s(&missing), "--out", s(&dir.join("o"))]);
+    assert_refused(&out, "missing config", &["config file", s(&missing)]);
+}
+
+/// An IDX header for unsigned bytes with dimensions `dims`.
+fn idx_header(dims: &[u32]) -> Vec<u8> {
+    let mut bytes = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        bytes.extend(d.to_be_bytes());
+    }
+    bytes
+}
+
+#[test]
+fn idx_files_with_impossible_headers_are_refused() {
+    let dir = folder("idx");
+    let ckpt = lenet5(&dir.join("m.safetensors"), 1);
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let images = data.join("t10k-images-idx3-ubyte");
+    let labels = data.join("t10k-labels-idx1-ubyte");
+    let eval = |limit: &str| {
+        advcomp(&[
+            "eval",
+            "--checkpoint",
+            s(&ckpt),
+            "--data-dir",
+            s(&data),
+            "--dataset",
+            "mnist",
+            "--limit",
+            limit,
+            "--backend",
+            "cpu",
+        ])
+    };
+    // 0xFFFFFFFF^3 overflows any size computation.
+    let mut bytes = idx_header(&[u32::MAX, u32::MAX, u32::MAX]);
+    bytes.extend([0u8; 16]);
+    std::fs::write(&images, &bytes).unwrap();
+    assert_refused(&eval("64"), "huge dims", &[s(&images), "claim more than"]);
+    // No images at all: said as such, not blamed on --limit.
+    std::fs::write(&images, idx_header(&[0, 28, 28])).unwrap();
+    std::fs::write(&labels, idx_header(&[0])).unwrap();
+    let out = eval("64");
+    assert_refused(&out, "empty", &[s(&images), "holds no images"]);
+    assert!(!stderr(&out).contains("--limit"), "{}", stderr(&out));
+}
+
+#[test]
+// The child is reaped by libc::wait4 (for its peak memory), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn a_gzip_bomb_is_refused_without_inflating_it() {
+    let dir = folder("bomb");
+    let ckpt = lenet5(&dir.join("m.safetensors"), 1);
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let path = data.join("t10k-images-idx3-ubyte.gz");
+    // The header says 10 images; the stream goes on for 512 MiB of zeros (about 0.5 MB).
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&idx_header(&[10, 28, 28])).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..512 {
+        gz.write_all(&zeros).unwrap();
+    }
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 2 << 20, "{} bytes", bomb.len());
+    std::fs::write(&path, &bomb).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_advcomp"))
+        .args([
+            "eval",
+            "--checkpoint",
+            s(&ckpt),
+            "--data-dir",
+            s(&data),
+            "--dataset",
+            "mnist",
+            "--backend",
+            "cpu",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    // wait4 reports this child's own peak memory.
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    assert_eq!(libc::WEXITSTATUS(status), 2, "{err}");
+    assert!(
+        err.contains("trailing data") && err.contains(s(&path)),
+        "{err}"
+    );
+    let peak_mib = usage.ru_maxrss / 1024; // kilobytes on Linux
+    assert!(
+        peak_mib < 256,
+        "peak memory {peak_mib} MiB while refusing a 512 MiB bomb"
+    );
+}
+
+#[test]
+fn absurd_sizes_and_counts_on_the_command_line_are_refused() {
+    let dir = folder("cli");
+    let ckpt = lenet5(&dir.join("m.safetensors"), 1);
+    let c = s(&ckpt);
+    let prof = dir.join("profile-out");
+    let p = s(&prof);
+    let trained = dir.join("t.safetensors");
+    let cases: [(&[&str], &[&str]); 7] = [
+        (
+            &[
+                "profile",
+                "--batch-sizes",
+                "1000000000000",
+                "--baseline",
+                c,
+                "--out",
+                p,
+            ],
+            &["--batch-sizes", "between 1 and 65536"],
+        ),
+        (
+            &["profile", "--repeats", "0", "--out", p],
+            &["--repeats", "between 1"],
+        ),
+        (
+            &["profile", "--kernels", "--elements", "0", "--out", p],
+            &["--elements", "between 1"],
+        ),
+        (
+            &["eval", "--checkpoint", c, "--batch-size", "0"],
+            &["--batch-size", "between 1"],
+        ),
+        (
+            &[
+                "attack",
+                "--source",
+                c,
+                "--attack",
+                "deepfool",
+                "--max-iterations",
+                "0",
+            ],
+            &["--max-iterations: must be between 1"],
+        ),
+        (
+            &["attack", "--source", c, "--steps", "100000000"],
+            &["--steps: must be between 1"],
+        ),
+        (
+            &[
+                "train",
+                "--epochs",
+                "9223372036854775807",
+                "--out",
+                s(&trained),
+            ],
+            &["--epochs: must be between 1 and 10000"],
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut args = args.to_vec();
+        args.extend(["--backend", "cpu"]);
+        let out = advcomp(&args);
+        assert_refused(&out, &format!("{args:?}"), expected);
+    }
+    assert!(!trained.exists());
+}
+
+#[test]
+fn an_output_is_never_one_of_the_inputs() {
+    let dir = folder("in-out");
+    let base = lenet5(&dir.join("b.safetensors"), 1);
+    let other = lenet5(&dir.join("o.safetensors"), 2);
+    std::os::unix::fs::symlink(&base, dir.join("link.safetensors")).unwrap();
+    let original = std::fs::read(&base).unwrap();
+    let compress = |out: &str| {
+        advcomp_in(
+            &dir,
+            &[
+                "compress",
+                "--checkpoint",
+                "b.safetensors",
+                "--bits",
+                "8",
+                "--finetune-epochs",
+                "0",
+                "--limit",
+                "16",
+                "--out",
+                out,
+                "--backend",
+                "cpu",
+            ],
+        )
+    };
+    for out in [
+        "b.safetensors",
+        "./b.safetensors",
+        s(&base),
+        "link.safetensors",
+    ] {
+        assert_refused(&compress(out), out, &["--out", "is also an input"]);
+    }
+    let o = s(&other);
+    let b = s(&base);
+    let models = format!("{b},{o}");
+    for args in [
+        &["attack", "--source", b, "--limit", "4", "--save-adv", b][..],
+        &[
+            "attack",
+            "--source",
+            o,
+            "--eval",
+            b,
+            "--limit",
+            "4",
+            "--save-adv",
+            "./b.safetensors",
+        ],
+        &["transfer", "--models", &models, "--limit", "4", "--out", o],
+        &["stats", "--checkpoint", b, "--out", b],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--backend", "cpu"]);
+        assert_refused(
+            &advcomp_in(&dir, &args),
+            &format!("{args:?}"),
+            &["is also an input"],
+        );
+    }
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        original,
+        "the input is untouched"
+    );
+}
+
+#[test]
+fn outputs_that_cannot_be_written_are_refused_before_the_work() {
+    let dir = folder("unwritable");
+    let base = lenet5(&dir.join("b.safetensors"), 1);
+    let b = s(&base);
+    let a_dir = dir.join("a-directory");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    let a_file = dir.join("a-file");
+    std::fs::write(&a_file, "x").unwrap();
+    // /proc refuses new files even to root, so this is unwritable on every Linux.
+    let unwritable = "/proc/advcomp-cannot-write.safetensors";
+    let compress = |out: &str| {
+        let start = Instant::now();
+        let result = advcomp(&[
+            "compress",
+            "--checkpoint",
+            b,
+            "--prune",
+            "dns",
+            "--density",
+            "0.5",
+            "--out",
+            out,
+            "--backend",
+            "cpu",
+        ]);
+        (result, start.elapsed())
+    };
+    for (out, expected) in [
+        (s(&a_dir), "is a directory"),
+        (unwritable, "cannot write in /proc"),
+    ] {
+        let (result, took) = compress(out);
+        assert_refused(&result, out, &["--out", expected]);
+        // Three epochs of fine-tuning take minutes: refused before any of it.
+        assert!(
+            took < Duration::from_secs(20),
+            "{out}: refused only after {took:?}"
+        );
+    }
+    let sweep = advcomp(&["sweep", "--backend", "cpu", "--out", s(&a_file)]);
+    assert_refused(
+        &sweep,
+        "sweep into a file",
+        &["--out", "is a file, not a directory"],
+    );
+    assert_eq!(std::fs::read_to_string(&a_file).unwrap(), "x");
+}
+
+#[test]
+fn diverging_training_and_non_finite_weights_are_refused() {
+    let dir = folder("nan");
+    let out = dir.join("diverged.safetensors");
+    let train = advcomp(&[
+        "train",
+        "--lr",
+        "1e30",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "512",
+        "--limit",
+        "100",
+        "--out",
+        s(&out),
+        "--backend",
+        "cpu",
+    ]);
+    assert_refused(&train, "lr 1e30", &["training diverged", "epoch 1, step"]);
+    assert!(!out.exists(), "a diverged run writes nothing");
+
+    let base = lenet5(&dir.join("b.safetensors"), 1);
+    let bytes = std::fs::read(&base).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let mut data = v.data().to_vec();
+            if name == "conv0.weight" {
+                data[4 * 7..4 * 8].copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+            (name, v.dtype(), v.shape().to_vec(), data)
+        })
+        .collect();
+    let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+        .collect();
+    let nan = dir.join("nan.safetensors");
+    write_raw(&nan, &tensors, &[("model", "lenet5"), ("dataset", "mnist")]);
+    for args in [
+        &["eval", "--checkpoint", s(&nan)][..],
+        &[
+            "compress",
+            "--checkpoint",
+            s(&nan),
+            "--prune",
+            "dns",
+            "--density",
+            "0.5",
+            "--out",
+            s(&dir.join("c.safetensors")),
+        ],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--backend", "cpu"]);
+        assert_refused(
+            &advcomp(&args),
+            &format!("{args:?}"),
+            &[s(&nan), "tensor 'conv0.weight' holds NaN at index 7"],
+        );
+    }
+    assert!(!dir.join("c.safetensors").exists());
+}
+
+#[test]
+fn same_inputs_give_byte_identical_files_and_pgd_does_not_depend_on_the_batch() {
+    let dir = folder("bytes");
+    // Runs `args` with `flag` naming the output file `name`, and returns its bytes.
+    let written = |args: &[&str], flag: &str, name: &str| {
+        let out = dir.join(name);
+        let mut args = args.to_vec();
+        args.extend([flag, s(&out)]);
+        succeed(&args);
+        std::fs::read(out).unwrap()
+    };
+    let train = [
+        "train",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "256",
+        "--limit",
+        "50",
+    ];
+    let first = written(&train, "--out", "t1.safetensors");
+    assert!(
+        first == written(&train, "--out", "t2.safetensors"),
+        "two trainings, same bytes"
+    );
+    let base = dir.join("t1.safetensors");
+    let compress = [
+        "compress",
+        "--checkpoint",
+        s(&base),
+        "--prune",
+        "magnitude",
+        "--density",
+        "0.5",
+        "--bits",
+        "8",
+        "--finetune-epochs",
+        "0",
+        "--limit",
+        "50",
+    ];
+    let first = written(&compress, "--out", "c1.safetensors");
+    assert!(
+        first == written(&compress, "--out", "c2.safetensors"),
+        "two compressions, same bytes"
+    );
+    let pgd = |batch| {
+        [
+            "attack",
+            "--source",
+            s(&base),
+            "--attack",
+            "pgd",
+            "--steps",
+            "2",
+            "--limit",
+            "32",
+            "--batch-size",
+            batch,
+        ]
+    };
+    let whole = written(&pgd("32"), "--save-adv", "pgd-32.safetensors");
+    assert!(
+        whole == written(&pgd("8"), "--save-adv", "pgd-8.safetensors"),
+        "PGD at batch 8 and 32: same images"
+    );
+    assert!(
+        whole == written(&pgd("32"), "--save-adv", "pgd-32b.safetensors"),
+        "two PGD runs, same bytes"
+    );
+}
+
+#[test]
+fn temporaries_of_killed_runs_are_removed_by_the_next_run() {
+    let dir = folder("stale");
+    let base = lenet5(&dir.join("b.safetensors"), 1);
+    // Process 999999999 cannot exist (above any pid_max).
+    let stale = [
+        dir.join(".c.safetensors.tmp-999999999.safetensors"),
+        dir.join(".adv.safetensors.tmp-999999999"),
+    ];
+    let unrelated = dir.join(".other.safetensors.tmp-999999999");
+    for path in stale.iter().chain([&unrelated]) {
+        std::fs::write(path, "half-written").unwrap();
+    }
+    succeed(&[
+        "compress",
+        "--checkpoint",
+        s(&base),
+        "--bits",
+        "8",
+        "--finetune-epochs",
+        "0",
+        "--limit",
+        "16",
+        "--out",
+        s(&dir.join("c.safetensors")),
+    ]);
+    succeed(&[
+        "attack",
+        "--source",
+        s(&base),
+        "--attack",
+        "fgsm",
+        "--limit",
+        "4",
+        "--save-adv",
+        s(&dir.join("adv.safetensors")),
+    ]);
+    for path in &stale {
+        assert!(!path.exists(), "{} is still there", path.display());
+    }
+    assert!(
+        unrelated.exists(),
+        "another output's temporary is not ours to remove"
+    );
+}
+
+/// Starts `args`, waits until its stderr has printed `ready`, sends `signal`, and returns the
+/// exit code and all of stderr.
+fn interrupt(args: &[&str], ready: &str, signal: &str) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_advcomp"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let mut byte = [0u8; 1];
+        while let Ok(1) = std::io::Read::read(&mut pipe, &mut byte) {
+            text.push(byte[0]);
+            let _ = tx.send(String::from_utf8_lossy(&text).into_owned());
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = String::new();
+    while !seen.contains(ready) && Instant::now() < deadline {
+        if let Ok(text) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen = text;
+        }
+    }
+    assert!(seen.contains(ready), "never saw '{ready}': {seen}");
+    std::thread::sleep(Duration::from_millis(300));
+    let kill = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    let mut all = seen;
+    while let Ok(text) = rx.recv_timeout(Duration::from_millis(500)) {
+        all = text;
+    }
+    (status.code(), all)
+}
+
+#[test]
+fn sigint_and_sigterm_stop_cleanly_with_a_message() {
+    let dir = folder("signals");
+    let out = dir.join("t.safetensors");
+    let (code, err) = interrupt(
+        &[
+            "train",
+            "--epochs",
+            "50",
+            "--out",
+            s(&out),
+            "--backend",
+            "cpu",
+        ],
+        "training lenet5",
+        "-TERM",
+    );
+    assert_eq!(code, Some(143), "{err}");
+    assert!(
+        err.contains("interrupted by SIGTERM") && err.contains("no output was written"),
+        "{err}"
+    );
+    assert!(!out.exists());
+
+    let sweep_out = dir.join("sweep");
+    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-sweep.toml");
+    let (code, err) = interrupt(
+        &[
+            "sweep",
+            "--config",
+            tiny,
+            "--backend",
+            "cpu",
+            "--out",
+            s(&sweep_out),
+        ],
+        "training the baseline",
+        "-INT",
+    );
+    assert_eq!(code, Some(130), "{err}");
+    assert!(
+        err.contains("interrupted by SIGINT") && err.contains("rerun the same command to resume"),
+        "{err}"
+    );
+    let mut left = Vec::new();
+    for sub in ["", "models", "sets", "cells", "figures"] {
+        for entry in std::fs::read_dir(sweep_out.join(sub)).unwrap().flatten() {
+            if entry.file_name().to_string_lossy().contains(".tmp-") {
+                left.push(entry.path());
+            }
+        }
+    }
+    assert!(left.is_empty(), "temporaries left: {left:?}");
+}
