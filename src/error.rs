@@ -8,6 +8,8 @@ pub enum Error {
     Data { path: PathBuf, problem: String },
     /// A checkpoint file that cannot be read or does not fit the model.
     Checkpoint { path: PathBuf, problem: String },
+    /// A model file (ONNX) that cannot be read or uses what advcomp does not support.
+    Model { path: PathBuf, problem: String },
     /// An option or argument with a value that cannot work.
     Usage(String),
     /// A setting whose value cannot work, named by its field (`eps`, `attack.eps`): library
@@ -33,6 +35,12 @@ impl Error {
     }
     pub fn checkpoint(path: &Path, problem: impl Into<String>) -> Self {
         Error::Checkpoint {
+            path: path.to_path_buf(),
+            problem: problem.into(),
+        }
+    }
+    pub fn model(path: &Path, problem: impl Into<String>) -> Self {
+        Error::Model {
             path: path.to_path_buf(),
             problem: problem.into(),
         }
@@ -89,6 +97,7 @@ impl Error {
         match self {
             Error::Data { .. }
             | Error::Checkpoint { .. }
+            | Error::Model { .. }
             | Error::Usage(_)
             | Error::Invalid { .. } => 2,
             Error::Backend(_) | Error::Io { .. } => 1,
@@ -103,6 +112,7 @@ impl fmt::Display for Error {
             Error::Checkpoint { path, problem } => {
                 write!(f, "checkpoint {}: {problem}", path.display())
             }
+            Error::Model { path, problem } => write!(f, "model {}: {problem}", path.display()),
             Error::Usage(problem) => write!(f, "{problem}"),
             Error::Invalid { field, problem } => write!(f, "{field}: {problem}"),
             Error::Backend(problem) => write!(f, "backend: {problem}"),

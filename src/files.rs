@@ -236,6 +236,12 @@ pub fn stop_cleanly_on_signals(hint: &'static str) {
     *RESUME_HINT.lock().unwrap_or_else(|e| e.into_inner()) = hint;
     #[cfg(unix)]
     {
+        // Rust ignores SIGPIPE, so printing into a closed pipe (`| head`) would panic; the
+        // default action ends the process quietly instead.
+        // SAFETY: called early in main, before any other thread; SIG_DFL is a valid action.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
         use signal_hook::consts::{SIGINT, SIGTERM};
         let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
             return;

@@ -29,6 +29,7 @@ fn meta() -> CheckpointMeta {
         compression: "none".into(),
         tool_version: advcomp::VERSION.into(),
         config_hash: "abc".into(),
+        model_sha256: None,
     }
 }
 
@@ -141,7 +142,7 @@ fn checkpoints_round_trip_to_identical_logits() {
         )
         .unwrap();
         let loaded = model::load_checkpoint(&path, None, &KeyMap::default(), &device).unwrap();
-        assert_eq!(loaded.network.kind(), kind);
+        assert_eq!(loaded.network.builtin(), Some(kind));
         assert_eq!(loaded.meta.seed, 3);
         let [c, h, w] = kind.input_shape();
         let images =
@@ -308,7 +309,7 @@ fn a_users_pytorch_file_loads_with_and_without_a_key_map() {
     let plain = temp_file("user-plain");
     write_user_file(&plain, &user_tensors(|n| n.to_string()));
     let loaded = model::load_checkpoint(&plain, None, &KeyMap::default(), &device).unwrap();
-    assert_eq!(loaded.network.kind(), ModelKind::LeNet5);
+    assert_eq!(loaded.network.builtin(), Some(ModelKind::LeNet5));
     let reference = read_tensors(&plain);
     let images = mnist_batch(1);
     let ours = logits(&loaded.network, images.clone());
@@ -325,7 +326,7 @@ fn a_users_pytorch_file_loads_with_and_without_a_key_map() {
     );
     let err = model::load_checkpoint(
         &renamed,
-        Some(ModelKind::LeNet5),
+        Some(model::ModelRef::BuiltIn(ModelKind::LeNet5)),
         &KeyMap::default(),
         &device,
     )
@@ -340,7 +341,13 @@ fn a_users_pytorch_file_loads_with_and_without_a_key_map() {
     let map: KeyMap = "features.fc.weight=fc1.weight,features.fc.bias=fc1.bias,head.weight=logits.weight,head.bias=logits.bias"
         .parse()
         .unwrap();
-    let mapped = model::load_checkpoint(&renamed, Some(ModelKind::LeNet5), &map, &device).unwrap();
+    let mapped = model::load_checkpoint(
+        &renamed,
+        Some(model::ModelRef::BuiltIn(ModelKind::LeNet5)),
+        &map,
+        &device,
+    )
+    .unwrap();
     assert_eq!(logits(&mapped.network, mnist_batch(1)), ours);
 }
 

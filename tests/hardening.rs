@@ -69,6 +69,7 @@ fn meta(compression: String) -> CheckpointMeta {
         compression,
         tool_version: advcomp::VERSION.into(),
         config_hash: "test".into(),
+        model_sha256: None,
     }
 }
 

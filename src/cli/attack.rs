@@ -119,7 +119,7 @@ struct Loaded {
 }
 
 fn load(path: &Path, backend: &Backend, grad: QuantGrad) -> Result<Loaded> {
-    let ckpt = model::load_checkpoint(path, None, &KeyMap::default(), &backend.device)?;
+    let ckpt = model::load(path, None, &KeyMap::default(), &backend.device)?;
     let mut classifier = ckpt.classifier();
     let compressed = !classifier.compression.is_none();
     classifier.compression.grad = grad;
@@ -136,13 +136,13 @@ fn load(path: &Path, backend: &Backend, grad: QuantGrad) -> Result<Loaded> {
 
 /// The test images every model of the run takes.
 fn test_images(models: &[&Loaded], data: &DataArgs) -> Result<Images> {
-    let kind = models[0].classifier.network.kind();
-    let dataset = data
-        .dataset
-        .or(models[0].dataset)
-        .unwrap_or(kind.default_dataset());
+    let no_meta = model::CheckpointMeta::default();
+    let dataset = models[0]
+        .classifier
+        .network
+        .dataset(data.dataset.or(models[0].dataset), &no_meta)?;
     for m in models {
-        m.classifier.network.kind().check_dataset(dataset)?;
+        m.classifier.network.dataset(Some(dataset), &no_meta)?;
     }
     data::load(dataset, Split::Test, data.data_dir.as_deref())
 }

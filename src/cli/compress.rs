@@ -130,7 +130,7 @@ fn config(args: &CompressArgs, model: &str, dataset: &str) -> Result<CompressCon
         schedule: args.schedule,
         seed: args.seed,
         train_limit: args.train_limit,
-        ..TrainConfig::new(model.parse()?, dataset)
+        ..TrainConfig::new(model, dataset)
     };
     let mut config = CompressConfig::new(base);
     config.prune = prune;
@@ -151,13 +151,10 @@ pub(super) fn compress_command(args: CompressArgs) -> Result<()> {
     advcomp::files::check_output_file("--out", &args.out, &[&args.checkpoint])?;
     let backend = open_backend(args.common.backend)?;
     // Read the base once up front so its model names the fine-tuning config.
-    let base = model::load_checkpoint(&args.checkpoint, None, &KeyMap::default(), &backend.device)?;
-    let kind = base.network.kind();
-    let dataset = match args.data.dataset {
-        Some(d) => d,
-        None => model::checkpoint_dataset(&base.meta).unwrap_or(kind.default_dataset()),
-    };
-    let config = config(&args, kind.name(), dataset.name())?;
+    let base = model::load(&args.checkpoint, None, &KeyMap::default(), &backend.device)?;
+    let kind = base.network.model_ref();
+    let dataset = base.network.dataset(args.data.dataset, &base.meta)?;
+    let config = config(&args, &kind.to_string(), dataset.name())?;
     drop(base);
     eprintln!(
         "compressing {} ({kind} on {dataset}): prune {}, weights {}, activations {}, {} fine-tuning epochs",
@@ -216,14 +213,9 @@ pub(super) fn stats_command(args: StatsArgs) -> Result<()> {
         advcomp::files::check_output_file("--out", out, &[&args.checkpoint])?;
     }
     let backend = open_backend(args.common.backend)?;
-    let ckpt = model::load_checkpoint(&args.checkpoint, None, &args.map, &backend.device)?;
-    let kind = ckpt.network.kind();
+    let ckpt = model::load(&args.checkpoint, None, &args.map, &backend.device)?;
     let images = if args.activations > 0 {
-        let dataset = match args.data.dataset {
-            Some(d) => d,
-            None => model::checkpoint_dataset(&ckpt.meta).unwrap_or(kind.default_dataset()),
-        };
-        kind.check_dataset(dataset)?;
+        let dataset = ckpt.network.dataset(args.data.dataset, &ckpt.meta)?;
         let test = data::load(dataset, Split::Test, args.data.data_dir.as_deref())?;
         let n = args.activations.min(test.len());
         Some(test.batch(&(0..n).collect::<Vec<_>>(), &backend.device).0)

@@ -9,11 +9,11 @@ mod study;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use advcomp::Result;
 use advcomp::backend::{self, Backend, BackendChoice};
 use advcomp::data::{self, DatasetKind, Split};
-use advcomp::model::{self, KeyMap, ModelKind};
+use advcomp::model::{self, KeyMap, ModelKind, ModelRef};
 use advcomp::train::{self, Optimizer, Schedule, TrainConfig};
+use advcomp::{Error, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
@@ -73,9 +73,9 @@ struct DataArgs {
 
 #[derive(Args)]
 struct InfoArgs {
-    /// lenet5 or cifarnet.
+    /// lenet5, cifarnet, or an ONNX file (path/to/model.onnx).
     #[arg(long, default_value = "lenet5")]
-    model: ModelKind,
+    model: ModelRef,
     /// Show this checkpoint's metadata as well.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
@@ -121,11 +121,14 @@ struct TrainArgs {
 
 #[derive(Args)]
 struct EvalArgs {
+    /// A checkpoint, or an ONNX file.
     #[arg(long)]
-    checkpoint: PathBuf,
-    /// The architecture, when the file's metadata and tensor names do not tell.
+    checkpoint: Option<PathBuf>,
+    /// The architecture (lenet5, cifarnet, or an ONNX file), when the checkpoint's metadata and
+    /// tensor names do not tell; an ONNX file alone (no --checkpoint) is evaluated with its
+    /// own weights.
     #[arg(long)]
-    model: Option<ModelKind>,
+    model: Option<ModelRef>,
     /// Rename tensors of the checkpoint: old=new,...
     #[arg(long, default_value = "")]
     map: KeyMap,
@@ -232,26 +235,26 @@ fn print_json(value: serde_json::Value) {
 
 fn info(args: InfoArgs) -> Result<()> {
     let backend = open_backend(args.common.backend)?;
+    let start = Instant::now();
     let checkpoint = match &args.checkpoint {
-        Some(path) => Some(model::load_checkpoint(
-            path,
-            None,
-            &args.map,
-            &backend.device,
-        )?),
+        Some(path) => Some(model::load(path, None, &args.map, &backend.device)?),
         None => None,
     };
     let network = match &checkpoint {
         Some(ckpt) => ckpt.network.clone(),
-        None => args.model.init(&backend.device),
+        None => args.model.load(&backend.device)?,
     };
+    let load_seconds = start.elapsed().as_secs_f64();
     let compression = checkpoint.as_ref().map(compress::compression_report);
-    let kind = network.kind();
-    let layers = kind.layers();
+    let kind = network.model_ref();
+    let layers = network.layers();
     let count = network.parameter_count();
     if args.common.json {
         print_json(json!({
-            "model": kind.name(),
+            "model": kind.to_string(),
+            "model_sha256": network.model_sha256(),
+            "input": network.input_shape(),
+            "load_seconds": load_seconds,
             "parameters": count,
             "layers": layers,
             "checkpoint": checkpoint.as_ref().map(|c| &c.meta),
@@ -262,14 +265,27 @@ fn info(args: InfoArgs) -> Result<()> {
         }));
         return Ok(());
     }
-    println!("model {kind}: input {:?}", kind.input_shape());
     println!(
-        "{:<10} {:<36} {:>15} {:>10}",
+        "model {kind}: input {:?}{}",
+        network.input_shape(),
+        match network.model_sha256() {
+            Some(sha) => format!(", SHA-256 {sha}, imported in {:.3} s", load_seconds),
+            None => String::new(),
+        }
+    );
+    let width = layers
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
+    println!(
+        "{:<width$} {:<36} {:>15} {:>10}",
         "layer", "operation", "output (C,H,W)", "params"
     );
     for layer in &layers {
         println!(
-            "{:<10} {:<36} {:>15} {:>10}",
+            "{:<width$} {:<36} {:>15} {:>10}",
             layer.name,
             layer.kind,
             format!("{:?}", layer.output),
@@ -293,6 +309,17 @@ fn dataset_for(kind: ModelKind, data: &DataArgs) -> Result<DatasetKind> {
     let dataset = data.dataset.unwrap_or_else(|| kind.default_dataset());
     kind.check_dataset(dataset)?;
     Ok(dataset)
+}
+
+/// What `eval` evaluates: the checkpoint (onto `--model` when given), or an ONNX file alone.
+fn eval_model(args: &EvalArgs, device: &burn::tensor::Device) -> Result<model::Checkpoint> {
+    match (&args.checkpoint, &args.model) {
+        (Some(path), model) => model::load(path, model.clone(), &args.map, device),
+        (None, Some(ModelRef::Onnx(path))) => model::load(path, None, &args.map, device),
+        (None, _) => Err(Error::usage(
+            "give --checkpoint FILE (a checkpoint or an ONNX file), or --model FILE.onnx",
+        )),
+    }
 }
 
 fn train_command(args: TrainArgs) -> Result<()> {
@@ -364,13 +391,9 @@ fn train_command(args: TrainArgs) -> Result<()> {
 
 fn eval(args: EvalArgs) -> Result<()> {
     let backend = open_backend(args.common.backend)?;
-    let ckpt = model::load_checkpoint(&args.checkpoint, args.model, &args.map, &backend.device)?;
-    let kind = ckpt.network.kind();
-    let dataset = match args.data.dataset {
-        Some(d) => d,
-        None => model::checkpoint_dataset(&ckpt.meta).unwrap_or_else(|| kind.default_dataset()),
-    };
-    kind.check_dataset(dataset)?;
+    let ckpt = eval_model(&args, &backend.device)?;
+    let kind = ckpt.network.model_ref();
+    let dataset = ckpt.network.dataset(args.data.dataset, &ckpt.meta)?;
     let test_set = data::load(dataset, Split::Test, args.data.data_dir.as_deref())?;
     let n = args.limit.unwrap_or(test_set.len()).min(test_set.len());
     let start = Instant::now();
@@ -386,7 +409,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     if args.common.json {
         print_json(json!({
             "checkpoint": args.checkpoint,
-            "model": kind.name(),
+            "model": kind.to_string(),
             "dataset": dataset.name(),
             "images": n,
             "accuracy": accuracy,

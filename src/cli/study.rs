@@ -167,9 +167,8 @@ pub(super) fn profile_command(args: ProfileArgs) -> Result<()> {
         Some(path) => path.clone(),
         None => quick_baseline(&args, &backend)?,
     };
-    let ckpt = model::load_checkpoint(&baseline, None, &KeyMap::default(), &backend.device)?;
-    let kind = ckpt.network.kind();
-    let dataset = model::checkpoint_dataset(&ckpt.meta).unwrap_or(kind.default_dataset());
+    let ckpt = model::load(&baseline, None, &KeyMap::default(), &backend.device)?;
+    let dataset = ckpt.network.dataset(None, &ckpt.meta)?;
     let test = data::load(dataset, Split::Test, None)?;
     let variants = profile::variants(&ckpt.network, &bits, &densities, &backend.device, &test)?;
     eprintln!(

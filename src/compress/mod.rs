@@ -344,19 +344,14 @@ pub fn compress_checkpoint(
 ) -> Result<CompressOutcome> {
     config.validate()?;
     let start = Instant::now();
-    let checkpoint = model::load_checkpoint(base, None, &KeyMap::default(), device)?;
+    let checkpoint = model::load(base, None, &KeyMap::default(), device)?;
     if !checkpoint.compression.is_none() {
         return Err(Error::checkpoint(
             base,
             "is already compressed; compress the baseline it came from",
         ));
     }
-    let kind = checkpoint.network.kind();
-    let dataset = match dataset {
-        Some(d) => d,
-        None => model::checkpoint_dataset(&checkpoint.meta).unwrap_or(kind.default_dataset()),
-    };
-    kind.check_dataset(dataset)?;
+    let dataset = checkpoint.network.dataset(dataset, &checkpoint.meta)?;
     let mut test = data::load(dataset, Split::Test, data_dir)?;
     if let Some(limit) = test_limit {
         test.truncate(limit);
@@ -383,7 +378,8 @@ pub fn compress_checkpoint(
         on_epoch,
     )?;
     let meta = CheckpointMeta {
-        model: kind.name().into(),
+        model: checkpoint.network.model_ref().to_string(),
+        model_sha256: checkpoint.network.model_sha256(),
         dataset: dataset.name().into(),
         seed: config.finetune.seed,
         accuracy: Some(compressed.test_accuracy),

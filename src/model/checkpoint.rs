@@ -16,7 +16,7 @@ use burn::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
-use super::{Compression, CompressionRecord, Mask, ModelKind, Network, weight_layers};
+use super::{Compression, CompressionRecord, Mask, ModelKind, ModelRef, Network, weight_layers};
 use crate::data::DatasetKind;
 use crate::{Error, Result};
 
@@ -33,6 +33,9 @@ pub struct CheckpointMeta {
     pub tool_version: String,
     /// Hash of the config that made the model.
     pub config_hash: String,
+    /// For an imported model: the SHA-256 of its ONNX file (`model` names the file), so a
+    /// checkpoint is never loaded onto another graph.
+    pub model_sha256: Option<String>,
 }
 
 impl CheckpointMeta {
@@ -47,6 +50,9 @@ impl CheckpointMeta {
         map.insert("compression".into(), self.compression.clone());
         map.insert("tool_version".into(), self.tool_version.clone());
         map.insert("config_hash".into(), self.config_hash.clone());
+        if let Some(sha) = &self.model_sha256 {
+            map.insert("model_sha256".into(), sha.clone());
+        }
         map
     }
 
@@ -63,6 +69,7 @@ impl CheckpointMeta {
                 .unwrap_or_else(|| "none".into()),
             tool_version: get("tool_version"),
             config_hash: get("config_hash"),
+            model_sha256: header.get("model_sha256").cloned(),
         }
     }
 }
@@ -139,6 +146,7 @@ pub(crate) fn export_tensors(network: &Network) -> Vec<NamedTensor> {
     match network {
         Network::LeNet5(m) => m.visit(&mut exporter),
         Network::CifarNet(m) => m.visit(&mut exporter),
+        Network::Onnx(m) => return m.export(),
     }
     exporter.out
 }
@@ -358,7 +366,7 @@ fn take_masks(
 /// unknown tensors and non-float dtypes are refused with the tensor's name.
 pub fn load_checkpoint(
     path: &Path,
-    model: Option<ModelKind>,
+    model: Option<ModelRef>,
     map: &KeyMap,
     device: &Device,
 ) -> Result<Checkpoint> {
@@ -414,16 +422,16 @@ pub fn load_checkpoint(
         }
     }
 
-    let kind = match model {
-        Some(kind) => kind,
+    let model_ref = match model {
+        Some(model) => model,
         None if !meta.model.is_empty() => meta.model.parse().map_err(|_| {
             Error::checkpoint(
                 path,
                 format!("metadata names unknown model '{}'", meta.model),
             )
         })?,
-        None if tensors.contains_key("conv7.weight") => ModelKind::CifarNet,
-        None if tensors.contains_key("fc1.weight") => ModelKind::LeNet5,
+        None if tensors.contains_key("conv7.weight") => ModelRef::BuiltIn(ModelKind::CifarNet),
+        None if tensors.contains_key("fc1.weight") => ModelRef::BuiltIn(ModelKind::LeNet5),
         None => {
             return Err(Error::checkpoint(
                 path,
@@ -431,6 +439,20 @@ pub fn load_checkpoint(
             ));
         }
     };
+    let template = model_ref.load(device)?;
+    if let (Network::Onnx(m), Some(sha)) = (&template, &meta.model_sha256)
+        && *sha != m.graph.sha256
+    {
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "was made from another graph than {} (SHA-256 {sha}, the file's is {})",
+                m.graph.file.display(),
+                m.graph.sha256
+            ),
+        ));
+    }
+    let kind = model_ref.clone();
 
     let record: Option<CompressionRecord> = match meta.compression.as_str() {
         "" | "none" => None,
@@ -440,11 +462,11 @@ pub fn load_checkpoint(
     };
     if let Some(record) = &record {
         record
-            .validate(&kind.init(device))
+            .validate(&template)
             .map_err(|e| Error::checkpoint(path, format!("compression metadata: {e}")))?;
     }
     let mut mask_problems = Vec::new();
-    let masks = take_masks(&mut tensors, &kind.init(device), device, &mut mask_problems);
+    let masks = take_masks(&mut tensors, &template, device, &mut mask_problems);
 
     let mut importer = Importer {
         path: Vec::new(),
@@ -452,9 +474,12 @@ pub fn load_checkpoint(
         used: Vec::new(),
         problems: Vec::new(),
     };
-    let network = match kind.init(device) {
+    let network = match template {
         Network::LeNet5(m) => Network::LeNet5(m.map(&mut importer)),
         Network::CifarNet(m) => Network::CifarNet(m.map(&mut importer)),
+        Network::Onnx(m) => {
+            Network::Onnx(m.with_tensors(&tensors, &mut importer.used, &mut importer.problems))
+        }
     };
     // Inference mode (dropout off, batch norm on its running statistics), also when gradients
     // flow to the inputs (attacks); `.train()` turns training back on for fine-tuning.
@@ -480,7 +505,7 @@ pub fn load_checkpoint(
         ));
     }
     let meta = CheckpointMeta {
-        model: kind.name().to_string(),
+        model: kind.to_string(),
         ..meta
     };
     let record = record.unwrap_or_default();
@@ -496,6 +521,35 @@ pub fn load_checkpoint(
         compression,
         meta,
     })
+}
+
+/// Reads a model file: an ONNX file (imported with its own weights, uncompressed) or a
+/// checkpoint (see [`load_checkpoint`]).
+pub fn load(
+    path: &Path,
+    model: Option<ModelRef>,
+    map: &KeyMap,
+    device: &Device,
+) -> Result<Checkpoint> {
+    let as_onnx = path.to_string_lossy().parse::<ModelRef>();
+    if let Ok(ModelRef::Onnx(_)) = as_onnx {
+        let network = ModelRef::Onnx(path.to_path_buf()).load(device)?;
+        let meta = CheckpointMeta {
+            model: network.model_ref().to_string(),
+            compression: "none".into(),
+            model_sha256: match &network {
+                Network::Onnx(m) => Some(m.graph.sha256.clone()),
+                _ => None,
+            },
+            ..CheckpointMeta::default()
+        };
+        return Ok(Checkpoint {
+            network,
+            compression: Compression::default(),
+            meta,
+        });
+    }
+    load_checkpoint(path, model, map, device)
 }
 
 /// The dataset a checkpoint was trained on, if its metadata names a known one.

@@ -156,7 +156,7 @@ impl CompressionRecord {
             if !layers.iter().any(|l| l.name == *layer) {
                 return Err(format!(
                     "density for layer '{layer}', which {} does not have (its layers: {})",
-                    network.kind(),
+                    network.model_ref(),
                     layers
                         .iter()
                         .map(|l| l.name.as_str())
@@ -232,6 +232,15 @@ impl Compression {
         match self.weights {
             Some(format) => kernels::fixed_point(tensor, format, self.grad),
             None => tensor,
+        }
+    }
+
+    /// A flat parameter of an imported graph as its layer uses it: a weight (`masked`) masked
+    /// by the mask named `name` and quantised, a bias quantised.
+    pub(crate) fn flat_weight(&self, name: &str, masked: bool, w: Tensor<1>) -> Tensor<1> {
+        match masked {
+            true => self.weight(name, w),
+            false => self.quantise_weight(w),
         }
     }
 
@@ -371,6 +380,7 @@ pub fn weight_layers(network: &Network) -> Vec<WeightLayer> {
     match network {
         Network::LeNet5(m) => m.visit(&mut collector),
         Network::CifarNet(m) => m.visit(&mut collector),
+        Network::Onnx(m) => return m.weight_layers(),
     }
     collector.layers
 }
@@ -421,5 +431,6 @@ pub fn bake(network: Network, compression: &Compression) -> Network {
     match network {
         Network::LeNet5(m) => Network::LeNet5(m.map(&mut baker)),
         Network::CifarNet(m) => Network::CifarNet(m.map(&mut baker)),
+        Network::Onnx(m) => Network::Onnx(m.bake(compression)),
     }
 }

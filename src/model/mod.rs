@@ -1,9 +1,11 @@
-//! The paper's classifiers (LeNet5, CifarNet) and their checkpoints.
+//! The classifiers: the paper's built-in LeNet5 and CifarNet, and any CNN imported at run time
+//! from an ONNX file ([`onnx`]); their checkpoints; their compression.
 
 mod checkpoint;
 mod cifarnet;
 mod compression;
 mod lenet5;
+pub mod onnx;
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,7 +13,7 @@ use std::str::FromStr;
 use burn::prelude::*;
 
 pub use checkpoint::{
-    Checkpoint, CheckpointMeta, KeyMap, checkpoint_dataset, load_checkpoint, save_checkpoint,
+    Checkpoint, CheckpointMeta, KeyMap, checkpoint_dataset, load, load_checkpoint, save_checkpoint,
     save_compressed,
 };
 pub use cifarnet::CifarNet;
@@ -19,6 +21,7 @@ pub use compression::{
     Compression, CompressionRecord, Mask, Pruner, WeightLayer, bake, weight_layers,
 };
 pub use lenet5::LeNet5;
+pub use onnx::OnnxModel;
 
 use crate::data::DatasetKind;
 use crate::{Error, Result};
@@ -106,6 +109,65 @@ impl FromStr for ModelKind {
     }
 }
 
+/// A model as a user names it: a built-in architecture, or an ONNX file (any name ending in
+/// `.onnx`). Parsed once where it enters (command line, config).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelRef {
+    BuiltIn(ModelKind),
+    Onnx(std::path::PathBuf),
+}
+
+impl FromStr for ModelRef {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.to_ascii_lowercase().ends_with(".onnx") {
+            return Ok(ModelRef::Onnx(s.into()));
+        }
+        s.parse().map(ModelRef::BuiltIn).map_err(|_| {
+            Error::usage(format!(
+                "unknown model '{s}' (expected lenet5, cifarnet, or an ONNX file: path/to/model.onnx)"
+            ))
+        })
+    }
+}
+
+impl fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelRef::BuiltIn(kind) => write!(f, "{kind}"),
+            ModelRef::Onnx(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl ModelRef {
+    /// The built-in architecture, if it is one.
+    pub fn builtin(&self) -> Option<ModelKind> {
+        match self {
+            ModelRef::BuiltIn(kind) => Some(*kind),
+            ModelRef::Onnx(_) => None,
+        }
+    }
+
+    /// The network: freshly initialised (built-in; seed the device first), or imported with
+    /// the file's weights (ONNX).
+    pub fn load(&self, device: &Device) -> Result<Network> {
+        match self {
+            ModelRef::BuiltIn(kind) => Ok(kind.init(device)),
+            ModelRef::Onnx(path) => {
+                let model = onnx::import(path, device)?;
+                if let Some(op) = &model.graph.stripped {
+                    eprintln!(
+                        "model {}: the final node {op} was removed (attacks need logits)",
+                        path.display()
+                    );
+                }
+                Ok(Network::Onnx(model))
+            }
+        }
+    }
+}
+
 /// One row of a model's layer table.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LayerInfo {
@@ -150,14 +212,82 @@ impl Classifier {
 pub enum Network {
     LeNet5(LeNet5),
     CifarNet(CifarNet),
+    /// Imported from an ONNX file.
+    Onnx(OnnxModel),
 }
 
 impl Network {
-    pub fn kind(&self) -> ModelKind {
+    /// The built-in architecture, `None` for an imported model.
+    pub fn builtin(&self) -> Option<ModelKind> {
         match self {
-            Network::LeNet5(_) => ModelKind::LeNet5,
-            Network::CifarNet(_) => ModelKind::CifarNet,
+            Network::LeNet5(_) => Some(ModelKind::LeNet5),
+            Network::CifarNet(_) => Some(ModelKind::CifarNet),
+            Network::Onnx(_) => None,
         }
+    }
+
+    /// The SHA-256 of an imported model's ONNX file.
+    pub fn model_sha256(&self) -> Option<String> {
+        match self {
+            Network::Onnx(m) => Some(m.graph.sha256.clone()),
+            _ => None,
+        }
+    }
+
+    /// How the model is named: `lenet5`, `cifarnet`, or the ONNX file.
+    pub fn model_ref(&self) -> ModelRef {
+        match self {
+            // Absolute, so a checkpoint names the file it was made from wherever it is read.
+            Network::Onnx(m) => ModelRef::Onnx(
+                std::path::absolute(&m.graph.file).unwrap_or_else(|_| m.graph.file.clone()),
+            ),
+            built_in => ModelRef::BuiltIn(built_in.builtin().expect("built in")),
+        }
+    }
+
+    /// Input image shape (channels, height, width).
+    pub fn input_shape(&self) -> [usize; 3] {
+        match (self, self.builtin()) {
+            (Network::Onnx(m), _) => m.graph.input_shape,
+            (_, Some(kind)) => kind.input_shape(),
+            (_, None) => unreachable!("only imported models have no kind"),
+        }
+    }
+
+    /// The layer table: name, what it does, output shape, parameter count.
+    pub fn layers(&self) -> Vec<LayerInfo> {
+        match (self, self.builtin()) {
+            (Network::Onnx(m), _) => m.layers(),
+            (_, Some(kind)) => kind.layers(),
+            (_, None) => unreachable!("only imported models have no kind"),
+        }
+    }
+
+    /// The dataset to use: `given`, else the one `meta` names, else the built-in model's
+    /// own; an imported model without either is refused (its file does not say). The
+    /// dataset's images must fit the model.
+    pub fn dataset(
+        &self,
+        given: Option<DatasetKind>,
+        meta: &CheckpointMeta,
+    ) -> Result<DatasetKind> {
+        let dataset = given
+            .or_else(|| checkpoint_dataset(meta))
+            .or_else(|| self.builtin().map(ModelKind::default_dataset))
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "model {}: its file does not say which dataset it takes; pass --dataset",
+                    self.model_ref()
+                ))
+            })?;
+        let (model, data) = (self.input_shape(), dataset.image_shape());
+        if model != data {
+            return Err(Error::usage(format!(
+                "model {} takes {model:?} images but dataset {dataset} has {data:?}",
+                self.model_ref()
+            )));
+        }
+        Ok(dataset)
     }
 
     /// Logits [batch, 10] for images [batch, channels, height, width] in [0, 1].
@@ -170,14 +300,17 @@ impl Network {
         match self {
             Network::LeNet5(m) => m.forward(images, compression),
             Network::CifarNet(m) => m.forward(images, compression),
+            Network::Onnx(m) => m.forward(images, compression),
         }
     }
 
-    /// Sets the dropout probability of every dropout layer (the models are built with 0.5).
+    /// Sets the dropout probability of every dropout layer (the built-in models are built
+    /// with 0.5; an imported model's Dropout nodes are identities, in fine-tuning too).
     pub fn set_dropout(&mut self, prob: f64) {
         match self {
             Network::LeNet5(m) => m.dropout.prob = prob,
             Network::CifarNet(m) => m.dropout.prob = prob,
+            Network::Onnx(_) => {}
         }
     }
 

@@ -137,7 +137,7 @@ pub fn variants(
     }];
     let no_finetune = TrainConfig {
         epochs: 0,
-        ..TrainConfig::new(base.kind(), "mnist")
+        ..TrainConfig::new(base.model_ref(), "mnist")
     };
     for &b in bits {
         let format = Some(FixedPoint::paper(b)?);

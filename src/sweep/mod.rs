@@ -21,7 +21,7 @@ use crate::backend::Backend;
 use crate::compress::{self, CompressConfig};
 use crate::data::{self, DatasetKind, Images, Split};
 use crate::kernels::{FixedPoint, QuantGrad};
-use crate::model::{self, Classifier, KeyMap, ModelKind};
+use crate::model::{self, Classifier, KeyMap, ModelKind, ModelRef};
 use crate::report::{self, CdfSeries, Cell, EpsStepsCell, Family, ModelRow, Throughput};
 use crate::train::{self, TrainConfig};
 use crate::transfer::{self, AdversarialSet};
@@ -101,8 +101,12 @@ impl Plan<'_> {
         seed: u64,
         key: String,
     ) -> Result<SweepModel> {
-        let ckpt =
-            model::load_checkpoint(path, Some(self.kind), &KeyMap::default(), self.device())?;
+        let ckpt = model::load_checkpoint(
+            path,
+            Some(ModelRef::BuiltIn(self.kind)),
+            &KeyMap::default(),
+            self.device(),
+        )?;
         let clean_accuracy = match ckpt.meta.accuracy {
             Some(a) => a,
             None => train::evaluate(

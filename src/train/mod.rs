@@ -80,9 +80,9 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     /// The defaults: Adam, lr 1e-3 with cosine decay, batch 128, 6 epochs, seed 1.
-    pub fn new(model: ModelKind, dataset: &str) -> Self {
+    pub fn new(model: impl std::fmt::Display, dataset: &str) -> Self {
         Self {
-            model: model.name().into(),
+            model: model.to_string(),
             dataset: dataset.into(),
             epochs: 6,
             batch_size: 128,
@@ -375,7 +375,12 @@ pub fn train_baseline(
         test.truncate(limit);
     }
     if reuse && out.exists() {
-        let existing = model::load_checkpoint(out, Some(kind), &KeyMap::default(), device)?;
+        let existing = model::load_checkpoint(
+            out,
+            Some(model::ModelRef::BuiltIn(kind)),
+            &KeyMap::default(),
+            device,
+        )?;
         if existing.meta.config_hash == config.hash() {
             let test_accuracy = evaluate(
                 &existing.network,
@@ -405,6 +410,7 @@ pub fn train_baseline(
         compression: "none".into(),
         tool_version: crate::VERSION.into(),
         config_hash: config.hash(),
+        model_sha256: None,
     };
     model::save_checkpoint(out, &network, &meta)?;
     Ok(BaselineOutcome {

@@ -5,7 +5,8 @@
 //! - `profile`: `advcomp profile` (attack throughput per bitwidth, density and batch size, or
 //!   `--kernels`).
 //! - `test`: set-up (a Vulkan driver so the WGSL/wgpu tests run, lavapipe where there is no
-//!   GPU), then the whole test suite with the GPU tests required.
+//!   GPU; Fashion-MNIST for the imported ResNet8), then the whole test suite with the GPU
+//!   tests required.
 
 use std::process::{Command, ExitCode};
 
@@ -62,9 +63,21 @@ fn advcomp(command: &str, args: &[String]) -> Result<ExitCode, String> {
     ))
 }
 
+/// Where Debian's `dataset-fashion-mnist` puts the files (advcomp's default location).
+const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
 fn test(extra: &[String]) -> Result<ExitCode, String> {
+    let mut missing = Vec::new();
     if backend::adapters().is_empty() {
-        install_lavapipe()?;
+        eprintln!("xtask test: no Vulkan adapter; installing Mesa's lavapipe");
+        missing.extend(["mesa-vulkan-drivers", "libvulkan1"]);
+    }
+    if !std::path::Path::new(FASHION_MNIST).is_dir() {
+        eprintln!("xtask test: no Fashion-MNIST in {FASHION_MNIST}; installing it");
+        missing.push("dataset-fashion-mnist");
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
     }
     let status = Command::new(cargo())
         .args(["test", "--workspace"])
@@ -79,9 +92,9 @@ fn test(extra: &[String]) -> Result<ExitCode, String> {
     }
 }
 
-/// No Vulkan/Metal/DX12 adapter: install Mesa's software Vulkan driver where apt and root
-/// allow, so the wgpu tests run on lavapipe rather than being skipped.
-fn install_lavapipe() -> Result<(), String> {
+/// Installs Debian `packages` the tests need (Mesa's lavapipe where there is no GPU, so the
+/// wgpu tests run instead of being skipped; Fashion-MNIST) where apt and root allow.
+fn apt_install(packages: &[&str]) -> Result<(), String> {
     let is_root = Command::new("id")
         .arg("-u")
         .output()
@@ -89,24 +102,15 @@ fn install_lavapipe() -> Result<(), String> {
         .unwrap_or(false);
     let has_apt = Command::new("apt-get").arg("--version").output().is_ok();
     if !(is_root && has_apt) {
-        return Err(
-            "no Vulkan adapter and cannot install one (needs root and apt-get): install \
-                    a GPU driver or Mesa's lavapipe (mesa-vulkan-drivers libvulkan1), then rerun"
-                .into(),
-        );
+        return Err(format!(
+            "the tests need {} and cannot install them (needs root and apt-get): install them \
+             (or a GPU driver instead of lavapipe), then rerun",
+            packages.join(", ")
+        ));
     }
-    eprintln!("xtask test: no Vulkan adapter; installing mesa-vulkan-drivers (lavapipe)");
-    for args in [
-        &["update", "-qq"][..],
-        &[
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            "mesa-vulkan-drivers",
-            "libvulkan1",
-        ][..],
-    ] {
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(packages);
+    for args in [&["update", "-qq"][..], &install] {
         let status = Command::new("apt-get")
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")

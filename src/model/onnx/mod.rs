@@ -1,0 +1,432 @@
+//! Classifiers imported at run time from an ONNX file (e.g. `torch.onnx.export`).
+//!
+//! The file is parsed with `onnx-ir` (burn's own ONNX front end: typed nodes, attributes,
+//! initialisers); this module turns its graph into a list of [`Step`]s over burn tensor ops,
+//! run by [`OnnxModel::forward`] on any backend, with autodiff reaching the input images. The
+//! weights and biases of Conv / Gemm / MatMul (`Linear`) and BatchNormalization's scale and
+//! shift are parameters (trainable, stored flat with their ONNX shape); everything else the
+//! graph holds (batch-norm running statistics, constants of Sub / Div, ...) is a constant.
+//!
+//! Values between steps are rank-4 tensors padded with leading 1s plus their ONNX rank, so
+//! one tensor type carries every rank up to 4 and NumPy-style broadcasting is burn's own.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+
+mod build;
+mod run;
+
+use super::Compression;
+use crate::{Error, Result};
+
+/// A tensor the graph holds: its ONNX name, shape and values (row-major).
+#[derive(Clone, Debug)]
+pub struct Initialiser {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// Where a step reads a value from.
+#[derive(Clone, Copy, Debug)]
+enum Operand {
+    /// The output of an earlier step (or the input, slot 0).
+    Value(usize),
+    /// A parameter, by index.
+    Param(usize),
+    /// A constant, by index.
+    Const(usize),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Conv {
+        x: Operand,
+        weight: usize,
+        bias: Option<usize>,
+        options: ConvOptions<2>,
+    },
+    /// x · Wᵀ + b with W in ONNX's [out, in] layout (`transposed`) or [in, out].
+    Linear {
+        x: Operand,
+        weight: usize,
+        bias: Option<usize>,
+        transposed: bool,
+    },
+    /// alpha · op(A) · op(B) + beta · C.
+    Gemm {
+        a: Operand,
+        b: Operand,
+        c: Option<Operand>,
+        alpha: f32,
+        beta: f32,
+        trans_a: bool,
+        trans_b: bool,
+    },
+    MatMul {
+        a: Operand,
+        b: Operand,
+    },
+    Binary {
+        kind: Binary,
+        a: Operand,
+        b: Operand,
+    },
+    Relu(Operand),
+    LeakyRelu(Operand, f64),
+    Sigmoid(Operand),
+    Tanh(Operand),
+    Clip {
+        x: Operand,
+        min: f32,
+        max: f32,
+    },
+    MaxPool {
+        x: Operand,
+        options: MaxPoolOptions<2>,
+    },
+    AvgPool {
+        x: Operand,
+        options: AvgPoolOptions<2>,
+    },
+    GlobalAvgPool(Operand),
+    BatchNorm {
+        x: Operand,
+        scale: Operand,
+        shift: Operand,
+        mean: Operand,
+        var: Operand,
+        epsilon: f64,
+    },
+    Flatten {
+        x: Operand,
+        axis: usize,
+    },
+    Reshape {
+        x: Operand,
+        shape: Vec<i64>,
+    },
+    Identity(Operand),
+    Concat {
+        inputs: Vec<Operand>,
+        axis: usize,
+    },
+}
+
+impl Op {
+    /// Whether the op is a nonlinearity: its output is a layer output, quantised when
+    /// activations are (the rule that makes an imported LeNet5 quantise where the built-in
+    /// one does).
+    fn is_activation(&self) -> bool {
+        matches!(
+            self,
+            Op::Relu(_) | Op::LeakyRelu(..) | Op::Sigmoid(_) | Op::Tanh(_) | Op::Clip { .. }
+        )
+    }
+}
+
+/// One step of the graph: the op, the node it came from, where its output goes.
+#[derive(Clone, Debug)]
+struct Step {
+    node: String,
+    op: Op,
+    out: usize,
+    /// The output's shape without the batch axis (0 where the file does not say).
+    shape: Vec<usize>,
+}
+
+/// Everything about an imported graph except its trainable parameters' values.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    /// The ONNX file and the SHA-256 of its bytes.
+    pub file: PathBuf,
+    pub sha256: String,
+    /// Input image shape (channels, height, width); the batch axis is dynamic.
+    pub input_shape: [usize; 3],
+    pub classes: usize,
+    /// Parameters' names and ONNX shapes (values live in [`OnnxModel::params`]).
+    pub params: Vec<(String, Vec<usize>)>,
+    pub consts: Vec<Initialiser>,
+    /// Weight parameters of Conv / Linear / Gemm, by parameter index: what pruning masks.
+    pub weights: Vec<usize>,
+    /// Their biases: quantised with the weights, never masked.
+    pub biases: Vec<usize>,
+    steps: Vec<Step>,
+    slots: usize,
+    output: usize,
+    /// A Softmax / LogSoftmax at the end that was removed (attacks need logits).
+    pub stripped: Option<String>,
+}
+
+/// An imported classifier: a burn module whose parameters are the graph's trainable tensors.
+#[derive(Module, Debug)]
+pub struct OnnxModel {
+    pub params: Vec<Param<Tensor<1>>>,
+    #[module(skip)]
+    pub graph: Arc<Graph>,
+}
+
+/// Builds the model and its graph from an ONNX file.
+pub fn import(path: &Path, device: &Device) -> Result<OnnxModel> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::model(path, "file not found"),
+        _ => Error::model(path, format!("cannot read: {e}")),
+    })?;
+    let sha256 = sha256_hex(&bytes);
+    let graph = onnx_ir::OnnxGraphBuilder::new()
+        .parse_bytes(&bytes)
+        .map_err(|e| Error::model(path, format!("not a readable ONNX model: {e}")))?;
+    let parsed = build::parse(path, &bytes, &graph)?;
+    let params = parsed
+        .params
+        .iter()
+        .map(|p| {
+            let n = p.values.len();
+            // Trainable, like the built-in models' parameters (fine-tuning).
+            Param::from_tensor(Tensor::from_data(
+                TensorData::new(p.values.clone(), [n]),
+                device,
+            ))
+        })
+        .collect();
+    let (input_shape, classes) = (parsed.input_shape, parsed.classes);
+    let mut model = OnnxModel {
+        params,
+        graph: Arc::new(Graph {
+            file: path.to_path_buf(),
+            sha256,
+            input_shape,
+            classes,
+            params: parsed
+                .params
+                .into_iter()
+                .map(|p| (p.name, p.shape))
+                .collect(),
+            consts: parsed.consts,
+            weights: parsed.weights,
+            biases: parsed.biases,
+            steps: parsed.steps,
+            slots: parsed.slots,
+            output: parsed.output,
+            stripped: parsed.stripped,
+        }),
+    };
+    if classes == 0 {
+        let [c, h, w] = input_shape;
+        let probe = model.forward(Tensor::zeros([1, c, h, w], device), &Compression::default());
+        let k = probe.dims()[1];
+        if k < 2 {
+            return Err(Error::model(
+                path,
+                format!("the output has {k} class; a classifier's has at least 2"),
+            ));
+        }
+        Arc::make_mut(&mut model.graph).classes = k;
+    }
+    Ok(model)
+}
+
+/// The SHA-256 of `bytes` as hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Graph {
+    /// The layer a parameter belongs to, as masks and densities name it: the initialiser's
+    /// name without a trailing `.weight` / `.bias` (PyTorch's module name).
+    pub fn layer(&self, param: usize) -> String {
+        let name = &self.params[param].0;
+        name.strip_suffix(".weight")
+            .or_else(|| name.strip_suffix(".bias"))
+            .unwrap_or(name)
+            .to_string()
+    }
+}
+
+impl OnnxModel {
+    /// The layer table: one row per step (node, op, output shape, parameters it uses).
+    pub fn layers(&self) -> Vec<super::LayerInfo> {
+        let graph = &self.graph;
+        let size = |i: usize| graph.params[i].1.iter().product::<usize>();
+        graph
+            .steps
+            .iter()
+            .map(|step| {
+                let params: usize = match &step.op {
+                    Op::Conv { weight, bias, .. } | Op::Linear { weight, bias, .. } => {
+                        size(*weight) + bias.map_or(0, size)
+                    }
+                    Op::Gemm { b, c, .. } => [Some(*b), *c]
+                        .into_iter()
+                        .flatten()
+                        .map(|o| match o {
+                            Operand::Param(i) => size(i),
+                            _ => 0,
+                        })
+                        .sum(),
+                    Op::BatchNorm { scale, shift, .. } => [scale, shift]
+                        .into_iter()
+                        .map(|o| match o {
+                            Operand::Param(i) => size(*i),
+                            _ => 0,
+                        })
+                        .sum(),
+                    _ => 0,
+                };
+                let mut output = [1; 3];
+                for (o, d) in output.iter_mut().zip(&step.shape) {
+                    *o = *d;
+                }
+                super::LayerInfo {
+                    name: step.node.clone(),
+                    kind: op_name(&step.op).into(),
+                    output,
+                    params,
+                }
+            })
+            .collect()
+    }
+
+    /// Every parameter under its ONNX name and shape, values row-major.
+    pub(crate) fn export(&self) -> Vec<super::checkpoint::NamedTensor> {
+        self.graph
+            .params
+            .iter()
+            .zip(&self.params)
+            .map(|((name, shape), p)| super::checkpoint::NamedTensor {
+                name: name.clone(),
+                shape: shape.clone(),
+                values: p
+                    .val()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// The weight layers (Conv / Linear / Gemm weights): what pruning sees.
+    pub(crate) fn weight_layers(&self) -> Vec<super::WeightLayer> {
+        self.graph
+            .weights
+            .iter()
+            .map(|&i| super::WeightLayer {
+                name: self.graph.layer(i),
+                values: self.params[i].val().inner(),
+                shape: self.graph.params[i].1.clone(),
+            })
+            .collect()
+    }
+
+    /// The model with every weight masked and quantised and every bias quantised as
+    /// `compression` says.
+    pub(crate) fn bake(self, compression: &Compression) -> Self {
+        let graph = self.graph.clone();
+        let params = self
+            .params
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let masked = graph.weights.contains(&i);
+                if !masked && !graph.biases.contains(&i) {
+                    return p;
+                }
+                let layer = graph.layer(i);
+                p.map(|t| compression.flat_weight(&layer, masked, t.inner()))
+            })
+            .collect();
+        OnnxModel { params, graph }
+    }
+
+    /// The model with its parameters read from `tensors` (ONNX names and shapes), marking
+    /// each name it used; a missing tensor or a wrong shape is a problem.
+    pub(crate) fn with_tensors(
+        self,
+        tensors: &std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+        used: &mut Vec<String>,
+        problems: &mut Vec<String>,
+    ) -> Self {
+        let graph = self.graph.clone();
+        let params = self
+            .params
+            .into_iter()
+            .zip(&graph.params)
+            .map(|(p, (name, shape))| match tensors.get(name) {
+                None => {
+                    problems.push(format!("missing tensor '{name}' (shape {shape:?})"));
+                    p
+                }
+                Some((s, _)) if s != shape => {
+                    problems.push(format!(
+                        "tensor '{name}' has shape {s:?}, the graph needs {shape:?}"
+                    ));
+                    p
+                }
+                Some((_, values)) => {
+                    used.push(name.clone());
+                    let n = values.len();
+                    p.map(|old| {
+                        Tensor::from_data(TensorData::new(values.clone(), [n]), &old.device())
+                    })
+                }
+            })
+            .collect();
+        OnnxModel { params, graph }
+    }
+
+    /// Which parameters training may change: all of them (batch-norm statistics are
+    /// constants, so they stay frozen).
+    pub fn parameter_count(&self) -> usize {
+        self.graph
+            .params
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+}
+
+/// An op's ONNX name, for the layer table.
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Conv { .. } => "Conv",
+        Op::Linear { .. } => "Gemm / MatMul",
+        Op::Gemm { .. } => "Gemm",
+        Op::MatMul { .. } => "MatMul",
+        Op::Binary { kind, .. } => match kind {
+            Binary::Add => "Add",
+            Binary::Sub => "Sub",
+            Binary::Mul => "Mul",
+            Binary::Div => "Div",
+        },
+        Op::Relu(_) => "Relu",
+        Op::LeakyRelu(..) => "LeakyRelu",
+        Op::Sigmoid(_) => "Sigmoid",
+        Op::Tanh(_) => "Tanh",
+        Op::Clip { .. } => "Clip",
+        Op::MaxPool { .. } => "MaxPool",
+        Op::AvgPool { .. } => "AveragePool",
+        Op::GlobalAvgPool(_) => "GlobalAveragePool",
+        Op::BatchNorm { .. } => "BatchNormalization",
+        Op::Flatten { .. } => "Flatten",
+        Op::Reshape { .. } => "Reshape",
+        Op::Identity(_) => "Identity",
+        Op::Concat { .. } => "Concat",
+    }
+}

@@ -1,0 +1,360 @@
+//! ONNX models imported at run time compute what PyTorch computed on the same weights: logits
+//! within 1e-4 and input gradients within 1e-4 (relative to their largest magnitude), on the
+//! CPU backend and on wgpu (lavapipe in CI); the vendored files are the ones PyTorch wrote.
+
+mod common;
+
+use std::path::PathBuf;
+
+use advcomp::attack::{self, Differentiable};
+use advcomp::model::Compression;
+use advcomp::model::onnx::{self, OnnxModel};
+use burn::prelude::*;
+use safetensors::SafeTensors;
+use sha2::Digest;
+
+fn models() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/models")
+}
+
+struct Imported(OnnxModel);
+
+impl Differentiable for Imported {
+    fn logits(&self, images: Tensor<4>) -> Tensor<2> {
+        self.0.forward(images, &Compression::default())
+    }
+}
+
+struct Golden {
+    x: Tensor<4>,
+    y: Tensor<1, Int>,
+    logits: Vec<f32>,
+    grad: Vec<f32>,
+}
+
+fn golden(name: &str, device: &Device) -> Golden {
+    let bytes = std::fs::read(models().join(format!("{name}.golden.safetensors"))).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let f32s =
+        |n: &str| -> Vec<f32> { bytemuck::pod_collect_to_vec(file.tensor(n).unwrap().data()) };
+    let labels: Vec<i64> = bytemuck::pod_collect_to_vec(file.tensor("y").unwrap().data());
+    let count = labels.len();
+    Golden {
+        x: Tensor::from_data(TensorData::new(f32s("x"), [count, 1, 28, 28]), device),
+        y: Tensor::from_data(TensorData::new(labels, [count]), device),
+        logits: f32s("logits"),
+        grad: f32s("grad"),
+    }
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Imports `name` on `device` and checks its logits and input gradients against PyTorch's.
+fn matches_pytorch(name: &str, device: &Device, backend: &str) {
+    let model = onnx::import(&models().join(format!("{name}.onnx")), device).unwrap();
+    assert_eq!(model.graph.input_shape, [1, 28, 28]);
+    assert_eq!(model.graph.classes, 10);
+    let g = golden(name, device);
+    let logits = host(Imported(model.clone()).logits(g.x.clone()));
+    let diff = max_abs_diff(&logits, &g.logits);
+    assert!(diff < 1e-4, "{name} on {backend}: logits differ by {diff}");
+    let grad = host(attack::loss_gradient(&Imported(model), &g.x, &g.y));
+    let scale = g.grad.iter().map(|v| v.abs()).fold(0.0, f32::max);
+    let diff = max_abs_diff(&grad, &g.grad) / scale;
+    assert!(
+        diff < 1e-4,
+        "{name} on {backend}: gradients differ by {diff} (relative)"
+    );
+}
+
+#[test]
+fn vendored_models_are_the_files_pytorch_wrote() {
+    let sums = std::fs::read_to_string(models().join("SHA256SUMS")).unwrap();
+    for line in sums.lines() {
+        let (sum, file) = line.split_once("  ").unwrap();
+        let bytes = std::fs::read(models().join(file)).unwrap();
+        let actual: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(actual, sum, "{file}");
+    }
+}
+
+#[test]
+fn imported_models_match_pytorch_on_the_cpu() {
+    let cpu = advcomp::backend::cpu().device;
+    for name in ["mlp-mnist", "resnet8-fmnist"] {
+        matches_pytorch(name, &cpu, "cpu");
+    }
+}
+
+#[test]
+fn imported_models_match_pytorch_on_wgpu() {
+    let Some(gpu) = common::wgpu_or_skip() else {
+        return;
+    };
+    for name in ["mlp-mnist", "resnet8-fmnist"] {
+        matches_pytorch(name, &gpu.device, "wgpu");
+    }
+}
+
+fn advcomp(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_advcomp"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn model_file(name: &str) -> String {
+    models().join(name).to_str().unwrap().to_string()
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// PyTorch's numbers for `name` (the vendored `.json`).
+fn pytorch(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(models().join(format!("{name}.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn imported_models_have_pytorchs_test_accuracy() {
+    for (name, dataset) in [("mlp-mnist", "mnist"), ("resnet8-fmnist", "fashion-mnist")] {
+        let out = advcomp(&[
+            "eval",
+            "--model",
+            &model_file(&format!("{name}.onnx")),
+            "--dataset",
+            dataset,
+            "--backend",
+            "cpu",
+            "--json",
+        ]);
+        let ours = json(&out)["accuracy"].as_f64().unwrap();
+        let theirs = pytorch(name)["test_acc_10k"].as_f64().unwrap();
+        assert!(
+            (ours - theirs).abs() <= 0.0005,
+            "{name}: {ours} vs PyTorch {theirs}"
+        );
+    }
+}
+
+#[test]
+fn attacks_on_an_imported_model_agree_with_pytorch() {
+    let reference = pytorch("mlp-mnist");
+    for attack in ["ifgsm", "ifgm", "deepfool"] {
+        let out = advcomp(&[
+            "attack",
+            "--source",
+            &model_file("mlp-mnist.onnx"),
+            "--dataset",
+            "mnist",
+            "--attack",
+            attack,
+            "--limit",
+            "1000",
+            "--backend",
+            "cpu",
+            "--json",
+        ]);
+        let cell = &json(&out)["cells"][0]["metrics"];
+        let theirs = &reference["attacks"][attack];
+        let (acc, their_acc) = (
+            cell["adversarial_accuracy"].as_f64().unwrap(),
+            theirs["adv_acc"].as_f64().unwrap(),
+        );
+        assert!(
+            (acc - their_acc).abs() <= 0.01,
+            "{attack}: adversarial accuracy {acc} vs {their_acc}"
+        );
+        let (l2, their_l2) = (
+            cell["l2"].as_f64().unwrap(),
+            theirs["mean_l2"].as_f64().unwrap(),
+        );
+        assert!(
+            (l2 / their_l2 - 1.0).abs() <= 0.05,
+            "{attack}: mean L2 {l2} vs {their_l2}"
+        );
+    }
+}
+
+#[test]
+fn imported_models_compress_fine_tune_and_reload_from_their_checkpoint() {
+    let out = std::env::temp_dir().join(format!(
+        "advcomp-onnx-{}-d05.safetensors",
+        std::process::id()
+    ));
+    let compressed = advcomp(&[
+        "compress",
+        "--checkpoint",
+        &model_file("mlp-mnist.onnx"),
+        "--dataset",
+        "mnist",
+        "--prune",
+        "dns",
+        "--density",
+        "0.5",
+        "--bits",
+        "8",
+        "--finetune-epochs",
+        "1",
+        "--train-limit",
+        "2000",
+        "--limit",
+        "1000",
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
+    let outcome = json(&compressed)["outcome"].clone();
+    let density = outcome["record"]["overall_density"].as_f64().unwrap();
+    assert!((density - 0.5).abs() < 0.01, "density {density}");
+    let accuracy = outcome["test_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.9, "DNS 0.5 + Q(8,2), fine-tuned: {accuracy}");
+    // The checkpoint holds the ONNX initialiser names and masks, and names the graph.
+    let bytes = std::fs::read(&out).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = file.names();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "fc1.bias",
+            "fc1.weight",
+            "fc1.weight_mask",
+            "fc2.bias",
+            "fc2.weight",
+            "fc2.weight_mask"
+        ]
+    );
+    let eval = advcomp(&[
+        "eval",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--limit",
+        "1000",
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
+    let reloaded = json(&eval);
+    assert_eq!(
+        reloaded["accuracy"].as_f64().unwrap(),
+        accuracy,
+        "same model after reload"
+    );
+    assert_eq!(
+        reloaded["metadata"]["model_sha256"],
+        "b569487fa848cf595c9fb37b2a59f958266d656a7df6d43f0aba4b97392367ea"
+    );
+    // The same checkpoint onto another graph is refused.
+    let other = advcomp(&[
+        "eval",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--model",
+        &model_file("resnet8-fmnist.onnx"),
+        "--backend",
+        "cpu",
+    ]);
+    assert_eq!(other.status.code(), Some(2));
+    let _ = std::fs::remove_file(&out);
+}
+
+#[test]
+fn onnx_files_advcomp_cannot_use_are_refused_by_name() {
+    let cases = [
+        ("garbage.onnx", "not a readable ONNX model"),
+        ("truncated.onnx", "not a readable ONNX model"),
+        (
+            "unsupported-op.onnx",
+            "node 'the_erf' (Erf): op Erf is not supported",
+        ),
+        (
+            "auto-pad.onnx",
+            "node 'the_conv' (Conv): auto_pad SameUpper is not supported",
+        ),
+        ("two-inputs.onnx", "the graph has 2 inputs (images, other)"),
+        ("int-input.onnx", "a classifier takes float images"),
+        ("not-logits.onnx", "a classifier's is [N, classes]"),
+    ];
+    for (file, expected) in cases {
+        let path = model_file(&format!("bad/{file}"));
+        for args in [
+            &["info", "--model", &path][..],
+            &["eval", "--model", &path, "--dataset", "mnist"],
+            &[
+                "attack",
+                "--source",
+                &path,
+                "--dataset",
+                "mnist",
+                "--limit",
+                "4",
+            ],
+        ] {
+            let command = args[0];
+            let mut args = args.to_vec();
+            args.extend(["--backend", "cpu"]);
+            let out = advcomp(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command} {file}: {stderr}");
+            assert!(
+                stderr.contains(&format!("error: model {path}: ")) && stderr.contains(expected),
+                "{command} {file}: {stderr}"
+            );
+        }
+    }
+    // A Softmax at the end is removed (attacks need logits), and said.
+    let out = advcomp(&[
+        "info",
+        "--model",
+        &model_file("bad/softmax-last.onnx"),
+        "--backend",
+        "cpu",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the final node 'the_softmax' (Softmax) was removed"),
+        "{stderr}"
+    );
+    // A dataset whose images do not fit is refused with both shapes.
+    let out = advcomp(&[
+        "eval",
+        "--model",
+        &model_file("mlp-mnist.onnx"),
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        "/nonexistent",
+        "--backend",
+        "cpu",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("takes [1, 28, 28] images but dataset cifar10 has [3, 32, 32]"),
+        "{stderr}"
+    );
+}
