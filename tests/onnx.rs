@@ -297,6 +297,10 @@ fn onnx_files_advcomp_cannot_use_are_refused_by_name() {
         ("two-inputs.onnx", "the graph has 2 inputs (images, other)"),
         ("int-input.onnx", "a classifier takes float images"),
         ("not-logits.onnx", "a classifier's is [N, classes]"),
+        (
+            "shapes-do-not-fit.onnx",
+            "the graph does not run on one image",
+        ),
     ];
     for (file, expected) in cases {
         let path = model_file(&format!("bad/{file}"));
@@ -357,4 +361,123 @@ fn onnx_files_advcomp_cannot_use_are_refused_by_name() {
         stderr.contains("takes [1, 28, 28] images but dataset cifar10 has [3, 32, 32]"),
         "{stderr}"
     );
+}
+
+/// The built-in LeNet5 (`lenet5.safetensors`) and the same model as an ONNX graph
+/// (`lenet5.onnx`, written from that checkpoint by `lenet5_to_onnx.py`) on `device`.
+fn lenet5_pair(device: &Device) -> (advcomp::model::Network, advcomp::model::Network) {
+    use advcomp::model::{self, KeyMap};
+    let load = |file: &str| {
+        model::load(&models().join(file), None, &KeyMap::default(), device)
+            .unwrap()
+            .network
+    };
+    (load("lenet5.safetensors"), load("lenet5.onnx"))
+}
+
+struct Compressed(advcomp::model::Network, Compression);
+
+impl Differentiable for Compressed {
+    fn logits(&self, images: Tensor<4>) -> Tensor<2> {
+        self.0.forward_compressed(images, &self.1)
+    }
+}
+
+/// The built-in LeNet5 and its ONNX import agree: logits and input gradients, plain and
+/// through Q(8,2) / Q(4,1) (weights and activations), and the DNS masks at density 0.2.
+fn lenet5_equivalence(device: &Device, backend: &str) {
+    use advcomp::compress::{self, CompressConfig, Pruner};
+    use advcomp::data::{self, DatasetKind, Split};
+    use advcomp::kernels::FixedPoint;
+    use advcomp::train::TrainConfig;
+    let (builtin, imported) = lenet5_pair(device);
+    let test = data::load(DatasetKind::Mnist, Split::Test, None).unwrap();
+    let (x, y) = test.batch(&(0..32).collect::<Vec<_>>(), device);
+    for format in [
+        None,
+        Some(FixedPoint::new(8, 2).unwrap()),
+        Some(FixedPoint::new(4, 1).unwrap()),
+    ] {
+        let compression = Compression {
+            weights: format,
+            activations: format,
+            ..Compression::default()
+        };
+        let a = Compressed(builtin.clone(), compression.clone());
+        let b = Compressed(imported.clone(), compression);
+        let (la, lb) = (host(a.logits(x.clone())), host(b.logits(x.clone())));
+        let diff = max_abs_diff(&la, &lb);
+        assert!(diff < 1e-4, "{backend} {format:?}: logits differ by {diff}");
+        let (ga, gb) = (
+            host(attack::loss_gradient(&a, &x, &y)),
+            host(attack::loss_gradient(&b, &x, &y)),
+        );
+        let scale = ga.iter().map(|v| v.abs()).fold(1e-12, f32::max);
+        let diff = max_abs_diff(&ga, &gb) / scale;
+        assert!(
+            diff < 1e-4,
+            "{backend} {format:?}: gradients differ by {diff} (relative)"
+        );
+    }
+    // DNS to density 0.2 (no fine-tuning): the same weights kept in every layer.
+    let config = CompressConfig {
+        prune: Some((Pruner::Dns, 0.2)),
+        ..CompressConfig::new(TrainConfig {
+            epochs: 0,
+            ..TrainConfig::new("lenet5", "mnist")
+        })
+    };
+    let config = CompressConfig {
+        finetune: TrainConfig {
+            epochs: 0,
+            ..config.finetune.clone()
+        },
+        ..config
+    };
+    let pruned = |network: &advcomp::model::Network| {
+        let c = compress::compress(network, &config, device, &test, &test, |_| {}).unwrap();
+        let layers = advcomp::model::weight_layers(&c.network);
+        layers
+            .into_iter()
+            .map(|l| {
+                // Kept positions in PyTorch's layout ([out, in] for linear layers).
+                let mut kept = host(l.values).iter().map(|v| *v != 0.0).collect::<Vec<_>>();
+                if l.shape.len() == 2 && matches!(network, advcomp::model::Network::LeNet5(_)) {
+                    let (rows, cols) = (l.shape[0], l.shape[1]);
+                    kept = (0..rows * cols)
+                        .map(|i| kept[(i % rows) * cols + i / rows])
+                        .collect();
+                }
+                (l.name, kept)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (ma, mb) = (pruned(&builtin), pruned(&imported));
+    assert_eq!(
+        ma.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+        ["conv0", "conv1", "fc1", "logits"]
+    );
+    for ((name, a), (other, b)) in ma.iter().zip(&mb) {
+        assert_eq!(name, other);
+        let differ = a.iter().zip(b).filter(|(p, q)| p != q).count();
+        assert_eq!(
+            differ,
+            0,
+            "{backend}: {name}'s DNS mask differs at {differ} of {} weights",
+            a.len()
+        );
+    }
+}
+
+#[test]
+fn lenet5_imported_from_onnx_equals_the_built_in_one_on_the_cpu() {
+    lenet5_equivalence(&advcomp::backend::cpu().device, "cpu");
+}
+
+#[test]
+fn lenet5_imported_from_onnx_equals_the_built_in_one_on_wgpu() {
+    let Some(gpu) = common::wgpu_or_skip() else {
+        return;
+    };
+    lenet5_equivalence(&gpu.device, "wgpu");
 }

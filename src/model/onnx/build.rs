@@ -30,6 +30,19 @@ pub(super) fn parse(path: &Path, bytes: &[u8], graph: &onnx_ir::OnnxGraph) -> Re
         path,
         file_nodes: node_names(bytes).unwrap_or_default(),
         initialisers: initialiser_names(bytes).unwrap_or_default(),
+        constant_ids: graph
+            .nodes
+            .iter()
+            .filter_map(
+                |node| match (node, node.inputs().first(), node.outputs().first()) {
+                    (Node::Constant(_), Some(input), Some(output)) => match input.value_source {
+                        onnx_ir::ValueSource::Static(id) => Some((output.name.clone(), id)),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+            )
+            .collect(),
         names: Vec::new(),
         params: Vec::new(),
         consts: Vec::new(),
@@ -58,6 +71,8 @@ struct Builder<'a> {
     /// The file's nodes (op type, name), in file order: onnx-ir renames nodes `<op><k>`, so
     /// messages name the k-th node of that op type as the file does.
     file_nodes: Vec<(String, String)>,
+    /// onnx-ir's Constant nodes: output name -> the data number of their value.
+    constant_ids: std::collections::HashMap<String, usize>,
     /// Value names, by slot.
     names: Vec<String>,
     params: Vec<Initialiser>,
@@ -127,12 +142,15 @@ impl Builder<'_> {
                 arg.name, values[i]
             )));
         }
-        // onnx-ir numbers the file's initialisers in file order and forgets their names.
-        let name = match arg.value_source {
-            onnx_ir::ValueSource::Static(id) => self.initialisers.get(id).cloned(),
-            _ => None,
-        }
-        .unwrap_or_else(|| format!("{node}.constant"));
+        // onnx-ir numbers the file's initialisers in file order and forgets their names; an
+        // argument holds the number itself, or names the Constant node that does.
+        let id = match arg.value_source {
+            onnx_ir::ValueSource::Static(id) => Some(id),
+            _ => self.constant_ids.get(&arg.name).copied(),
+        };
+        let name = id
+            .and_then(|id| self.initialisers.get(id).cloned())
+            .unwrap_or_else(|| format!("{node}.{}", arg.name));
         Ok(Some(Initialiser {
             name,
             shape,

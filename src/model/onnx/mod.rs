@@ -223,9 +223,31 @@ pub fn import(path: &Path, device: &Device) -> Result<OnnxModel> {
             stripped: parsed.stripped,
         }),
     };
+    // One image through the graph: shapes that do not fit each other (which burn reports by
+    // panicking) are refused here, with the file's name, rather than in the middle of a run.
+    let [c, h, w] = input_shape;
+    let probe = {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            model.forward(Tensor::zeros([1, c, h, w], device), &Compression::default())
+        }));
+        std::panic::set_hook(hook);
+        run.map_err(|panic| {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            let why = why
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            Error::model(path, format!("the graph does not run on one image: {why}"))
+        })?
+    };
     if classes == 0 {
-        let [c, h, w] = input_shape;
-        let probe = model.forward(Tensor::zeros([1, c, h, w], device), &Compression::default());
         let k = probe.dims()[1];
         if k < 2 {
             return Err(Error::model(

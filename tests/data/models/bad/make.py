@@ -65,3 +65,7 @@ save("not-logits", [helper.make_node("Relu", ["images"], ["out"], name="relu")],
 save("softmax-last",
      [flatten, gemm, helper.make_node("Softmax", ["logits"], ["probs"], name="the_softmax", axis=1)],
      [image()], [logits("probs")], [weight])
+
+# Shapes that do not fit: 784 features into a Gemm that takes 100.
+small = numpy_helper.from_array(np.full((10, 100), 0.01, np.float32), "fc.weight")
+save("shapes-do-not-fit", [flatten, gemm], [image()], [logits()], [small])
