@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use advcomp::attack::{AttackConfig, AttackKind};
 use advcomp::backend::Backend;
 use advcomp::data::{self, Split};
-use advcomp::model::{self, KeyMap, ModelKind};
+use advcomp::model::{self, KeyMap, ModelRef};
 use advcomp::report::{self, LineFigure, Panel, Point, Series};
 use advcomp::sweep::{self, SweepConfig, SweepOptions};
 use advcomp::{Error, Result, profile, train};
@@ -24,9 +24,10 @@ pub(super) struct SweepArgs {
     /// A sweep file (TOML, the presets' format) instead of a preset.
     #[arg(long, conflicts_with = "preset")]
     config: Option<PathBuf>,
-    /// Override the preset's model (lenet5, cifarnet).
+    /// Override the preset's model: lenet5, cifarnet, or an ONNX file (its own weights are the
+    /// baseline; name the dataset with --dataset).
     #[arg(long)]
-    model: Option<ModelKind>,
+    model: Option<ModelRef>,
     /// Override the preset's dataset (mnist, fashion-mnist, cifar10).
     #[arg(long)]
     dataset: Option<String>,
@@ -54,8 +55,8 @@ pub(super) fn sweep_command(args: SweepArgs) -> Result<()> {
         Some(path) => SweepConfig::from_file(path)?,
         None => SweepConfig::preset(&args.preset)?,
     };
-    if let Some(model) = args.model {
-        config.model = model.name().into();
+    if let Some(model) = &args.model {
+        config.model = model.to_string();
         if args.dataset.is_none() {
             config.dataset = None;
         }
@@ -338,9 +339,17 @@ fn throughput_figure(
 /// The quick preset's baseline, trained once into `args.out` and reused by config hash.
 fn quick_baseline(args: &ProfileArgs, backend: &Backend) -> Result<PathBuf> {
     let preset = SweepConfig::preset("quick")?;
-    let kind = preset.model_kind()?;
+    let kind = match preset.model_ref()? {
+        ModelRef::BuiltIn(kind) => kind,
+        ModelRef::Onnx(path) => {
+            return Err(Error::usage(format!(
+                "the quick preset names {}; profile trains a built-in baseline",
+                path.display()
+            )));
+        }
+    };
     let dataset = kind.default_dataset();
-    let config = preset.baseline.train_config(kind, dataset, 1);
+    let config = preset.baseline.train_config(kind.name(), dataset, 1);
     let path = args
         .out
         .join(format!("baseline-{kind}-{}.safetensors", config.hash()));

@@ -10,7 +10,7 @@ use crate::attack::{AttackConfig, AttackKind};
 use crate::compress::Pruner;
 use crate::data::DatasetKind;
 use crate::kernels::FixedPoint;
-use crate::model::ModelKind;
+use crate::model::ModelRef;
 use crate::train::{Optimizer, Schedule, TrainConfig};
 use crate::{Error, Result};
 
@@ -33,7 +33,7 @@ pub struct Training {
 
 impl Training {
     /// The training run this stands for (Adam, cosine decay, as DESIGN.md fixes).
-    pub fn train_config(&self, model: ModelKind, dataset: DatasetKind, seed: u64) -> TrainConfig {
+    pub fn train_config(&self, model: &str, dataset: DatasetKind, seed: u64) -> TrainConfig {
         TrainConfig {
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -215,7 +215,9 @@ impl SweepConfig {
         Ok(config)
     }
 
-    pub fn model_kind(&self) -> Result<ModelKind> {
+    /// The model: a built-in architecture, or an ONNX file (the baseline is then the file's
+    /// own weights, not retrained).
+    pub fn model_ref(&self) -> Result<ModelRef> {
         self.model.parse()
     }
 
@@ -245,8 +247,15 @@ impl SweepConfig {
                 fail(field, format!("must be between 1 and {max} (got {value})"))
             }
         };
-        self.model_kind()
+        let model = self
+            .model_ref()
             .map_err(|e| Error::invalid("model", e.to_string()))?;
+        if matches!(model, ModelRef::Onnx(_)) && self.dataset.is_none() {
+            return fail(
+                "dataset",
+                "an ONNX model does not say which dataset it takes; name it".into(),
+            );
+        }
         if let Some(dataset) = &self.dataset {
             dataset
                 .parse::<DatasetKind>()
@@ -272,7 +281,7 @@ impl SweepConfig {
             );
         }
         for (section, t) in [("baseline", &self.baseline), ("finetune", &self.finetune)] {
-            t.train_config(ModelKind::LeNet5, DatasetKind::Mnist, 1)
+            t.train_config("lenet5", DatasetKind::Mnist, 1)
                 .validate()
                 .map_err(|e| e.in_section(section, &[]))?;
             if let Some(n) = t.train_limit {

@@ -21,7 +21,7 @@ use crate::backend::Backend;
 use crate::compress::{self, CompressConfig};
 use crate::data::{self, DatasetKind, Images, Split};
 use crate::kernels::{FixedPoint, QuantGrad};
-use crate::model::{self, Classifier, KeyMap, ModelKind, ModelRef};
+use crate::model::{self, Classifier, KeyMap, ModelRef};
 use crate::report::{self, CdfSeries, Cell, EpsStepsCell, Family, ModelRow, Throughput};
 use crate::train::{self, TrainConfig};
 use crate::transfer::{self, AdversarialSet};
@@ -73,7 +73,12 @@ struct Plan<'a> {
     config: &'a SweepConfig,
     options: &'a SweepOptions<'a>,
     store: Store,
-    kind: ModelKind,
+    model: ModelRef,
+    /// The model's name in training configs (and so in cache keys): the built-in's name, or
+    /// `onnx-<SHA-256 prefix>`, the same on every machine.
+    model_name: String,
+    /// The baseline's file: `--baseline`, or an ONNX model's own file.
+    baseline: Option<PathBuf>,
     dataset: DatasetKind,
     test: Images,
     images: usize,
@@ -86,7 +91,7 @@ impl Plan<'_> {
     }
 
     fn train_config(&self, training: &config::Training, seed: u64) -> TrainConfig {
-        training.train_config(self.kind, self.dataset, seed)
+        training.train_config(&self.model_name, self.dataset, seed)
     }
 
     fn train_images(&self, training: &config::Training) -> u64 {
@@ -101,9 +106,9 @@ impl Plan<'_> {
         seed: u64,
         key: String,
     ) -> Result<SweepModel> {
-        let ckpt = model::load_checkpoint(
+        let ckpt = model::load(
             path,
-            Some(ModelRef::BuiltIn(self.kind)),
+            Some(self.model.clone()),
             &KeyMap::default(),
             self.device(),
         )?;
@@ -141,7 +146,7 @@ impl Plan<'_> {
 
     /// The seed's baseline: the user's file, or trained (once; reused by config hash).
     fn baseline(&self, seed: u64) -> Result<SweepModel> {
-        if let Some(path) = &self.options.baseline {
+        if let Some(path) = &self.baseline {
             let bytes = std::fs::read(path)
                 .map_err(|e| Error::checkpoint(path, format!("cannot read: {e}")))?;
             let key = stable_hash([bytes.as_slice()]);
@@ -166,8 +171,11 @@ impl Plan<'_> {
                 "seed {seed}: training the baseline ({} epochs)",
                 config.epochs
             ));
+            let kind = self.model.builtin().ok_or_else(|| {
+                Error::usage("an imported model is its own baseline; it is not trained")
+            })?;
             let outcome = train::train_baseline(
-                self.kind,
+                kind,
                 self.dataset,
                 self.options.data_dir.as_deref(),
                 &config,
@@ -518,20 +526,27 @@ pub fn run(options: &SweepOptions) -> Result<SweepSummary> {
     let start = Instant::now();
     let config = &options.config;
     config.validate()?;
-    let kind = config.model_kind()?;
-    let dataset: DatasetKind = match &config.dataset {
-        Some(d) => d.parse()?,
-        None => kind.default_dataset(),
+    let kind = config.model_ref()?;
+    // The model as given (a built-in one freshly made): what the dataset must fit.
+    let network = kind.load(&options.backend.device)?;
+    let given = config.dataset.as_deref().map(str::parse).transpose()?;
+    let dataset = network.dataset(given, &model::CheckpointMeta::default())?;
+    let model_name = match network.model_sha256() {
+        Some(sha) => format!("onnx-{}", &sha[..16]),
+        None => kind.to_string(),
     };
-    kind.check_dataset(dataset)?;
-    if let Some(path) = &options.baseline
+    let baseline = options.baseline.clone().or(match &kind {
+        ModelRef::Onnx(path) => Some(path.clone()),
+        ModelRef::BuiltIn(_) => None,
+    });
+    if let Some(path) = &baseline
         && !path.is_file()
     {
         return Err(Error::checkpoint(path, "no such baseline checkpoint"));
     }
     // Everything that can be refused is refused before the output folder is touched.
     let test = data::load(dataset, Split::Test, options.data_dir.as_deref())?;
-    let inputs: Vec<&Path> = options.baseline.iter().map(PathBuf::as_path).collect();
+    let inputs: Vec<&Path> = baseline.iter().map(PathBuf::as_path).collect();
     crate::files::check_output_dir("--out", &options.out, &inputs)?;
     let store = Store::open(&options.out)?;
     let images = config.attack.images.min(test.len());
@@ -539,7 +554,9 @@ pub fn run(options: &SweepOptions) -> Result<SweepSummary> {
         config,
         options,
         store,
-        kind,
+        model: kind.clone(),
+        model_name,
+        baseline: baseline.clone(),
         dataset,
         images,
         grad: config.attack.grad.parse()?,
@@ -595,7 +612,10 @@ pub fn run(options: &SweepOptions) -> Result<SweepSummary> {
     plan.store.overall.finish_and_clear();
 
     let results = report::Results {
-        title: format!("advcomp sweep: {kind} on {dataset}"),
+        title: match network.model_sha256() {
+            Some(sha) => format!("advcomp sweep: {kind} (SHA-256 {sha}) on {dataset}"),
+            None => format!("advcomp sweep: {kind} on {dataset}"),
+        },
         config: serde_json::to_value(config).expect("config serialises"),
         backend: options.backend.name.into(),
         adapter: options.backend.adapter.clone(),
