@@ -41,19 +41,11 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-/// Runs `advcomp <command> <args>` (built by cargo in the same profile) and passes its exit
-/// code on.
+/// Runs `advcomp <command> <args>` (built by cargo in the same profile, with cargo's build
+/// progress shown) and passes its exit code on.
 fn advcomp(command: &str, args: &[String]) -> Result<ExitCode, String> {
     let status = Command::new(cargo())
-        .args([
-            "run",
-            "--quiet",
-            "--package",
-            "advcomp",
-            "--bin",
-            "advcomp",
-            "--",
-        ])
+        .args(["run", "--package", "advcomp", "--bin", "advcomp", "--"])
         .arg(command)
         .args(args)
         .status()
