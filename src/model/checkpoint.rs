@@ -531,16 +531,12 @@ pub fn load(
     map: &KeyMap,
     device: &Device,
 ) -> Result<Checkpoint> {
-    let as_onnx = path.to_string_lossy().parse::<ModelRef>();
-    if let Ok(ModelRef::Onnx(_)) = as_onnx {
+    if ModelRef::names_onnx(path) {
         let network = ModelRef::Onnx(path.to_path_buf()).load(device)?;
         let meta = CheckpointMeta {
             model: network.model_ref().to_string(),
             compression: "none".into(),
-            model_sha256: match &network {
-                Network::Onnx(m) => Some(m.graph.sha256.clone()),
-                _ => None,
-            },
+            model_sha256: network.model_sha256(),
             ..CheckpointMeta::default()
         };
         return Ok(Checkpoint {

@@ -8,6 +8,7 @@ mod lenet5;
 pub mod onnx;
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 
 use burn::prelude::*;
@@ -117,10 +118,18 @@ pub enum ModelRef {
     Onnx(std::path::PathBuf),
 }
 
+impl ModelRef {
+    /// Whether `name` names an ONNX file (it ends in `.onnx`).
+    pub fn names_onnx(name: &Path) -> bool {
+        name.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    }
+}
+
 impl FromStr for ModelRef {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        if s.to_ascii_lowercase().ends_with(".onnx") {
+        if ModelRef::names_onnx(Path::new(s)) {
             return Ok(ModelRef::Onnx(s.into()));
         }
         s.parse().map(ModelRef::BuiltIn).map_err(|_| {
@@ -217,49 +226,49 @@ pub enum Network {
 }
 
 impl Network {
+    /// The built-in architecture, or the imported model: the one place that tells them apart.
+    fn architecture(&self) -> std::result::Result<ModelKind, &OnnxModel> {
+        match self {
+            Network::LeNet5(_) => Ok(ModelKind::LeNet5),
+            Network::CifarNet(_) => Ok(ModelKind::CifarNet),
+            Network::Onnx(m) => Err(m),
+        }
+    }
+
     /// The built-in architecture, `None` for an imported model.
     pub fn builtin(&self) -> Option<ModelKind> {
-        match self {
-            Network::LeNet5(_) => Some(ModelKind::LeNet5),
-            Network::CifarNet(_) => Some(ModelKind::CifarNet),
-            Network::Onnx(_) => None,
-        }
+        self.architecture().ok()
     }
 
     /// The SHA-256 of an imported model's ONNX file.
     pub fn model_sha256(&self) -> Option<String> {
-        match self {
-            Network::Onnx(m) => Some(m.graph.sha256.clone()),
-            _ => None,
-        }
+        self.architecture().err().map(|m| m.graph.sha256.clone())
     }
 
     /// How the model is named: `lenet5`, `cifarnet`, or the ONNX file.
     pub fn model_ref(&self) -> ModelRef {
-        match self {
+        match self.architecture() {
+            Ok(kind) => ModelRef::BuiltIn(kind),
             // Absolute, so a checkpoint names the file it was made from wherever it is read.
-            Network::Onnx(m) => ModelRef::Onnx(
+            Err(m) => ModelRef::Onnx(
                 std::path::absolute(&m.graph.file).unwrap_or_else(|_| m.graph.file.clone()),
             ),
-            built_in => ModelRef::BuiltIn(built_in.builtin().expect("built in")),
         }
     }
 
     /// Input image shape (channels, height, width).
     pub fn input_shape(&self) -> [usize; 3] {
-        match (self, self.builtin()) {
-            (Network::Onnx(m), _) => m.graph.input_shape,
-            (_, Some(kind)) => kind.input_shape(),
-            (_, None) => unreachable!("only imported models have no kind"),
+        match self.architecture() {
+            Ok(kind) => kind.input_shape(),
+            Err(m) => m.graph.input_shape,
         }
     }
 
     /// The layer table: name, what it does, output shape, parameter count.
     pub fn layers(&self) -> Vec<LayerInfo> {
-        match (self, self.builtin()) {
-            (Network::Onnx(m), _) => m.layers(),
-            (_, Some(kind)) => kind.layers(),
-            (_, None) => unreachable!("only imported models have no kind"),
+        match self.architecture() {
+            Ok(kind) => kind.layers(),
+            Err(m) => m.layers(),
         }
     }
 
