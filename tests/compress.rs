@@ -46,8 +46,7 @@ fn config(epochs: usize) -> CompressConfig {
 fn run(base: &Path, config: &CompressConfig, out: &Path) -> compress::CompressOutcome {
     compress::compress_checkpoint(
         base,
-        None,
-        None,
+        &advcomp::data::DataChoice::default(),
         config,
         Some(200),
         &backend::cpu().device,

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use advcomp::data::{self, DatasetKind, Split};
+use advcomp::data::{self, DatasetKind, Pixels, Split};
 use sha2::{Digest, Sha256};
 
 const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/mnist");
@@ -117,7 +117,7 @@ fn raw_and_gzipped_idx_read_alike_from_a_data_dir() {
         );
         let set = data::load(DatasetKind::FashionMnist, Split::Test, Some(&dir)).unwrap();
         assert_eq!(set.labels, vec![4, 0, 9]);
-        assert_eq!(set.pixels, pixels);
+        assert_eq!(set.pixels, Pixels::Bytes(pixels.clone()));
     }
 }
 
@@ -138,7 +138,10 @@ fn cifar10_binary_batches_are_read_in_record_order() {
     let train = data::load(DatasetKind::Cifar10, Split::Train, Some(&dir)).unwrap();
     assert_eq!(train.labels, vec![1, 9, 2, 9, 3, 9, 4, 9, 5, 9]);
     assert_eq!((train.channels, train.height, train.width), (3, 32, 32));
-    assert_eq!(&train.pixels[3072..2 * 3072], &cifar_record(9, 11)[1..]);
+    assert_eq!(
+        train.pixels.floats(3072..2 * 3072),
+        Pixels::Bytes(cifar_record(9, 11)[1..].to_vec()).floats(0..3072)
+    );
     let test = data::load(DatasetKind::Cifar10, Split::Test, Some(&dir)).unwrap();
     assert_eq!(test.labels, vec![3]);
     // R plane first: pixel (c=1, y=0, x=0) is byte 1024 of the record's image.

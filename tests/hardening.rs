@@ -218,10 +218,7 @@ fn set_file(
         None,
     )
     .unwrap();
-    let mut pixels: Vec<f32> = test.pixels[..n * 784]
-        .iter()
-        .map(|&p| p as f32 / 255.0)
-        .collect();
+    let mut pixels: Vec<f32> = test.pixels.floats(0..n * 784);
     let mut shape = vec![n, 1, 28, 28];
     let mut labels: Vec<i64> = test.labels[..n].iter().map(|&l| l as i64).collect();
     let mut iterations = vec![1i64; n];

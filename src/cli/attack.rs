@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use advcomp::attack::{AttackConfig, AttackKind, GradNorm};
 use advcomp::backend::Backend;
-use advcomp::data::{self, DatasetKind, Images, Split};
+use advcomp::data::{DatasetKind, Images, Split};
 use advcomp::kernels::QuantGrad;
 use advcomp::model::{self, Classifier, KeyMap};
 use advcomp::transfer::{self, AdversarialSet, CellMetrics};
@@ -137,14 +137,29 @@ fn load(path: &Path, backend: &Backend, grad: QuantGrad) -> Result<Loaded> {
 /// The test images every model of the run takes.
 fn test_images(models: &[&Loaded], data: &DataArgs) -> Result<Images> {
     let no_meta = model::CheckpointMeta::default();
-    let dataset = models[0]
-        .classifier
-        .network
-        .dataset(data.dataset.or(models[0].dataset), &no_meta)?;
-    for m in models {
-        m.classifier.network.dataset(Some(dataset), &no_meta)?;
+    let mut choice = data.choice();
+    if !choice.is_own() {
+        choice.dataset = choice.dataset.or(models[0].dataset);
     }
-    data::load(dataset, Split::Test, data.data_dir.as_deref())
+    let first = &models[0].classifier.network;
+    let dataset = first.dataset(&choice, &no_meta)?;
+    let images = first.images(&dataset, Split::Test)?;
+    for m in &models[1..] {
+        let network = &m.classifier.network;
+        network.dataset(&choice, &no_meta)?;
+        if network.input_shape() != images.shape() || network.classes() < images.classes_needed() {
+            return Err(Error::usage(format!(
+                "model {} takes {:?} images with {} classes but {} has {:?} with {}",
+                m.path.display(),
+                network.input_shape(),
+                network.classes(),
+                dataset.describe(Split::Test),
+                images.shape(),
+                images.classes_needed()
+            )));
+        }
+    }
+    Ok(images)
 }
 
 fn craft(

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use advcomp::compress::{self, CompressConfig, LayerSummary, Pruner};
-use advcomp::data::{self, Split};
+use advcomp::data::Split;
 use advcomp::kernels::{FixedPoint, QuantGrad};
 use advcomp::model::{self, Checkpoint, KeyMap};
 use advcomp::train::{Optimizer, Schedule, TrainConfig};
@@ -148,13 +148,16 @@ fn config(args: &CompressArgs, model: &str, dataset: &str) -> Result<CompressCon
 }
 
 pub(super) fn compress_command(args: CompressArgs) -> Result<()> {
-    advcomp::files::check_output_file("--out", &args.out, &[&args.checkpoint])?;
+    let mut inputs = args.data.inputs();
+    inputs.push(&args.checkpoint);
+    advcomp::files::check_output_file("--out", &args.out, &inputs)?;
     let backend = open_backend(args.common.backend)?;
     // Read the base once up front so its model names the fine-tuning config.
     let base = model::load(&args.checkpoint, None, &KeyMap::default(), &backend.device)?;
     let kind = base.network.model_ref();
-    let dataset = base.network.dataset(args.data.dataset, &base.meta)?;
-    let config = config(&args, &kind.to_string(), dataset.name())?;
+    let choice = args.data.choice();
+    let dataset = base.network.dataset(&choice, &base.meta)?;
+    let config = config(&args, &kind.to_string(), &dataset.to_string())?;
     drop(base);
     eprintln!(
         "compressing {} ({kind} on {dataset}): prune {}, weights {}, activations {}, {} fine-tuning epochs",
@@ -168,8 +171,7 @@ pub(super) fn compress_command(args: CompressArgs) -> Result<()> {
     );
     let outcome = compress::compress_checkpoint(
         &args.checkpoint,
-        Some(dataset),
-        args.data.data_dir.as_deref(),
+        &choice,
         &config,
         args.limit,
         &backend.device,
@@ -215,8 +217,8 @@ pub(super) fn stats_command(args: StatsArgs) -> Result<()> {
     let backend = open_backend(args.common.backend)?;
     let ckpt = model::load(&args.checkpoint, None, &args.map, &backend.device)?;
     let images = if args.activations > 0 {
-        let dataset = ckpt.network.dataset(args.data.dataset, &ckpt.meta)?;
-        let test = data::load(dataset, Split::Test, args.data.data_dir.as_deref())?;
+        let dataset = ckpt.network.dataset(&args.data.choice(), &ckpt.meta)?;
+        let test = ckpt.network.images(&dataset, Split::Test)?;
         let n = args.activations.min(test.len());
         Some(test.batch(&(0..n).collect::<Vec<_>>(), &backend.device).0)
     } else {

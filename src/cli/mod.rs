@@ -6,12 +6,12 @@ mod attack;
 mod compress;
 mod study;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use advcomp::backend::{self, Backend, BackendChoice};
-use advcomp::data::{self, DatasetKind, Split};
-use advcomp::model::{self, KeyMap, ModelKind, ModelRef};
+use advcomp::data::{DataChoice, DatasetKind, Split};
+use advcomp::model::{self, KeyMap, ModelRef};
 use advcomp::train::{self, Optimizer, Schedule, TrainConfig};
 use advcomp::{Error, Result};
 use clap::{Args, Parser, Subcommand};
@@ -69,6 +69,34 @@ struct DataArgs {
     /// Read the dataset from this directory instead of its default location.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Your own training images: an ImageFolder directory (DIR/<class>/*.png|jpg, classes in
+    /// sorted order) or a safetensors file with `images` [N,C,H,W] (u8, or f32 in [0,1]) and
+    /// `labels` [N].
+    #[arg(long, value_name = "DIR|FILE.safetensors")]
+    data: Option<PathBuf>,
+    /// Your own test images, likewise.
+    #[arg(long, value_name = "DIR|FILE.safetensors")]
+    test_data: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn choice(&self) -> DataChoice {
+        DataChoice {
+            dataset: self.dataset,
+            dir: self.data_dir.clone(),
+            train: self.data.clone(),
+            test: self.test_data.clone(),
+        }
+    }
+
+    /// The files named, which no output may overwrite.
+    fn inputs(&self) -> Vec<&Path> {
+        [&self.data, &self.test_data]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+            .collect()
+    }
 }
 
 #[derive(Args)]
@@ -88,8 +116,10 @@ struct InfoArgs {
 
 #[derive(Args)]
 struct TrainArgs {
+    /// lenet5 or cifarnet (trained from scratch), or an ONNX file (fine-tuned from its own
+    /// weights).
     #[arg(long, default_value = "lenet5")]
-    model: ModelKind,
+    model: ModelRef,
     #[command(flatten)]
     data: DataArgs,
     #[arg(long, default_value_t = 6)]
@@ -305,12 +335,6 @@ fn info(args: InfoArgs) -> Result<()> {
     Ok(())
 }
 
-fn dataset_for(kind: ModelKind, data: &DataArgs) -> Result<DatasetKind> {
-    let dataset = data.dataset.unwrap_or_else(|| kind.default_dataset());
-    kind.check_dataset(dataset)?;
-    Ok(dataset)
-}
-
 /// What `eval` evaluates: the checkpoint (onto `--model` when given), or an ONNX file alone.
 fn eval_model(args: &EvalArgs, device: &burn::tensor::Device) -> Result<model::Checkpoint> {
     match (&args.checkpoint, &args.model) {
@@ -323,7 +347,11 @@ fn eval_model(args: &EvalArgs, device: &burn::tensor::Device) -> Result<model::C
 }
 
 fn train_command(args: TrainArgs) -> Result<()> {
-    let dataset = dataset_for(args.model, &args.data)?;
+    let backend = open_backend(args.common.backend)?;
+    // The model first: an imported one says which images it takes.
+    let network = args.model.load(&backend.device)?;
+    let choice = args.data.choice();
+    let dataset = network.dataset(&choice, &model::CheckpointMeta::default())?;
     let config = TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -332,21 +360,31 @@ fn train_command(args: TrainArgs) -> Result<()> {
         schedule: args.schedule,
         seed: args.seed,
         train_limit: args.train_limit,
-        ..TrainConfig::new(args.model, dataset.name())
+        ..TrainConfig::new(&args.model, &dataset.to_string())
     };
     config.validate()?;
     let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "runs/{}-{}-seed{}.safetensors",
-            args.model, dataset, args.seed
-        ))
+        let model = match &args.model {
+            ModelRef::BuiltIn(kind) => kind.to_string(),
+            ModelRef::Onnx(path) => path
+                .file_stem()
+                .map_or("model".into(), |s| s.to_string_lossy().into_owned()),
+        };
+        let data = dataset.kind().map_or("own".into(), |k| k.to_string());
+        PathBuf::from(format!("runs/{model}-{data}-seed{}.safetensors", args.seed))
     });
-    advcomp::files::check_output_file("--out", &out, &[])?;
-    let backend = open_backend(args.common.backend)?;
+    let mut inputs = args.data.inputs();
+    if let ModelRef::Onnx(path) = &args.model {
+        inputs.push(path);
+    }
+    advcomp::files::check_output_file("--out", &out, &inputs)?;
     eprintln!(
-        "training {} on {}, {} epochs, batch {}, {:?} lr {} ({:?}), seed {}",
+        "{} {} on {dataset}, {} epochs, batch {}, {:?} lr {} ({:?}), seed {}",
+        match args.model {
+            ModelRef::BuiltIn(_) => "training",
+            ModelRef::Onnx(_) => "fine-tuning",
+        },
         args.model,
-        dataset,
         config.epochs,
         config.batch_size,
         config.optimizer,
@@ -355,9 +393,8 @@ fn train_command(args: TrainArgs) -> Result<()> {
         config.seed
     );
     let outcome = train::train_baseline(
-        args.model,
-        dataset,
-        args.data.data_dir.as_deref(),
+        &args.model,
+        &choice,
         &config,
         args.limit,
         &backend.device,
@@ -393,8 +430,8 @@ fn eval(args: EvalArgs) -> Result<()> {
     let backend = open_backend(args.common.backend)?;
     let ckpt = eval_model(&args, &backend.device)?;
     let kind = ckpt.network.model_ref();
-    let dataset = ckpt.network.dataset(args.data.dataset, &ckpt.meta)?;
-    let test_set = data::load(dataset, Split::Test, args.data.data_dir.as_deref())?;
+    let dataset = ckpt.network.dataset(&args.data.choice(), &ckpt.meta)?;
+    let test_set = ckpt.network.images(&dataset, Split::Test)?;
     let n = args.limit.unwrap_or(test_set.len()).min(test_set.len());
     let start = Instant::now();
     let accuracy = train::evaluate(
@@ -410,7 +447,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         print_json(json!({
             "checkpoint": args.checkpoint,
             "model": kind.to_string(),
-            "dataset": dataset.name(),
+            "dataset": dataset.to_string(),
             "images": n,
             "accuracy": accuracy,
             "metadata": ckpt.meta,

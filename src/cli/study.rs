@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use advcomp::attack::{AttackConfig, AttackKind};
 use advcomp::backend::Backend;
-use advcomp::data::{self, Split};
+use advcomp::data::{DataChoice, Split};
 use advcomp::model::{self, KeyMap, ModelRef};
 use advcomp::report::{self, LineFigure, Panel, Point, Series};
 use advcomp::sweep::{self, SweepConfig, SweepOptions};
@@ -62,7 +62,7 @@ pub(super) fn sweep_command(args: SweepArgs) -> Result<()> {
         }
     }
     if let Some(dataset) = &args.dataset {
-        config.dataset = Some(dataset.parse::<data::DatasetKind>()?.name().into());
+        config.dataset = Some(dataset.parse::<advcomp::data::DatasetKind>()?.name().into());
     }
     if let Some(seeds) = args.seeds {
         config.seeds = seeds;
@@ -169,8 +169,8 @@ pub(super) fn profile_command(args: ProfileArgs) -> Result<()> {
         None => quick_baseline(&args, &backend)?,
     };
     let ckpt = model::load(&baseline, None, &KeyMap::default(), &backend.device)?;
-    let dataset = ckpt.network.dataset(None, &ckpt.meta)?;
-    let test = data::load(dataset, Split::Test, None)?;
+    let dataset = ckpt.network.dataset(&DataChoice::default(), &ckpt.meta)?;
+    let test = ckpt.network.images(&dataset, Split::Test)?;
     let variants = profile::variants(&ckpt.network, &bits, &densities, &backend.device, &test)?;
     eprintln!(
         "profile: {} attacks x {} models x batch sizes {:?} on {backend}, median of {}",
@@ -354,9 +354,8 @@ fn quick_baseline(args: &ProfileArgs, backend: &Backend) -> Result<PathBuf> {
         .out
         .join(format!("baseline-{kind}-{}.safetensors", config.hash()));
     let outcome = train::train_baseline(
-        kind,
-        dataset,
-        None,
+        &ModelRef::BuiltIn(kind),
+        &DataChoice::known(dataset, None),
         &config,
         None,
         &backend.device,

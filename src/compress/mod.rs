@@ -15,7 +15,7 @@ use serde::Serialize;
 
 pub use stats::{Cdf, LayerSummary, cdf_rows, weight_summary};
 
-use crate::data::{self, DatasetKind, Images, Split};
+use crate::data::{DataChoice, Images, Split};
 use crate::kernels::{FixedPoint, QuantGrad};
 pub use crate::model::Pruner;
 use crate::model::{
@@ -328,14 +328,13 @@ pub struct CompressOutcome {
 }
 
 /// Compresses the baseline checkpoint `base` as `config` says, fine-tunes it on its dataset
-/// (or `dataset`), and writes the compressed checkpoint to `out`: weights baked, masks as
+/// (or the one `data` names), and writes the compressed checkpoint to `out`: weights baked, masks as
 /// `<layer>.weight_mask`, the compression record in the metadata. `test_limit` evaluates on
 /// the first N test images.
 #[allow(clippy::too_many_arguments)]
 pub fn compress_checkpoint(
     base: &Path,
-    dataset: Option<DatasetKind>,
-    data_dir: Option<&Path>,
+    data: &DataChoice,
     config: &CompressConfig,
     test_limit: Option<usize>,
     device: &Device,
@@ -351,8 +350,8 @@ pub fn compress_checkpoint(
             "is already compressed; compress the baseline it came from",
         ));
     }
-    let dataset = checkpoint.network.dataset(dataset, &checkpoint.meta)?;
-    let mut test = data::load(dataset, Split::Test, data_dir)?;
+    let dataset = checkpoint.network.dataset(data, &checkpoint.meta)?;
+    let mut test = checkpoint.network.images(&dataset, Split::Test)?;
     if let Some(limit) = test_limit {
         test.truncate(limit);
     }
@@ -367,7 +366,7 @@ pub fn compress_checkpoint(
     // Without fine-tuning the training images are never read.
     let train_set = match config.finetune.epochs {
         0 => None,
-        _ => Some(data::load(dataset, Split::Train, data_dir)?),
+        _ => Some(checkpoint.network.images(&dataset, Split::Train)?),
     };
     let compressed = compress(
         &checkpoint.network,
@@ -380,7 +379,7 @@ pub fn compress_checkpoint(
     let meta = CheckpointMeta {
         model: checkpoint.network.model_ref().to_string(),
         model_sha256: checkpoint.network.model_sha256(),
-        dataset: dataset.name().into(),
+        dataset: dataset.to_string(),
         seed: config.finetune.seed,
         accuracy: Some(compressed.test_accuracy),
         compression: serde_json::to_string(&compressed.record).expect("record serialises"),

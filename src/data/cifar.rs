@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::Images;
+use super::{Images, Pixels};
 use crate::{Error, Result};
 
 const RECORD: usize = 1 + 3 * 32 * 32;
@@ -38,7 +38,7 @@ pub fn read_cifar_batches(paths: &[impl AsRef<Path>]) -> Result<Images> {
         }
     }
     Ok(Images {
-        pixels,
+        pixels: Pixels::Bytes(pixels),
         labels,
         channels: 3,
         height: 32,

@@ -1,7 +1,9 @@
-//! Datasets (MNIST, Fashion-MNIST, CIFAR-10) and batching to NCHW f32 tensors in [0, 1].
+//! Datasets (MNIST, Fashion-MNIST, CIFAR-10, or a user's own ImageFolder / safetensors files)
+//! and batching to NCHW f32 tensors in [0, 1].
 
 mod cifar;
 mod idx;
+mod own;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use rand::seq::SliceRandom;
 
 pub use cifar::read_cifar_batches;
 pub use idx::{Idx, parse_idx, read_idx_file};
+pub use own::{MAX_CLASSES, class_names, read_image_folder, read_own, read_safetensors};
 
 use crate::{Error, Result};
 
@@ -87,10 +90,163 @@ impl FromStr for DatasetKind {
     }
 }
 
-/// A set of labelled images: pixels as bytes, NCHW, and one label (0..=9) per image.
+/// The images a command reads, as its user named them; what is not named comes from the
+/// checkpoint or the model ([`crate::model::Network::dataset`] resolves it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataChoice {
+    /// A dataset advcomp knows.
+    pub dataset: Option<DatasetKind>,
+    /// Where that dataset's files are, instead of their default place.
+    pub dir: Option<PathBuf>,
+    /// The user's own training images: an ImageFolder directory or a safetensors file.
+    pub train: Option<PathBuf>,
+    /// The user's own test images, likewise.
+    pub test: Option<PathBuf>,
+}
+
+impl DataChoice {
+    /// A dataset advcomp knows, from `dir` or its default place.
+    pub fn known(kind: DatasetKind, dir: Option<PathBuf>) -> Self {
+        Self {
+            dataset: Some(kind),
+            dir,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the user named files of their own.
+    pub fn is_own(&self) -> bool {
+        self.train.is_some() || self.test.is_some()
+    }
+}
+
+/// The images one model reads: a dataset advcomp knows, or the user's own files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dataset {
+    Known {
+        kind: DatasetKind,
+        dir: Option<PathBuf>,
+    },
+    Own {
+        train: Option<PathBuf>,
+        test: Option<PathBuf>,
+    },
+}
+
+impl Dataset {
+    /// Loads one split. A split of the user's own data that was not given is refused, naming
+    /// the option that gives it.
+    pub fn load(&self, split: Split) -> Result<Images> {
+        match self {
+            Dataset::Known { kind, dir } => load(*kind, split, dir.as_deref()),
+            Dataset::Own { train, test } => {
+                let (path, option) = match split {
+                    Split::Train => (train, "--data (training images)"),
+                    Split::Test => (test, "--test-data (test images)"),
+                };
+                let path = path.as_deref().ok_or_else(|| {
+                    Error::usage(format!(
+                        "this command needs {option}: an ImageFolder directory or a safetensors file"
+                    ))
+                })?;
+                if let (Some(train), Some(test)) = (train, test)
+                    && train.is_dir()
+                    && test.is_dir()
+                {
+                    // Class indices come from sorted folder names: a class missing from one
+                    // side would silently shift every label after it.
+                    let (train_classes, test_classes) = (class_names(train)?, class_names(test)?);
+                    if train_classes != test_classes {
+                        return Err(Error::data(
+                            test,
+                            format!(
+                                "has class folders [{}] but {} has [{}]: the class folders must be the same",
+                                test_classes.join(", "),
+                                train.display(),
+                                train_classes.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                read_own(path)
+            }
+        }
+    }
+
+    /// The dataset advcomp knows, `None` for the user's own files.
+    pub fn kind(&self) -> Option<DatasetKind> {
+        match self {
+            Dataset::Known { kind, .. } => Some(*kind),
+            Dataset::Own { .. } => None,
+        }
+    }
+
+    /// Where `split` is read from, for messages.
+    pub fn describe(&self, split: Split) -> String {
+        match (self, split) {
+            (Dataset::Known { kind, .. }, _) => kind.name().into(),
+            (Dataset::Own { train: Some(p), .. }, Split::Train)
+            | (Dataset::Own { test: Some(p), .. }, Split::Test) => p.display().to_string(),
+            (Dataset::Own { .. }, _) => "(not given)".into(),
+        }
+    }
+}
+
+impl fmt::Display for Dataset {
+    /// `mnist`, or `own data: train X, test Y` (what checkpoints record).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dataset::Known { kind, .. } => write!(f, "{kind}"),
+            Dataset::Own { .. } => write!(
+                f,
+                "own data: train {}, test {}",
+                self.describe(Split::Train),
+                self.describe(Split::Test)
+            ),
+        }
+    }
+}
+
+/// Pixels of NCHW images: bytes (0..=255), or floats in [0, 1] (a safetensors file's f32
+/// images, kept as they are).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pixels {
+    Bytes(Vec<u8>),
+    Floats(Vec<f32>),
+}
+
+impl Pixels {
+    pub fn len(&self) -> usize {
+        match self {
+            Pixels::Bytes(p) => p.len(),
+            Pixels::Floats(p) => p.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pixel values in `range` as floats in [0, 1].
+    pub fn floats(&self, range: std::ops::Range<usize>) -> Vec<f32> {
+        match self {
+            Pixels::Bytes(p) => p[range].iter().map(|&v| v as f32 / 255.0).collect(),
+            Pixels::Floats(p) => p[range].to_vec(),
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Pixels::Bytes(p) => p.truncate(len),
+            Pixels::Floats(p) => p.truncate(len),
+        }
+    }
+}
+
+/// A set of labelled images: pixels NCHW, and one label (a class index) per image.
 #[derive(Clone)]
 pub struct Images {
-    pub pixels: Vec<u8>,
+    pub pixels: Pixels,
     pub labels: Vec<u8>,
     pub channels: usize,
     pub height: usize,
@@ -104,6 +260,16 @@ impl Images {
 
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+
+    /// Image shape (channels, height, width).
+    pub fn shape(&self) -> [usize; 3] {
+        [self.channels, self.height, self.width]
+    }
+
+    /// The number of classes the labels need (the largest label + 1).
+    pub fn classes_needed(&self) -> usize {
+        self.labels.iter().max().map_or(0, |&l| l as usize + 1)
     }
 
     fn image_len(&self) -> usize {
@@ -123,11 +289,7 @@ impl Images {
         let mut pixels = Vec::with_capacity(indices.len() * len);
         let mut labels = Vec::with_capacity(indices.len());
         for &i in indices {
-            pixels.extend(
-                self.pixels[i * len..(i + 1) * len]
-                    .iter()
-                    .map(|&p| p as f32 / 255.0),
-            );
+            pixels.extend(self.pixels.floats(i * len..(i + 1) * len));
             labels.push(self.labels[i] as i64);
         }
         let shape = [indices.len(), self.channels, self.height, self.width];
@@ -221,6 +383,25 @@ pub fn load(kind: DatasetKind, split: Split, data_dir: Option<&Path>) -> Result<
     }
 }
 
+/// A file's bytes, refusing one larger than [`crate::limits::MAX_DATA_BYTES`] before reading.
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    let cannot = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::data(path, "not found"),
+        _ => Error::data(path, format!("cannot read: {e}")),
+    };
+    let size = std::fs::metadata(path).map_err(cannot)?.len();
+    if size > crate::limits::MAX_DATA_BYTES as u64 {
+        return Err(Error::data(
+            path,
+            format!(
+                "is {size} bytes, more than the {} GiB advcomp reads as a data file",
+                crate::limits::MAX_DATA_BYTES >> 30
+            ),
+        ));
+    }
+    std::fs::read(path).map_err(cannot)
+}
+
 /// `dir/name.gz` if it exists, else `dir/name` (raw IDX).
 fn find_idx(dir: &Path, name: &str) -> PathBuf {
     let gz = dir.join(format!("{name}.gz"));
@@ -270,7 +451,7 @@ pub fn images_from_idx(
         ));
     }
     Ok(Images {
-        pixels: images.data,
+        pixels: Pixels::Bytes(images.data),
         labels: labels.data,
         channels: 1,
         height: images.dims[1],

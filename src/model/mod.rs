@@ -24,7 +24,7 @@ pub use compression::{
 pub use lenet5::LeNet5;
 pub use onnx::OnnxModel;
 
-use crate::data::DatasetKind;
+use crate::data::{DataChoice, Dataset, DatasetKind, Images, Split};
 use crate::{Error, Result};
 
 /// The model architectures advcomp knows.
@@ -272,31 +272,88 @@ impl Network {
         }
     }
 
-    /// The dataset to use: `given`, else the one `meta` names, else the built-in model's
-    /// own; an imported model without either is refused (its file does not say). The
-    /// dataset's images must fit the model.
-    pub fn dataset(
-        &self,
-        given: Option<DatasetKind>,
-        meta: &CheckpointMeta,
-    ) -> Result<DatasetKind> {
-        let dataset = given
+    /// Number of classes (the logits per image).
+    pub fn classes(&self) -> usize {
+        match self.architecture() {
+            Ok(_) => 10,
+            Err(m) => m.graph.classes,
+        }
+    }
+
+    /// The images to use: the user's own files when `choice` names them; else the dataset it
+    /// names, or the one `meta` names, or the built-in model's own (an imported model without
+    /// either is refused: its file does not say). A known dataset's images must fit the model
+    /// (own files are checked when read, by [`Network::images`]).
+    pub fn dataset(&self, choice: &DataChoice, meta: &CheckpointMeta) -> Result<Dataset> {
+        if choice.is_own() {
+            if choice.dataset.is_some() || choice.dir.is_some() {
+                return Err(Error::usage(
+                    "--dataset / --data-dir name a dataset advcomp knows, --data / --test-data \
+                     your own files: give one or the other",
+                ));
+            }
+            return Ok(Dataset::Own {
+                train: choice.train.clone(),
+                test: choice.test.clone(),
+            });
+        }
+        if choice.dataset.is_none()
+            && !meta.dataset.is_empty()
+            && checkpoint_dataset(meta).is_none()
+        {
+            return Err(Error::usage(format!(
+                "model {} was made on {}: pass --test-data (and --data) again, or --dataset",
+                self.model_ref(),
+                meta.dataset
+            )));
+        }
+        let kind = choice
+            .dataset
             .or_else(|| checkpoint_dataset(meta))
             .or_else(|| self.builtin().map(ModelKind::default_dataset))
             .ok_or_else(|| {
                 Error::usage(format!(
-                    "model {}: its file does not say which dataset it takes; pass --dataset",
+                    "model {}: its file does not say which dataset it takes; pass --dataset, \
+                     or --data / --test-data with your own images",
                     self.model_ref()
                 ))
             })?;
-        let (model, data) = (self.input_shape(), dataset.image_shape());
+        let (model, data) = (self.input_shape(), kind.image_shape());
         if model != data {
             return Err(Error::usage(format!(
-                "model {} takes {model:?} images but dataset {dataset} has {data:?}",
+                "model {} takes {model:?} images but dataset {kind} has {data:?}",
                 self.model_ref()
             )));
         }
-        Ok(dataset)
+        Ok(Dataset::Known {
+            kind,
+            dir: choice.dir.clone(),
+        })
+    }
+
+    /// One split of `dataset`, checked against the model: image shape and labels (each must
+    /// name one of the model's classes).
+    pub fn images(&self, dataset: &Dataset, split: Split) -> Result<Images> {
+        let images = dataset.load(split)?;
+        let source = dataset.describe(split);
+        let (model, data) = (self.input_shape(), images.shape());
+        if model != data {
+            return Err(Error::usage(format!(
+                "model {} takes {model:?} images but {source} has {data:?} \
+                 (channels, height, width; images are not resized)",
+                self.model_ref()
+            )));
+        }
+        if images.classes_needed() > self.classes() {
+            return Err(Error::usage(format!(
+                "{source} has label {} but model {} has {} classes (labels are 0..={})",
+                images.classes_needed() - 1,
+                self.model_ref(),
+                self.classes(),
+                self.classes() - 1
+            )));
+        }
+        Ok(images)
     }
 
     /// Logits [batch, 10] for images [batch, channels, height, width] in [0, 1].

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::attack::{AttackConfig, AttackKind};
 use crate::backend::Backend;
 use crate::compress::{self, CompressConfig};
-use crate::data::{self, DatasetKind, Images, Split};
+use crate::data::{DataChoice, DatasetKind, Images, Split};
 use crate::kernels::{FixedPoint, QuantGrad};
 use crate::model::{self, Classifier, KeyMap, ModelRef};
 use crate::report::{self, CdfSeries, Cell, EpsStepsCell, Family, ModelRow, Throughput};
@@ -171,13 +171,14 @@ impl Plan<'_> {
                 "seed {seed}: training the baseline ({} epochs)",
                 config.epochs
             ));
-            let kind = self.model.builtin().ok_or_else(|| {
-                Error::usage("an imported model is its own baseline; it is not trained")
-            })?;
+            if self.model.builtin().is_none() {
+                return Err(Error::usage(
+                    "an imported model is its own baseline; it is not trained",
+                ));
+            }
             let outcome = train::train_baseline(
-                kind,
-                self.dataset,
-                self.options.data_dir.as_deref(),
+                &self.model,
+                &DataChoice::known(self.dataset, self.options.data_dir.clone()),
                 &config,
                 self.config.evaluation_images,
                 self.device(),
@@ -258,8 +259,7 @@ impl Plan<'_> {
                 );
                 let outcome = compress::compress_checkpoint(
                     &base.row.checkpoint,
-                    Some(self.dataset),
-                    self.options.data_dir.as_deref(),
+                    &DataChoice::known(self.dataset, self.options.data_dir.clone()),
                     &config,
                     self.config.evaluation_images,
                     self.device(),
@@ -529,8 +529,12 @@ pub fn run(options: &SweepOptions) -> Result<SweepSummary> {
     let kind = config.model_ref()?;
     // The model as given (a built-in one freshly made): what the dataset must fit.
     let network = kind.load(&options.backend.device)?;
-    let given = config.dataset.as_deref().map(str::parse).transpose()?;
-    let dataset = network.dataset(given, &model::CheckpointMeta::default())?;
+    let choice = DataChoice {
+        dataset: config.dataset.as_deref().map(str::parse).transpose()?,
+        dir: options.data_dir.clone(),
+        ..DataChoice::default()
+    };
+    let dataset = network.dataset(&choice, &model::CheckpointMeta::default())?;
     let model_name = match network.model_sha256() {
         Some(sha) => format!("onnx-{}", &sha[..16]),
         None => kind.to_string(),
@@ -545,7 +549,10 @@ pub fn run(options: &SweepOptions) -> Result<SweepSummary> {
         return Err(Error::checkpoint(path, "no such baseline checkpoint"));
     }
     // Everything that can be refused is refused before the output folder is touched.
-    let test = data::load(dataset, Split::Test, options.data_dir.as_deref())?;
+    let test = network.images(&dataset, Split::Test)?;
+    let dataset = dataset
+        .kind()
+        .expect("a sweep reads a dataset advcomp knows");
     let inputs: Vec<&Path> = baseline.iter().map(PathBuf::as_path).collect();
     crate::files::check_output_dir("--out", &options.out, &inputs)?;
     let store = Store::open(&options.out)?;

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use std::path::{Path, PathBuf};
 
-use crate::data::{self, DatasetKind, Images, Split, shuffled_order};
-use crate::model::{self, CheckpointMeta, Compression, KeyMap, ModelKind, Network};
+use crate::data::{DataChoice, Images, Split, shuffled_order};
+use crate::model::{self, CheckpointMeta, Compression, KeyMap, ModelKind, ModelRef, Network};
 use crate::{Error, Result};
 
 /// The optimiser.
@@ -177,7 +177,18 @@ pub fn train(
     config.validate()?;
     let ad_device = device.clone().autodiff();
     ad_device.seed(config.seed);
-    let network = kind.init(&ad_device);
+    fit_from(kind.init(&ad_device), config, device, train, test, on_epoch)
+}
+
+/// Trains `network` (made on the autodiff device), uncompressed.
+fn fit_from(
+    network: Network,
+    config: &TrainConfig,
+    device: &Device,
+    train: &Images,
+    test: &Images,
+    on_epoch: impl FnMut(&EpochReport),
+) -> Result<(Network, Vec<EpochReport>)> {
     let mut compression = Compression::default();
     fit(
         network,
@@ -352,14 +363,15 @@ pub struct BaselineOutcome {
     pub seconds: f64,
 }
 
-/// Trains a baseline of `kind` on `dataset` and writes its checkpoint (with metadata) to `out`.
+/// Trains a baseline of `model` (a built-in from scratch; an imported model from its own
+/// weights, i.e. fine-tuning) on the images `data` names and writes its checkpoint (with
+/// metadata) to `out`.
 /// With `reuse`, a checkpoint already at `out` made by the same config is kept and only
 /// re-evaluated. `test_limit` evaluates on the first N test images.
 #[allow(clippy::too_many_arguments)]
 pub fn train_baseline(
-    kind: ModelKind,
-    dataset: DatasetKind,
-    data_dir: Option<&Path>,
+    model: &ModelRef,
+    data: &DataChoice,
     config: &TrainConfig,
     test_limit: Option<usize>,
     device: &Device,
@@ -367,20 +379,19 @@ pub fn train_baseline(
     reuse: bool,
     on_epoch: impl FnMut(&EpochReport),
 ) -> Result<BaselineOutcome> {
-    kind.check_dataset(dataset)?;
     config.validate()?;
     let start = Instant::now();
-    let mut test = data::load(dataset, Split::Test, data_dir)?;
+    let ad_device = device.clone().autodiff();
+    ad_device.seed(config.seed);
+    let network = model.load(&ad_device)?;
+    let dataset = network.dataset(data, &CheckpointMeta::default())?;
+    let mut test = network.images(&dataset, Split::Test)?;
     if let Some(limit) = test_limit {
         test.truncate(limit);
     }
     if reuse && out.exists() {
-        let existing = model::load_checkpoint(
-            out,
-            Some(model::ModelRef::BuiltIn(kind)),
-            &KeyMap::default(),
-            device,
-        )?;
+        let existing =
+            model::load_checkpoint(out, Some(model.clone()), &KeyMap::default(), device)?;
         if existing.meta.config_hash == config.hash() {
             let test_accuracy = evaluate(
                 &existing.network,
@@ -399,18 +410,18 @@ pub fn train_baseline(
             });
         }
     }
-    let train_set = data::load(dataset, Split::Train, data_dir)?;
-    let (network, epochs) = train(kind, config, device, &train_set, &test, on_epoch)?;
+    let train_set = network.images(&dataset, Split::Train)?;
+    let (network, epochs) = fit_from(network, config, device, &train_set, &test, on_epoch)?;
     let test_accuracy = epochs.last().map(|r| r.test_accuracy).unwrap_or(0.0);
     let meta = CheckpointMeta {
-        model: kind.name().into(),
-        dataset: dataset.name().into(),
+        model: network.model_ref().to_string(),
+        model_sha256: network.model_sha256(),
+        dataset: dataset.to_string(),
         seed: config.seed,
         accuracy: Some(test_accuracy),
         compression: "none".into(),
         tool_version: crate::VERSION.into(),
         config_hash: config.hash(),
-        model_sha256: None,
     };
     model::save_checkpoint(out, &network, &meta)?;
     Ok(BaselineOutcome {

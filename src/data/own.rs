@@ -1,0 +1,261 @@
+//! A user's own images: a directory in torchvision's ImageFolder layout (one sub-folder per
+//! class, PNG or JPEG files), or a safetensors file with `images` and `labels`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use image::DynamicImage;
+use safetensors::{Dtype, SafeTensors};
+
+use super::{Images, Pixels};
+use crate::{Error, Result};
+
+/// The most classes a label byte can name.
+pub const MAX_CLASSES: usize = 256;
+
+/// Reads an ImageFolder directory or a safetensors file, by what `path` is.
+pub fn read_own(path: &Path) -> Result<Images> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::data(path, "not found"),
+        _ => Error::data(path, format!("cannot read: {e}")),
+    })?;
+    if meta.is_dir() {
+        read_image_folder(path).map(|(images, _)| images)
+    } else {
+        read_safetensors(path)
+    }
+}
+
+/// The class names of an ImageFolder directory: its sub-folders, sorted (torchvision's order).
+pub fn class_names(dir: &Path) -> Result<Vec<String>> {
+    let mut classes = Vec::new();
+    for entry in read_dir(dir)? {
+        if entry.is_dir() {
+            let name = entry.file_name().expect("a directory entry has a name");
+            classes.push(name.to_string_lossy().into_owned());
+        }
+    }
+    classes.sort();
+    if classes.is_empty() {
+        return Err(Error::data(
+            dir,
+            "has no class folders (ImageFolder layout: DIR/<class>/<image>.png)",
+        ));
+    }
+    if classes.len() > MAX_CLASSES {
+        return Err(Error::data(
+            dir,
+            format!(
+                "has {} class folders; advcomp supports at most {MAX_CLASSES}",
+                classes.len()
+            ),
+        ));
+    }
+    Ok(classes)
+}
+
+/// Reads every PNG/JPEG under each class folder (recursively, in sorted order; other files
+/// are skipped, as torchvision does). Grey images give one channel; if any image has colour,
+/// all are read as RGB (alpha dropped), as torchvision's loader does.
+pub fn read_image_folder(dir: &Path) -> Result<(Images, Vec<String>)> {
+    let classes = class_names(dir)?;
+    let mut decoded: Vec<(PathBuf, DynamicImage)> = Vec::new();
+    let mut labels = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let folder = dir.join(class);
+        let files = image_files(&folder)?;
+        if files.is_empty() {
+            return Err(Error::data(
+                &folder,
+                "class folder holds no PNG or JPEG images",
+            ));
+        }
+        for file in files {
+            let image = image::open(&file)
+                .map_err(|e| Error::data(&file, format!("cannot decode the image: {e}")))?;
+            decoded.push((file, image));
+            labels.push(label as u8);
+        }
+    }
+    let colour = decoded.iter().any(|(_, image)| image.color().has_color());
+    let channels = if colour { 3 } else { 1 };
+    let (first, image) = &decoded[0];
+    let (width, height) = (image.width() as usize, image.height() as usize);
+    let mut pixels = Vec::with_capacity(decoded.len() * channels * height * width);
+    for (file, image) in &decoded {
+        if (image.width() as usize, image.height() as usize) != (width, height) {
+            return Err(Error::data(
+                file,
+                format!(
+                    "is {}x{} pixels but {} is {width}x{height} (images are not resized)",
+                    image.width(),
+                    image.height(),
+                    first.display()
+                ),
+            ));
+        }
+        if colour {
+            // Interleaved RGB to planar CHW.
+            let rgb = image.to_rgb8();
+            for c in 0..3 {
+                pixels.extend(rgb.pixels().map(|p| p.0[c]));
+            }
+        } else {
+            pixels.extend_from_slice(image.to_luma8().as_raw());
+        }
+    }
+    let images = Images {
+        pixels: Pixels::Bytes(pixels),
+        labels,
+        channels,
+        height,
+        width,
+    };
+    Ok((images, classes))
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::data(dir, format!("cannot read the directory: {e}")))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| Error::data(dir, format!("cannot read the directory: {e}")))?;
+        paths.push(entry.path());
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// The PNG and JPEG files under `folder`, recursively, sorted.
+fn image_files(folder: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in read_dir(folder)? {
+        if path.is_dir() {
+            files.extend(image_files(&path)?);
+        } else if path.extension().is_some_and(|e| {
+            ["png", "jpg", "jpeg"]
+                .iter()
+                .any(|known| e.eq_ignore_ascii_case(known))
+        }) {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+/// Reads `images` (u8, or f32 in [0, 1]; [N, C, H, W]) and `labels` (any integer type, [N]).
+pub fn read_safetensors(path: &Path) -> Result<Images> {
+    let bytes = super::read_bounded(path)?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::data(path, format!("not a safetensors file: {e}")))?;
+    let tensor = |name: &str| {
+        file.tensor(name).map_err(|_| {
+            let names: BTreeMap<_, _> = file.tensors().into_iter().collect();
+            Error::data(
+                path,
+                format!(
+                    "has no tensor '{name}' (it holds: {}); expected 'images' [N, C, H, W] and 'labels' [N]",
+                    names.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    };
+    let (images, labels) = (tensor("images")?, tensor("labels")?);
+    let &[n, channels, height, width] = images.shape() else {
+        return Err(Error::data(
+            path,
+            format!(
+                "'images' has shape {:?}; expected [N, C, H, W]",
+                images.shape()
+            ),
+        ));
+    };
+    if n == 0 || channels * height * width == 0 {
+        return Err(Error::data(
+            path,
+            format!("'images' has shape {:?}: no pixels", images.shape()),
+        ));
+    }
+    if labels.shape() != [n] {
+        return Err(Error::data(
+            path,
+            format!(
+                "'labels' has shape {:?}; expected [{n}] (one per image)",
+                labels.shape()
+            ),
+        ));
+    }
+    let pixels = match images.dtype() {
+        Dtype::U8 => Pixels::Bytes(images.data().to_vec()),
+        Dtype::F32 => {
+            let values: Vec<f32> = images
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            if let Some(i) = values.iter().position(|v| !(0.0..=1.0).contains(v)) {
+                return Err(Error::data(
+                    path,
+                    format!(
+                        "'images' value {} at flat index {i} is outside [0, 1] (f32 images are pixels in [0, 1], not normalised)",
+                        values[i]
+                    ),
+                ));
+            }
+            Pixels::Floats(values)
+        }
+        other => {
+            return Err(Error::data(
+                path,
+                format!("'images' has dtype {other:?}; expected U8 or F32"),
+            ));
+        }
+    };
+    let labels = integer_labels(path, labels.dtype(), labels.data())?;
+    Ok(Images {
+        pixels,
+        labels,
+        channels,
+        height,
+        width,
+    })
+}
+
+/// Labels of any integer dtype as bytes, refusing negative ones and ones past [`MAX_CLASSES`].
+fn integer_labels(path: &Path, dtype: Dtype, data: &[u8]) -> Result<Vec<u8>> {
+    let values: Vec<i128> = match dtype {
+        Dtype::U8 => data.iter().map(|&b| b as i128).collect(),
+        Dtype::I8 => data.iter().map(|&b| b as i8 as i128).collect(),
+        Dtype::U16 => words(data, |b| u16::from_le_bytes(b) as i128),
+        Dtype::I16 => words(data, |b| i16::from_le_bytes(b) as i128),
+        Dtype::U32 => words(data, |b| u32::from_le_bytes(b) as i128),
+        Dtype::I32 => words(data, |b| i32::from_le_bytes(b) as i128),
+        Dtype::U64 => words(data, |b| u64::from_le_bytes(b) as i128),
+        Dtype::I64 => words(data, |b| i64::from_le_bytes(b) as i128),
+        other => {
+            return Err(Error::data(
+                path,
+                format!("'labels' has dtype {other:?}; expected an integer type"),
+            ));
+        }
+    };
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            u8::try_from(v).map_err(|_| {
+                Error::data(
+                    path,
+                    format!("label {v} at index {i} is out of range (labels are 0..{MAX_CLASSES})"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn words<const N: usize>(data: &[u8], read: impl Fn([u8; N]) -> i128) -> Vec<i128> {
+    data.chunks_exact(N)
+        .map(|b| read(b.try_into().expect("chunks of N bytes")))
+        .collect()
+}
