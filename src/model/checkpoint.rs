@@ -142,11 +142,8 @@ pub(crate) fn export_tensors(network: &Network) -> Vec<NamedTensor> {
         path: Vec::new(),
         out: Vec::new(),
     };
-    // Visit the inner model so the enum variant does not become part of the names.
-    match network {
-        Network::LeNet5(m) => m.visit(&mut exporter),
-        Network::CifarNet(m) => m.visit(&mut exporter),
-        Network::Onnx(m) => return m.export(),
+    if let Err(imported) = network.visit_builtin(&mut exporter) {
+        return imported.export();
     }
     exporter.out
 }
@@ -422,6 +419,11 @@ pub fn load_checkpoint(
         }
     }
 
+    // A checkpoint without metadata (e.g. a PyTorch state_dict) is told by its tensor names.
+    let recognised = ModelKind::ALL
+        .iter()
+        .copied()
+        .find(|k| tensors.contains_key(k.signature()));
     let model_ref = match model {
         Some(model) => model,
         None if !meta.model.is_empty() => meta.model.parse().map_err(|_| {
@@ -430,8 +432,7 @@ pub fn load_checkpoint(
                 format!("metadata names unknown model '{}'", meta.model),
             )
         })?,
-        None if tensors.contains_key("conv7.weight") => ModelRef::BuiltIn(ModelKind::CifarNet),
-        None if tensors.contains_key("fc1.weight") => ModelRef::BuiltIn(ModelKind::LeNet5),
+        None if recognised.is_some() => ModelRef::BuiltIn(recognised.expect("checked")),
         None => {
             return Err(Error::checkpoint(
                 path,
@@ -474,13 +475,15 @@ pub fn load_checkpoint(
         used: Vec::new(),
         problems: Vec::new(),
     };
-    let network = match template {
-        Network::LeNet5(m) => Network::LeNet5(m.map(&mut importer)),
-        Network::CifarNet(m) => Network::CifarNet(m.map(&mut importer)),
-        Network::Onnx(m) => {
-            Network::Onnx(m.with_tensors(&tensors, &mut importer.used, &mut importer.problems))
-        }
-    };
+    let network = template
+        .map_builtin(&mut importer)
+        .unwrap_or_else(|imported| {
+            Network::Onnx(imported.with_tensors(
+                &tensors,
+                &mut importer.used,
+                &mut importer.problems,
+            ))
+        });
     // Inference mode (dropout off, batch norm on its running statistics), also when gradients
     // flow to the inputs (attacks); `.train()` turns training back on for fine-tuning.
     let network = network.valid();

@@ -4,7 +4,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, PaddingConfig
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::{Compression, LayerInfo};
+use super::{BuiltIn, Compression, LayerInfo};
+use crate::data::DatasetKind;
 
 /// (input channels, output channels, stride, padded) of conv0..conv7.
 const CONVS: [(usize, usize, usize, bool); 8] = [
@@ -44,7 +45,7 @@ pub struct CifarNet {
     pub bn7: BatchNorm,
     pub logits: Conv2d,
     pool: AvgPool2d,
-    pub(super) dropout: Dropout,
+    dropout: Dropout,
 }
 
 fn conv(index: usize, device: &Device) -> Conv2d {
@@ -67,8 +68,13 @@ fn bn(index: usize, device: &Device) -> BatchNorm {
         .init(device)
 }
 
-impl CifarNet {
-    pub fn new(device: &Device) -> Self {
+impl BuiltIn for CifarNet {
+    const NAME: &'static str = "cifarnet";
+    const INPUT_SHAPE: [usize; 3] = [3, 32, 32];
+    const DATASET: DatasetKind = DatasetKind::Cifar10;
+    const SIGNATURE: &'static str = "conv7.weight";
+
+    fn new(device: &Device) -> Self {
         Self {
             conv0: conv(0, device),
             bn0: bn(0, device),
@@ -95,7 +101,7 @@ impl CifarNet {
     /// Logits for images in [0, 1]; the model standardises each image itself:
     /// (x - mean) / max(std, 1/sqrt(N)), N = pixels per image (TensorFlow's
     /// `per_image_standardization`).
-    pub fn forward(&self, images: Tensor<4>, compression: &Compression) -> Tensor<2> {
+    fn forward(&self, images: Tensor<4>, compression: &Compression) -> Tensor<2> {
         let [n, c, h, w] = images.dims();
         let flat = images.reshape([n, c * h * w]);
         let mean = flat.clone().mean_dim(1);
@@ -123,7 +129,11 @@ impl CifarNet {
         x.reshape([n, 10])
     }
 
-    pub fn layers() -> Vec<LayerInfo> {
+    fn set_dropout(&mut self, prob: f64) {
+        self.dropout.prob = prob;
+    }
+
+    fn layers() -> Vec<LayerInfo> {
         let mut size = 32;
         let mut rows = Vec::new();
         for (i, &(cin, cout, stride, padded)) in CONVS.iter().enumerate() {

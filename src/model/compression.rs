@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
@@ -377,12 +377,10 @@ pub fn weight_layers(network: &Network) -> Vec<WeightLayer> {
         path: Vec::new(),
         layers: Vec::new(),
     };
-    match network {
-        Network::LeNet5(m) => m.visit(&mut collector),
-        Network::CifarNet(m) => m.visit(&mut collector),
-        Network::Onnx(m) => return m.weight_layers(),
+    match network.visit_builtin(&mut collector) {
+        Ok(()) => collector.layers,
+        Err(imported) => imported.weight_layers(),
     }
-    collector.layers
 }
 
 struct Baker<'a> {
@@ -428,9 +426,7 @@ pub fn bake(network: Network, compression: &Compression) -> Network {
         weight_layers,
         path: Vec::new(),
     };
-    match network {
-        Network::LeNet5(m) => Network::LeNet5(m.map(&mut baker)),
-        Network::CifarNet(m) => Network::CifarNet(m.map(&mut baker)),
-        Network::Onnx(m) => Network::Onnx(m.bake(compression)),
-    }
+    network
+        .map_builtin(&mut baker)
+        .unwrap_or_else(|imported| Network::Onnx(imported.bake(compression)))
 }

@@ -4,7 +4,8 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::{Compression, LayerInfo};
+use super::{BuiltIn, Compression, LayerInfo};
+use crate::data::DatasetKind;
 
 /// LeNet5 as in Mayo (431,080 parameters): conv 5x5 1->20 + ReLU, maxpool 2/2, conv 5x5 20->50
 /// + ReLU, maxpool 2/2, flatten 800 (C,H,W order), dropout 0.5, fc 800->500 + ReLU, fc 500->10.
@@ -15,11 +16,16 @@ pub struct LeNet5 {
     pub fc1: Linear,
     pub logits: Linear,
     pool: MaxPool2d,
-    pub(super) dropout: Dropout,
+    dropout: Dropout,
 }
 
-impl LeNet5 {
-    pub fn new(device: &Device) -> Self {
+impl BuiltIn for LeNet5 {
+    const NAME: &'static str = "lenet5";
+    const INPUT_SHAPE: [usize; 3] = [1, 28, 28];
+    const DATASET: DatasetKind = DatasetKind::Mnist;
+    const SIGNATURE: &'static str = "fc1.weight";
+
+    fn new(device: &Device) -> Self {
         let pool = MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
         Self {
             conv0: Conv2dConfig::new([1, 20], [5, 5]).init(device),
@@ -33,7 +39,7 @@ impl LeNet5 {
 
     /// Logits for images in [0, 1]; the model maps them to [-1, 1] itself (x -> 2x - 1).
     /// Every conv / linear layer and every layer output goes through the compression.
-    pub fn forward(&self, images: Tensor<4>, c: &Compression) -> Tensor<2> {
+    fn forward(&self, images: Tensor<4>, c: &Compression) -> Tensor<2> {
         let x = images * 2.0 - 1.0;
         let x = c.activation("conv0", relu(c.conv2d("conv0", &self.conv0, x)));
         let x = self.pool.forward(x);
@@ -45,7 +51,11 @@ impl LeNet5 {
         c.activation("logits", c.linear("logits", &self.logits, x))
     }
 
-    pub fn layers() -> Vec<LayerInfo> {
+    fn set_dropout(&mut self, prob: f64) {
+        self.dropout.prob = prob;
+    }
+
+    fn layers() -> Vec<LayerInfo> {
         vec![
             LayerInfo::new(
                 "conv0",

@@ -27,68 +27,141 @@ pub use onnx::OnnxModel;
 use crate::data::{DataChoice, Dataset, DatasetKind, Images, Split};
 use crate::{Error, Result};
 
-/// The model architectures advcomp knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModelKind {
-    LeNet5,
-    CifarNet,
-}
-
-impl ModelKind {
-    pub const ALL: [ModelKind; 2] = [ModelKind::LeNet5, ModelKind::CifarNet];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ModelKind::LeNet5 => "lenet5",
-            ModelKind::CifarNet => "cifarnet",
-        }
-    }
-
-    /// A freshly initialised network of this kind on `device` (seed the device first for a
-    /// reproducible initialisation).
-    pub fn init(self, device: &Device) -> Network {
-        match self {
-            ModelKind::LeNet5 => Network::LeNet5(LeNet5::new(device)),
-            ModelKind::CifarNet => Network::CifarNet(CifarNet::new(device)),
-        }
-    }
-
+/// A built-in architecture: one file implementing this trait, plus its name in the
+/// `builtin_models!` list below, is all a new one needs (checkpoints, compression, attacks, the
+/// CLI and the sweep work on [`Network`] and never name an architecture).
+pub trait BuiltIn: Sized {
+    /// The name users give (`--model lenet5`) and checkpoints record.
+    const NAME: &'static str;
     /// Input image shape (channels, height, width).
-    pub fn input_shape(self) -> [usize; 3] {
-        match self {
-            ModelKind::LeNet5 => [1, 28, 28],
-            ModelKind::CifarNet => [3, 32, 32],
-        }
-    }
-
+    const INPUT_SHAPE: [usize; 3];
     /// The dataset the model is made for when none is named.
-    pub fn default_dataset(self) -> DatasetKind {
-        match self {
-            ModelKind::LeNet5 => DatasetKind::Mnist,
-            ModelKind::CifarNet => DatasetKind::Cifar10,
-        }
-    }
-
-    /// Refuses a dataset whose images the model cannot take.
-    pub fn check_dataset(self, dataset: DatasetKind) -> Result<()> {
-        if dataset.image_shape() != self.input_shape() {
-            return Err(Error::usage(format!(
-                "model {self} takes {:?} images but dataset {dataset} has {:?}",
-                self.input_shape(),
-                dataset.image_shape()
-            )));
-        }
-        Ok(())
-    }
-
+    const DATASET: DatasetKind;
+    /// A tensor name only this architecture's checkpoints hold: how a checkpoint without
+    /// metadata (e.g. a PyTorch state_dict) is recognised.
+    const SIGNATURE: &'static str;
+    /// A freshly initialised network (seed the device first for a reproducible one).
+    fn new(device: &Device) -> Self;
     /// The layer table: name, what it does, output shape, parameter count.
-    pub fn layers(self) -> Vec<LayerInfo> {
-        match self {
-            ModelKind::LeNet5 => LeNet5::layers(),
-            ModelKind::CifarNet => CifarNet::layers(),
-        }
-    }
+    fn layers() -> Vec<LayerInfo>;
+    /// Logits [batch, classes] for images in [0, 1], through the compression.
+    fn forward(&self, images: Tensor<4>, compression: &Compression) -> Tensor<2>;
+    /// Sets the probability of every dropout layer.
+    fn set_dropout(&mut self, prob: f64);
 }
+
+/// Declares the built-in architectures: [`ModelKind`] and [`Network`]'s variants, and the
+/// dispatch from them to each architecture's [`BuiltIn`] implementation.
+macro_rules! builtin_models {
+    ($($kind:ident),+ $(,)?) => {
+        /// The built-in model architectures.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum ModelKind {
+            $($kind),+
+        }
+
+        impl ModelKind {
+            pub const ALL: [ModelKind; [$(stringify!($kind)),+].len()] = [$(ModelKind::$kind),+];
+
+            pub fn name(self) -> &'static str {
+                match self { $(ModelKind::$kind => <$kind as BuiltIn>::NAME),+ }
+            }
+
+            /// A freshly initialised network of this kind on `device` (seed the device first
+            /// for a reproducible initialisation).
+            pub fn init(self, device: &Device) -> Network {
+                match self { $(ModelKind::$kind => Network::$kind(<$kind as BuiltIn>::new(device))),+ }
+            }
+
+            /// Input image shape (channels, height, width).
+            pub fn input_shape(self) -> [usize; 3] {
+                match self { $(ModelKind::$kind => <$kind as BuiltIn>::INPUT_SHAPE),+ }
+            }
+
+            /// The dataset the model is made for when none is named.
+            pub fn default_dataset(self) -> DatasetKind {
+                match self { $(ModelKind::$kind => <$kind as BuiltIn>::DATASET),+ }
+            }
+
+            /// A tensor name only this architecture's checkpoints hold.
+            pub fn signature(self) -> &'static str {
+                match self { $(ModelKind::$kind => <$kind as BuiltIn>::SIGNATURE),+ }
+            }
+
+            /// The layer table: name, what it does, output shape, parameter count.
+            pub fn layers(self) -> Vec<LayerInfo> {
+                match self { $(ModelKind::$kind => <$kind as BuiltIn>::layers()),+ }
+            }
+        }
+
+        /// Any of advcomp's classifiers; everything downstream (training, checkpoints,
+        /// attacks) works on this one type.
+        // A network is built a few times per run and moved by value through the optimiser;
+        // the size difference between variants costs nothing measurable.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Module, Debug)]
+        pub enum Network {
+            $($kind($kind),)+
+            /// Imported from an ONNX file.
+            Onnx(OnnxModel),
+        }
+
+        impl Network {
+            /// The built-in architecture, or the imported model.
+            fn architecture(&self) -> std::result::Result<ModelKind, &OnnxModel> {
+                match self {
+                    $(Network::$kind(_) => Ok(ModelKind::$kind),)+
+                    Network::Onnx(m) => Err(m),
+                }
+            }
+
+            /// Visits a built-in network's parameters (named by their fields, as checkpoints
+            /// name them: the enum variant is not part of the names); an imported model is
+            /// handed back.
+            pub(crate) fn visit_builtin<V: burn::module::ModuleVisitor>(
+                &self,
+                visitor: &mut V,
+            ) -> std::result::Result<(), &OnnxModel> {
+                match self {
+                    $(Network::$kind(m) => { m.visit(visitor); Ok(()) })+
+                    Network::Onnx(m) => Err(m),
+                }
+            }
+
+            /// Maps a built-in network's parameters; an imported model is handed back.
+            pub(crate) fn map_builtin<M: burn::module::ModuleMapper>(
+                self,
+                mapper: &mut M,
+            ) -> std::result::Result<Network, OnnxModel> {
+                match self {
+                    $(Network::$kind(m) => Ok(Network::$kind(m.map(mapper))),)+
+                    Network::Onnx(m) => Err(m),
+                }
+            }
+
+            /// Logits of the network compressed as `compression` says (masks, quantisers).
+            pub fn forward_compressed(&self, images: Tensor<4>, compression: &Compression) -> Tensor<2> {
+                match self {
+                    $(Network::$kind(m) => BuiltIn::forward(m, images, compression),)+
+                    Network::Onnx(m) => m.forward(images, compression),
+                }
+            }
+
+            /// Sets the dropout probability of every dropout layer (the built-in models are
+            /// built with 0.5; an imported model's Dropout nodes are identities, in
+            /// fine-tuning too).
+            pub fn set_dropout(&mut self, prob: f64) {
+                match self {
+                    $(Network::$kind(m) => m.set_dropout(prob),)+
+                    Network::Onnx(_) => {}
+                }
+            }
+        }
+    };
+}
+
+// Adding a built-in architecture: a file implementing `BuiltIn`, and its type here.
+builtin_models!(LeNet5, CifarNet);
 
 impl fmt::Display for ModelKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -100,11 +173,17 @@ impl FromStr for ModelKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         ModelKind::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|k| k.name() == s.to_ascii_lowercase())
             .ok_or_else(|| {
                 Error::usage(format!(
-                    "unknown model '{s}' (expected one of: lenet5, cifarnet)"
+                    "unknown model '{s}' (expected one of: {})",
+                    ModelKind::ALL
+                        .iter()
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
             })
     }
@@ -134,7 +213,12 @@ impl FromStr for ModelRef {
         }
         s.parse().map(ModelRef::BuiltIn).map_err(|_| {
             Error::usage(format!(
-                "unknown model '{s}' (expected lenet5, cifarnet, or an ONNX file: path/to/model.onnx)"
+                "unknown model '{s}' (expected {}, or an ONNX file: path/to/model.onnx)",
+                ModelKind::ALL
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })
     }
@@ -212,29 +296,7 @@ impl Classifier {
     }
 }
 
-/// Any of advcomp's classifiers; everything downstream (training, checkpoints, attacks) works
-/// on this one type.
-// A network is built a few times per run and moved by value through the optimiser; the size
-// difference between variants costs nothing measurable.
-#[allow(clippy::large_enum_variant)]
-#[derive(Module, Debug)]
-pub enum Network {
-    LeNet5(LeNet5),
-    CifarNet(CifarNet),
-    /// Imported from an ONNX file.
-    Onnx(OnnxModel),
-}
-
 impl Network {
-    /// The built-in architecture, or the imported model: the one place that tells them apart.
-    fn architecture(&self) -> std::result::Result<ModelKind, &OnnxModel> {
-        match self {
-            Network::LeNet5(_) => Ok(ModelKind::LeNet5),
-            Network::CifarNet(_) => Ok(ModelKind::CifarNet),
-            Network::Onnx(m) => Err(m),
-        }
-    }
-
     /// The built-in architecture, `None` for an imported model.
     pub fn builtin(&self) -> Option<ModelKind> {
         self.architecture().ok()
@@ -359,25 +421,6 @@ impl Network {
     /// Logits [batch, 10] for images [batch, channels, height, width] in [0, 1].
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         self.forward_compressed(images, &Compression::default())
-    }
-
-    /// Logits of the network compressed as `compression` says (masks, quantisers).
-    pub fn forward_compressed(&self, images: Tensor<4>, compression: &Compression) -> Tensor<2> {
-        match self {
-            Network::LeNet5(m) => m.forward(images, compression),
-            Network::CifarNet(m) => m.forward(images, compression),
-            Network::Onnx(m) => m.forward(images, compression),
-        }
-    }
-
-    /// Sets the dropout probability of every dropout layer (the built-in models are built
-    /// with 0.5; an imported model's Dropout nodes are identities, in fine-tuning too).
-    pub fn set_dropout(&mut self, prob: f64) {
-        match self {
-            Network::LeNet5(m) => m.dropout.prob = prob,
-            Network::CifarNet(m) => m.dropout.prob = prob,
-            Network::Onnx(_) => {}
-        }
     }
 
     /// Number of trainable parameters (batch-norm running statistics excluded), counted from
