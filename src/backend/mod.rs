@@ -76,15 +76,17 @@ fn describe(info: &wgpu::AdapterInfo) -> String {
     format!("{} ({:?}{software})", info.name, info.backend)
 }
 
-/// The CPU backend (Flex).
+/// The CPU backend (Flex), multi-threaded on rayon's global pool: as many threads as cores,
+/// or `RAYON_NUM_THREADS`. The count printed is the pool's, i.e. the threads Flex really uses.
 pub fn cpu() -> Backend {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let threads = rayon::current_num_threads();
     Backend {
         device: Device::flex(),
         name: "cpu",
-        adapter: format!("Flex, {threads} threads"),
+        adapter: format!(
+            "Flex, {threads} thread{}",
+            if threads == 1 { "" } else { "s" }
+        ),
     }
 }
 

@@ -1,12 +1,16 @@
-//! `cargo xtask sweep | profile | test`: a thin driver over cargo and the advcomp binary.
+//! `cargo xtask sweep | profile | test | bench`: a thin driver over cargo and the advcomp binary.
 //!
 //! - `sweep`: the main job, `advcomp sweep` (the whole study; cached, resumable, with the
 //!   figures and the report). Default: the `quick` preset on the embedded MNIST.
 //! - `profile`: `advcomp profile` (attack throughput per bitwidth, density and batch size, or
 //!   `--kernels`).
+//! - `bench`: advcomp vs a plain PyTorch loop on the same LeNet5 weights and images (IFGSM,
+//!   IFGM, DeepFool, clean evaluation), alternating, in images/s (see bench.rs).
 //! - `test`: set-up (a Vulkan driver so the WGSL/wgpu tests run, lavapipe where there is no
 //!   GPU; Fashion-MNIST for the imported ResNet8), then the whole test suite with the GPU
 //!   tests required.
+
+mod bench;
 
 use std::process::{Command, ExitCode};
 
@@ -17,6 +21,7 @@ const USAGE: &str = "usage:
   cargo xtask profile [--bits 32,16,8,4] [--density 0.5,0.1] [--batch-sizes 64,256,1024] [--attacks ifgsm,ifgm,deepfool] [--backend B] [--out DIR]
   cargo xtask profile --kernels [--backend B] [--elements N] [--repeats R]
   cargo xtask test [-- extra cargo test args]
+  cargo xtask bench [--works eval,ifgsm,ifgm,deepfool] [--batch-sizes 16,64,256,1024] [--repeats 1] [--threads 1,2] [--no-pytorch] (--help for all)
 (`cargo run --bin advcomp -- sweep --help` lists every option)";
 
 fn main() -> ExitCode {
@@ -26,6 +31,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some(command @ ("sweep" | "profile")) => advcomp(command, &args[1..]),
         Some("test") => test(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     match result {

@@ -1,0 +1,368 @@
+//! `cargo xtask bench`: advcomp's attacks and clean evaluation on LeNet5, side by side with
+//! the alternative a user would pick — the same work in a plain PyTorch loop
+//! (`bench/pytorch_lenet5.py`) on the same weights and images — alternating the two, so both
+//! see the same machine load. Prints images/s with batch size, backend and adapter, the
+//! ratio, the results of both (they must agree), CPU time over wall time, and the load average.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const WORKS: [&str; 4] = ["eval", "ifgsm", "ifgm", "deepfool"];
+
+/// `cargo xtask bench` options.
+#[derive(clap::Parser)]
+#[command(
+    name = "cargo xtask bench",
+    about = "advcomp vs PyTorch on the same LeNet5 weights and images"
+)]
+struct Options {
+    /// What to time: eval, ifgsm, ifgm, deepfool.
+    #[arg(long, value_delimiter = ',', default_value = "eval,ifgsm,ifgm,deepfool", value_parser = WORKS)]
+    works: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256,1024", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    batch_sizes: Vec<u32>,
+    /// Images per IFGSM / IFGM run (at least one batch).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    images: u32,
+    /// Images per DeepFool run (at least one batch).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    deepfool_images: u32,
+    /// Runs of each tool per row (the median is shown).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeats: u32,
+    /// PyTorch's thread counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,2", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Vec<u32>,
+    /// A LeNet5 checkpoint (default: the vendored test model).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// advcomp alone, without installing or running PyTorch.
+    #[arg(long)]
+    no_pytorch: bool,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+impl Options {
+    fn weights(&self) -> &Path {
+        self.weights.as_deref().expect("set by parse")
+    }
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    use clap::Parser;
+    // clap prints help (exit 0) or a usage error (exit 2) itself.
+    let mut options = Options::parse_from(
+        std::iter::once("cargo xtask bench".to_string()).chain(args.iter().cloned()),
+    );
+    let weights = options
+        .weights
+        .get_or_insert_with(|| root().join("tests/data/models/lenet5.safetensors"));
+    if !weights.is_file() {
+        return Err(format!(
+            "--weights {}: no such checkpoint",
+            weights.display()
+        ));
+    }
+    Ok(options)
+}
+
+/// The venv the benchmark keeps PyTorch in (`target/bench-venv`), made on first use.
+fn pytorch_python() -> Result<PathBuf, String> {
+    let venv = root().join("target/bench-venv");
+    let python = venv.join("bin/python");
+    let has_torch = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import torch, safetensors, numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has_torch(&python) {
+        return Ok(python);
+    }
+    eprintln!(
+        "bench: installing PyTorch, safetensors and numpy into {} (once; a large download)",
+        venv.display()
+    );
+    let run = |program: &Path, args: &[&str]| -> Result<(), String> {
+        let status = Command::new(program)
+            .args(args)
+            .status()
+            .map_err(|e| format!("{}: {e}", program.display()))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} {} failed ({status})",
+                program.display(),
+                args.join(" ")
+            ))
+        }
+    };
+    run(
+        Path::new("python3"),
+        &["-m", "venv", venv.to_str().unwrap()],
+    )?;
+    run(
+        &python,
+        &[
+            "-m",
+            "pip",
+            "install",
+            "--progress-bar",
+            "on",
+            "torch",
+            "safetensors",
+            "numpy",
+        ],
+    )?;
+    if has_torch(&python) {
+        Ok(python)
+    } else {
+        Err("PyTorch installed but does not import".into())
+    }
+}
+
+/// One timed run: the JSON it printed and the CPU time it used over its wall time.
+struct Run {
+    json: Value,
+    cpu_over_wall: f64,
+}
+
+fn children_cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+fn timed(command: &mut Command) -> Result<Run, String> {
+    let (cpu, start) = (children_cpu_seconds(), std::time::Instant::now());
+    let out = command
+        .output()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    let wall = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let json = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{command:?} printed no JSON ({e})"))?;
+    Ok(Run {
+        json,
+        cpu_over_wall: (children_cpu_seconds() - cpu) / wall,
+    })
+}
+
+fn advcomp_run(
+    binary: &Path,
+    options: &Options,
+    work: &str,
+    batch: usize,
+    images: usize,
+) -> Result<Run, String> {
+    let mut command = Command::new(binary);
+    let weights = options.weights().to_str().unwrap();
+    let batch = batch.to_string();
+    if work == "eval" {
+        command.args(["eval", "--checkpoint", weights, "--batch-size", &batch]);
+    } else {
+        let images = images.to_string();
+        command.args([
+            "attack",
+            "--source",
+            weights,
+            "--attack",
+            work,
+            "--limit",
+            &images,
+            "--batch-size",
+            &batch,
+        ]);
+    }
+    timed(command.args(["--backend", "cpu", "--json"]))
+}
+
+fn pytorch_run(
+    python: &Path,
+    options: &Options,
+    work: &str,
+    batch: usize,
+    images: usize,
+    threads: usize,
+) -> Result<Run, String> {
+    timed(
+        Command::new(python)
+            .arg(root().join("bench/pytorch_lenet5.py"))
+            .args(["--weights", options.weights().to_str().unwrap()])
+            .args(["--mnist", root().join("assets/mnist").to_str().unwrap()])
+            .args(["--work", work])
+            .args(["--images", &images.to_string()])
+            .args(["--batch", &batch.to_string()])
+            .args(["--threads", &threads.to_string()]),
+    )
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "n/a".into())
+}
+
+/// What a run found: accuracy (eval) or adversarial accuracy and mean L2 (attacks).
+fn outcome(work: &str, json: &Value, advcomp: bool) -> String {
+    let number = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    if work == "eval" {
+        return format!("acc {:.2}%", 100.0 * number(&json["accuracy"]));
+    }
+    let (accuracy, l2) = if advcomp {
+        let metrics = &json["cells"][0]["metrics"];
+        (
+            number(&metrics["adversarial_accuracy"]),
+            number(&metrics["l2"]),
+        )
+    } else {
+        (
+            number(&json["adversarial_accuracy"]),
+            number(&json["mean_l2"]),
+        )
+    };
+    format!("adv {:.1}% L2 {:.3}", 100.0 * accuracy, l2)
+}
+
+pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
+    let options = parse(args)?;
+    let status = Command::new(super::cargo())
+        .args(["build", "--package", "advcomp", "--bin", "advcomp"])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("building advcomp failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let binary = target.join("debug/advcomp");
+    let python = match options.no_pytorch {
+        true => None,
+        false => match pytorch_python() {
+            Ok(python) => Some(python),
+            Err(problem) => {
+                eprintln!("bench: no PyTorch to compare with ({problem}); advcomp alone");
+                None
+            }
+        },
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "LeNet5 ({}), MNIST test images; advcomp backend cpu, {cores} cores ({cpu}); \
+         medians of {}; images/s",
+        options.weights().display(),
+        options.repeats
+    );
+    let mut header = "| work | batch | images | advcomp | cpu/wall |".to_string();
+    for t in &options.threads {
+        header.push_str(&format!(" PyTorch {t} thr |"));
+    }
+    header.push_str(" advcomp / best PyTorch | advcomp result | PyTorch result | load avg |");
+    println!("{header}");
+    println!("|{}", " --- |".repeat(header.matches('|').count() - 1));
+    let mut adapter = None;
+    for work in &options.works {
+        for &batch in &options.batch_sizes {
+            let batch = batch as usize;
+            let images = match work.as_str() {
+                "eval" => 10_000,
+                "deepfool" => (options.deepfool_images as usize).max(batch),
+                _ => (options.images as usize).max(batch),
+            };
+            let mut ours = Vec::new();
+            let mut theirs: Vec<Vec<Run>> = options.threads.iter().map(|_| Vec::new()).collect();
+            // Alternate: advcomp, then PyTorch at each thread count, repeat.
+            for _ in 0..options.repeats {
+                ours.push(advcomp_run(&binary, &options, work, batch, images)?);
+                if let Some(python) = &python {
+                    for (i, &t) in options.threads.iter().enumerate() {
+                        theirs[i].push(pytorch_run(
+                            python, &options, work, batch, images, t as usize,
+                        )?);
+                    }
+                }
+            }
+            let rate = |runs: &[Run]| {
+                median(
+                    runs.iter()
+                        .map(|r| r.json["images_per_second"].as_f64().unwrap_or(f64::NAN))
+                        .collect(),
+                )
+            };
+            let ours_rate = rate(&ours);
+            let mut row = format!(
+                "| {work} | {batch} | {images} | {ours_rate:.1} | {:.2} |",
+                median(ours.iter().map(|r| r.cpu_over_wall).collect())
+            );
+            let mut best = f64::NAN;
+            for runs in &theirs {
+                if runs.is_empty() {
+                    row.push_str(" - |");
+                } else {
+                    let r = rate(runs);
+                    best = if best.is_nan() { r } else { best.max(r) };
+                    row.push_str(&format!(" {r:.1} |"));
+                }
+            }
+            let their_result = theirs
+                .iter()
+                .find_map(|runs| runs.first())
+                .map_or("-".into(), |r| outcome(work, &r.json, false));
+            row.push_str(&format!(
+                " {} | {} | {their_result} | {} |",
+                if best.is_nan() {
+                    "-".into()
+                } else {
+                    format!("{:.2}", ours_rate / best)
+                },
+                outcome(work, &ours[0].json, true),
+                load_average()
+            ));
+            println!("{row}");
+            adapter = ours[0].json["adapter"].as_str().map(String::from);
+        }
+    }
+    println!(
+        "advcomp: backend cpu, adapter {}; PyTorch: {}",
+        adapter.unwrap_or_else(|| "?".into()),
+        python
+            .as_ref()
+            .map_or("not run".into(), |_| "plain loop, torch.set_num_threads(N)"
+                .to_string())
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
