@@ -369,6 +369,25 @@ fn own_data_that_cannot_be_used_is_refused_by_name() {
 
     eval(&dir.join("missing"), &["missing", "not found"]);
 
+    // An output never overwrites the user's data.
+    let data = dir.join("data.safetensors");
+    write_safetensors(&data, &[u8_images(&images), i64_labels(&images.labels)]);
+    let before = std::fs::read(&data).unwrap();
+    let data = data.to_str().unwrap();
+    refused(
+        &[
+            "attack",
+            "--source",
+            LENET5,
+            "--test-data",
+            data,
+            "--save-adv",
+            data,
+        ],
+        &["--save-adv", "is also an input"],
+    );
+    assert_eq!(std::fs::read(data).unwrap(), before);
+
     // Own files and a named dataset are one or the other.
     let folder = dir.join("good");
     write_image_folder(&mnist(Split::Test, 100), &folder);

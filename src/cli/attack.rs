@@ -252,6 +252,7 @@ pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
     if let Some(path) = &args.save_adv {
         let mut inputs = vec![args.source.as_path()];
         inputs.extend(args.eval.iter().map(PathBuf::as_path));
+        inputs.extend(args.options.data.inputs());
         advcomp::files::check_output_file("--save-adv", path, &inputs)?;
     }
     let backend = open_backend(args.common.backend)?;
@@ -342,7 +343,8 @@ pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
         return Err(Error::usage("--models needs at least two checkpoints"));
     }
     let config = args.options.config()?;
-    let inputs: Vec<&Path> = args.models.iter().map(PathBuf::as_path).collect();
+    let mut inputs: Vec<&Path> = args.models.iter().map(PathBuf::as_path).collect();
+    inputs.extend(args.options.data.inputs());
     advcomp::files::check_output_file("--out", &args.out, &inputs)?;
     if let Some(dir) = &args.cache {
         advcomp::files::check_output_dir("--cache", dir, &inputs)?;

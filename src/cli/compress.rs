@@ -212,7 +212,9 @@ pub(super) fn compress_command(args: CompressArgs) -> Result<()> {
 
 pub(super) fn stats_command(args: StatsArgs) -> Result<()> {
     if let Some(out) = &args.out {
-        advcomp::files::check_output_file("--out", out, &[&args.checkpoint])?;
+        let mut inputs = args.data.inputs();
+        inputs.push(&args.checkpoint);
+        advcomp::files::check_output_file("--out", out, &inputs)?;
     }
     let backend = open_backend(args.common.backend)?;
     let ckpt = model::load(&args.checkpoint, None, &args.map, &backend.device)?;

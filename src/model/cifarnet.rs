@@ -71,6 +71,7 @@ fn bn(index: usize, device: &Device) -> BatchNorm {
 impl BuiltIn for CifarNet {
     const NAME: &'static str = "cifarnet";
     const INPUT_SHAPE: [usize; 3] = [3, 32, 32];
+    const CLASSES: usize = 10;
     const DATASET: DatasetKind = DatasetKind::Cifar10;
     const SIGNATURE: &'static str = "conv7.weight";
 

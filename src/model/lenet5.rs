@@ -22,6 +22,7 @@ pub struct LeNet5 {
 impl BuiltIn for LeNet5 {
     const NAME: &'static str = "lenet5";
     const INPUT_SHAPE: [usize; 3] = [1, 28, 28];
+    const CLASSES: usize = 10;
     const DATASET: DatasetKind = DatasetKind::Mnist;
     const SIGNATURE: &'static str = "fc1.weight";
 

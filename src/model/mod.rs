@@ -35,6 +35,8 @@ pub trait BuiltIn: Sized {
     const NAME: &'static str;
     /// Input image shape (channels, height, width).
     const INPUT_SHAPE: [usize; 3];
+    /// Number of classes (logits per image).
+    const CLASSES: usize;
     /// The dataset the model is made for when none is named.
     const DATASET: DatasetKind;
     /// A tensor name only this architecture's checkpoints hold: how a checkpoint without
@@ -76,6 +78,11 @@ macro_rules! builtin_models {
             /// Input image shape (channels, height, width).
             pub fn input_shape(self) -> [usize; 3] {
                 match self { $(ModelKind::$kind => <$kind as BuiltIn>::INPUT_SHAPE),+ }
+            }
+
+            /// Number of classes (logits per image).
+            pub fn classes(self) -> usize {
+                match self { $(ModelKind::$kind => <$kind as BuiltIn>::CLASSES),+ }
             }
 
             /// The dataset the model is made for when none is named.
@@ -337,7 +344,7 @@ impl Network {
     /// Number of classes (the logits per image).
     pub fn classes(&self) -> usize {
         match self.architecture() {
-            Ok(_) => 10,
+            Ok(kind) => kind.classes(),
             Err(m) => m.graph.classes,
         }
     }
