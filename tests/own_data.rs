@@ -205,9 +205,13 @@ fn models_train_and_fine_tune_on_own_data_and_imported_models_fine_tune() {
     let accuracy = trained["test_accuracy"].as_f64().unwrap();
     assert!(accuracy > 0.8, "3 epochs on 2,000 images: {accuracy}");
     // The checkpoint remembers it was made on own data: evaluating it needs the files again.
-    let again = advcomp(&["eval", "--checkpoint", out.to_str().unwrap()]);
-    assert_eq!(again.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("--test-data"));
+    for again in [
+        advcomp(&["eval", "--checkpoint", out.to_str().unwrap()]),
+        advcomp(&["attack", "--source", out.to_str().unwrap(), "--limit", "10"]),
+    ] {
+        assert_eq!(again.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&again.stderr).contains("--test-data"));
+    }
     let evaluated = json(&advcomp(&[
         "eval",
         "--checkpoint",
@@ -265,6 +269,17 @@ fn models_train_and_fine_tune_on_own_data_and_imported_models_fine_tune() {
         "--json",
     ]));
     assert_eq!(evaluated["accuracy"].as_f64().unwrap(), accuracy);
+    // Fine-tuning moved the imported weights: the tuned model's logits are not the file's.
+    let device = advcomp::backend::cpu().device;
+    let map = advcomp::model::KeyMap::default();
+    let original = advcomp::model::load(Path::new(onnx), None, &map, &device).unwrap();
+    let tuned = advcomp::model::load(&tuned, None, &map, &device).unwrap();
+    let (x, _) = mnist(Split::Test, 64).batch(&(0..64).collect::<Vec<_>>(), &device);
+    let moved: f32 = (original.network.forward(x.clone()) - tuned.network.forward(x))
+        .abs()
+        .max()
+        .into_scalar();
+    assert!(moved > 1e-3, "largest logit change {moved}");
 }
 
 /// Runs `args`, expects exit code 2 with an error whose text holds every one of `needles`.
@@ -401,7 +416,7 @@ fn own_data_that_cannot_be_used_is_refused_by_name() {
             "--test-data",
             folder.to_str().unwrap(),
         ],
-        &["--dataset", "--test-data"],
+        &["--dataset", "--test-data", "cannot be used with"],
     );
 
     // Training and test folders with different classes would shift the labels: refused, and

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use advcomp::attack::{AttackConfig, AttackKind, GradNorm};
 use advcomp::backend::Backend;
-use advcomp::data::{DatasetKind, Images, Split};
+use advcomp::data::{Images, Split};
 use advcomp::kernels::QuantGrad;
 use advcomp::model::{self, Classifier, KeyMap};
 use advcomp::transfer::{self, AdversarialSet, CellMetrics};
@@ -114,7 +114,8 @@ struct Loaded {
     name: String,
     path: PathBuf,
     classifier: Classifier,
-    dataset: Option<DatasetKind>,
+    /// The checkpoint's metadata: which dataset it was made on.
+    meta: model::CheckpointMeta,
     compressed: bool,
 }
 
@@ -128,7 +129,7 @@ fn load(path: &Path, backend: &Backend, grad: QuantGrad) -> Result<Loaded> {
             .file_stem()
             .map_or("model".into(), |s| s.to_string_lossy().into_owned()),
         path: path.to_path_buf(),
-        dataset: model::checkpoint_dataset(&ckpt.meta),
+        meta: ckpt.meta,
         classifier,
         compressed,
     })
@@ -138,11 +139,11 @@ fn load(path: &Path, backend: &Backend, grad: QuantGrad) -> Result<Loaded> {
 fn test_images(models: &[&Loaded], data: &DataArgs) -> Result<Images> {
     let no_meta = model::CheckpointMeta::default();
     let mut choice = data.choice();
-    if !choice.is_own() {
-        choice.dataset = choice.dataset.or(models[0].dataset);
-    }
+    // The source's checkpoint names the dataset (or says it was the user's own files, which
+    // must then be given again); the other models must take the same images.
     let first = &models[0].classifier.network;
-    let dataset = first.dataset(&choice, &no_meta)?;
+    let dataset = first.dataset(&choice, &models[0].meta)?;
+    choice.dataset = choice.dataset.or(dataset.kind());
     let images = first.images(&dataset, Split::Test)?;
     for m in &models[1..] {
         let network = &m.classifier.network;
@@ -320,7 +321,10 @@ fn cached_set(
     options: &AttackOptions,
     backend: &Backend,
 ) -> Result<AdversarialSet> {
-    let bytes = std::fs::read(&source.path).map_err(|e| Error::io(&source.path, e))?;
+    let mut bytes = std::fs::read(&source.path).map_err(|e| Error::io(&source.path, e))?;
+    // The test images are part of the key: two sets of the user's own files with the same
+    // count and labels must not share adversarial sets.
+    bytes.extend_from_slice(images.fingerprint().as_bytes());
     let key = transfer::set_key(&bytes, config, options.limit.min(images.len()));
     let path = dir.join(format!("{}-{}-{key}.safetensors", source.name, config.kind));
     let count = options.limit.min(images.len());

@@ -64,10 +64,10 @@ struct Common {
 #[derive(Args)]
 struct DataArgs {
     /// mnist (embedded), fashion-mnist or cifar10; default: the model's own.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["data", "test_data"])]
     dataset: Option<DatasetKind>,
     /// Read the dataset from this directory instead of its default location.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["data", "test_data"])]
     data_dir: Option<PathBuf>,
     /// Your own training images: an ImageFolder directory (DIR/<class>/*.png|jpg, classes in
     /// sorted order) or a safetensors file with `images` [N,C,H,W] (u8, or f32 in [0,1]) and

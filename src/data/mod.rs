@@ -140,14 +140,18 @@ impl Dataset {
         match self {
             Dataset::Known { kind, dir } => load(*kind, split, dir.as_deref()),
             Dataset::Own { train, test } => {
-                let (path, option) = match split {
-                    Split::Train => (train, "--data (training images)"),
-                    Split::Test => (test, "--test-data (test images)"),
+                let (path, field, what) = match split {
+                    Split::Train => (train, "data", "training"),
+                    Split::Test => (test, "test_data", "test"),
                 };
                 let path = path.as_deref().ok_or_else(|| {
-                    Error::usage(format!(
-                        "this command needs {option}: an ImageFolder directory or a safetensors file"
-                    ))
+                    Error::invalid(
+                        field,
+                        format!(
+                            "not given, and this needs the {what} images of your own data: an \
+                             ImageFolder directory or a safetensors file"
+                        ),
+                    )
                 })?;
                 if let (Some(train), Some(test)) = (train, test)
                     && train.is_dir()
@@ -265,6 +269,16 @@ impl Images {
     /// Image shape (channels, height, width).
     pub fn shape(&self) -> [usize; 3] {
         [self.channels, self.height, self.width]
+    }
+
+    /// A hash of the pixels, labels and shape (stable across processes and machines).
+    pub fn fingerprint(&self) -> String {
+        let shape: Vec<u8> = self.shape().iter().flat_map(|d| d.to_le_bytes()).collect();
+        let pixels: &[u8] = match &self.pixels {
+            Pixels::Bytes(p) => p,
+            Pixels::Floats(p) => bytemuck::cast_slice(p),
+        };
+        crate::stable_hash([&shape[..], pixels, &self.labels[..]])
     }
 
     /// The number of classes the labels need (the largest label + 1).

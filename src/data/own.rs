@@ -60,6 +60,7 @@ pub fn class_names(dir: &Path) -> Result<Vec<String>> {
 pub fn read_image_folder(dir: &Path) -> Result<(Images, Vec<String>)> {
     let classes = class_names(dir)?;
     let mut decoded: Vec<(PathBuf, DynamicImage)> = Vec::new();
+    let mut decoded_bytes = 0usize;
     let mut labels = Vec::new();
     for (label, class) in classes.iter().enumerate() {
         let folder = dir.join(class);
@@ -73,6 +74,16 @@ pub fn read_image_folder(dir: &Path) -> Result<(Images, Vec<String>)> {
         for file in files {
             let image = image::open(&file)
                 .map_err(|e| Error::data(&file, format!("cannot decode the image: {e}")))?;
+            decoded_bytes += image.as_bytes().len();
+            if decoded_bytes > crate::limits::MAX_DATA_BYTES {
+                return Err(Error::data(
+                    dir,
+                    format!(
+                        "holds more than the {} GiB of decoded images advcomp reads",
+                        crate::limits::MAX_DATA_BYTES >> 30
+                    ),
+                ));
+            }
             decoded.push((file, image));
             labels.push(label as u8);
         }
@@ -127,11 +138,13 @@ fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// The PNG and JPEG files under `folder`, recursively, sorted.
+/// The PNG and JPEG files under `folder`, recursively, sorted. Symlinked directories are not
+/// followed (a link back up the tree would never end).
 fn image_files(folder: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in read_dir(folder)? {
-        if path.is_dir() {
+        let is_real_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        if is_real_dir {
             files.extend(image_files(&path)?);
         } else if path.extension().is_some_and(|e| {
             ["png", "jpg", "jpeg"]

@@ -127,7 +127,7 @@ impl BuiltIn for CifarNet {
         let x = block("conv7", &self.conv7, &self.bn7, x);
         let x = compression.conv2d("logits", &self.logits, self.pool.forward(x));
         let x = compression.activation("logits", x);
-        x.reshape([n, 10])
+        x.reshape([n, Self::CLASSES])
     }
 
     fn set_dropout(&mut self, prob: f64) {

@@ -356,9 +356,10 @@ impl Network {
     pub fn dataset(&self, choice: &DataChoice, meta: &CheckpointMeta) -> Result<Dataset> {
         if choice.is_own() {
             if choice.dataset.is_some() || choice.dir.is_some() {
-                return Err(Error::usage(
-                    "--dataset / --data-dir name a dataset advcomp knows, --data / --test-data \
-                     your own files: give one or the other",
+                return Err(Error::invalid(
+                    "dataset",
+                    "names a dataset advcomp knows, while data / test_data name your own \
+                     files: give one or the other",
                 ));
             }
             return Ok(Dataset::Own {
@@ -370,22 +371,29 @@ impl Network {
             && !meta.dataset.is_empty()
             && checkpoint_dataset(meta).is_none()
         {
-            return Err(Error::usage(format!(
-                "model {} was made on {}: pass --test-data (and --data) again, or --dataset",
-                self.model_ref(),
-                meta.dataset
-            )));
+            return Err(Error::invalid(
+                "test_data",
+                format!(
+                    "not given, and model {} was made on {}: give those files again (or name \
+                     a dataset)",
+                    self.model_ref(),
+                    meta.dataset
+                ),
+            ));
         }
         let kind = choice
             .dataset
             .or_else(|| checkpoint_dataset(meta))
             .or_else(|| self.builtin().map(ModelKind::default_dataset))
             .ok_or_else(|| {
-                Error::usage(format!(
-                    "model {}: its file does not say which dataset it takes; pass --dataset, \
-                     or --data / --test-data with your own images",
-                    self.model_ref()
-                ))
+                Error::invalid(
+                    "dataset",
+                    format!(
+                        "not given, and model {}'s file does not say which dataset it takes \
+                         (or give your own images)",
+                        self.model_ref()
+                    ),
+                )
             })?;
         let (model, data) = (self.input_shape(), kind.image_shape());
         if model != data {

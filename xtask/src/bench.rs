@@ -2,7 +2,8 @@
 //! the alternative a user would pick — the same work in a plain PyTorch loop
 //! (`bench/pytorch_lenet5.py`) on the same weights and images — alternating the two, so both
 //! see the same machine load. Prints images/s with batch size, backend and adapter, the
-//! ratio, the results of both (they must agree), CPU time over wall time, and the load average.
+//! ratio, the results of both (a disagreement fails the run), CPU time over wall time, and the
+//! load average. advcomp runs as `cargo run` builds it (the dev profile), as users run it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -227,25 +228,40 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "n/a".into())
 }
 
-/// What a run found: accuracy (eval) or adversarial accuracy and mean L2 (attacks).
-fn outcome(work: &str, json: &Value, advcomp: bool) -> String {
+/// What a run found: accuracy (eval), or adversarial accuracy and mean L2 (attacks).
+fn outcome(work: &str, json: &Value, advcomp: bool) -> (f64, Option<f64>) {
     let number = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     if work == "eval" {
-        return format!("acc {:.2}%", 100.0 * number(&json["accuracy"]));
+        return (number(&json["accuracy"]), None);
     }
-    let (accuracy, l2) = if advcomp {
+    if advcomp {
         let metrics = &json["cells"][0]["metrics"];
         (
             number(&metrics["adversarial_accuracy"]),
-            number(&metrics["l2"]),
+            Some(number(&metrics["l2"])),
         )
     } else {
         (
             number(&json["adversarial_accuracy"]),
-            number(&json["mean_l2"]),
+            Some(number(&json["mean_l2"])),
         )
+    }
+}
+
+fn describe((accuracy, l2): (f64, Option<f64>)) -> String {
+    match l2 {
+        None => format!("acc {:.2}%", 100.0 * accuracy),
+        Some(l2) => format!("adv {:.1}% L2 {l2:.3}", 100.0 * accuracy),
+    }
+}
+
+/// Whether two tools' results agree: accuracy within 1 point, mean L2 within 5%.
+fn agree((a, a_l2): (f64, Option<f64>), (b, b_l2): (f64, Option<f64>)) -> bool {
+    let l2 = match (a_l2, b_l2) {
+        (Some(x), Some(y)) => (x / y - 1.0).abs() <= 0.05,
+        _ => true,
     };
-    format!("adv {:.1}% L2 {:.3}", 100.0 * accuracy, l2)
+    (a - b).abs() <= 0.01 && l2
 }
 
 pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
@@ -295,6 +311,7 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
     println!("{header}");
     println!("|{}", " --- |".repeat(header.matches('|').count() - 1));
     let mut adapter = None;
+    let mut disagreements = Vec::new();
     for work in &options.works {
         for &batch in &options.batch_sizes {
             let batch = batch as usize;
@@ -338,18 +355,28 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
                     row.push_str(&format!(" {r:.1} |"));
                 }
             }
+            let ours_result = outcome(work, &ours[0].json, true);
             let their_result = theirs
                 .iter()
                 .find_map(|runs| runs.first())
-                .map_or("-".into(), |r| outcome(work, &r.json, false));
+                .map(|r| outcome(work, &r.json, false));
+            if let Some(theirs) = their_result
+                && !agree(ours_result, theirs)
+            {
+                disagreements.push(format!(
+                    "{work} batch {batch}: advcomp {}, PyTorch {}",
+                    describe(ours_result),
+                    describe(theirs)
+                ));
+            }
+            let ratio = match best.is_nan() {
+                true => "-".to_string(),
+                false => format!("{:.2}", ours_rate / best),
+            };
             row.push_str(&format!(
-                " {} | {} | {their_result} | {} |",
-                if best.is_nan() {
-                    "-".into()
-                } else {
-                    format!("{:.2}", ours_rate / best)
-                },
-                outcome(work, &ours[0].json, true),
+                " {ratio} | {} | {} | {} |",
+                describe(ours_result),
+                their_result.map_or("-".into(), describe),
                 load_average()
             ));
             println!("{row}");
@@ -364,5 +391,12 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
             .map_or("not run".into(), |_| "plain loop, torch.set_num_threads(N)"
                 .to_string())
     );
+    if !disagreements.is_empty() {
+        return Err(format!(
+            "the two tools' results disagree (accuracy by more than 1 point or mean L2 by more \
+             than 5%): {}",
+            disagreements.join("; ")
+        ));
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }
