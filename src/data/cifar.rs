@@ -13,10 +13,7 @@ pub fn read_cifar_batches(paths: &[impl AsRef<Path>]) -> Result<Images> {
     let mut labels = Vec::new();
     for path in paths {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::data(path, "file not found"),
-            _ => Error::data(path, format!("cannot read: {e}")),
-        })?;
+        let bytes = super::read_bounded(path)?;
         if bytes.is_empty() || bytes.len() % RECORD != 0 {
             return Err(Error::data(
                 path,

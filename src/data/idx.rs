@@ -13,10 +13,7 @@ pub struct Idx {
 
 /// Reads an IDX file from disk; gzip is recognised by its magic bytes.
 pub fn read_idx_file(path: &Path) -> Result<Idx> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::data(path, "file not found"),
-        _ => Error::data(path, format!("cannot read: {e}")),
-    })?;
+    let bytes = super::read_bounded(path)?;
     parse_idx(path, &bytes)
 }
 

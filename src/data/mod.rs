@@ -397,13 +397,18 @@ pub fn load(kind: DatasetKind, split: Split, data_dir: Option<&Path>) -> Result<
     }
 }
 
-/// A file's bytes, refusing one larger than [`crate::limits::MAX_DATA_BYTES`] before reading.
-fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    let cannot = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::data(path, "not found"),
+/// The error for a data file that cannot be read: missing, or the I/O error.
+fn cannot_read(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::data(path, "file not found"),
         _ => Error::data(path, format!("cannot read: {e}")),
-    };
-    let size = std::fs::metadata(path).map_err(cannot)?.len();
+    }
+}
+
+/// A data file's bytes, refusing one larger than [`crate::limits::MAX_DATA_BYTES`] before
+/// reading it.
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    let size = std::fs::metadata(path).map_err(cannot_read(path))?.len();
     if size > crate::limits::MAX_DATA_BYTES as u64 {
         return Err(Error::data(
             path,
@@ -413,7 +418,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>> {
             ),
         ));
     }
-    std::fs::read(path).map_err(cannot)
+    std::fs::read(path).map_err(cannot_read(path))
 }
 
 /// `dir/name.gz` if it exists, else `dir/name` (raw IDX).

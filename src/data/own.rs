@@ -15,10 +15,7 @@ pub const MAX_CLASSES: usize = 256;
 
 /// Reads an ImageFolder directory or a safetensors file, by what `path` is.
 pub fn read_own(path: &Path) -> Result<Images> {
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::data(path, "not found"),
-        _ => Error::data(path, format!("cannot read: {e}")),
-    })?;
+    let meta = std::fs::metadata(path).map_err(super::cannot_read(path))?;
     if meta.is_dir() {
         read_image_folder(path).map(|(images, _)| images)
     } else {
