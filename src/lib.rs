@@ -8,6 +8,30 @@
 //! [`sweep`] (the whole study, cached and resumable) and [`profile`] (throughput).
 //! The command line lives in the `advcomp` binary, not here.
 
+/// Serde for a value users name in text (an attack, a dataset, a model): written with its
+/// `Display`, read with its `FromStr`, so a config file, a result file and the command line
+/// spell it the same way and a bad name gets the same message everywhere.
+macro_rules! serde_as_text {
+    ($type:ty) => {
+        impl serde::Serialize for $type {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 pub mod attack;
 pub mod backend;
 pub mod compress;
@@ -56,6 +80,8 @@ pub mod limits {
     pub const MAX_STEPS: usize = 100_000;
     /// Seeds of a sweep.
     pub const MAX_SEEDS: u64 = 1_000;
+    /// Shards a sweep's stage is split into (`--shard I/N`).
+    pub const MAX_SHARDS: usize = 100_000;
     /// Images of a dataset, an adversarial set, or a limit on either.
     pub const MAX_IMAGES: usize = 100_000_000;
     /// Bytes of one data file once decompressed (16 GiB).

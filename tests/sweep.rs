@@ -231,3 +231,70 @@ fn bad_sweep_configs_are_refused_by_name_and_write_nothing() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown preset 'fast'"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs one stage's shard of the tiny sweep; returns its output.
+fn run_shard(out: &Path, stage: &str, shard: &str) -> Output {
+    sweep(out)
+        .args(["--stage", stage, "--shard", shard])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn sharded_stages_in_any_order_give_the_results_of_one_process() {
+    let whole = out_dir("shards-whole");
+    run(&whole);
+    let expected = results(&whole);
+    assert!(expected.iter().any(|(name, _)| name == "cells.csv"));
+
+    // A stage whose inputs are missing is refused by name, before it writes anything.
+    let early = out_dir("shards-early");
+    let output = run_shard(&early, "attack", "0/1");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("stage attack: 5 input file(s) missing") && stderr.contains("full-s1-"),
+        "{stderr}"
+    );
+    assert!(!early.exists(), "nothing written");
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut rng = StdRng::seed_from_u64(seed);
+    for n in [1usize, 2, 3, 7] {
+        let out = out_dir(&format!("shards-{n}"));
+        let mut ran = 0;
+        for stage in ["baseline", "compress", "attack", "report"] {
+            // The shards of a stage in a random order, each a process of its own.
+            let mut order: Vec<usize> = (0..n).collect();
+            for i in (1..n).rev() {
+                order.swap(i, rng.random_range(0..=i));
+            }
+            for i in order {
+                let output = run_shard(&out, stage, &format!("{i}/{n}"));
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                assert!(output.status.success(), "{stage} {i}/{n}: {stderr}");
+                ran += stderr.matches(", ETA ").count();
+                // In a log, every finished job says where the run stands.
+                for line in stderr.lines().filter(|l| l.contains("] seed ")) {
+                    assert!(
+                        line.contains(", ETA ") || line.ends_with(" reused"),
+                        "{line}"
+                    );
+                }
+            }
+        }
+        // 1 baseline + 4 compressed + 15 matrix rows + 8 figure 3 points + the report, each
+        // run exactly once over all shards.
+        assert_eq!(ran, 29, "{n} shards (rng seed {seed})");
+        let got = results(&out);
+        assert_eq!(got.len(), expected.len());
+        for ((name, x), (_, y)) in expected.iter().zip(&got) {
+            assert!(x == y, "{name} differs with {n} shards (rng seed {seed})");
+        }
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let _ = std::fs::remove_dir_all(&whole);
+}

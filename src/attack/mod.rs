@@ -32,8 +32,7 @@ impl Differentiable for crate::model::Classifier {
 }
 
 /// The attacks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AttackKind {
     Fgsm,
     Fgm,
@@ -70,6 +69,8 @@ impl fmt::Display for AttackKind {
         f.write_str(self.name())
     }
 }
+
+serde_as_text!(AttackKind);
 
 impl FromStr for AttackKind {
     type Err = Error;

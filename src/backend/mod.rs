@@ -24,6 +24,16 @@ pub enum BackendChoice {
     Cpu,
 }
 
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Wgpu => "wgpu",
+            BackendChoice::Cpu => "cpu",
+        })
+    }
+}
+
 impl FromStr for BackendChoice {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 
 use advcomp::attack::{AttackConfig, AttackKind};
 use advcomp::backend::Backend;
+use advcomp::backend::BackendChoice;
 use advcomp::data::{DataChoice, Split};
 use advcomp::model::{self, KeyMap, ModelRef};
 use advcomp::report::{self, LineFigure, Panel, Point, Series};
-use advcomp::sweep::{self, SweepConfig, SweepOptions};
+use advcomp::sweep::{self, Shard, SlurmOptions, Stage, SweepConfig, SweepOptions};
 use advcomp::{Error, Result, profile, train};
 use clap::Args;
 use serde_json::json;
@@ -30,7 +31,7 @@ pub(super) struct SweepArgs {
     model: Option<ModelRef>,
     /// Override the preset's dataset (mnist, fashion-mnist, cifar10).
     #[arg(long)]
-    dataset: Option<String>,
+    dataset: Option<advcomp::data::DatasetKind>,
     /// Override the number of seeds (curves then show mean and 95% interval across seeds).
     #[arg(long)]
     seeds: Option<u64>,
@@ -46,8 +47,44 @@ pub(super) struct SweepArgs {
     /// Output folder (cache, results, figures, report); a rerun resumes it.
     #[arg(long, default_value = "sweep-out")]
     out: PathBuf,
+    /// Run only this stage: baseline, compress, attack or report (each needs the files of
+    /// the stages before it in --out).
+    #[arg(long)]
+    stage: Option<Stage>,
+    /// Run only shard I of N of each stage's jobs (0 <= I < N), e.g.
+    /// $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT or $JOB_COMPLETION_INDEX/N; shards of one
+    /// stage share --out and never write the same file.
+    #[arg(long)]
+    shard: Option<Shard>,
+    #[command(flatten)]
+    slurm: SlurmArgs,
     #[command(flatten)]
     common: Common,
+}
+
+/// `--slurm` and what it asks of the cluster.
+#[derive(Args)]
+struct SlurmArgs {
+    /// Write OUT/slurm/<stage>.sbatch (one job array per stage, chained with afterok; the last
+    /// writes the report) and submit them with sbatch.
+    #[arg(long, conflicts_with_all = ["stage", "shard"])]
+    slurm: bool,
+    /// Slurm partition.
+    #[arg(long, requires = "slurm")]
+    partition: Option<String>,
+    /// Time limit per array task (Slurm's format, e.g. 2:00:00).
+    #[arg(long, requires = "slurm")]
+    time: Option<String>,
+    #[arg(long, requires = "slurm")]
+    gpus_per_task: Option<u32>,
+    #[arg(long, requires = "slurm")]
+    cpus_per_task: Option<u32>,
+    /// At most K tasks of one stage at once.
+    #[arg(long, requires = "slurm")]
+    max_parallel: Option<usize>,
+    /// Write and print the scripts; submit nothing.
+    #[arg(long, requires = "slurm")]
+    dry_run: bool,
 }
 
 pub(super) fn sweep_command(args: SweepArgs) -> Result<()> {
@@ -56,13 +93,13 @@ pub(super) fn sweep_command(args: SweepArgs) -> Result<()> {
         None => SweepConfig::preset(&args.preset)?,
     };
     if let Some(model) = &args.model {
-        config.model = model.to_string();
+        config.model = model.clone();
         if args.dataset.is_none() {
             config.dataset = None;
         }
     }
     if let Some(dataset) = &args.dataset {
-        config.dataset = Some(dataset.parse::<advcomp::data::DatasetKind>()?.name().into());
+        config.dataset = Some(*dataset);
     }
     if let Some(seeds) = args.seeds {
         config.seeds = seeds;
@@ -71,25 +108,79 @@ pub(super) fn sweep_command(args: SweepArgs) -> Result<()> {
         config.attack.images = images;
     }
     config.validate()?;
-    let backend = open_backend(args.common.backend)?;
-    let summary = sweep::run(&SweepOptions {
+    // Submitting to Slurm needs no device here: the tasks open their own.
+    let backend = if args.slurm.slurm {
+        open_backend(BackendChoice::Cpu)?
+    } else {
+        open_backend(args.common.backend)?
+    };
+    let options = SweepOptions {
         config,
         out: args.out.clone(),
         backend: &backend,
         baseline: args.baseline.clone(),
         data_dir: args.data_dir.clone(),
-    })?;
+        stage: args.stage,
+        shard: args.shard.unwrap_or(Shard::WHOLE),
+    };
+    if args.slurm.slurm {
+        let s = &args.slurm;
+        let slurm = SlurmOptions {
+            partition: s.partition.clone(),
+            time: s.time.clone(),
+            gpus_per_task: s.gpus_per_task,
+            cpus_per_task: s.cpus_per_task,
+            max_parallel: s.max_parallel,
+            dry_run: s.dry_run,
+            backend: args.common.backend.to_string(),
+        };
+        let submission = sweep::submit_to_slurm(&options, &slurm)?;
+        if args.common.json {
+            print_json(json!(submission));
+        } else if s.dry_run {
+            for script in &submission.scripts {
+                let text = std::fs::read_to_string(script).map_err(|e| Error::io(script, e))?;
+                println!("==> {} <==\n{text}", script.display());
+            }
+            println!(
+                "dry run: nothing submitted; submit the scripts in this order, each with \
+                 --dependency=afterok:<the previous job id>"
+            );
+        } else {
+            println!(
+                "submitted {} stage(s) to Slurm: job ids {} (each after the previous succeeds); \
+                 follow with `squeue -j {}`; task logs in {}; the report lands in {}",
+                submission.job_ids.len(),
+                submission.job_ids.join(", "),
+                submission.job_ids.join(","),
+                args.out.join("slurm/logs").display(),
+                args.out.join("report.md").display()
+            );
+        }
+        return Ok(());
+    }
+    let summary = sweep::run(&options)?;
     if args.common.json {
         print_json(json!(summary));
     } else {
-        println!(
-            "sweep done in {:.0} s: {} models, {} cells -> {} (and report.html, cells.csv, figures/ in {})",
-            summary.seconds,
-            summary.models,
-            summary.cells,
-            summary.report.display(),
-            args.out.display()
-        );
+        match &summary.report {
+            Some(report) => println!(
+                "sweep done in {:.0} s: {} models, {} cells -> {} (and report.html, cells.csv, figures/ in {})",
+                summary.seconds,
+                summary.models,
+                summary.cells,
+                report.display(),
+                args.out.display()
+            ),
+            None => println!(
+                "{} of {} job(s) run in {:.0} s ({} already done) in {}",
+                summary.jobs_run,
+                summary.jobs,
+                summary.seconds,
+                summary.jobs - summary.jobs_run,
+                args.out.display()
+            ),
+        }
     }
     Ok(())
 }
@@ -339,7 +430,7 @@ fn throughput_figure(
 /// The quick preset's baseline, trained once into `args.out` and reused by config hash.
 fn quick_baseline(args: &ProfileArgs, backend: &Backend) -> Result<PathBuf> {
     let preset = SweepConfig::preset("quick")?;
-    let kind = match preset.model_ref()? {
+    let kind = match preset.model {
         ModelRef::BuiltIn(kind) => kind,
         ModelRef::Onnx(path) => {
             return Err(Error::usage(format!(

@@ -76,6 +76,8 @@ impl fmt::Display for DatasetKind {
     }
 }
 
+serde_as_text!(DatasetKind);
+
 impl FromStr for DatasetKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

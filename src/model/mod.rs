@@ -212,6 +212,8 @@ impl ModelRef {
     }
 }
 
+serde_as_text!(ModelRef);
+
 impl FromStr for ModelRef {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

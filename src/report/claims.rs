@@ -2,7 +2,9 @@
 //! sweep's numbers can make: a trend is the value at the lowest density (bitwidth) of the grid
 //! against the value at the highest, averaged over seeds.
 
+// The claims are the paper's, about its three attacks by name.
 use super::{Family, SCENARIOS, View, adversarial_accuracy};
+use crate::attack::AttackKind::{self, DeepFool, Ifgm, Ifgsm};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -37,7 +39,7 @@ pub struct Claim {
 
 /// Adversarial accuracy at the highest and at the lowest grid point of `family` for one
 /// attack and scenario (index into [`SCENARIOS`]).
-fn trend(view: &View, family: Family, attack: &str, scenario: usize) -> Option<(f64, f64)> {
+fn trend(view: &View, family: Family, attack: AttackKind, scenario: usize) -> Option<(f64, f64)> {
     let models = view.family(family);
     if models.len() < 2 {
         return None;
@@ -60,7 +62,7 @@ fn pct(v: f64) -> String {
 fn trend_claim(
     view: &View,
     family: Family,
-    cases: &[(&str, usize)],
+    cases: &[(AttackKind, usize)],
     rising: bool,
     grid: &str,
 ) -> (Verdict, String) {
@@ -94,7 +96,7 @@ fn trend_claim(
 }
 
 pub(super) fn check(view: &View) -> Vec<Claim> {
-    let clipped = [("ifgsm", 0), ("ifgm", 0)];
+    let clipped = [(Ifgsm, 0), (Ifgm, 0)];
     let mut claims = Vec::new();
     let mut push = |section, claim, test, (verdict, evidence): (Verdict, String)| {
         claims.push(Claim {
@@ -105,7 +107,7 @@ pub(super) fn check(view: &View) -> Vec<Claim> {
             evidence,
         })
     };
-    let s = |scenario: usize| [("ifgsm", scenario), ("ifgm", scenario)];
+    let s = |scenario: usize| [(Ifgsm, scenario), (Ifgm, scenario)];
     push(
         "4.1",
         "It becomes easier to attack the baseline model using a compressed model when densities are low.",
@@ -125,7 +127,7 @@ pub(super) fn check(view: &View) -> Vec<Claim> {
         trend_claim(
             view,
             Family::Pruned,
-            &[("deepfool", 0), ("deepfool", 2)],
+            &[(DeepFool, 0), (DeepFool, 2)],
             false,
             "density",
         ),
@@ -137,7 +139,7 @@ pub(super) fn check(view: &View) -> Vec<Claim> {
         trend_claim(
             view,
             Family::Pruned,
-            &[clipped[0], clipped[1], ("ifgsm", 2), ("ifgm", 2)],
+            &[clipped[0], clipped[1], (Ifgsm, 2), (Ifgm, 2)],
             true,
             "density",
         ),
@@ -174,9 +176,9 @@ pub(super) fn check(view: &View) -> Vec<Claim> {
 
 /// A rising-trend verdict, downgraded when the rise is larger than "marginal" (10 points).
 fn marginal((verdict, evidence): (Verdict, String), view: &View) -> (Verdict, String) {
-    let largest = ["ifgsm", "ifgm"]
+    let largest = [Ifgsm, Ifgm]
         .iter()
-        .filter_map(|a| trend(view, Family::Quantised, a, 2))
+        .filter_map(|&a| trend(view, Family::Quantised, a, 2))
         .map(|(high, low)| low - high)
         .fold(0.0, f64::max);
     if verdict == Verdict::Supported && largest > 0.10 {
@@ -205,7 +207,7 @@ fn high_precision_flat(view: &View) -> (Verdict, String) {
     }
     let mut worst = 0.0f64;
     let mut parts = Vec::new();
-    for attack in ["ifgsm", "ifgm"] {
+    for attack in [Ifgsm, Ifgm] {
         for scenario in [1, 2] {
             let values: Vec<f64> = models
                 .iter()
@@ -238,7 +240,7 @@ fn high_precision_flat(view: &View) -> (Verdict, String) {
 fn same_effect_as_pruning(view: &View) -> (Verdict, String) {
     let mut agree = 0;
     let mut parts = Vec::new();
-    for attack in ["ifgsm", "ifgm"] {
+    for attack in [Ifgsm, Ifgm] {
         for scenario in 0..3 {
             let (Some(q), Some(p)) = (
                 trend(view, Family::Quantised, attack, scenario),
@@ -272,7 +274,7 @@ fn same_effect_as_pruning(view: &View) -> (Verdict, String) {
 
 fn ifgsm_transfers_best(view: &View) -> (Verdict, String) {
     let models = view.family(Family::Quantised);
-    let mean = |attack: &str| {
+    let mean = |attack: AttackKind| {
         let values: Vec<f64> = models
             .iter()
             .flat_map(|m| [SCENARIOS[1].1(&m.label), SCENARIOS[2].1(&m.label)])
@@ -281,12 +283,12 @@ fn ifgsm_transfers_best(view: &View) -> (Verdict, String) {
         let finite = values.iter().all(|v| v.is_finite()) && !values.is_empty();
         finite.then(|| values.iter().sum::<f64>() / values.len() as f64)
     };
-    let attacks: Vec<(&str, f64)> = view
+    let attacks: Vec<(AttackKind, f64)> = view
         .attacks()
         .into_iter()
         .filter_map(|a| mean(a).map(|m| (a, m)))
         .collect();
-    let Some(ifgsm) = attacks.iter().find(|(a, _)| *a == "ifgsm").map(|(_, m)| *m) else {
+    let Some(ifgsm) = attacks.iter().find(|(a, _)| *a == Ifgsm).map(|(_, m)| *m) else {
         return (
             Verdict::NotTestable,
             "needs IFGSM and quantised models".into(),

@@ -88,7 +88,7 @@ fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
     for attack in view.attacks() {
         out.push(Block::Heading(format!(
             "{}: accuracy under attack",
-            attack.to_uppercase()
+            attack.name().to_uppercase()
         )));
         let mut header = vec!["model".to_string(), "BASE ACC".into()];
         header.extend(SCENARIOS.iter().map(|(n, _)| n.to_string()));
@@ -141,24 +141,23 @@ fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
     });
     out.push(Block::Heading("Attack throughput".into()));
     out.push(Block::Table {
-        header: ["seed", "attack", "source", "images", "images/s", "note"]
-            .map(String::from)
-            .to_vec(),
+        header: [
+            "seed", "attack", "source", "images", "images/s", "backend", "adapter",
+        ]
+        .map(String::from)
+        .to_vec(),
         rows: r
             .throughput
             .iter()
             .map(|t| {
                 vec![
                     t.seed.to_string(),
-                    t.attack.clone(),
+                    t.attack.to_string(),
                     t.source.clone(),
                     t.images.to_string(),
                     format!("{:.1}", t.images as f64 / t.seconds.max(1e-9)),
-                    if t.cached {
-                        "from the cache".into()
-                    } else {
-                        String::new()
-                    },
+                    t.backend.clone(),
+                    t.adapter.clone(),
                 ]
             })
             .collect(),

@@ -10,6 +10,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{Family, SCENARIOS, View, adversarial_accuracy, mean_abs_delta};
+use crate::attack::AttackKind;
 use crate::{Error, Result};
 
 /// One plotted value with its 95% interval (`lo == hi` when there is none).
@@ -380,7 +381,7 @@ fn save_heatmap(dir: &Path, stem: &str, caption: String, heat: &Heatmap) -> Resu
 fn scenario_series(
     view: &View,
     models: &[&super::ModelRow],
-    attack: &str,
+    attack: AttackKind,
     x: impl Fn(&super::ModelRow) -> f64,
     metric: fn(&crate::transfer::CellMetrics) -> (f64, [f64; 2]),
 ) -> Vec<Series> {
@@ -410,7 +411,6 @@ fn scenario_figure(view: &View, family: Family, title: &str, x_label: &str) -> L
     let panels = view
         .attacks()
         .into_iter()
-        .filter(|a| ["ifgsm", "ifgm", "deepfool"].contains(a))
         .map(|attack| {
             let mut series = scenario_series(view, &models, attack, x, adversarial_accuracy);
             series.push(Series {
@@ -421,7 +421,7 @@ fn scenario_figure(view: &View, family: Family, title: &str, x_label: &str) -> L
                     .collect(),
             });
             Panel {
-                title: attack.to_uppercase(),
+                title: attack.name().to_uppercase(),
                 x_label: x_label.into(),
                 y_label: "accuracy".into(),
                 series,
@@ -440,10 +440,10 @@ fn scenario_figure(view: &View, family: Family, title: &str, x_label: &str) -> L
 /// per number of iterations.
 fn eps_steps_figure(view: &View) -> LineFigure {
     let cells = &view.results.eps_steps;
-    let mut attacks: Vec<&str> = Vec::new();
+    let mut attacks: Vec<AttackKind> = Vec::new();
     for c in cells {
-        if !attacks.contains(&c.attack.as_str()) {
-            attacks.push(&c.attack);
+        if !attacks.contains(&c.attack) {
+            attacks.push(c.attack);
         }
     }
     let mut steps: Vec<usize> = cells.iter().map(|c| c.steps).collect();
@@ -455,7 +455,7 @@ fn eps_steps_figure(view: &View) -> LineFigure {
     let panels = attacks
         .iter()
         .map(|attack| Panel {
-            title: format!("{} on the baseline", attack.to_uppercase()),
+            title: format!("{} on the baseline", attack.name().to_uppercase()),
             x_label: "eps".into(),
             y_label: "accuracy".into(),
             y_range: Some((0.0, 1.02)),
@@ -523,7 +523,7 @@ fn cdf_figure(view: &View) -> LineFigure {
 fn perturbation_figure(view: &View) -> LineFigure {
     let models = view.family(Family::Quantised);
     let bits = |m: &super::ModelRow| m.bits.unwrap_or(32) as f64;
-    let series = scenario_series(view, &models, "ifgsm", bits, mean_abs_delta);
+    let series = scenario_series(view, &models, AttackKind::Ifgsm, bits, mean_abs_delta);
     LineFigure {
         title: "Figure 6: mean perturbation per pixel (IFGSM)".into(),
         panels: vec![Panel {
@@ -583,7 +583,7 @@ pub(super) fn draw_all(dir: &Path, view: &View, labels: &[&str]) -> Result<Vec<F
                 .into(),
             &cdf_figure(view),
         )?);
-        if view.attacks().contains(&"ifgsm") {
+        if view.attacks().contains(&AttackKind::Ifgsm) {
             out.push(save_lines(
                 dir,
                 "fig6-perturbation",
@@ -597,7 +597,7 @@ pub(super) fn draw_all(dir: &Path, view: &View, labels: &[&str]) -> Result<Vec<F
     }
     for attack in view.attacks() {
         let heat = Heatmap {
-            title: format!("{}: target accuracy (%)", attack.to_uppercase()),
+            title: format!("{}: target accuracy (%)", attack.name().to_uppercase()),
             labels: labels.iter().map(|l| l.to_string()).collect(),
             values: labels
                 .iter()

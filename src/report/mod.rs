@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
+use crate::attack::AttackKind;
 use crate::transfer::CellMetrics;
 
 pub use figures::{Figure, LineFigure, Panel, Point, Series, save_lines};
@@ -49,7 +50,7 @@ pub struct ModelRow {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
     pub seed: u64,
-    pub attack: String,
+    pub attack: AttackKind,
     pub source: String,
     pub target: String,
     pub scenario: String,
@@ -60,7 +61,7 @@ pub struct Cell {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpsStepsCell {
     pub seed: u64,
-    pub attack: String,
+    pub attack: AttackKind,
     pub eps: f32,
     pub steps: usize,
     pub metrics: CellMetrics,
@@ -81,12 +82,14 @@ pub struct CdfSeries {
 #[derive(Clone, Debug, Serialize)]
 pub struct Throughput {
     pub seed: u64,
-    pub attack: String,
+    pub attack: AttackKind,
     pub source: String,
     pub images: usize,
+    /// Seconds the run that made the set took (NaN when its timing file is gone).
     pub seconds: f64,
-    /// True when the set came from the cache (the seconds are those of the run that made it).
-    pub cached: bool,
+    /// Where it was made (a sweep's stages may run on different machines).
+    pub backend: String,
+    pub adapter: String,
 }
 
 /// Everything a sweep produced.
@@ -169,11 +172,11 @@ impl<'a> View<'a> {
         rows
     }
 
-    pub fn attacks(&self) -> Vec<&'a str> {
-        let mut out: Vec<&str> = Vec::new();
+    pub fn attacks(&self) -> Vec<AttackKind> {
+        let mut out = Vec::new();
         for c in &self.results.cells {
-            if !out.contains(&c.attack.as_str()) {
-                out.push(&c.attack);
+            if !out.contains(&c.attack) {
+                out.push(c.attack);
             }
         }
         out
@@ -182,7 +185,7 @@ impl<'a> View<'a> {
     /// One metric of the (attack, source, target) cell over seeds.
     pub fn cell(
         &self,
-        attack: &str,
+        attack: AttackKind,
         source: &str,
         target: &str,
         metric: fn(&CellMetrics) -> (f64, [f64; 2]),
@@ -262,7 +265,7 @@ fn cells_csv(view: &View) -> String {
         let (td, tb) = describe(&c.target);
         let fields = [
             c.seed.to_string(),
-            c.attack.clone(),
+            c.attack.to_string(),
             c.source.clone(),
             c.target.clone(),
             c.scenario.clone(),
@@ -300,7 +303,7 @@ fn matrix_labels<'a>(view: &View<'a>) -> Vec<&'a str> {
         .collect()
 }
 
-fn matrix_csv(view: &View, attack: &str, labels: &[&str]) -> String {
+fn matrix_csv(view: &View, attack: AttackKind, labels: &[&str]) -> String {
     let mut csv = format!("source\\target,{}\n", labels.join(","));
     for s in labels {
         let row: Vec<String> = labels
@@ -374,21 +377,19 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
         }
     }
     write_text(&out.join("cdf.csv"), &cdf)?;
-    let mut speed = String::from(
-        "seed,attack,source,images,seconds,images_per_second,cached,backend,adapter\n",
-    );
+    let mut speed =
+        String::from("seed,attack,source,images,seconds,images_per_second,backend,adapter\n");
     for t in &results.throughput {
         speed.push_str(&format!(
-            "{},{},{},{},{:.3},{:.2},{},{},{}\n",
+            "{},{},{},{},{:.3},{:.2},{},{}\n",
             t.seed,
             t.attack,
             t.source,
             t.images,
             t.seconds,
             t.images as f64 / t.seconds.max(1e-9),
-            t.cached,
-            results.backend,
-            csv_field(&results.adapter)
+            t.backend,
+            csv_field(&t.adapter)
         ));
     }
     write_text(&out.join("throughput.csv"), &speed)?;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::attack::{AttackConfig, AttackKind};
 use crate::compress::Pruner;
 use crate::data::DatasetKind;
-use crate::kernels::FixedPoint;
+use crate::kernels::{FixedPoint, QuantGrad};
 use crate::model::ModelRef;
 use crate::train::{Optimizer, Schedule, TrainConfig};
 use crate::{Error, Result};
@@ -67,7 +67,7 @@ impl Default for Training {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Grid {
-    pub pruner: String,
+    pub pruner: Pruner,
     pub densities: Vec<f64>,
     pub bits: Vec<u32>,
     /// DNS: fine-tuning steps between mask updates (short fine-tuning needs short intervals).
@@ -77,7 +77,7 @@ pub struct Grid {
 impl Default for Grid {
     fn default() -> Self {
         Self {
-            pruner: "dns".into(),
+            pruner: Pruner::Dns,
             densities: vec![1.0, 0.8, 0.6, 0.4, 0.3, 0.2, 0.1, 0.05],
             bits: vec![32, 24, 16, 12, 10, 8, 6, 4],
             mask_interval: 50,
@@ -89,14 +89,14 @@ impl Default for Grid {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Attacks {
-    pub names: Vec<String>,
+    pub names: Vec<AttackKind>,
     /// Attacked test images per source model (the first N of the test split).
     pub images: usize,
     pub batch_size: usize,
     pub eps: f32,
     pub steps: usize,
     /// Gradient through the quantisers: ste or identity (BPDA).
-    pub grad: String,
+    pub grad: QuantGrad,
     /// DeepFool: only the k classes with the highest clean logits (all when absent).
     pub deepfool_candidates: Option<usize>,
 }
@@ -104,12 +104,12 @@ pub struct Attacks {
 impl Default for Attacks {
     fn default() -> Self {
         Self {
-            names: vec!["ifgsm".into(), "ifgm".into(), "deepfool".into()],
+            names: vec![AttackKind::Ifgsm, AttackKind::Ifgm, AttackKind::DeepFool],
             images: 10_000,
             batch_size: 256,
             eps: 0.02,
             steps: 12,
-            grad: "ste".into(),
+            grad: QuantGrad::Ste,
             deepfool_candidates: None,
         }
     }
@@ -119,7 +119,7 @@ impl Default for Attacks {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Figure3 {
-    pub attacks: Vec<String>,
+    pub attacks: Vec<AttackKind>,
     pub eps: Vec<f32>,
     pub steps: Vec<usize>,
 }
@@ -127,7 +127,7 @@ pub struct Figure3 {
 impl Default for Figure3 {
     fn default() -> Self {
         Self {
-            attacks: vec!["ifgm".into(), "ifgsm".into()],
+            attacks: vec![AttackKind::Ifgm, AttackKind::Ifgsm],
             eps: vec![0.002, 0.005, 0.01, 0.02, 0.03, 0.04],
             steps: vec![1, 3, 6, 12, 24],
         }
@@ -153,9 +153,11 @@ impl Default for Figure5 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SweepConfig {
-    pub model: String,
+    /// A built-in architecture, or an ONNX file (the baseline is then the file's own weights,
+    /// not retrained).
+    pub model: ModelRef,
     /// The model's own dataset when absent.
-    pub dataset: Option<String>,
+    pub dataset: Option<DatasetKind>,
     /// Seeds 1..=N: each seed trains its own baseline, fine-tunes its own compressed models
     /// and seeds its attacks; curves then show the mean and a 95% interval across seeds.
     pub seeds: u64,
@@ -172,7 +174,7 @@ pub struct SweepConfig {
 impl Default for SweepConfig {
     fn default() -> Self {
         Self {
-            model: "lenet5".into(),
+            model: ModelRef::BuiltIn(crate::model::ModelKind::LeNet5),
             dataset: None,
             seeds: 1,
             evaluation_images: None,
@@ -207,32 +209,20 @@ impl SweepConfig {
     }
 
     fn parse(text: &str, origin: &str) -> Result<Self> {
-        let config: Self = toml::from_str(text)
-            .map_err(|e| Error::usage(format!("{origin}: {}", e.to_string().trim_end())))?;
+        let config: Self = toml::from_str(text).map_err(|e| {
+            let Some(span) = e.span() else {
+                return Error::usage(format!("{origin}: {}", e.to_string().trim_end()));
+            };
+            let line = text[..span.start].matches('\n').count() + 1;
+            let field = field_at(text, span.start)
+                .map(|f| format!("{f}: "))
+                .unwrap_or_default();
+            Error::usage(format!("{origin}, line {line}: {field}{}", e.message()))
+        })?;
         config
             .validate()
             .map_err(|e| Error::usage(format!("{origin}: {e}")))?;
         Ok(config)
-    }
-
-    /// The model: a built-in architecture, or an ONNX file (the baseline is then the file's
-    /// own weights, not retrained).
-    pub fn model_ref(&self) -> Result<ModelRef> {
-        self.model.parse()
-    }
-
-    pub fn pruner(&self) -> Result<Pruner> {
-        self.grid.pruner.parse()
-    }
-
-    /// The matrix attacks, parsed.
-    pub fn attacks(&self) -> Result<Vec<AttackKind>> {
-        self.attack.names.iter().map(|n| n.parse()).collect()
-    }
-
-    /// Figure 3's attacks, parsed.
-    pub fn figure3_attacks(&self) -> Result<Vec<AttackKind>> {
-        self.figure3.attacks.iter().map(|n| n.parse()).collect()
     }
 
     /// Refuses what cannot run, naming the field: everything is checked here, before a sweep
@@ -247,30 +237,12 @@ impl SweepConfig {
                 fail(field, format!("must be between 1 and {max} (got {value})"))
             }
         };
-        let model = self
-            .model_ref()
-            .map_err(|e| Error::invalid("model", e.to_string()))?;
-        if matches!(model, ModelRef::Onnx(_)) && self.dataset.is_none() {
+        if matches!(self.model, ModelRef::Onnx(_)) && self.dataset.is_none() {
             return fail(
                 "dataset",
                 "an ONNX model does not say which dataset it takes; name it".into(),
             );
         }
-        if let Some(dataset) = &self.dataset {
-            dataset
-                .parse::<DatasetKind>()
-                .map_err(|e| Error::invalid("dataset", e.to_string()))?;
-        }
-        self.pruner()
-            .map_err(|e| Error::invalid("grid.pruner", e.to_string()))?;
-        self.attacks()
-            .map_err(|e| Error::invalid("attack.names", e.to_string()))?;
-        self.figure3_attacks()
-            .map_err(|e| Error::invalid("figure3.attacks", e.to_string()))?;
-        self.attack
-            .grad
-            .parse::<crate::kernels::QuantGrad>()
-            .map_err(|e| Error::invalid("attack.grad", e.to_string()))?;
         if let Some(n) = self.evaluation_images {
             count("evaluation_images", n, MAX_IMAGES)?;
         }
@@ -320,7 +292,7 @@ impl SweepConfig {
                 format!("{k} is more than the {classes} classes"),
             );
         }
-        for kind in self.attacks()? {
+        for &kind in &self.attack.names {
             self.attack_config(kind, self.attack.eps, self.attack.steps, 1)
                 .validate()
                 .map_err(|e| {
@@ -333,7 +305,7 @@ impl SweepConfig {
                 "eps and steps need at least one value each".into(),
             );
         }
-        for kind in self.figure3_attacks()? {
+        for &kind in &self.figure3.attacks {
             for &eps in &self.figure3.eps {
                 for &steps in &self.figure3.steps {
                     self.attack_config(kind, eps, steps, 1)
@@ -370,4 +342,24 @@ impl SweepConfig {
             ..AttackConfig::new(kind)
         }
     }
+}
+
+/// The dotted name (`attack.eps`) of the TOML key whose value is at byte `offset`: the key of
+/// the nearest `key = ...` line at or above it, in the nearest `[table]` above that.
+fn field_at(text: &str, offset: usize) -> Option<String> {
+    let lines: Vec<&str> = text[..offset.min(text.len())].split('\n').collect();
+    let mut key = None;
+    for line in lines.iter().rev() {
+        let line = line.trim();
+        if let Some(table) = line.strip_prefix('[') {
+            let table = table.trim_end_matches(']').trim();
+            return key.map(|k| format!("{table}.{k}"));
+        }
+        if key.is_none()
+            && let Some((k, _)) = line.split_once('=')
+        {
+            key = Some(k.trim().trim_matches('"').to_string());
+        }
+    }
+    key
 }

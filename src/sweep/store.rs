@@ -30,14 +30,23 @@ pub(super) struct Store {
 }
 
 impl Store {
-    pub fn open(root: &Path) -> Result<Self> {
+    /// Opens `root` for one whole run (`shared` false: no other run may use it meanwhile) or
+    /// for one shard of a stage (`shared` true: other shards may run beside it, a whole run
+    /// may not). Only a whole run clears every stale temporary file; a shard clears those of
+    /// the files it is about to write.
+    pub fn open(root: &Path, shared: bool) -> Result<Self> {
         for folder in FOLDERS {
             let dir = root.join(folder);
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
         let lock_path = root.join(".lock");
         let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
-        match lock.try_lock() {
+        let locked = if shared {
+            lock.try_lock_shared()
+        } else {
+            lock.try_lock()
+        };
+        match locked {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 return Err(Error::usage(format!(
@@ -49,10 +58,12 @@ impl Store {
             }
             Err(TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
         }
-        // Only now, holding the lock, is it safe to clear what a killed run left.
-        remove_stale_temporaries(root, None, false);
-        for folder in FOLDERS {
-            remove_stale_temporaries(&root.join(folder), None, false);
+        // Only now, holding the lock alone, is it safe to clear what a killed run left.
+        if !shared {
+            remove_stale_temporaries(root, None, false);
+            for folder in FOLDERS {
+                remove_stale_temporaries(&root.join(folder), None, false);
+            }
         }
         let log_path = root.join("sweep.log");
         let log = OpenOptions::new()
@@ -76,10 +87,6 @@ impl Store {
             multi,
             overall,
         })
-    }
-
-    pub fn path(&self, folder: &str, name: &str) -> PathBuf {
-        self.root.join(folder).join(name)
     }
 
     pub fn root(&self) -> &Path {

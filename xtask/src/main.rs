@@ -74,6 +74,21 @@ fn test(extra: &[String]) -> Result<ExitCode, String> {
         eprintln!("xtask test: no Fashion-MNIST in {FASHION_MNIST}; installing it");
         missing.push("dataset-fashion-mnist");
     }
+    // A single-node Slurm cluster for the `--slurm` test (the test starts and stops the
+    // daemons itself). Only where it can be installed: elsewhere that test is skipped, unless
+    // ADVCOMP_REQUIRE_SLURM is set.
+    let slurm = ["slurmctld", "slurmd", "sbatch", "munged"];
+    if !slurm.iter().all(|p| installed(p)) {
+        if can_install() {
+            eprintln!("xtask test: no Slurm; installing slurmctld, slurmd, slurm-client and munge");
+            missing.extend(["slurmctld", "slurmd", "slurm-client", "munge"]);
+        } else {
+            eprintln!(
+                "xtask test: no Slurm and no root + apt-get to install it; the Slurm test will be \
+                 skipped unless ADVCOMP_REQUIRE_SLURM is set"
+            );
+        }
+    }
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
@@ -90,16 +105,27 @@ fn test(extra: &[String]) -> Result<ExitCode, String> {
     }
 }
 
-/// Installs Debian `packages` the tests need (Mesa's lavapipe where there is no GPU, so the
-/// wgpu tests run instead of being skipped; Fashion-MNIST) where apt and root allow.
-fn apt_install(packages: &[&str]) -> Result<(), String> {
+/// Whether this machine lets us install Debian packages (root and apt-get).
+fn can_install() -> bool {
     let is_root = Command::new("id")
         .arg("-u")
         .output()
-        .map(|o| o.stdout.starts_with(b"0"))
+        .map(|o| o.stdout.starts_with(b"0\n"))
         .unwrap_or(false);
-    let has_apt = Command::new("apt-get").arg("--version").output().is_ok();
-    if !(is_root && has_apt) {
+    is_root && Command::new("apt-get").arg("--version").output().is_ok()
+}
+
+/// Whether `program` is installed in a system binary folder.
+fn installed(program: &str) -> bool {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| std::path::Path::new(d).join(program).is_file())
+}
+
+/// Installs Debian `packages` the tests need (Mesa's lavapipe where there is no GPU, so the
+/// wgpu tests run instead of being skipped; Fashion-MNIST) where apt and root allow.
+fn apt_install(packages: &[&str]) -> Result<(), String> {
+    if !can_install() {
         return Err(format!(
             "the tests need {} and cannot install them (needs root and apt-get): install them \
              (or a GPU driver instead of lavapipe), then rerun",

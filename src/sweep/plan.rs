@@ -1,0 +1,447 @@
+//! The sweep as a plan of typed jobs: what each job makes, from which files, at what cost.
+//!
+//! Expanding a config into its plan trains nothing and reads no model: every key is a hash of
+//! configs (and of a user's baseline file), so the same config gives the same plan, with the
+//! same file names, on every machine and in every process. That is what lets shards of one
+//! stage run as separate processes (or Slurm array tasks) on a shared output folder.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::attack::{AttackConfig, AttackKind};
+use crate::compress::CompressConfig;
+use crate::data::DatasetKind;
+use crate::kernels::{FixedPoint, QuantGrad};
+use crate::report::Family;
+use crate::train::TrainConfig;
+use crate::transfer;
+use crate::{Error, Result, stable_hash};
+
+use super::SweepConfig;
+
+/// The stages of a sweep, in order: a stage's jobs read only files that earlier stages write,
+/// so the jobs of one stage can run in any order, in any number of processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    /// Train each seed's baseline (nothing to do for a given baseline file or ONNX model).
+    Baseline,
+    /// Prune or quantise the baseline and fine-tune: one job per compressed model.
+    Compress,
+    /// One job per (attack, source model): craft the set, evaluate it on every model; and one
+    /// per Figure 3 point (attack, eps, steps) on the baseline.
+    Attack,
+    /// Read every result file; write the tables, figures and report.
+    Report,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [
+        Stage::Baseline,
+        Stage::Compress,
+        Stage::Attack,
+        Stage::Report,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Baseline => "baseline",
+            Stage::Compress => "compress",
+            Stage::Attack => "attack",
+            Stage::Report => "report",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Stage {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        Stage::ALL
+            .into_iter()
+            .find(|s| s.name() == text)
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "unknown stage '{text}' (expected {})",
+                    Stage::ALL.map(Stage::name).join(", ")
+                ))
+            })
+    }
+}
+
+/// Shard `index` of `count`: the share of each stage's jobs one process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Whether the job at `rank` (its place among its stage's jobs sorted by key) is ours.
+    /// Ranking by key spreads a stage's jobs evenly over the shards and depends on nothing
+    /// but the plan, so every process agrees on who runs what.
+    fn owns(self, rank: usize) -> bool {
+        rank % self.count == self.index
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl FromStr for Shard {
+    type Err = Error;
+    /// `I/N` with 0 <= I < N (Slurm's `$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`, or
+    /// Kubernetes' `$JOB_COMPLETION_INDEX/<completions>`).
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = || Error::usage(format!("shard '{text}': expected I/N with 0 <= I < N"));
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if index >= count || count > crate::limits::MAX_SHARDS {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// A model of the sweep: made by a job of the plan, or a file the user gave.
+pub(super) struct ModelSpec {
+    pub seed: u64,
+    /// `full`, `dns0.1`, `q8`, ...
+    pub label: String,
+    pub family: Family,
+    /// Hash of everything the model depends on.
+    pub key: String,
+    pub path: PathBuf,
+}
+
+/// What a job does.
+pub(super) enum Work {
+    /// Train model `model` from scratch.
+    Train { model: usize, config: TrainConfig },
+    /// Compress model `base` into model `model` and fine-tune it.
+    Compress {
+        model: usize,
+        base: usize,
+        config: CompressConfig,
+    },
+    /// Craft one adversarial set on `source` and evaluate it on every target: the set and
+    /// its cells are written by this job alone.
+    Attack {
+        source: usize,
+        targets: Vec<usize>,
+        config: AttackConfig,
+        set: PathBuf,
+        cells: Vec<PathBuf>,
+    },
+    /// One Figure 3 point: `model` attacked by itself (the set is not kept).
+    EpsSteps {
+        model: usize,
+        config: AttackConfig,
+        cell: PathBuf,
+    },
+    /// The tables, figures and report, from every file above.
+    Report,
+}
+
+pub(super) struct Job {
+    /// Content address: a hash of everything the job's outputs depend on.
+    pub key: String,
+    pub stage: Stage,
+    pub work: Work,
+    /// Rough cost in image passes (a forward or backward pass of one image), for the ETA.
+    pub cost: f64,
+    /// Files the job reads, written by earlier stages (or given by the user).
+    pub needs: Vec<PathBuf>,
+    /// Files the job writes; it is done when all exist. Empty: always run (the report).
+    pub writes: Vec<PathBuf>,
+    /// What the log calls it.
+    pub name: String,
+}
+
+impl Job {
+    pub fn is_done(&self) -> bool {
+        !self.writes.is_empty() && self.writes.iter().all(|p| p.exists())
+    }
+}
+
+/// A sweep's models and jobs, in an order that runs every job after the jobs it needs.
+pub(super) struct Plan {
+    pub models: Vec<ModelSpec>,
+    pub jobs: Vec<Job>,
+}
+
+/// What a plan is expanded from besides the config.
+pub(super) struct PlanInputs<'a> {
+    pub config: &'a SweepConfig,
+    pub root: &'a std::path::Path,
+    /// The model's name in training configs (and so in keys): the built-in's name, or
+    /// `onnx-<SHA-256 prefix>`.
+    pub model_name: &'a str,
+    /// A baseline file (`--baseline`, or an ONNX model's own file) and the hash of its bytes.
+    pub baseline: Option<(PathBuf, String)>,
+    pub dataset: DatasetKind,
+    /// Attacked test images per source model.
+    pub images: usize,
+    pub grad: QuantGrad,
+}
+
+/// Image passes of one attack on one image: an attack step is a forward and a backward
+/// pass; a DeepFool iteration one per candidate class (about 8 iterations on MNIST).
+fn attack_passes(config: &AttackConfig, classes: usize) -> f64 {
+    match config.kind {
+        AttackKind::DeepFool => (2 * config.candidates.unwrap_or(classes) * 8) as f64,
+        AttackKind::Fgsm | AttackKind::Fgm => 2.0,
+        _ => 2.0 * config.steps as f64,
+    }
+}
+
+impl PlanInputs<'_> {
+    fn path(&self, folder: &str, name: String) -> PathBuf {
+        self.root.join(folder).join(name)
+    }
+
+    fn train_config(&self, training: &super::config::Training, seed: u64) -> TrainConfig {
+        training.train_config(self.model_name, self.dataset, seed)
+    }
+
+    /// Image passes of a training run: forward and backward, about 3 passes an image.
+    fn train_cost(&self, training: &super::config::Training) -> f64 {
+        3.0 * training.epochs as f64 * training.train_limit.unwrap_or(60_000) as f64
+    }
+
+    /// The compressed models of one seed: (label, family, config).
+    fn grid(&self, seed: u64) -> Result<Vec<(String, Family, CompressConfig)>> {
+        let config = self.config;
+        let finetune = self.train_config(&config.finetune, seed);
+        let base = CompressConfig {
+            grad: self.grad,
+            mask_interval: config.grid.mask_interval,
+            ..CompressConfig::new(finetune)
+        };
+        let pruner = config.grid.pruner;
+        let mut out = Vec::new();
+        for &density in &config.grid.densities {
+            let config = CompressConfig {
+                prune: Some((pruner, density)),
+                ..base.clone()
+            };
+            out.push((format!("{pruner}{density}"), Family::Pruned, config));
+        }
+        for &bits in &config.grid.bits {
+            let format = Some(FixedPoint::paper(bits)?);
+            let config = CompressConfig {
+                weights: format,
+                activations: format,
+                ..base.clone()
+            };
+            out.push((format!("q{bits}"), Family::Quantised, config));
+        }
+        Ok(out)
+    }
+
+    pub fn expand(&self) -> Result<Plan> {
+        let config = self.config;
+        let classes = 10;
+        let mut plan = Plan {
+            models: Vec::new(),
+            jobs: Vec::new(),
+        };
+        let mut report_needs = Vec::new();
+        for seed in 1..=config.seeds {
+            // The baseline: the user's file, or trained (its key is its training config).
+            let base = plan.models.len();
+            match &self.baseline {
+                Some((path, key)) => plan.models.push(ModelSpec {
+                    seed,
+                    label: "full".into(),
+                    family: Family::Full,
+                    key: key.clone(),
+                    path: path.clone(),
+                }),
+                None => {
+                    let train = self.train_config(&config.baseline, seed);
+                    let key = train.hash();
+                    let path = self.path("models", format!("full-s{seed}-{key}.safetensors"));
+                    plan.models.push(ModelSpec {
+                        seed,
+                        label: "full".into(),
+                        family: Family::Full,
+                        key: key.clone(),
+                        path: path.clone(),
+                    });
+                    plan.jobs.push(Job {
+                        key,
+                        stage: Stage::Baseline,
+                        work: Work::Train {
+                            model: base,
+                            config: train,
+                        },
+                        cost: self.train_cost(&config.baseline),
+                        needs: Vec::new(),
+                        writes: vec![path],
+                        name: format!("seed {seed}: baseline"),
+                    });
+                }
+            }
+            let base_key = plan.models[base].key.clone();
+            let base_path = plan.models[base].path.clone();
+            for (label, family, compress) in self.grid(seed)? {
+                let key = stable_hash([base_key.as_bytes(), compress.hash().as_bytes()]);
+                let path = self.path("models", format!("{label}-s{seed}-{key}.safetensors"));
+                let model = plan.models.len();
+                plan.models.push(ModelSpec {
+                    seed,
+                    label: label.clone(),
+                    family,
+                    key: key.clone(),
+                    path: path.clone(),
+                });
+                plan.jobs.push(Job {
+                    key,
+                    stage: Stage::Compress,
+                    work: Work::Compress {
+                        model,
+                        base,
+                        config: compress,
+                    },
+                    cost: self.train_cost(&config.finetune),
+                    needs: vec![base_path.clone()],
+                    writes: vec![path],
+                    name: format!("seed {seed}: {label}"),
+                });
+            }
+            let seed_models: Vec<usize> = (base..plan.models.len()).collect();
+            let model_files: Vec<PathBuf> = seed_models
+                .iter()
+                .map(|&m| plan.models[m].path.clone())
+                .collect();
+            report_needs.extend(model_files.iter().cloned());
+
+            // The transfer matrix: per attack and source, one set made once, on every target.
+            for &kind in &config.attack.names {
+                let attack =
+                    config.attack_config(kind, config.attack.eps, config.attack.steps, seed);
+                for &source in &seed_models {
+                    let spec = &plan.models[source];
+                    let set_key = transfer::set_key(spec.key.as_bytes(), &attack, self.images);
+                    let cells: Vec<PathBuf> = seed_models
+                        .iter()
+                        .map(|&t| {
+                            let target = plan.models[t].key.as_bytes();
+                            let key = stable_hash([set_key.as_bytes(), target, b"cell"]);
+                            self.path("cells", format!("{key}.json"))
+                        })
+                        .collect();
+                    let set = self.path(
+                        "sets",
+                        format!("{kind}-{}-s{seed}-{set_key}.safetensors", spec.label),
+                    );
+                    report_needs.extend(cells.iter().cloned());
+                    report_needs.push(set.clone());
+                    let mut writes = cells.clone();
+                    writes.push(set.clone());
+                    plan.jobs.push(Job {
+                        key: set_key,
+                        stage: Stage::Attack,
+                        name: format!("seed {seed}: {kind} on {}", spec.label),
+                        cost: self.images as f64
+                            * (attack_passes(&attack, classes) + 2.0 * seed_models.len() as f64),
+                        work: Work::Attack {
+                            source,
+                            targets: seed_models.clone(),
+                            config: attack.clone(),
+                            set,
+                            cells,
+                        },
+                        needs: model_files.clone(),
+                        writes,
+                    });
+                }
+            }
+
+            // Figure 3: the baseline attacked by itself at every (attack, eps, steps).
+            for &kind in &config.figure3.attacks {
+                for &eps in &config.figure3.eps {
+                    for &steps in &config.figure3.steps {
+                        let attack = config.attack_config(kind, eps, steps, seed);
+                        let json = serde_json::to_string(&attack).expect("config serialises");
+                        let key = stable_hash([
+                            base_key.as_bytes(),
+                            json.as_bytes(),
+                            &self.images.to_le_bytes(),
+                            b"eps-steps",
+                        ]);
+                        let cell = self.path("cells", format!("eps-steps-{key}.json"));
+                        report_needs.push(cell.clone());
+                        plan.jobs.push(Job {
+                            key,
+                            stage: Stage::Attack,
+                            name: format!("seed {seed}: figure 3, {kind} eps {eps} x {steps}"),
+                            cost: self.images as f64 * (attack_passes(&attack, classes) + 2.0),
+                            work: Work::EpsSteps {
+                                model: base,
+                                config: attack,
+                                cell: cell.clone(),
+                            },
+                            needs: vec![base_path.clone()],
+                            writes: vec![cell],
+                        });
+                    }
+                }
+            }
+        }
+        let report_cost = (plan.models.len() * config.figure5.activation_images) as f64;
+        plan.jobs.push(Job {
+            key: stable_hash(
+                report_needs
+                    .iter()
+                    .map(|p| p.as_os_str().as_encoded_bytes()),
+            ),
+            stage: Stage::Report,
+            work: Work::Report,
+            cost: report_cost,
+            needs: report_needs,
+            writes: Vec::new(),
+            name: "results, figures and report".into(),
+        });
+        Ok(plan)
+    }
+}
+
+impl Plan {
+    /// The jobs `shard` runs of `stage` (all stages when `None`), in plan order.
+    pub fn select(&self, stage: Option<Stage>, shard: Shard) -> Vec<usize> {
+        let mut chosen = Vec::new();
+        for s in Stage::ALL
+            .into_iter()
+            .filter(|s| stage.is_none_or(|x| x == *s))
+        {
+            let mut of_stage: Vec<usize> = (0..self.jobs.len())
+                .filter(|&j| self.jobs[j].stage == s)
+                .collect();
+            let mut by_key = of_stage.clone();
+            by_key.sort_by(|&a, &b| self.jobs[a].key.cmp(&self.jobs[b].key).then(a.cmp(&b)));
+            of_stage.retain(|j| shard.owns(by_key.iter().position(|k| k == j).unwrap_or(0)));
+            chosen.extend(of_stage);
+        }
+        chosen
+    }
+
+    /// Jobs in `stage`.
+    pub fn count(&self, stage: Stage) -> usize {
+        self.jobs.iter().filter(|j| j.stage == stage).count()
+    }
+}
