@@ -278,7 +278,7 @@ fn sharded_stages_in_any_order_give_the_results_of_one_process() {
                 assert!(output.status.success(), "{stage} {i}/{n}: {stderr}");
                 ran += stderr.matches(", ETA ").count();
                 // In a log, every finished job says where the run stands.
-                for line in stderr.lines().filter(|l| l.contains("] seed ")) {
+                for line in stderr.lines().filter(|l| l.contains("] [")) {
                     assert!(
                         line.contains(", ETA ") || line.ends_with(" reused"),
                         "{line}"

@@ -131,6 +131,18 @@ pub struct AttackConfig {
 }
 
 impl AttackConfig {
+    /// Rough image passes (a forward or a backward pass of one image) this attack spends on one
+    /// image of a `classes`-class model, for progress estimates: an iteration is a forward and
+    /// a backward pass; a DeepFool iteration one per candidate class, about 8 iterations on
+    /// MNIST.
+    pub fn passes_per_image(&self, classes: usize) -> f64 {
+        match self.kind {
+            AttackKind::DeepFool => (2 * self.candidates.unwrap_or(classes) * 8) as f64,
+            AttackKind::Fgsm | AttackKind::Fgm => 2.0,
+            AttackKind::Ifgsm | AttackKind::Ifgm | AttackKind::Pgd => 2.0 * self.steps as f64,
+        }
+    }
+
     /// The paper's settings: eps 0.02, 12 steps, L2-scaled IFGM, DeepFool overshoot 0.02 and at
     /// most 50 iterations.
     pub fn new(kind: AttackKind) -> Self {

@@ -198,10 +198,10 @@ fn craft(
 }
 
 /// One evaluated cell: source name, target name, scenario, metrics.
-type Row = (String, String, &'static str, CellMetrics);
+type Row = (String, String, transfer::Scenario, CellMetrics);
 
 fn cell(source: &Loaded, target: &Loaded, metrics: CellMetrics) -> Row {
-    let scenario = transfer::scenario(
+    let scenario = transfer::Scenario::of(
         source.compressed,
         target.compressed,
         source.path == target.path,
@@ -311,37 +311,6 @@ pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
     Ok(())
 }
 
-/// `source`'s set from the cache directory when an identical one is there, else crafted and
-/// stored there.
-fn cached_set(
-    dir: &Path,
-    source: &Loaded,
-    images: &Images,
-    config: &AttackConfig,
-    options: &AttackOptions,
-    backend: &Backend,
-) -> Result<AdversarialSet> {
-    let mut bytes = std::fs::read(&source.path).map_err(|e| Error::io(&source.path, e))?;
-    // The test images are part of the key: two sets of the user's own files with the same
-    // count and labels must not share adversarial sets.
-    bytes.extend_from_slice(images.fingerprint().as_bytes());
-    let key = transfer::set_key(&bytes, config, options.limit.min(images.len()));
-    let path = dir.join(format!("{}-{}-{key}.safetensors", source.name, config.kind));
-    let count = options.limit.min(images.len());
-    if path.exists() {
-        eprintln!(
-            "{} on {}: reusing {}",
-            config.kind,
-            source.name,
-            path.display()
-        );
-        return transfer::load(&path, images, count);
-    }
-    let set = craft(source, images, options, backend)?;
-    transfer::save(&path, &set)?;
-    Ok(set)
-}
-
 pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
     if args.models.len() < 2 {
         return Err(Error::usage("--models needs at least two checkpoints"));
@@ -360,36 +329,28 @@ pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
         .map(|p| load(p, &backend, args.options.grad))
         .collect::<Result<Vec<_>>>()?;
     let images = test_images(&models.iter().collect::<Vec<_>>(), &args.options.data)?;
-    let mut rows = Vec::new();
-    let mut csv = format!(
-        "source\\target,{}\n",
-        models
-            .iter()
-            .map(|m| m.name.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    for source in &models {
-        let set = match &args.cache {
-            Some(dir) => cached_set(dir, source, &images, &config, &args.options, &backend)?,
-            None => craft(source, &images, &args.options, &backend)?,
-        };
-        let mut line = vec![source.name.clone()];
-        for target in &models {
-            let metrics = transfer::evaluate(
-                &target.classifier,
-                &set,
-                &images,
-                args.options.batch_size,
-                &backend.device,
-            )?;
-            line.push(format!("{}", metrics.adversarial_accuracy));
-            rows.push(cell(source, target, metrics));
-        }
-        csv.push_str(&line.join(","));
-        csv.push('\n');
-    }
-    advcomp::write_atomically(&args.out, csv.as_bytes())?;
+    let cells = advcomp::sweep::transfer_matrix(advcomp::sweep::MatrixOptions {
+        models: models
+            .into_iter()
+            .map(|m| advcomp::sweep::MatrixModel {
+                name: m.name,
+                path: m.path,
+                classifier: m.classifier,
+            })
+            .collect(),
+        test: images,
+        config: config.clone(),
+        limit: args.options.limit,
+        batch_size: args.options.batch_size,
+        grad: args.options.grad,
+        cache: args.cache.clone(),
+        out: args.out.clone(),
+        backend: &backend,
+    })?;
+    let rows: Vec<Row> = cells
+        .into_iter()
+        .map(|c| (c.source, c.target, c.scenario, c.metrics))
+        .collect();
     if args.common.json {
         print_json(json!({
             "attack": config,

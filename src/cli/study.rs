@@ -4,14 +4,12 @@
 
 use std::path::PathBuf;
 
-use advcomp::attack::{AttackConfig, AttackKind};
+use advcomp::attack::AttackKind;
 use advcomp::backend::Backend;
 use advcomp::backend::BackendChoice;
-use advcomp::data::{DataChoice, Split};
-use advcomp::model::{self, KeyMap, ModelRef};
-use advcomp::report::{self, LineFigure, Panel, Point, Series};
+use advcomp::model::ModelRef;
 use advcomp::sweep::{self, Shard, SlurmOptions, Stage, SweepConfig, SweepOptions};
-use advcomp::{Error, Result, profile, train};
+use advcomp::{Error, Result, profile};
 use clap::Args;
 use serde_json::json;
 
@@ -255,85 +253,36 @@ pub(super) fn profile_command(args: ProfileArgs) -> Result<()> {
     }
     advcomp::files::check_output_dir("--out", &args.out, &inputs)?;
     let backend = open_backend(args.common.backend)?;
-    let baseline = match &args.baseline {
-        Some(path) => path.clone(),
-        None => quick_baseline(&args, &backend)?,
-    };
-    let ckpt = model::load(&baseline, None, &KeyMap::default(), &backend.device)?;
-    let dataset = ckpt.network.dataset(&DataChoice::default(), &ckpt.meta)?;
-    let test = ckpt.network.images(&dataset, Split::Test)?;
-    let variants = profile::variants(&ckpt.network, &bits, &densities, &backend.device, &test)?;
-    eprintln!(
-        "profile: {} attacks x {} models x batch sizes {:?} on {backend}, median of {}",
-        attacks.len(),
-        variants.len(),
+    let outcome = sweep::profile_attacks(sweep::ProfileOptions {
+        baseline: args.baseline.clone(),
+        bits,
+        densities,
         batch_sizes,
-        args.repeats
-    );
-    let mut timings = Vec::new();
-    let mut splits = Vec::new();
+        attacks,
+        repeats: args.repeats,
+        out: args.out.clone(),
+        backend: &backend,
+    })?;
     println!(
         "{:<10} {:<14} {:>6} {:>12} {:>10} {:>8}",
         "attack", "model", "batch", "median s", "images/s", "iters"
     );
-    for variant in &variants {
-        for &batch in &batch_sizes {
-            splits.push(profile::time_split(
-                variant,
-                &test,
-                batch,
-                args.repeats,
-                &backend.device,
-            ));
-            for &kind in &attacks {
-                let t = profile::attack_throughput(
-                    variant,
-                    &AttackConfig::new(kind),
-                    &test,
-                    batch,
-                    args.repeats,
-                    &backend.device,
-                )?;
-                println!(
-                    "{:<10} {:<14} {:>6} {:>12.4} {:>10.1} {:>8.2}",
-                    t.attack,
-                    t.model,
-                    t.batch_size,
-                    t.median_seconds,
-                    t.images_per_second,
-                    t.mean_iterations
-                );
-                timings.push(t);
-            }
-        }
-    }
-    let mut csv = String::from(
-        "attack,model,bits,density,batch_size,median_seconds,images_per_second,mean_iterations,backend,adapter\n",
-    );
-    for t in &timings {
-        csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},\"{}\"\n",
-            t.attack,
+    for t in &outcome.timings {
+        println!(
+            "{:<10} {:<14} {:>6} {:>12.4} {:>10.1} {:>8.2}",
+            t.attack.name(),
             t.model,
-            t.bits.map_or(String::new(), |b| b.to_string()),
-            t.density,
             t.batch_size,
             t.median_seconds,
             t.images_per_second,
-            t.mean_iterations,
-            backend.name,
-            backend.adapter
-        ));
+            t.mean_iterations
+        );
     }
-    advcomp::write_atomically(&args.out.join("attacks.csv"), csv.as_bytes())?;
-    let mut split_csv = String::from(
-        "model,batch_size,forward_seconds,backward_seconds,compression_kernel_seconds,attack_step_seconds,backend,adapter\n",
-    );
     println!(
         "\n{:<14} {:>6} {:>12} {:>12} {:>14} {:>12}",
         "model", "batch", "forward ms", "backward ms", "compress ms", "step ms"
     );
-    for s in &splits {
+    for s in &outcome.splits {
         println!(
             "{:<14} {:>6} {:>12.3} {:>12.3} {:>14.3} {:>12.3}",
             s.model,
@@ -343,124 +292,14 @@ pub(super) fn profile_command(args: ProfileArgs) -> Result<()> {
             1e3 * s.compression_kernel_seconds,
             1e3 * s.attack_step_seconds
         );
-        split_csv.push_str(&format!(
-            "{},{},{},{},{},{},{},\"{}\"\n",
-            s.model,
-            s.batch_size,
-            s.forward_seconds,
-            s.backward_seconds,
-            s.compression_kernel_seconds,
-            s.attack_step_seconds,
-            backend.name,
-            backend.adapter
-        ));
     }
-    advcomp::write_atomically(&args.out.join("split.csv"), split_csv.as_bytes())?;
-    let figure = throughput_figure(&timings, &attacks, &batch_sizes, &backend);
-    let fig = report::save_lines(&args.out, "throughput", "Attack throughput".into(), &figure)?;
-    println!(
-        "backend {backend}; -> {}, {}, {}",
-        args.out.join("attacks.csv").display(),
-        args.out.join("split.csv").display(),
-        fig.png.display()
-    );
-    Ok(())
-}
-
-/// Images/s against bitwidth, one panel per attack, one line per batch size (the float
-/// baseline drawn flat across the bitwidths for comparison).
-fn throughput_figure(
-    timings: &[profile::AttackTiming],
-    attacks: &[AttackKind],
-    batch_sizes: &[usize],
-    backend: &Backend,
-) -> LineFigure {
-    let panels = attacks
+    let files: Vec<String> = outcome
+        .files
         .iter()
-        .map(|kind| {
-            let mut series = Vec::new();
-            for &batch in batch_sizes {
-                let of = |t: &&profile::AttackTiming| {
-                    t.attack == kind.name() && t.batch_size == batch && t.density == 1.0
-                };
-                let quantised: Vec<(f64, Point)> = timings
-                    .iter()
-                    .filter(of)
-                    .filter_map(|t| t.bits.map(|b| (b as f64, t.images_per_second)))
-                    .map(|(x, y)| (x, Point::new(y, y, y)))
-                    .collect();
-                if let Some(full) = timings.iter().filter(of).find(|t| t.bits.is_none()) {
-                    let y = full.images_per_second;
-                    let xs = quantised.iter().map(|(x, _)| *x);
-                    let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-                        (a.min(x), b.max(x))
-                    });
-                    if lo.is_finite() {
-                        series.push(Series {
-                            name: format!("float, batch {batch}"),
-                            points: vec![(lo, Point::new(y, y, y)), (hi, Point::new(y, y, y))],
-                        });
-                    }
-                }
-                series.push(Series {
-                    name: format!("fixed point, batch {batch}"),
-                    points: quantised,
-                });
-            }
-            let top = series
-                .iter()
-                .flat_map(|s| s.points.iter().map(|(_, p)| p.y))
-                .fold(0.0, f64::max);
-            Panel {
-                title: kind.name().to_uppercase(),
-                x_label: "bitwidth".into(),
-                y_label: "images / s".into(),
-                series,
-                y_range: Some((0.0, 1.1 * top.max(1e-3))),
-                cdf: false,
-            }
-        })
+        .map(|f| f.display().to_string())
         .collect();
-    LineFigure {
-        title: format!("Attack throughput on {backend}"),
-        panels,
-    }
-}
-
-/// The quick preset's baseline, trained once into `args.out` and reused by config hash.
-fn quick_baseline(args: &ProfileArgs, backend: &Backend) -> Result<PathBuf> {
-    let preset = SweepConfig::preset("quick")?;
-    let kind = match preset.model {
-        ModelRef::BuiltIn(kind) => kind,
-        ModelRef::Onnx(path) => {
-            return Err(Error::usage(format!(
-                "the quick preset names {}; profile trains a built-in baseline",
-                path.display()
-            )));
-        }
-    };
-    let dataset = kind.default_dataset();
-    let config = preset.baseline.train_config(kind.name(), dataset, 1);
-    let path = args
-        .out
-        .join(format!("baseline-{kind}-{}.safetensors", config.hash()));
-    let outcome = train::train_baseline(
-        &ModelRef::BuiltIn(kind),
-        &DataChoice::known(dataset, None),
-        &config,
-        None,
-        &backend.device,
-        &path,
-        true,
-        super::print_epoch,
-    )?;
-    eprintln!(
-        "profile: baseline {} ({:.2}%{})",
-        path.display(),
-        100.0 * outcome.test_accuracy,
-        if outcome.reused { ", reused" } else { "" }
-    );
-    Ok(path)
+    println!("backend {backend}; -> {}", files.join(", "));
+    Ok(())
 }
 
 fn profile_kernels(args: &ProfileArgs, backend: &Backend) -> Result<()> {

@@ -2,6 +2,7 @@
 //! bitwidth, density and batch size, with the time split of one iteration). Warm-up runs are excluded, every number is the median of timed
 //! repeats, and each repeat ends by waiting for the device.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -9,11 +10,13 @@ use burn::prelude::*;
 use serde::Serialize;
 
 use crate::Result;
-use crate::attack::{self, AttackConfig};
+use crate::attack::{self, AttackConfig, AttackKind};
+use crate::backend::Backend;
 use crate::compress::{self, CompressConfig, Pruner};
 use crate::data::Images;
 use crate::kernels::{self, FixedPoint, QuantGrad, StepRule, StepSettings};
 use crate::model::{Classifier, Compression, Network, weight_layers};
+use crate::report::{LineFigure, Panel, Point, Series};
 use crate::train::TrainConfig;
 
 /// One kernel's measured throughput.
@@ -110,6 +113,7 @@ pub fn kernel_throughput(device: &Device, elements: usize, repeats: usize) -> Ve
 
 /// A model to profile attacks on: the baseline, quantised to `bits`, or pruned to `density`.
 /// Made without fine-tuning: speed does not depend on it.
+#[derive(Clone)]
 pub struct Variant {
     pub label: String,
     pub bits: Option<u32>,
@@ -179,7 +183,7 @@ pub fn variants(
 /// One attack's measured throughput on one variant at one batch size.
 #[derive(Clone, Debug, Serialize)]
 pub struct AttackTiming {
-    pub attack: String,
+    pub attack: AttackKind,
     pub model: String,
     pub bits: Option<u32>,
     pub density: f64,
@@ -252,7 +256,7 @@ pub fn attack_throughput(
         return Err(e);
     }
     Ok(AttackTiming {
-        attack: config.kind.to_string(),
+        attack: config.kind,
         model: variant.label.clone(),
         bits: variant.bits,
         density: variant.density,
@@ -330,5 +334,118 @@ pub fn time_split(
         backward_seconds: (forward_backward - forward).max(0.0),
         compression_kernel_seconds: compression_kernels,
         attack_step_seconds: step,
+    }
+}
+
+/// `attacks.csv` (images/s per attack, model and batch size), `split.csv` (where one iteration's
+/// time goes) and the throughput figure (PNG and SVG) in `out`; returns the files written.
+pub fn write_files(
+    out: &Path,
+    timings: &[AttackTiming],
+    splits: &[TimeSplit],
+    attacks: &[AttackKind],
+    batch_sizes: &[usize],
+    backend: &Backend,
+) -> Result<Vec<PathBuf>> {
+    let mut csv = String::from(
+        "attack,model,bits,density,batch_size,median_seconds,images_per_second,mean_iterations,backend,adapter\n",
+    );
+    for t in timings {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},\"{}\"\n",
+            t.attack,
+            t.model,
+            t.bits.map_or(String::new(), |b| b.to_string()),
+            t.density,
+            t.batch_size,
+            t.median_seconds,
+            t.images_per_second,
+            t.mean_iterations,
+            backend.name,
+            backend.adapter
+        ));
+    }
+    let attacks_csv = out.join("attacks.csv");
+    crate::write_atomically(&attacks_csv, csv.as_bytes())?;
+    let mut split_csv = String::from(
+        "model,batch_size,forward_seconds,backward_seconds,compression_kernel_seconds,attack_step_seconds,backend,adapter\n",
+    );
+    for s in splits {
+        split_csv.push_str(&format!(
+            "{},{},{},{},{},{},{},\"{}\"\n",
+            s.model,
+            s.batch_size,
+            s.forward_seconds,
+            s.backward_seconds,
+            s.compression_kernel_seconds,
+            s.attack_step_seconds,
+            backend.name,
+            backend.adapter
+        ));
+    }
+    let split = out.join("split.csv");
+    crate::write_atomically(&split, split_csv.as_bytes())?;
+    let figure = throughput_figure(timings, attacks, batch_sizes, backend);
+    let fig = crate::report::save_lines(out, "throughput", "Attack throughput".into(), &figure)?;
+    Ok(vec![attacks_csv, split, fig.png])
+}
+
+/// Images/s against bitwidth, one panel per attack, one line per batch size (the float
+/// baseline drawn flat across the bitwidths for comparison).
+fn throughput_figure(
+    timings: &[AttackTiming],
+    attacks: &[AttackKind],
+    batch_sizes: &[usize],
+    backend: &Backend,
+) -> LineFigure {
+    let panels = attacks
+        .iter()
+        .map(|kind| {
+            let mut series = Vec::new();
+            for &batch in batch_sizes {
+                let of = |t: &&AttackTiming| {
+                    t.attack == *kind && t.batch_size == batch && t.density == 1.0
+                };
+                let quantised: Vec<(f64, Point)> = timings
+                    .iter()
+                    .filter(of)
+                    .filter_map(|t| t.bits.map(|b| (b as f64, t.images_per_second)))
+                    .map(|(x, y)| (x, Point::new(y, y, y)))
+                    .collect();
+                if let Some(full) = timings.iter().filter(of).find(|t| t.bits.is_none()) {
+                    let y = full.images_per_second;
+                    let xs = quantised.iter().map(|(x, _)| *x);
+                    let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+                        (a.min(x), b.max(x))
+                    });
+                    if lo.is_finite() {
+                        series.push(Series {
+                            name: format!("float, batch {batch}"),
+                            points: vec![(lo, Point::new(y, y, y)), (hi, Point::new(y, y, y))],
+                        });
+                    }
+                }
+                series.push(Series {
+                    name: format!("fixed point, batch {batch}"),
+                    points: quantised,
+                });
+            }
+            let top = series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|(_, p)| p.y))
+                .fold(0.0, f64::max);
+            Panel {
+                title: kind.name().to_uppercase(),
+                x_label: "bitwidth".into(),
+                y_label: "images / s".into(),
+                series,
+                y_range: Some((0.0, 1.1 * top.max(1e-3))),
+                cdf: false,
+            }
+        })
+        .collect();
+    LineFigure {
+        title: format!("Attack throughput on {backend}"),
+        panels,
     }
 }

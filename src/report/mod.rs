@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Result;
 use crate::attack::AttackKind;
-use crate::transfer::CellMetrics;
+use crate::transfer::{CellMetrics, Scenario};
 
 pub use figures::{Figure, LineFigure, Panel, Point, Series, save_lines};
 
@@ -53,7 +53,7 @@ pub struct Cell {
     pub attack: AttackKind,
     pub source: String,
     pub target: String,
-    pub scenario: String,
+    pub scenario: Scenario,
     pub metrics: CellMetrics,
 }
 
@@ -268,7 +268,7 @@ fn cells_csv(view: &View) -> String {
             c.attack.to_string(),
             c.source.clone(),
             c.target.clone(),
-            c.scenario.clone(),
+            c.scenario.to_string(),
             sd,
             sb,
             td,

@@ -11,32 +11,30 @@
 //! from the files on disk, so every way of running gives the same results.
 
 mod config;
+mod executor;
 mod plan;
+mod profile;
 mod slurm;
 mod store;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::attack::AttackConfig;
 use crate::backend::Backend;
-use crate::compress::{self, CompressConfig};
 use crate::data::{DataChoice, DatasetKind, Images, Split};
 use crate::kernels::QuantGrad;
-use crate::model::{self, Classifier, KeyMap, ModelRef};
-use crate::report::{self, CdfSeries, Cell, EpsStepsCell, Family, ModelRow, Throughput};
-use crate::train::{self, TrainConfig};
-use crate::transfer::{self, AdversarialSet};
+use crate::model::{self, ModelRef};
+use crate::report::Cell;
 use crate::{Error, Result, stable_hash};
 
 pub use config::{PRESETS, SweepConfig};
-use plan::{Job, Plan, PlanInputs, Work};
+use executor::{Context, Executor, Loaded, check_inputs};
+use plan::{Job, ModelSpec, Plan, PlanInputs, Stage as JobStage, Work};
 pub use plan::{Shard, Stage};
+pub use profile::{ProfileOptions, ProfileOutcome, profile_attacks};
 pub use slurm::{SlurmOptions, SlurmSubmission};
 use store::Store;
 
@@ -68,12 +66,6 @@ pub struct SweepSummary {
     pub seconds: f64,
 }
 
-/// A model of the sweep, loaded.
-struct SweepModel {
-    row: ModelRow,
-    classifier: Classifier,
-}
-
 /// Everything a run needs, checked before anything is written.
 struct Prepared {
     /// Files the user gave (never overwritten).
@@ -84,7 +76,6 @@ struct Prepared {
     test: Images,
     images: usize,
     grad: QuantGrad,
-    title: String,
 }
 
 impl Prepared {
@@ -134,6 +125,10 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
     let images = config.attack.images.min(test.len());
     let grad = config.attack.grad;
     let inputs: Vec<PathBuf> = baseline.iter().map(|(p, _)| p.clone()).collect();
+    let title = match network.model_sha256() {
+        Some(sha) => format!("advcomp sweep: {kind} (SHA-256 {sha}) on {dataset}"),
+        None => format!("advcomp sweep: {kind} on {dataset}"),
+    };
     let plan = PlanInputs {
         config,
         root: &options.out,
@@ -142,12 +137,11 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         dataset,
         images,
         grad,
+        classes: network.classes(),
+        title,
     }
     .expand()?;
-    let title = match network.model_sha256() {
-        Some(sha) => format!("advcomp sweep: {kind} (SHA-256 {sha}) on {dataset}"),
-        None => format!("advcomp sweep: {kind} on {dataset}"),
-    };
+
     Ok(Prepared {
         inputs,
         plan,
@@ -156,7 +150,6 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         test,
         images,
         grad,
-        title,
     })
 }
 
@@ -173,13 +166,6 @@ pub fn run(options: &SweepOptions) -> Result<SweepSummary> {
     }
     prepared.check_output(&options.out)?;
     let store = Store::open(&options.out, !whole)?;
-    let executor = Executor {
-        options,
-        prepared: &prepared,
-        store: &store,
-        loaded: RefCell::new(HashMap::new()),
-        report: RefCell::new(None),
-    };
     let config = &options.config;
     store.log(&format!(
         "sweep: {} on {}, {} seed(s), {} models, {} jobs ({}{}), {} attacked images, backend {}, output {}",
@@ -198,9 +184,21 @@ pub fn run(options: &SweepOptions) -> Result<SweepSummary> {
         options.backend,
         options.out.display()
     ));
-    let jobs_run = executor.run(&selected)?;
-    store.overall.finish_and_clear();
-    let (report, models, cells) = match executor.report.take() {
+    let context = Context {
+        backend: options.backend,
+        test: prepared.test,
+        images: prepared.images,
+        batch_size: config.attack.batch_size,
+        grad: prepared.grad,
+        evaluation_images: config.evaluation_images,
+        load_as: Some(prepared.model.clone()),
+        training: Some((
+            prepared.model.clone(),
+            DataChoice::known(prepared.dataset, options.data_dir.clone()),
+        )),
+    };
+    let outcome = Executor::new(&context, &prepared.plan, &store).run(&selected)?;
+    let (report, models, cells) = match outcome.report {
         Some((path, models, cells)) => (Some(path), models, cells),
         None => (None, prepared.plan.models.len(), 0),
     };
@@ -209,7 +207,7 @@ pub fn run(options: &SweepOptions) -> Result<SweepSummary> {
         models,
         cells,
         jobs: selected.len(),
-        jobs_run,
+        jobs_run: outcome.jobs_run,
         seconds: start.elapsed().as_secs_f64(),
     })
 }
@@ -221,491 +219,103 @@ pub fn submit_to_slurm(options: &SweepOptions, slurm: &SlurmOptions) -> Result<S
     slurm::submit(options, &prepared.plan, slurm)
 }
 
-/// Refuses to start `jobs` while files they read are missing, naming them.
-fn check_inputs<'a>(what: &str, jobs: impl IntoIterator<Item = &'a Job>) -> Result<()> {
-    let mut missing: Vec<&PathBuf> = jobs
-        .into_iter()
-        .flat_map(|j| &j.needs)
-        .filter(|p| !p.exists())
-        .collect();
-    missing.sort();
-    missing.dedup();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let shown: Vec<String> = missing
-        .iter()
-        .take(5)
-        .map(|p| p.display().to_string())
-        .collect();
-    Err(Error::usage(format!(
-        "{what}: {} input file(s) missing, which earlier stages write (run those first): {}{}",
-        missing.len(),
-        shown.join(", "),
-        if missing.len() > shown.len() {
-            ", ..."
-        } else {
-            ""
-        }
-    )))
+/// A model of the transfer command, loaded by the caller (it chose the test images from them).
+pub struct MatrixModel {
+    /// Its name in the matrix (the file's stem).
+    pub name: String,
+    pub path: PathBuf,
+    /// Its gradient through the quantisers already chosen.
+    pub classifier: crate::model::Classifier,
 }
 
-struct Executor<'a> {
-    options: &'a SweepOptions<'a>,
-    prepared: &'a Prepared,
-    store: &'a Store,
-    /// Models loaded so far, by index in the plan.
-    loaded: RefCell<HashMap<usize, Rc<SweepModel>>>,
-    /// The report, its model count and cell count, once the report job ran.
-    report: RefCell<Option<(PathBuf, usize, usize)>>,
+/// The transfer command: every model attacked (once) and every set evaluated on every model.
+pub struct MatrixOptions<'a> {
+    pub models: Vec<MatrixModel>,
+    pub test: Images,
+    pub config: AttackConfig,
+    /// Attacked images (the first N of `test`).
+    pub limit: usize,
+    pub batch_size: usize,
+    pub grad: QuantGrad,
+    /// Where each source's set is kept and reused (by a hash of the checkpoint's bytes, the
+    /// test images, the attack and the image count).
+    pub cache: Option<PathBuf>,
+    /// The matrix CSV.
+    pub out: PathBuf,
+    pub backend: &'a Backend,
 }
 
-impl Executor<'_> {
-    fn device(&self) -> &burn::tensor::Device {
-        &self.options.backend.device
-    }
-
-    fn batch_size(&self) -> usize {
-        self.options.config.attack.batch_size
-    }
-
-    /// Runs the jobs in order, skipping those whose outputs exist; returns how many ran. A
-    /// line per job in the log (and on stderr): `[done/total, ETA]` and what it did.
-    fn run(&self, selected: &[usize]) -> Result<usize> {
-        let plan = &self.prepared.plan;
-        let todo: Vec<bool> = selected.iter().map(|&j| !plan.jobs[j].is_done()).collect();
-        let mut cost_left: f64 = selected
-            .iter()
-            .zip(&todo)
-            .filter(|(_, t)| **t)
-            .map(|(&j, _)| plan.jobs[j].cost)
-            .sum();
-        // Work units in u64 for the bar; a huge (but valid) grid saturates, not overflows.
-        let scale = 1e12 / cost_left.max(1e12);
-        self.store.overall.set_length((cost_left * scale) as u64);
-        let (mut cost_done, mut seconds_run, mut ran) = (0.0, 0.0, 0);
-        for (done, (&j, &todo)) in selected.iter().zip(&todo).enumerate() {
-            let job = &plan.jobs[j];
-            let progress = format!("[{}/{}", done + 1, selected.len());
-            if !todo {
-                self.store.log(&format!("{progress}] {} reused", job.name));
-                continue;
-            }
-            check_inputs(&format!("{} (stage {})", job.name, job.stage), [job])?;
-            for output in &job.writes {
-                if let (Some(dir), Some(name)) = (output.parent(), output.file_name()) {
-                    crate::files::remove_stale_temporaries(dir, Some(name), false);
-                }
-            }
-            let start = Instant::now();
-            let what = self.run_job(job)?;
-            let seconds = start.elapsed().as_secs_f64();
-            ran += 1;
-            seconds_run += seconds;
-            cost_done += job.cost;
-            cost_left -= job.cost;
-            self.store.overall.inc((job.cost * scale) as u64);
-            let eta = if cost_done > 0.0 {
-                format_duration(cost_left.max(0.0) * seconds_run / cost_done)
-            } else {
-                "?".into()
-            };
-            self.store.log(&format!(
-                "{progress}, ETA {eta}] {}: {what} ({seconds:.1} s)",
-                job.name
-            ));
-        }
-        Ok(ran)
-    }
-
-    /// Runs one job; returns what it did, for the log.
-    fn run_job(&self, job: &Job) -> Result<String> {
-        match &job.work {
-            Work::Train { model, config } => self.train(*model, config),
-            Work::Compress {
-                model,
-                base,
-                config,
-            } => self.compress(*model, *base, config),
-            Work::Attack {
-                source,
-                targets,
-                config,
-                set,
-                cells,
-            } => self.attack(*source, targets, config, set, cells),
-            Work::EpsSteps {
-                model,
-                config,
-                cell,
-            } => self.eps_steps(*model, config, cell),
-            Work::Report => self.write_report(),
-        }
-    }
-}
-
-impl Executor<'_> {
-    /// Model `index` of the plan, loaded once per process.
-    fn model(&self, index: usize) -> Result<Rc<SweepModel>> {
-        if let Some(m) = self.loaded.borrow().get(&index) {
-            return Ok(m.clone());
-        }
-        let spec = &self.prepared.plan.models[index];
-        let ckpt = model::load(
-            &spec.path,
-            Some(self.prepared.model.clone()),
-            &KeyMap::default(),
-            self.device(),
-        )?;
-        let clean_accuracy = match ckpt.meta.accuracy {
-            Some(a) => a,
-            None => train::evaluate(
-                &ckpt.network,
-                &ckpt.compression,
-                &self.prepared.test,
-                self.device(),
-                500,
-                self.options.config.evaluation_images,
-            )?,
-        };
-        let record = ckpt.record();
-        let mut classifier = ckpt.classifier();
-        classifier.compression.grad = self.prepared.grad;
-        let loaded = Rc::new(SweepModel {
-            row: ModelRow {
-                seed: spec.seed,
-                label: spec.label.clone(),
-                family: spec.family,
-                density: record
-                    .as_ref()
-                    .and_then(|r| r.target_density)
-                    .unwrap_or(1.0),
-                bits: classifier.compression.weights.map(|f| f.bits),
-                clean_accuracy,
-                checkpoint: spec.path.clone(),
-            },
-            classifier,
+/// Runs the transfer command's plan — one attack job per source, then the matrix — on the
+/// sweep's executor; returns every cell (rows: source, columns: target).
+pub fn transfer_matrix(options: MatrixOptions) -> Result<Vec<Cell>> {
+    let images = options.limit.min(options.test.len());
+    let mut plan = Plan {
+        models: Vec::new(),
+        jobs: Vec::new(),
+    };
+    for m in &options.models {
+        let mut bytes = std::fs::read(&m.path).map_err(|e| Error::io(&m.path, e))?;
+        // The test images are part of the key: two runs on different files of the user's with
+        // the same count and labels must not share adversarial sets.
+        bytes.extend_from_slice(options.test.fingerprint().as_bytes());
+        plan.models.push(ModelSpec {
+            seed: 1,
+            label: m.name.clone(),
+            family: None,
+            key: stable_hash([bytes.as_slice()]),
+            path: m.path.clone(),
         });
-        self.loaded.borrow_mut().insert(index, loaded.clone());
-        Ok(loaded)
-    }
-
-    fn data(&self) -> DataChoice {
-        DataChoice::known(self.prepared.dataset, self.options.data_dir.clone())
-    }
-
-    fn train(&self, model: usize, config: &TrainConfig) -> Result<String> {
-        if self.prepared.model.builtin().is_none() {
-            return Err(Error::usage(
-                "an imported model is its own baseline; it is not trained",
-            ));
-        }
-        let spec = &self.prepared.plan.models[model];
-        let bar = self.store.stage(
-            config.epochs as u64,
-            &format!("{} s{}", spec.label, spec.seed),
-            "epochs",
-        );
-        let outcome = train::train_baseline(
-            &self.prepared.model,
-            &self.data(),
-            config,
-            self.options.config.evaluation_images,
-            self.device(),
-            &spec.path,
-            false,
-            |r| {
-                bar.inc(1);
-                self.store.log(&format!(
-                    "seed {}: baseline epoch {}: loss {:.4}, test accuracy {:.2}%",
-                    spec.seed,
-                    r.epoch,
-                    r.train_loss,
-                    100.0 * r.test_accuracy
-                ));
+        let key = crate::transfer::set_key(&bytes, &options.config, images);
+        let set = options.cache.as_ref().map(|dir| {
+            dir.join(format!(
+                "{}-{}-{key}.safetensors",
+                m.name, options.config.kind
+            ))
+        });
+        let classes = m.classifier.network.classes();
+        plan.jobs.push(Job {
+            key,
+            stage: JobStage::Attack,
+            name: format!("{} on {}", options.config.kind, m.name),
+            cost: images as f64
+                * (options.config.passes_per_image(classes) + 2.0 * options.models.len() as f64),
+            work: Work::Attack {
+                source: plan.models.len() - 1,
+                targets: (0..options.models.len()).collect(),
+                config: options.config.clone(),
+                set,
+                cells: None,
             },
-        )?;
-        bar.finish_and_clear();
-        Ok(format!(
-            "trained, {:.2}% clean accuracy",
-            100.0 * outcome.test_accuracy
-        ))
+            needs: Vec::new(),
+            writes: Vec::new(),
+        });
     }
-
-    fn compress(&self, model: usize, base: usize, config: &CompressConfig) -> Result<String> {
-        let models = &self.prepared.plan.models;
-        let spec = &models[model];
-        let bar = self.store.stage(
-            config.finetune.epochs as u64,
-            &format!("{} s{}", spec.label, spec.seed),
-            "epochs",
-        );
-        let outcome = compress::compress_checkpoint(
-            &models[base].path,
-            &self.data(),
-            config,
-            self.options.config.evaluation_images,
-            self.device(),
-            &spec.path,
-            |_| bar.inc(1),
-        )?;
-        bar.finish_and_clear();
-        Ok(format!(
-            "{:.2}% clean accuracy (baseline {:.2}%)",
-            100.0 * outcome.test_accuracy,
-            100.0 * outcome.base_accuracy
-        ))
+    plan.jobs.push(Job {
+        key: "matrix".into(),
+        stage: JobStage::Report,
+        name: "matrix".into(),
+        cost: 0.0,
+        work: Work::Matrix {
+            out: options.out.clone(),
+        },
+        needs: Vec::new(),
+        writes: Vec::new(),
+    });
+    let store = Store::cache(options.cache.as_deref())?;
+    let context = Context {
+        backend: options.backend,
+        test: options.test,
+        images,
+        batch_size: options.batch_size,
+        grad: options.grad,
+        evaluation_images: None,
+        load_as: None,
+        training: None,
+    };
+    let executor = Executor::new(&context, &plan, &store);
+    for (index, m) in options.models.into_iter().enumerate() {
+        executor.preload(index, Loaded::from_classifier(m.classifier));
     }
-
-    /// Crafts one adversarial set on `source`.
-    fn craft(&self, source: &SweepModel, config: &AttackConfig) -> Result<AdversarialSet> {
-        let label = format!("{} {}", config.kind, source.row.label);
-        let bar = self
-            .store
-            .add(transfer::image_bar(self.prepared.images, &label));
-        let description =
-            serde_json::json!({ "source": source.row.checkpoint, "attack": config }).to_string();
-        let set = transfer::craft(
-            &source.classifier,
-            &self.prepared.test,
-            self.prepared.images,
-            self.batch_size(),
-            config,
-            self.device(),
-            description,
-            &bar,
-        )?;
-        bar.finish_and_clear();
-        Ok(set)
-    }
-
-    /// One row of the matrix: the set (made once, or read back when a killed run made it)
-    /// on every target.
-    fn attack(
-        &self,
-        source: usize,
-        targets: &[usize],
-        config: &AttackConfig,
-        set_path: &Path,
-        cells: &[PathBuf],
-    ) -> Result<String> {
-        let source = self.model(source)?;
-        let (set, what) = if set_path.exists() {
-            let mut set = transfer::load(set_path, &self.prepared.test, self.prepared.images)?;
-            set.seconds = read_timing(set_path).seconds;
-            let what = format!("{} images (set read back)", set.len());
-            (set, what)
-        } else {
-            let set = self.craft(&source, config)?;
-            transfer::save(set_path, &set)?;
-            let timing = Timing {
-                seconds: set.seconds,
-                backend: self.options.backend.name.into(),
-                adapter: self.options.backend.adapter.clone(),
-            };
-            write_json(&timing_path(set_path), &timing)?;
-            let what = format!(
-                "{} images, {:.1} images/s",
-                set.len(),
-                set.images_per_second()
-            );
-            (set, what)
-        };
-        for (&target, path) in targets.iter().zip(cells) {
-            if path.exists() {
-                continue;
-            }
-            let target = self.model(target)?;
-            let metrics = transfer::evaluate(
-                &target.classifier,
-                &set,
-                &self.prepared.test,
-                self.batch_size(),
-                self.device(),
-            )?;
-            let cell = Cell {
-                seed: source.row.seed,
-                attack: config.kind,
-                source: source.row.label.clone(),
-                target: target.row.label.clone(),
-                scenario: transfer::scenario(
-                    source.row.family != Family::Full,
-                    target.row.family != Family::Full,
-                    source.row.label == target.row.label,
-                )
-                .into(),
-                metrics,
-            };
-            write_json(path, &cell)?;
-        }
-        Ok(what)
-    }
-
-    /// One Figure 3 point: the model attacked by itself.
-    fn eps_steps(&self, model: usize, config: &AttackConfig, path: &Path) -> Result<String> {
-        let model = self.model(model)?;
-        let set = self.craft(&model, config)?;
-        let metrics = transfer::evaluate(
-            &model.classifier,
-            &set,
-            &self.prepared.test,
-            self.batch_size(),
-            self.device(),
-        )?;
-        let what = format!(
-            "adversarial accuracy {:.1}%",
-            100.0 * metrics.adversarial_accuracy
-        );
-        write_json(
-            path,
-            &EpsStepsCell {
-                seed: model.row.seed,
-                attack: config.kind,
-                eps: config.eps,
-                steps: config.steps,
-                metrics,
-            },
-        )?;
-        Ok(what)
-    }
-
-    /// Figure 5's CDFs of all weights and all activations of the baseline and each quantised
-    /// model of the first seed (from the checkpoints, so the same on every run).
-    fn cdfs(&self) -> Result<Vec<CdfSeries>> {
-        let n = self
-            .options
-            .config
-            .figure5
-            .activation_images
-            .min(self.prepared.test.len());
-        let indices: Vec<usize> = (0..n).collect();
-        let mut out = Vec::new();
-        for (index, spec) in self.prepared.plan.models.iter().enumerate() {
-            if spec.seed != 1 || spec.family == Family::Pruned {
-                continue;
-            }
-            let m = self.model(index)?;
-            let (images, _) = self.prepared.test.batch(&indices, self.device());
-            let rows = compress::cdf_rows(
-                &m.classifier.network,
-                &m.classifier.compression,
-                Some(images),
-            );
-            for tensor in ["weight", "activation"] {
-                out.push(CdfSeries {
-                    seed: spec.seed,
-                    label: spec.label.clone(),
-                    tensor: tensor.into(),
-                    points: rows
-                        .iter()
-                        .filter(|r| r.tensor == tensor && r.layer == "all")
-                        .map(|r| (r.value, r.fraction))
-                        .collect(),
-                });
-            }
-        }
-        Ok(out)
-    }
-
-    /// The results, figures and report, from the files of every earlier job.
-    fn write_report(&self) -> Result<String> {
-        let plan = &self.prepared.plan;
-        let models = (0..plan.models.len())
-            .map(|m| self.model(m).map(|m| m.row.clone()))
-            .collect::<Result<Vec<_>>>()?;
-        let (mut cells, mut eps_steps, mut throughput) = (Vec::new(), Vec::new(), Vec::new());
-        for job in &plan.jobs {
-            match &job.work {
-                Work::Attack {
-                    source,
-                    config,
-                    set,
-                    cells: files,
-                    ..
-                } => {
-                    for file in files {
-                        cells.push(read_json::<Cell>(file)?);
-                    }
-                    let spec = &plan.models[*source];
-                    let timing = read_timing(set);
-                    throughput.push(Throughput {
-                        seed: spec.seed,
-                        attack: config.kind,
-                        source: spec.label.clone(),
-                        images: self.prepared.images,
-                        seconds: timing.seconds,
-                        backend: timing.backend,
-                        adapter: timing.adapter,
-                    });
-                }
-                Work::EpsSteps { cell, .. } => eps_steps.push(read_json::<EpsStepsCell>(cell)?),
-                _ => {}
-            }
-        }
-        let results = report::Results {
-            title: self.prepared.title.clone(),
-            config: serde_json::to_value(&self.options.config).expect("config serialises"),
-            backend: self.options.backend.name.into(),
-            adapter: self.options.backend.adapter.clone(),
-            models,
-            cells,
-            eps_steps,
-            cdfs: self.cdfs()?,
-            throughput,
-        };
-        let report = report::write(self.store.root(), &results)?;
-        let what = format!(
-            "{} models, {} cells -> {}",
-            results.models.len(),
-            results.cells.len(),
-            report.display()
-        );
-        *self.report.borrow_mut() = Some((report, results.models.len(), results.cells.len()));
-        Ok(what)
-    }
-}
-
-/// `1h02m`, `3m05s`, `12s`.
-fn format_duration(seconds: f64) -> String {
-    let s = seconds.round() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-    }
-}
-
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string(value).expect("result serialises");
-    crate::write_atomically(path, text.as_bytes())
-}
-
-/// How long an adversarial set took to make, and where.
-#[derive(Serialize, serde::Deserialize)]
-struct Timing {
-    seconds: f64,
-    backend: String,
-    adapter: String,
-}
-
-/// Where a set's [`Timing`] is kept: beside the set, not in it, so the set's bytes depend
-/// only on its inputs.
-fn timing_path(set: &Path) -> PathBuf {
-    let mut name = set.file_name().unwrap_or_default().to_os_string();
-    name.push(".timing.json");
-    set.with_file_name(name)
-}
-
-/// A stored set's timing (NaN seconds when its file is missing).
-fn read_timing(set: &Path) -> Timing {
-    read_json(&timing_path(set)).unwrap_or(Timing {
-        seconds: f64::NAN,
-        backend: "unknown".into(),
-        adapter: "unknown".into(),
-    })
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::data(path, format!("not a result file: {e}")))
+    let all: Vec<usize> = (0..plan.jobs.len()).collect();
+    Ok(executor.run(&all)?.cells)
 }

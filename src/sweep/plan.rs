@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::attack::{AttackConfig, AttackKind};
+use crate::attack::AttackConfig;
 use crate::compress::CompressConfig;
 use crate::data::DatasetKind;
 use crate::kernels::{FixedPoint, QuantGrad};
@@ -121,7 +121,8 @@ pub(super) struct ModelSpec {
     pub seed: u64,
     /// `full`, `dns0.1`, `q8`, ...
     pub label: String,
-    pub family: Family,
+    /// What the model is (`None`: read from its checkpoint's compression when loaded).
+    pub family: Option<Family>,
     /// Hash of everything the model depends on.
     pub key: String,
     pub path: PathBuf,
@@ -137,14 +138,15 @@ pub(super) enum Work {
         base: usize,
         config: CompressConfig,
     },
-    /// Craft one adversarial set on `source` and evaluate it on every target: the set and
-    /// its cells are written by this job alone.
+    /// Craft one adversarial set on `source` (or read it back from `set`) and evaluate it on
+    /// every target: the set and its cells are written by this job alone. Cells without files
+    /// (`cells: None`) are kept in memory for the plan's last job.
     Attack {
         source: usize,
         targets: Vec<usize>,
         config: AttackConfig,
-        set: PathBuf,
-        cells: Vec<PathBuf>,
+        set: Option<PathBuf>,
+        cells: Option<Vec<PathBuf>>,
     },
     /// One Figure 3 point: `model` attacked by itself (the set is not kept).
     EpsSteps {
@@ -152,8 +154,30 @@ pub(super) enum Work {
         config: AttackConfig,
         cell: PathBuf,
     },
-    /// The tables, figures and report, from every file above.
-    Report,
+    /// The sweep's tables, figures and report, from every file above.
+    Report {
+        title: String,
+        /// The sweep config, shown in the report.
+        config: serde_json::Value,
+        /// Figure 5: activations recorded on this many test images.
+        activation_images: usize,
+    },
+    /// The transfer command's matrix of adversarial accuracy (rows: source, columns: target),
+    /// from the cells kept in memory.
+    Matrix { out: PathBuf },
+    /// The profile: every attack's throughput on one model variant at one batch size, and
+    /// where one iteration's time goes (timings are always measured afresh, never reused).
+    Measure {
+        variant: Box<crate::profile::Variant>,
+        batch_size: usize,
+        attacks: Vec<AttackConfig>,
+        repeats: usize,
+    },
+    /// The profile's CSVs and figure, from the measurements kept in memory.
+    ProfileFiles {
+        out: PathBuf,
+        batch_sizes: Vec<usize>,
+    },
 }
 
 pub(super) struct Job {
@@ -196,16 +220,10 @@ pub(super) struct PlanInputs<'a> {
     /// Attacked test images per source model.
     pub images: usize,
     pub grad: QuantGrad,
-}
-
-/// Image passes of one attack on one image: an attack step is a forward and a backward
-/// pass; a DeepFool iteration one per candidate class (about 8 iterations on MNIST).
-fn attack_passes(config: &AttackConfig, classes: usize) -> f64 {
-    match config.kind {
-        AttackKind::DeepFool => (2 * config.candidates.unwrap_or(classes) * 8) as f64,
-        AttackKind::Fgsm | AttackKind::Fgm => 2.0,
-        _ => 2.0 * config.steps as f64,
-    }
+    /// The model's class count.
+    pub classes: usize,
+    /// The report's title.
+    pub title: String,
 }
 
 impl PlanInputs<'_> {
@@ -254,7 +272,7 @@ impl PlanInputs<'_> {
 
     pub fn expand(&self) -> Result<Plan> {
         let config = self.config;
-        let classes = 10;
+        let classes = self.classes;
         let mut plan = Plan {
             models: Vec::new(),
             jobs: Vec::new(),
@@ -267,7 +285,7 @@ impl PlanInputs<'_> {
                 Some((path, key)) => plan.models.push(ModelSpec {
                     seed,
                     label: "full".into(),
-                    family: Family::Full,
+                    family: Some(Family::Full),
                     key: key.clone(),
                     path: path.clone(),
                 }),
@@ -278,7 +296,7 @@ impl PlanInputs<'_> {
                     plan.models.push(ModelSpec {
                         seed,
                         label: "full".into(),
-                        family: Family::Full,
+                        family: Some(Family::Full),
                         key: key.clone(),
                         path: path.clone(),
                     });
@@ -305,7 +323,7 @@ impl PlanInputs<'_> {
                 plan.models.push(ModelSpec {
                     seed,
                     label: label.clone(),
-                    family,
+                    family: Some(family),
                     key: key.clone(),
                     path: path.clone(),
                 });
@@ -358,13 +376,13 @@ impl PlanInputs<'_> {
                         stage: Stage::Attack,
                         name: format!("seed {seed}: {kind} on {}", spec.label),
                         cost: self.images as f64
-                            * (attack_passes(&attack, classes) + 2.0 * seed_models.len() as f64),
+                            * (attack.passes_per_image(classes) + 2.0 * seed_models.len() as f64),
                         work: Work::Attack {
                             source,
                             targets: seed_models.clone(),
                             config: attack.clone(),
-                            set,
-                            cells,
+                            set: Some(set),
+                            cells: Some(cells),
                         },
                         needs: model_files.clone(),
                         writes,
@@ -390,7 +408,7 @@ impl PlanInputs<'_> {
                             key,
                             stage: Stage::Attack,
                             name: format!("seed {seed}: figure 3, {kind} eps {eps} x {steps}"),
-                            cost: self.images as f64 * (attack_passes(&attack, classes) + 2.0),
+                            cost: self.images as f64 * (attack.passes_per_image(classes) + 2.0),
                             work: Work::EpsSteps {
                                 model: base,
                                 config: attack,
@@ -411,7 +429,11 @@ impl PlanInputs<'_> {
                     .map(|p| p.as_os_str().as_encoded_bytes()),
             ),
             stage: Stage::Report,
-            work: Work::Report,
+            work: Work::Report {
+                title: self.title.clone(),
+                config: serde_json::to_value(config).expect("config serialises"),
+                activation_images: config.figure5.activation_images,
+            },
             cost: report_cost,
             needs: report_needs,
             writes: Vec::new(),

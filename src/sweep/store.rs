@@ -22,8 +22,9 @@ pub(super) const FOLDERS: [&str; 4] = ["models", "sets", "cells", "figures"];
 pub(super) struct Store {
     root: PathBuf,
     /// Held for the whole run: the OS releases it when the process ends, however it ends.
-    _lock: File,
-    log: Mutex<File>,
+    _lock: Option<File>,
+    /// `sweep.log` (a sweep's folder), or none (lines go to stderr only).
+    log: Option<Mutex<File>>,
     start: Instant,
     pub multi: MultiProgress,
     pub overall: ProgressBar,
@@ -39,25 +40,7 @@ impl Store {
             let dir = root.join(folder);
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
-        let lock_path = root.join(".lock");
-        let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
-        let locked = if shared {
-            lock.try_lock_shared()
-        } else {
-            lock.try_lock()
-        };
-        match locked {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(Error::usage(format!(
-                    "another sweep is running on {} (it holds {}); wait for it or choose \
-                     another --out",
-                    root.display(),
-                    lock_path.display()
-                )));
-            }
-            Err(TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
-        }
+        let lock = lock(root, shared, "sweep")?;
         // Only now, holding the lock alone, is it safe to clear what a killed run left.
         if !shared {
             remove_stale_temporaries(root, None, false);
@@ -71,6 +54,23 @@ impl Store {
             .append(true)
             .open(&log_path)
             .map_err(|e| Error::io(&log_path, e))?;
+        Ok(Self::new(root, Some(lock), Some(log)))
+    }
+
+    /// A folder of the transfer command's adversarial sets (`--cache`), or none: locked while
+    /// a run uses it, nothing but the sets written into it.
+    pub fn cache(root: Option<&Path>) -> Result<Self> {
+        let lock = match root {
+            Some(root) => {
+                std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+                Some(lock(root, false, "transfer")?)
+            }
+            None => None,
+        };
+        Ok(Self::new(root.unwrap_or(Path::new("")), lock, None))
+    }
+
+    fn new(root: &Path, lock: Option<File>, log: Option<File>) -> Self {
         let multi = MultiProgress::new();
         let overall = multi.add(ProgressBar::new(0).with_style(
             ProgressStyle::with_template(
@@ -78,15 +78,15 @@ impl Store {
             )
             .expect("valid template"),
         ));
-        overall.set_prefix("sweep");
-        Ok(Self {
+        overall.set_prefix("overall");
+        Self {
             root: root.to_path_buf(),
             _lock: lock,
-            log: Mutex::new(log),
+            log: log.map(Mutex::new),
             start: Instant::now(),
             multi,
             overall,
-        })
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -96,7 +96,7 @@ impl Store {
     /// A line in `sweep.log` and on stderr (above the progress bars).
     pub fn log(&self, message: &str) {
         let line = format!("[{:>7.1}s] {message}", self.start.elapsed().as_secs_f64());
-        if let Ok(mut log) = self.log.lock() {
+        if let Some(Ok(mut log)) = self.log.as_ref().map(Mutex::lock) {
             let _ = writeln!(log, "{line}");
         }
         self.multi.suspend(|| eprintln!("{line}"));
@@ -120,4 +120,28 @@ impl Store {
     pub fn add(&self, bar: ProgressBar) -> ProgressBar {
         self.multi.add(bar)
     }
+}
+
+/// `root/.lock`, held exclusively (a whole run) or shared (one shard of a stage).
+fn lock(root: &Path, shared: bool, what: &str) -> Result<File> {
+    let lock_path = root.join(".lock");
+    let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    let locked = if shared {
+        lock.try_lock_shared()
+    } else {
+        lock.try_lock()
+    };
+    match locked {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            return Err(Error::usage(format!(
+                "another {what} is running on {} (it holds {}); wait for it or choose \
+                 another folder",
+                root.display(),
+                lock_path.display()
+            )));
+        }
+        Err(TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
+    }
+    Ok(lock)
 }

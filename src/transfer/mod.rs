@@ -4,7 +4,9 @@
 //! perturbation below 1/255 survives the round trip.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Instant;
 
 use burn::prelude::*;
@@ -118,21 +120,83 @@ pub fn craft(
     })
 }
 
-/// The paper's scenario a (source, target) cell belongs to.
-pub fn scenario(
-    source_compressed: bool,
-    target_compressed: bool,
-    same_model: bool,
-) -> &'static str {
-    match (source_compressed, target_compressed, same_model) {
-        (false, false, true) => "FULL->FULL",
-        (true, true, true) => "1 COMP->COMP",
-        (false, true, _) => "2 FULL->COMP",
-        (true, false, _) => "3 COMP->FULL",
-        (true, true, false) => "COMP->other COMP",
-        (false, false, false) => "FULL->other FULL",
+/// The paper's scenario a (source, target) cell belongs to, or the other cells of the matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    /// 1: crafted on a compressed model, applied to itself.
+    CompToComp,
+    /// 2: crafted on the full model, applied to a compressed one.
+    FullToComp,
+    /// 3: crafted on a compressed model, applied to the full one.
+    CompToFull,
+    /// The full model attacked by itself (the paper's reference).
+    FullToFull,
+    /// Between two different compressed models.
+    CompToOtherComp,
+    /// Between two different full models.
+    FullToOtherFull,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::CompToComp,
+        Scenario::FullToComp,
+        Scenario::CompToFull,
+        Scenario::FullToFull,
+        Scenario::CompToOtherComp,
+        Scenario::FullToOtherFull,
+    ];
+
+    pub fn of(source_compressed: bool, target_compressed: bool, same_model: bool) -> Self {
+        match (source_compressed, target_compressed, same_model) {
+            (false, false, true) => Scenario::FullToFull,
+            (true, true, true) => Scenario::CompToComp,
+            (false, true, _) => Scenario::FullToComp,
+            (true, false, _) => Scenario::CompToFull,
+            (true, true, false) => Scenario::CompToOtherComp,
+            (false, false, false) => Scenario::FullToOtherFull,
+        }
+    }
+
+    /// The paper's number (1, 2, 3), or 0 for the other cells.
+    pub fn number(self) -> u8 {
+        match self {
+            Scenario::CompToComp => 1,
+            Scenario::FullToComp => 2,
+            Scenario::CompToFull => 3,
+            _ => 0,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Scenario::FullToFull => "FULL->FULL",
+            Scenario::CompToComp => "1 COMP->COMP",
+            Scenario::FullToComp => "2 FULL->COMP",
+            Scenario::CompToFull => "3 COMP->FULL",
+            Scenario::CompToOtherComp => "COMP->other COMP",
+            Scenario::FullToOtherFull => "FULL->other FULL",
+        }
     }
 }
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.label())
+    }
+}
+
+impl FromStr for Scenario {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        Scenario::ALL
+            .into_iter()
+            .find(|s| s.label() == text)
+            .ok_or_else(|| Error::usage(format!("unknown scenario '{text}'")))
+    }
+}
+
+serde_as_text!(Scenario);
 
 /// A cache key for a set: FNV-1a over what identifies the source model (its checkpoint's
 /// bytes, or a key of everything it was made from), the attack config and the image count,

@@ -1,0 +1,727 @@
+//! The one executor: runs a plan's jobs in order — the sweep's, the transfer command's, the
+//! profile's — skipping those whose outputs exist, refusing those whose inputs do not, and
+//! saying after every job where the run stands (`[done/total, ETA]`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::plan::{Job, ModelSpec, Plan, Work};
+use super::store::Store;
+use crate::attack::{AttackConfig, AttackKind};
+use crate::backend::Backend;
+use crate::compress::{self, CompressConfig};
+use crate::data::{DataChoice, Images};
+use crate::kernels::QuantGrad;
+use crate::model::{self, Classifier, KeyMap, ModelRef};
+use crate::profile::{self, AttackTiming, TimeSplit};
+use crate::report::{self, CdfSeries, Cell, EpsStepsCell, Family, ModelRow, Throughput};
+use crate::train::{self, TrainConfig};
+use crate::transfer::{self, AdversarialSet, Scenario};
+use crate::{Error, Result};
+
+/// What every job of a plan shares.
+pub(super) struct Context<'a> {
+    pub backend: &'a Backend,
+    /// The test split; attacks take its first `images` images.
+    pub test: Images,
+    pub images: usize,
+    pub batch_size: usize,
+    /// The gradient every loaded model passes back through its quantisers.
+    pub grad: QuantGrad,
+    /// Clean accuracy of a model whose checkpoint does not record it: on this many images.
+    pub evaluation_images: Option<usize>,
+    /// The architecture checkpoints are read as (`None`: each file's own).
+    pub load_as: Option<ModelRef>,
+    /// What the plan's training jobs train, on which data.
+    pub training: Option<(ModelRef, DataChoice)>,
+}
+
+/// A model of the plan, loaded.
+pub(super) struct Loaded {
+    pub classifier: Classifier,
+    family: Family,
+    density: f64,
+    /// Clean accuracy as its checkpoint records it.
+    recorded_accuracy: Option<f64>,
+}
+
+impl Loaded {
+    /// `checkpoint`'s classifier, with the quantisers' gradient set to `grad`.
+    pub fn new(checkpoint: model::Checkpoint, grad: QuantGrad) -> Self {
+        let density = checkpoint
+            .record()
+            .and_then(|r| r.target_density)
+            .unwrap_or(1.0);
+        let recorded_accuracy = checkpoint.meta.accuracy;
+        let mut classifier = checkpoint.classifier();
+        classifier.compression.grad = grad;
+        Loaded {
+            density,
+            recorded_accuracy,
+            ..Loaded::from_classifier(classifier)
+        }
+    }
+
+    /// A classifier loaded by the caller (its gradient already chosen).
+    pub fn from_classifier(classifier: Classifier) -> Self {
+        let compression = &classifier.compression;
+        let family = if compression.weights.is_some() || compression.activations.is_some() {
+            Family::Quantised
+        } else if compression.is_none() {
+            Family::Full
+        } else {
+            Family::Pruned
+        };
+        Loaded {
+            family,
+            density: 1.0,
+            recorded_accuracy: None,
+            classifier,
+        }
+    }
+}
+
+/// What a run of the executor produced besides files.
+#[derive(Default)]
+pub(super) struct Outcome {
+    pub jobs_run: usize,
+    /// The report, its model count and cell count, when the report job ran.
+    pub report: Option<(PathBuf, usize, usize)>,
+    /// Cells of attack jobs that keep them in memory, in plan order.
+    pub cells: Vec<Cell>,
+    /// The profile's measurements, and the files written from them.
+    pub timings: Vec<AttackTiming>,
+    pub splits: Vec<TimeSplit>,
+    pub files: Vec<PathBuf>,
+}
+
+pub(super) struct Executor<'a> {
+    context: &'a Context<'a>,
+    plan: &'a Plan,
+    store: &'a Store,
+    /// Models loaded so far, by index in the plan.
+    loaded: RefCell<HashMap<usize, Rc<Loaded>>>,
+    outcome: RefCell<Outcome>,
+}
+
+/// Refuses to start `jobs` while files they read are missing, naming them.
+pub(super) fn check_inputs<'a>(what: &str, jobs: impl IntoIterator<Item = &'a Job>) -> Result<()> {
+    let mut missing: Vec<&PathBuf> = jobs
+        .into_iter()
+        .flat_map(|j| &j.needs)
+        .filter(|p| !p.exists())
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = missing
+        .iter()
+        .take(5)
+        .map(|p| p.display().to_string())
+        .collect();
+    Err(Error::usage(format!(
+        "{what}: {} input file(s) missing, which earlier stages write (run those first): {}{}",
+        missing.len(),
+        shown.join(", "),
+        if missing.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        }
+    )))
+}
+
+impl<'a> Executor<'a> {
+    pub fn new(context: &'a Context<'a>, plan: &'a Plan, store: &'a Store) -> Self {
+        Self {
+            context,
+            plan,
+            store,
+            loaded: RefCell::new(HashMap::new()),
+            outcome: RefCell::new(Outcome::default()),
+        }
+    }
+
+    /// Hands the executor a model already loaded (the transfer command loads its models to
+    /// choose the test images).
+    pub fn preload(&self, index: usize, model: Loaded) {
+        self.loaded.borrow_mut().insert(index, Rc::new(model));
+    }
+
+    fn device(&self) -> &burn::tensor::Device {
+        &self.context.backend.device
+    }
+
+    /// Runs the `selected` jobs in order, skipping those whose outputs exist. A line per job
+    /// in the log (and on stderr): `[done/total, ETA]` and what it did.
+    pub fn run(self, selected: &[usize]) -> Result<Outcome> {
+        let plan = self.plan;
+        let todo: Vec<bool> = selected.iter().map(|&j| !plan.jobs[j].is_done()).collect();
+        let mut cost_left: f64 = selected
+            .iter()
+            .zip(&todo)
+            .filter(|(_, t)| **t)
+            .map(|(&j, _)| plan.jobs[j].cost)
+            .sum();
+        // Work units in u64 for the bar; a huge (but valid) grid saturates, not overflows.
+        let scale = 1e12 / cost_left.max(1e12);
+        self.store.overall.set_length((cost_left * scale) as u64);
+        let (mut cost_done, mut seconds_run) = (0.0, 0.0);
+        for (done, (&j, &todo)) in selected.iter().zip(&todo).enumerate() {
+            let job = &plan.jobs[j];
+            let progress = format!("[{}/{}", done + 1, selected.len());
+            if !todo {
+                self.store.log(&format!("{progress}] {} reused", job.name));
+                continue;
+            }
+            check_inputs(&format!("{} (stage {})", job.name, job.stage), [job])?;
+            for output in &job.writes {
+                if let (Some(dir), Some(name)) = (output.parent(), output.file_name()) {
+                    crate::files::remove_stale_temporaries(dir, Some(name), false);
+                }
+            }
+            let start = Instant::now();
+            let what = self.run_job(job)?;
+            let seconds = start.elapsed().as_secs_f64();
+            self.outcome.borrow_mut().jobs_run += 1;
+            seconds_run += seconds;
+            cost_done += job.cost;
+            cost_left -= job.cost;
+            self.store.overall.inc((job.cost * scale) as u64);
+            let eta = if cost_done > 0.0 {
+                format_duration(cost_left.max(0.0) * seconds_run / cost_done)
+            } else {
+                "?".into()
+            };
+            self.store.log(&format!(
+                "{progress}, ETA {eta}] {}: {what} ({seconds:.1} s)",
+                job.name
+            ));
+        }
+        self.store.overall.finish_and_clear();
+        Ok(self.outcome.take())
+    }
+
+    /// Runs one job; returns what it did, for the log.
+    fn run_job(&self, job: &Job) -> Result<String> {
+        match &job.work {
+            Work::Train { model, config } => self.train(*model, config),
+            Work::Compress {
+                model,
+                base,
+                config,
+            } => self.compress(*model, *base, config),
+            Work::Attack {
+                source,
+                targets,
+                config,
+                set,
+                cells,
+            } => self.attack(*source, targets, config, set.as_deref(), cells.as_deref()),
+            Work::EpsSteps {
+                model,
+                config,
+                cell,
+            } => self.eps_steps(*model, config, cell),
+            Work::Report {
+                title,
+                config,
+                activation_images,
+            } => self.write_report(title, config, *activation_images),
+            Work::Matrix { out } => self.write_matrix(out),
+            Work::Measure {
+                variant,
+                batch_size,
+                attacks,
+                repeats,
+            } => self.measure(variant, *batch_size, attacks, *repeats),
+            Work::ProfileFiles { out, batch_sizes } => {
+                let mut outcome = self.outcome.borrow_mut();
+                let mut attacks: Vec<AttackKind> = Vec::new();
+                for t in &outcome.timings {
+                    if !attacks.contains(&t.attack) {
+                        attacks.push(t.attack);
+                    }
+                }
+                let files = profile::write_files(
+                    out,
+                    &outcome.timings,
+                    &outcome.splits,
+                    &attacks,
+                    batch_sizes,
+                    self.context.backend,
+                )?;
+                let what = format!("-> {}", files[0].display());
+                outcome.files = files;
+                Ok(what)
+            }
+        }
+    }
+
+    fn spec(&self, index: usize) -> &ModelSpec {
+        &self.plan.models[index]
+    }
+
+    /// Model `index` of the plan, loaded once per process.
+    fn model(&self, index: usize) -> Result<Rc<Loaded>> {
+        if let Some(m) = self.loaded.borrow().get(&index) {
+            return Ok(m.clone());
+        }
+        let checkpoint = model::load(
+            &self.spec(index).path,
+            self.context.load_as.clone(),
+            &KeyMap::default(),
+            self.device(),
+        )?;
+        let loaded = Rc::new(Loaded::new(checkpoint, self.context.grad));
+        self.loaded.borrow_mut().insert(index, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn training(&self) -> Result<&(ModelRef, DataChoice)> {
+        self.context
+            .training
+            .as_ref()
+            .ok_or_else(|| Error::usage("this plan trains nothing"))
+    }
+
+    fn train(&self, model: usize, config: &TrainConfig) -> Result<String> {
+        let (kind, data) = self.training()?;
+        if kind.builtin().is_none() {
+            return Err(Error::usage(
+                "an imported model is its own baseline; it is not trained",
+            ));
+        }
+        let spec = self.spec(model);
+        let bar = self.store.stage(
+            config.epochs as u64,
+            &format!("{} s{}", spec.label, spec.seed),
+            "epochs",
+        );
+        self.store.log(&format!(
+            "seed {}: training the baseline ({} epochs)",
+            spec.seed, config.epochs
+        ));
+        let outcome = train::train_baseline(
+            kind,
+            data,
+            config,
+            self.context.evaluation_images,
+            self.device(),
+            &spec.path,
+            false,
+            |r| {
+                bar.inc(1);
+                self.store.log(&format!(
+                    "seed {}: baseline epoch {}: loss {:.4}, test accuracy {:.2}%",
+                    spec.seed,
+                    r.epoch,
+                    r.train_loss,
+                    100.0 * r.test_accuracy
+                ));
+            },
+        )?;
+        bar.finish_and_clear();
+        Ok(format!(
+            "trained, {:.2}% clean accuracy",
+            100.0 * outcome.test_accuracy
+        ))
+    }
+
+    fn compress(&self, model: usize, base: usize, config: &CompressConfig) -> Result<String> {
+        let (_, data) = self.training()?;
+        let spec = self.spec(model);
+        let bar = self.store.stage(
+            config.finetune.epochs as u64,
+            &format!("{} s{}", spec.label, spec.seed),
+            "epochs",
+        );
+        let outcome = compress::compress_checkpoint(
+            &self.spec(base).path,
+            data,
+            config,
+            self.context.evaluation_images,
+            self.device(),
+            &spec.path,
+            |_| bar.inc(1),
+        )?;
+        bar.finish_and_clear();
+        Ok(format!(
+            "{:.2}% clean accuracy (baseline {:.2}%)",
+            100.0 * outcome.test_accuracy,
+            100.0 * outcome.base_accuracy
+        ))
+    }
+
+    /// Crafts one adversarial set on model `source`.
+    fn craft(&self, source: usize, config: &AttackConfig) -> Result<AdversarialSet> {
+        let spec = self.spec(source);
+        let model = self.model(source)?;
+        let label = format!("{} {}", config.kind, spec.label);
+        let bar = self
+            .store
+            .add(transfer::image_bar(self.context.images, &label));
+        let description = serde_json::json!({ "source": spec.path, "attack": config }).to_string();
+        let set = transfer::craft(
+            &model.classifier,
+            &self.context.test,
+            self.context.images,
+            self.context.batch_size,
+            config,
+            self.device(),
+            description,
+            &bar,
+        )?;
+        bar.finish_and_clear();
+        Ok(set)
+    }
+
+    /// One row of the matrix: the set (made once, or read back when stored) on every target.
+    fn attack(
+        &self,
+        source: usize,
+        targets: &[usize],
+        config: &AttackConfig,
+        set_path: Option<&Path>,
+        cells: Option<&[PathBuf]>,
+    ) -> Result<String> {
+        let (set, what) = match set_path {
+            Some(path) if path.exists() => {
+                let mut set = transfer::load(path, &self.context.test, self.context.images)?;
+                set.seconds = read_timing(path).seconds;
+                let what = format!(
+                    "{} images, reusing the stored set {}",
+                    set.len(),
+                    path.display()
+                );
+                (set, what)
+            }
+            _ => {
+                let set = self.craft(source, config)?;
+                if let Some(path) = set_path {
+                    transfer::save(path, &set)?;
+                }
+                // The sweep's throughput table reads the timing; the transfer command's cache
+                // (cells in memory) holds the sets alone.
+                if let (Some(path), Some(_)) = (set_path, cells) {
+                    let timing = Timing {
+                        seconds: set.seconds,
+                        backend: self.context.backend.name.into(),
+                        adapter: self.context.backend.adapter.clone(),
+                    };
+                    write_json(&timing_path(path), &timing)?;
+                }
+                let what = format!(
+                    "{} images, {:.1} images/s (batch {}, {})",
+                    set.len(),
+                    set.images_per_second(),
+                    self.context.batch_size,
+                    self.context.backend
+                );
+                (set, what)
+            }
+        };
+        let source_spec = self.spec(source);
+        let source_model = self.model(source)?;
+        for (i, &target) in targets.iter().enumerate() {
+            let file = cells.map(|c| &c[i]);
+            if file.is_some_and(|f| f.exists()) {
+                continue;
+            }
+            let target_model = self.model(target)?;
+            let target_spec = self.spec(target);
+            let metrics = transfer::evaluate(
+                &target_model.classifier,
+                &set,
+                &self.context.test,
+                self.context.batch_size,
+                self.device(),
+            )?;
+            let cell = Cell {
+                seed: source_spec.seed,
+                attack: config.kind,
+                source: source_spec.label.clone(),
+                target: target_spec.label.clone(),
+                scenario: Scenario::of(
+                    source_model.family != Family::Full,
+                    target_model.family != Family::Full,
+                    source_spec.path == target_spec.path,
+                ),
+                metrics,
+            };
+            match file {
+                Some(file) => write_json(file, &cell)?,
+                None => self.outcome.borrow_mut().cells.push(cell),
+            }
+        }
+        Ok(what)
+    }
+
+    /// One Figure 3 point: the model attacked by itself.
+    fn eps_steps(&self, model: usize, config: &AttackConfig, path: &Path) -> Result<String> {
+        let set = self.craft(model, config)?;
+        let metrics = transfer::evaluate(
+            &self.model(model)?.classifier,
+            &set,
+            &self.context.test,
+            self.context.batch_size,
+            self.device(),
+        )?;
+        let what = format!(
+            "adversarial accuracy {:.1}%",
+            100.0 * metrics.adversarial_accuracy
+        );
+        write_json(
+            path,
+            &EpsStepsCell {
+                seed: self.spec(model).seed,
+                attack: config.kind,
+                eps: config.eps,
+                steps: config.steps,
+                metrics,
+            },
+        )?;
+        Ok(what)
+    }
+
+    /// Model `index` as a row of `models.csv` (its clean accuracy measured when its checkpoint
+    /// does not record it).
+    fn row(&self, index: usize) -> Result<ModelRow> {
+        let spec = self.spec(index);
+        let m = self.model(index)?;
+        let clean_accuracy = match m.recorded_accuracy {
+            Some(a) => a,
+            None => train::evaluate(
+                &m.classifier.network,
+                &m.classifier.compression,
+                &self.context.test,
+                self.device(),
+                500,
+                self.context.evaluation_images,
+            )?,
+        };
+        Ok(ModelRow {
+            seed: spec.seed,
+            label: spec.label.clone(),
+            family: spec.family.unwrap_or(m.family),
+            density: m.density,
+            bits: m.classifier.compression.weights.map(|f| f.bits),
+            clean_accuracy,
+            checkpoint: spec.path.clone(),
+        })
+    }
+
+    /// Figure 5's CDFs of all weights and all activations of the baseline and each quantised
+    /// model of the first seed (from the checkpoints, so the same on every run).
+    fn cdfs(&self, rows: &[ModelRow], activation_images: usize) -> Result<Vec<CdfSeries>> {
+        let n = activation_images.min(self.context.test.len());
+        let indices: Vec<usize> = (0..n).collect();
+        let mut out = Vec::new();
+        for (index, row) in rows.iter().enumerate() {
+            if row.seed != 1 || row.family == Family::Pruned {
+                continue;
+            }
+            let m = self.model(index)?;
+            let (images, _) = self.context.test.batch(&indices, self.device());
+            let points = compress::cdf_rows(
+                &m.classifier.network,
+                &m.classifier.compression,
+                Some(images),
+            );
+            for tensor in ["weight", "activation"] {
+                out.push(CdfSeries {
+                    seed: row.seed,
+                    label: row.label.clone(),
+                    tensor: tensor.into(),
+                    points: points
+                        .iter()
+                        .filter(|r| r.tensor == tensor && r.layer == "all")
+                        .map(|r| (r.value, r.fraction))
+                        .collect(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sweep's results, figures and report, from the files of every earlier job.
+    fn write_report(
+        &self,
+        title: &str,
+        config: &serde_json::Value,
+        activation_images: usize,
+    ) -> Result<String> {
+        let plan = self.plan;
+        let models = (0..plan.models.len())
+            .map(|m| self.row(m))
+            .collect::<Result<Vec<_>>>()?;
+        let (mut cells, mut eps_steps, mut throughput) = (Vec::new(), Vec::new(), Vec::new());
+        for job in &plan.jobs {
+            match &job.work {
+                Work::Attack {
+                    source,
+                    config,
+                    set,
+                    cells: files,
+                    ..
+                } => {
+                    for file in files.iter().flatten() {
+                        cells.push(read_json::<Cell>(file)?);
+                    }
+                    let spec = self.spec(*source);
+                    let timing = set.as_deref().map(read_timing).unwrap_or_default();
+                    throughput.push(Throughput {
+                        seed: spec.seed,
+                        attack: config.kind,
+                        source: spec.label.clone(),
+                        images: self.context.images,
+                        seconds: timing.seconds,
+                        backend: timing.backend,
+                        adapter: timing.adapter,
+                    });
+                }
+                Work::EpsSteps { cell, .. } => eps_steps.push(read_json::<EpsStepsCell>(cell)?),
+                _ => {}
+            }
+        }
+        let cdfs = self.cdfs(&models, activation_images)?;
+        let backend = self.context.backend;
+        let results = report::Results {
+            title: title.into(),
+            config: config.clone(),
+            backend: backend.name.into(),
+            adapter: backend.adapter.clone(),
+            models,
+            cells,
+            eps_steps,
+            cdfs,
+            throughput,
+        };
+        let report = report::write(self.store.root(), &results)?;
+        let what = format!(
+            "{} models, {} cells -> {}",
+            results.models.len(),
+            results.cells.len(),
+            report.display()
+        );
+        self.outcome.borrow_mut().report =
+            Some((report, results.models.len(), results.cells.len()));
+        Ok(what)
+    }
+
+    /// Every attack's throughput on `variant` at `batch_size`, and one iteration's time split.
+    fn measure(
+        &self,
+        variant: &profile::Variant,
+        batch_size: usize,
+        attacks: &[AttackConfig],
+        repeats: usize,
+    ) -> Result<String> {
+        let split = profile::time_split(
+            variant,
+            &self.context.test,
+            batch_size,
+            repeats,
+            self.device(),
+        );
+        let mut what = Vec::new();
+        for config in attacks {
+            let t = profile::attack_throughput(
+                variant,
+                config,
+                &self.context.test,
+                batch_size,
+                repeats,
+                self.device(),
+            )?;
+            what.push(format!("{} {:.1} images/s", t.attack, t.images_per_second));
+            self.outcome.borrow_mut().timings.push(t);
+        }
+        self.outcome.borrow_mut().splits.push(split);
+        Ok(what.join(", "))
+    }
+
+    /// The transfer command's matrix: adversarial accuracy, rows source, columns target (the
+    /// cells in memory come source by source, each over every target in order).
+    fn write_matrix(&self, out: &Path) -> Result<String> {
+        let outcome = self.outcome.borrow();
+        let labels: Vec<&str> = self.plan.models.iter().map(|m| m.label.as_str()).collect();
+        if outcome.cells.len() != labels.len() * labels.len() {
+            return Err(Error::usage(format!(
+                "the matrix needs {} cells, the attacks made {}",
+                labels.len() * labels.len(),
+                outcome.cells.len()
+            )));
+        }
+        let mut csv = format!("source\\target,{}\n", labels.join(","));
+        for (source, row) in labels.iter().zip(outcome.cells.chunks(labels.len())) {
+            let mut line = vec![source.to_string()];
+            line.extend(
+                row.iter()
+                    .map(|c| c.metrics.adversarial_accuracy.to_string()),
+            );
+            csv.push_str(&line.join(","));
+            csv.push('\n');
+        }
+        crate::write_atomically(out, csv.as_bytes())?;
+        Ok(format!("-> {}", out.display()))
+    }
+}
+
+/// `1h02m`, `3m05s`, `12s`.
+fn format_duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string(value).expect("result serialises");
+    crate::write_atomically(path, text.as_bytes())
+}
+
+/// How long an adversarial set took to make, and where.
+#[derive(Serialize, serde::Deserialize)]
+struct Timing {
+    seconds: f64,
+    backend: String,
+    adapter: String,
+}
+
+impl Default for Timing {
+    /// A set whose timing file is gone.
+    fn default() -> Self {
+        Timing {
+            seconds: f64::NAN,
+            backend: "unknown".into(),
+            adapter: "unknown".into(),
+        }
+    }
+}
+
+/// Where a set's [`Timing`] is kept: beside the set, not in it, so the set's bytes depend
+/// only on its inputs.
+fn timing_path(set: &Path) -> PathBuf {
+    let mut name = set.file_name().unwrap_or_default().to_os_string();
+    name.push(".timing.json");
+    set.with_file_name(name)
+}
+
+fn read_timing(set: &Path) -> Timing {
+    read_json(&timing_path(set)).unwrap_or_default()
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::data(path, format!("not a result file: {e}")))
+}
