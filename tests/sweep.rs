@@ -246,6 +246,19 @@ fn sharded_stages_in_any_order_give_the_results_of_one_process() {
     run(&whole);
     let expected = results(&whole);
     assert!(expected.iter().any(|(name, _)| name == "cells.csv"));
+    // The compressed models are fine-tuned as the config says (1 epoch), not by a default.
+    for entry in std::fs::read_dir(whole.join("models")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("full-") || name.contains(".tmp-") {
+            continue;
+        }
+        let bytes = std::fs::read(entry.path()).unwrap();
+        let header = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).into_owned();
+        assert!(
+            header.contains(r#"\"finetune_epochs\":1}"#),
+            "{name}: {header}"
+        );
+    }
 
     // A stage whose inputs are missing is refused by name, before it writes anything.
     let early = out_dir("shards-early");

@@ -51,6 +51,7 @@ fn sets_round_trip_in_float_and_metrics_match_a_direct_count() {
         40,
         16,
         &config,
+        None,
         &device,
         "test".into(),
         &bar,

@@ -6,6 +6,9 @@
 //! The update of the iterative attacks is the fused `attack_step` kernel (WGSL on wgpu).
 
 mod deepfool;
+mod differential;
+
+pub use differential::differential_gradient;
 
 use std::fmt;
 use std::str::FromStr;
@@ -40,16 +43,19 @@ pub enum AttackKind {
     Ifgm,
     Pgd,
     DeepFool,
+    /// DIVA: fools a compressed model while its full model stays right (a pair of models).
+    Diva,
 }
 
 impl AttackKind {
-    pub const ALL: [AttackKind; 6] = [
+    pub const ALL: [AttackKind; 7] = [
         AttackKind::Fgsm,
         AttackKind::Fgm,
         AttackKind::Ifgsm,
         AttackKind::Ifgm,
         AttackKind::Pgd,
         AttackKind::DeepFool,
+        AttackKind::Diva,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,7 +66,14 @@ impl AttackKind {
             AttackKind::Ifgm => "ifgm",
             AttackKind::Pgd => "pgd",
             AttackKind::DeepFool => "deepfool",
+            AttackKind::Diva => "diva",
         }
+    }
+
+    /// Whether the attack needs a pair: the model attacked and a reference that must stay
+    /// right.
+    pub fn needs_reference(self) -> bool {
+        self == AttackKind::Diva
     }
 }
 
@@ -80,7 +93,8 @@ impl FromStr for AttackKind {
             .find(|k| k.name() == s.to_ascii_lowercase())
             .ok_or_else(|| {
                 Error::usage(format!(
-                    "unknown attack '{s}' (expected fgsm, fgm, ifgsm, ifgm, pgd or deepfool)"
+                    "unknown attack '{s}' (expected {})",
+                    AttackKind::ALL.map(AttackKind::name).join(", ")
                 ))
             })
     }
@@ -128,6 +142,10 @@ pub struct AttackConfig {
     pub max_iterations: usize,
     /// DeepFool: consider only the k classes with the highest clean logits (all when `None`).
     pub candidates: Option<usize>,
+    /// DIVA: the weight c of the compressed model's term in `p_F(y) - c * p_C(y)` (absent for
+    /// the other attacks, so their configs, and the cache keys made from them, are unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f32>,
 }
 
 impl AttackConfig {
@@ -140,6 +158,8 @@ impl AttackConfig {
             AttackKind::DeepFool => (2 * self.candidates.unwrap_or(classes) * 8) as f64,
             AttackKind::Fgsm | AttackKind::Fgm => 2.0,
             AttackKind::Ifgsm | AttackKind::Ifgm | AttackKind::Pgd => 2.0 * self.steps as f64,
+            // Both models, forward and backward.
+            AttackKind::Diva => 4.0 * self.steps as f64,
         }
     }
 
@@ -156,6 +176,7 @@ impl AttackConfig {
             overshoot: 0.02,
             max_iterations: 50,
             candidates: None,
+            weight: (kind == AttackKind::Diva).then_some(1.0),
         }
     }
 
@@ -196,6 +217,14 @@ impl AttackConfig {
                 format!("DeepFool needs at least 2 classes to compare (got {k})"),
             ));
         }
+        if let Some(c) = self.weight
+            && !(c >= 0.0 && c.is_finite())
+        {
+            return Err(Error::invalid(
+                "weight",
+                format!("must be a number of at least 0 (got {c})"),
+            ));
+        }
         if !(self.overshoot >= 0.0 && self.overshoot.is_finite()) {
             return Err(Error::invalid(
                 "overshoot",
@@ -205,7 +234,7 @@ impl AttackConfig {
         Ok(())
     }
 
-    /// The total budget PGD projects onto.
+    /// The total budget PGD (and DIVA) project onto.
     fn pgd_budget(&self) -> f32 {
         self.budget.unwrap_or(0.1)
     }
@@ -271,13 +300,22 @@ pub fn attack(
     if config.kind == AttackKind::DeepFool {
         return Ok(deepfool::deepfool(model, images, labels, config));
     }
+    if config.kind.needs_reference() {
+        return Err(Error::invalid(
+            "attack",
+            format!(
+                "{} attacks a pair: the compressed model and the full model it must leave right",
+                config.kind
+            ),
+        ));
+    }
     let (rule, steps, budget) = match config.kind {
         AttackKind::Fgsm => (StepRule::Sign, 1, config.budget),
         AttackKind::Fgm => (StepRule::Scaled, 1, config.budget),
         AttackKind::Ifgsm => (StepRule::Sign, config.steps, config.budget),
         AttackKind::Ifgm => (StepRule::Scaled, config.steps, config.budget),
         AttackKind::Pgd => (StepRule::Sign, config.steps, Some(config.pgd_budget())),
-        AttackKind::DeepFool => unreachable!("handled above"),
+        AttackKind::DeepFool | AttackKind::Diva => unreachable!("handled above"),
     };
     let settings = StepSettings {
         rule,
@@ -302,6 +340,23 @@ pub fn attack(
         adversarial: x,
         iterations: vec![steps; n],
     })
+}
+
+/// Runs `config`'s attack on `model` with `reference` beside it: DIVA crafts on the pair; any
+/// other attack ignores the reference.
+pub fn attack_pair(
+    model: &impl Differentiable,
+    reference: &impl Differentiable,
+    images: Tensor<4>,
+    labels: Tensor<1, Int>,
+    config: &AttackConfig,
+    first_image: usize,
+) -> Result<AttackOutput> {
+    if !config.kind.needs_reference() {
+        return attack(model, images, labels, config, first_image);
+    }
+    config.validate()?;
+    Ok(differential::diva(model, reference, images, labels, config))
 }
 
 /// PGD's start: the images plus uniform noise in [-budget, budget], clipped to [0, 1]. Each

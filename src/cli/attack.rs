@@ -17,7 +17,8 @@ use super::{Common, DataArgs, open_backend, print_json};
 
 #[derive(Args)]
 pub(super) struct AttackOptions {
-    /// fgsm, fgm, ifgsm, ifgm, pgd or deepfool.
+    /// fgsm, fgm, ifgsm, ifgm, pgd, deepfool, or diva (with --reference: fools the source
+    /// while the reference stays right).
     #[arg(long, default_value = "ifgsm")]
     attack: AttackKind,
     /// Step size and per-step interval.
@@ -47,6 +48,9 @@ pub(super) struct AttackOptions {
     /// DeepFool: only the k classes with the highest clean logits.
     #[arg(long)]
     candidates: Option<usize>,
+    /// DIVA: weight c of the source's term in p_ref(y) - c * p_source(y) (default 1).
+    #[arg(long)]
+    diva_weight: Option<f32>,
     /// Attack the first N test images.
     #[arg(long, default_value_t = 1000, value_parser = super::image_count)]
     limit: usize,
@@ -69,6 +73,10 @@ impl AttackOptions {
             candidates: self.candidates,
             ..AttackConfig::new(self.attack)
         };
+        let config = AttackConfig {
+            weight: self.diva_weight.or(config.weight),
+            ..config
+        };
         config.validate()?;
         Ok(config)
     }
@@ -85,6 +93,11 @@ pub(super) struct AttackArgs {
     /// Write the adversarial images here (float safetensors).
     #[arg(long)]
     save_adv: Option<PathBuf>,
+    /// The full model beside the (compressed) source: --attack diva crafts on the pair; with
+    /// any attack, how the examples split the two is reported (evasive success: the source
+    /// fooled, the reference still right).
+    #[arg(long)]
+    reference: Option<PathBuf>,
     #[command(flatten)]
     options: AttackOptions,
     #[command(flatten)]
@@ -165,6 +178,7 @@ fn test_images(models: &[&Loaded], data: &DataArgs) -> Result<Images> {
 
 fn craft(
     source: &Loaded,
+    reference: Option<&Loaded>,
     images: &Images,
     options: &AttackOptions,
     backend: &Backend,
@@ -178,6 +192,7 @@ fn craft(
         options.limit,
         options.batch_size,
         &config,
+        reference.map(|r| &r.classifier),
         &backend.device,
         description,
         &bar,
@@ -250,16 +265,33 @@ fn print_cells(rows: &[Row]) {
 
 pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
     let config = args.options.config()?;
+    if config.kind.needs_reference() && args.reference.is_none() {
+        return Err(Error::usage(format!(
+            "--attack {} needs --reference: the full model that must stay right while the \
+             (compressed) --source is fooled",
+            config.kind
+        )));
+    }
     if let Some(path) = &args.save_adv {
         let mut inputs = vec![args.source.as_path()];
         inputs.extend(args.eval.iter().map(PathBuf::as_path));
+        inputs.extend(args.reference.as_deref());
         inputs.extend(args.options.data.inputs());
         advcomp::files::check_output_file("--save-adv", path, &inputs)?;
     }
     let backend = open_backend(args.common.backend)?;
     let source = load(&args.source, &backend, args.options.grad)?;
+    let reference = args
+        .reference
+        .as_ref()
+        .map(|p| load(p, &backend, args.options.grad))
+        .transpose()?;
     let targets = if args.eval.is_empty() {
-        vec![load(&args.source, &backend, args.options.grad)?]
+        let mut targets = vec![load(&args.source, &backend, args.options.grad)?];
+        if let Some(path) = &args.reference {
+            targets.push(load(path, &backend, args.options.grad)?);
+        }
+        targets
     } else {
         args.eval
             .iter()
@@ -268,8 +300,26 @@ pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
     };
     let mut all: Vec<&Loaded> = vec![&source];
     all.extend(targets.iter());
+    all.extend(reference.iter());
     let images = test_images(&all, &args.options.data)?;
-    let set = craft(&source, &images, &args.options, &backend)?;
+    let set = craft(
+        &source,
+        reference.as_ref(),
+        &images,
+        &args.options,
+        &backend,
+    )?;
+    let differential = match &reference {
+        Some(reference) => Some(transfer::evaluate_pair(
+            &source.classifier,
+            &reference.classifier,
+            &set,
+            &images,
+            args.options.batch_size,
+            &backend.device,
+        )?),
+        None => None,
+    };
     if let Some(path) = &args.save_adv {
         transfer::save(path, &set)?;
         eprintln!("adversarial images -> {}", path.display());
@@ -296,9 +346,24 @@ pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
             "backend": backend.name,
             "adapter": backend.adapter,
             "cells": rows_json(&rows),
+            "differential": differential,
         }));
     } else {
         print_cells(&rows);
+        if let (Some(d), Some(reference)) = (&differential, &reference) {
+            println!(
+                "evasive success {:.2}% ({} fooled, {} still right, of the {} images both \
+                 classified correctly); success on {} {:.2}%, on {} {:.2}%",
+                100.0 * d.evasive_success_rate,
+                source.name,
+                reference.name,
+                d.both_correct,
+                source.name,
+                100.0 * d.success_rate_compressed,
+                reference.name,
+                100.0 * d.success_rate_reference
+            );
+        }
         println!(
             "throughput: {:.1} images/s ({} images, batch {}, {} on {})",
             set.images_per_second(),

@@ -195,7 +195,7 @@ pub fn run() -> i32 {
             ("magnitude_rounds", "--rounds"),
         ],
         Command::Sweep(_) => &[],
-        _ => &[("learning_rate", "--lr")],
+        _ => &[("learning_rate", "--lr"), ("weight", "--diva-weight")],
     };
     let sweep = matches!(cli.command, Command::Sweep(_));
     let result = match cli.command {

@@ -281,6 +281,20 @@ impl SweepConfig {
         if self.attack.names.is_empty() {
             return fail("attack.names", "no attack".into());
         }
+        for (field, attacks) in [
+            ("attack.names", &self.attack.names),
+            ("figure3.attacks", &self.figure3.attacks),
+        ] {
+            if let Some(kind) = attacks.iter().find(|k| k.needs_reference()) {
+                return fail(
+                    field,
+                    format!(
+                        "{kind} attacks a pair of models; the sweep does not run it yet (use \
+                         advcomp attack --attack {kind} --source C --reference F)"
+                    ),
+                );
+            }
+        }
         count("attack.images", self.attack.images, MAX_IMAGES)?;
         count("attack.batch_size", self.attack.batch_size, MAX_BATCH_SIZE)?;
         let classes = 10;

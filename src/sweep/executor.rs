@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::plan::{Job, ModelSpec, Plan, Work};
+use super::plan::{Job, ModelSpec, Plan, Stage, Work};
 use super::store::Store;
 use crate::attack::{AttackConfig, AttackKind};
 use crate::backend::Backend;
@@ -163,18 +163,23 @@ impl<'a> Executor<'a> {
     /// in the log (and on stderr): `[done/total, ETA]` and what it did.
     pub fn run(self, selected: &[usize]) -> Result<Outcome> {
         let plan = self.plan;
-        let todo: Vec<bool> = selected.iter().map(|&j| !plan.jobs[j].is_done()).collect();
-        let mut cost_left: f64 = selected
+        let pending: Vec<bool> = selected.iter().map(|&j| !plan.jobs[j].is_done()).collect();
+        let cost_left: f64 = selected
             .iter()
-            .zip(&todo)
+            .zip(&pending)
             .filter(|(_, t)| **t)
             .map(|(&j, _)| plan.jobs[j].cost)
             .sum();
         // Work units in u64 for the bar; a huge (but valid) grid saturates, not overflows.
         let scale = 1e12 / cost_left.max(1e12);
         self.store.overall.set_length((cost_left * scale) as u64);
+        // Seconds per unit of cost, measured per stage: the cost model is rough and its error
+        // differs from stage to stage (fine-tuning also evaluates, DeepFool stops early), so a
+        // stage's remaining jobs are timed by that stage's own jobs, or by all jobs until one
+        // of the stage has run.
+        let mut measured: HashMap<Stage, (f64, f64)> = HashMap::new();
         let (mut cost_done, mut seconds_run) = (0.0, 0.0);
-        for (done, (&j, &todo)) in selected.iter().zip(&todo).enumerate() {
+        for (done, (&j, &todo)) in selected.iter().zip(&pending).enumerate() {
             let job = &plan.jobs[j];
             let progress = format!("[{}/{}", done + 1, selected.len());
             if !todo {
@@ -193,10 +198,23 @@ impl<'a> Executor<'a> {
             self.outcome.borrow_mut().jobs_run += 1;
             seconds_run += seconds;
             cost_done += job.cost;
-            cost_left -= job.cost;
+            let stage = measured.entry(job.stage).or_default();
+            stage.0 += job.cost;
+            stage.1 += seconds;
             self.store.overall.inc((job.cost * scale) as u64);
             let eta = if cost_done > 0.0 {
-                format_duration(cost_left.max(0.0) * seconds_run / cost_done)
+                let overall = seconds_run / cost_done;
+                let rate = |s: Stage| match measured.get(&s) {
+                    Some(&(cost, secs)) if cost > 0.0 => secs / cost,
+                    _ => overall,
+                };
+                let left: f64 = selected[done + 1..]
+                    .iter()
+                    .zip(&pending[done + 1..])
+                    .filter(|(_, t)| **t)
+                    .map(|(&k, _)| plan.jobs[k].cost * rate(plan.jobs[k].stage))
+                    .sum();
+                format_duration(left)
             } else {
                 "?".into()
             };
@@ -375,6 +393,7 @@ impl<'a> Executor<'a> {
             self.context.images,
             self.context.batch_size,
             config,
+            None,
             self.device(),
             description,
             &bar,

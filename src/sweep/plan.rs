@@ -246,6 +246,8 @@ impl PlanInputs<'_> {
         let finetune = self.train_config(&config.finetune, seed);
         let base = CompressConfig {
             grad: self.grad,
+            // `new` sets its own fine-tuning defaults; the sweep's are the config's.
+            finetune: finetune.clone(),
             mask_interval: config.grid.mask_interval,
             ..CompressConfig::new(finetune)
         };

@@ -78,11 +78,21 @@ pub fn craft(
     limit: usize,
     batch_size: usize,
     config: &AttackConfig,
+    reference: Option<&Classifier>,
     device: &Device,
     description: String,
     bar: &ProgressBar,
 ) -> Result<AdversarialSet> {
     config.validate()?;
+    if config.kind.needs_reference() && reference.is_none() {
+        return Err(Error::invalid(
+            "reference",
+            format!(
+                "{} needs the full model the attacked (compressed) model must disagree with",
+                config.kind
+            ),
+        ));
+    }
     let n = limit.min(originals.len());
     if n == 0 {
         return Err(Error::usage("no images to attack"));
@@ -104,7 +114,10 @@ pub fn craft(
                 .try_to_vec::<i64>()
                 .expect("labels"),
         );
-        let out = attack::attack(source, x, y, config, chunk[0])?;
+        let out = match reference {
+            Some(reference) => attack::attack_pair(source, reference, x, y, config, chunk[0])?,
+            None => attack::attack(source, x, y, config, chunk[0])?,
+        };
         images.extend(host(out.adversarial));
         iterations.extend(out.iterations);
         bar.inc(chunk.len() as u64);
@@ -271,6 +284,60 @@ fn predictions(
         out.extend(predicted.try_to_vec::<i64>().expect("predictions"));
     }
     out
+}
+
+/// How an adversarial set splits a pair: a compressed model C and the full model F beside it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DifferentialMetrics {
+    pub images: usize,
+    /// Images both models classified correctly before the attack.
+    pub both_correct: usize,
+    /// Of those, the share where afterwards C is wrong and F still right: the attack fooled
+    /// the edge model and a comparison with the full model would not notice.
+    pub evasive_success_rate: f64,
+    /// Share of the images C classified correctly that it now misclassifies.
+    pub success_rate_compressed: f64,
+    /// The same for F.
+    pub success_rate_reference: f64,
+}
+
+/// Evaluates `set` (made from the first images of `originals`) on the pair.
+pub fn evaluate_pair(
+    compressed: &Classifier,
+    reference: &Classifier,
+    set: &AdversarialSet,
+    originals: &Images,
+    batch_size: usize,
+    device: &Device,
+) -> Result<DifferentialMetrics> {
+    // The same checks as a single target's (and its numbers, for the success rates).
+    let on_c = evaluate(compressed, set, originals, batch_size, device)?;
+    let on_f = evaluate(reference, set, originals, batch_size, device)?;
+    let n = set.len();
+    let indices: Vec<usize> = (0..n).collect();
+    let (clean, _) = originals.batch(&indices, device);
+    let clean = host(clean);
+    let right = |model: &Classifier, images: &[f32]| -> Vec<bool> {
+        predictions(model, images, set.shape, batch_size, device)
+            .iter()
+            .zip(&set.labels)
+            .map(|(p, y)| p == y)
+            .collect()
+    };
+    let (c_before, f_before) = (right(compressed, &clean), right(reference, &clean));
+    let (c_after, f_after) = (
+        right(compressed, &set.images),
+        right(reference, &set.images),
+    );
+    let both: Vec<usize> = (0..n).filter(|&i| c_before[i] && f_before[i]).collect();
+    let evasive = both.iter().filter(|&&i| !c_after[i] && f_after[i]).count();
+    Ok(DifferentialMetrics {
+        images: n,
+        both_correct: both.len(),
+        evasive_success_rate: evasive as f64 / both.len().max(1) as f64,
+        success_rate_compressed: on_c.success_rate,
+        success_rate_reference: on_f.success_rate,
+    })
 }
 
 /// Evaluates `set` (made from the first images of `originals`) on `target`.
