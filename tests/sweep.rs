@@ -206,6 +206,20 @@ fn bad_sweep_configs_are_refused_by_name_and_write_nothing() {
         ("[grid]\nbits = [1]\n", "grid.bits"),
         ("[attack]\nnames = [\"cw\"]\n", "unknown attack 'cw'"),
         ("seeds = 0\n", "seeds"),
+        // An unknown key is named with its table, on its own line.
+        (
+            "[attack]\neps = 0.02\nepz = 1\n",
+            "line 3: attack.epz: unknown field",
+        ),
+        ("[grid]\nbits = [8, 4, 8]\n", "grid.bits: 8 is listed twice"),
+        (
+            "[attack]\ngrad = \"bpda\"\ndeepfool_candidates = 1\n",
+            "attack.deepfool_candidates",
+        ),
+        (
+            "[attack]\nnames = [\"diva\"]\n",
+            "attack.names: diva attacks a pair",
+        ),
     ];
     for (i, (text, expected)) in cases.iter().enumerate() {
         let config = dir.join(format!("bad{i}.toml"));
@@ -310,4 +324,50 @@ fn sharded_stages_in_any_order_give_the_results_of_one_process() {
         let _ = std::fs::remove_dir_all(&out);
     }
     let _ = std::fs::remove_dir_all(&whole);
+}
+
+#[test]
+fn the_differential_stage_compares_diva_with_pgd_on_every_compressed_model() {
+    let dir = out_dir("differential");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tiny-differential.toml");
+    let text = std::fs::read_to_string(TINY).unwrap() + "\n[differential]\nenabled = true\n";
+    std::fs::write(&config, text).unwrap();
+    let out = dir.join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_advcomp"))
+        .args(["sweep", "--backend", "cpu", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let csv = std::fs::read_to_string(out.join("differential.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    // 4 compressed models x (DIVA, PGD).
+    assert_eq!(rows.len(), 8, "{csv}");
+    let (mut diva, mut pgd) = (0.0, 0.0);
+    for row in &rows {
+        let evasive: f64 = row[8].parse().unwrap();
+        assert!((0.0..=1.0).contains(&evasive), "{csv}");
+        match row[1] {
+            "diva" => diva += evasive,
+            "pgd" => pgd += evasive,
+            other => panic!("attack {other}: {csv}"),
+        }
+    }
+    assert!(diva > 0.0 && diva >= pgd, "DIVA {diva} vs PGD {pgd}: {csv}");
+    let png = std::fs::read(out.join("figures/fig7-differential.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("Beyond the paper: evasive attacks"),
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

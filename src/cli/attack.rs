@@ -73,6 +73,12 @@ impl AttackOptions {
             candidates: self.candidates,
             ..AttackConfig::new(self.attack)
         };
+        if self.diva_weight.is_some() && !self.attack.needs_reference() {
+            return Err(Error::usage(format!(
+                "--diva-weight is DIVA's; --attack {} does not use it",
+                self.attack
+            )));
+        }
         let config = AttackConfig {
             weight: self.diva_weight.or(config.weight),
             ..config
@@ -381,6 +387,13 @@ pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
         return Err(Error::usage("--models needs at least two checkpoints"));
     }
     let config = args.options.config()?;
+    if config.kind.needs_reference() {
+        return Err(Error::usage(format!(
+            "--attack {}: the matrix attacks each model alone; {} attacks a pair (use advcomp \
+             attack --attack {} --source C --reference F)",
+            config.kind, config.kind, config.kind
+        )));
+    }
     let mut inputs: Vec<&Path> = args.models.iter().map(PathBuf::as_path).collect();
     inputs.extend(args.options.data.inputs());
     advcomp::files::check_output_file("--out", &args.out, &inputs)?;

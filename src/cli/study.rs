@@ -251,6 +251,11 @@ pub(super) fn profile_command(args: ProfileArgs) -> Result<()> {
     if attacks.is_empty() {
         return Err(Error::usage("--attacks: give at least one attack"));
     }
+    if let Some(kind) = attacks.iter().find(|k| k.needs_reference()) {
+        return Err(Error::usage(format!(
+            "--attacks: {kind} attacks a pair of models; the profile times single-model attacks"
+        )));
+    }
     advcomp::files::check_output_dir("--out", &args.out, &inputs)?;
     let backend = open_backend(args.common.backend)?;
     let outcome = sweep::profile_attacks(sweep::ProfileOptions {

@@ -153,8 +153,7 @@ impl std::fmt::Display for FixedPoint {
 }
 
 /// The gradient a quantiser passes back.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum QuantGrad {
     /// Straight-through inside the representable range, zero where q clamps.
     #[default]
@@ -162,6 +161,8 @@ pub enum QuantGrad {
     /// Gradient 1 everywhere (BPDA).
     Identity,
 }
+
+serde_as_text!(QuantGrad);
 
 impl std::str::FromStr for QuantGrad {
     type Err = Error;

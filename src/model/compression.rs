@@ -69,14 +69,15 @@ pub struct Compression {
 pub type ActivationLog = Arc<Mutex<Vec<(String, Tensor<1>)>>>;
 
 /// How weights are pruned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pruner {
     /// Dynamic network surgery: masks updated during fine-tuning, pruned weights can recover.
     Dns,
     /// Keep the largest |w|; pruned weights stay pruned.
     Magnitude,
 }
+
+serde_as_text!(Pruner);
 
 impl FromStr for Pruner {
     type Err = Error;

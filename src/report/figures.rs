@@ -11,6 +11,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{Family, SCENARIOS, View, adversarial_accuracy, mean_abs_delta};
 use crate::attack::AttackKind;
+use crate::transfer::DifferentialMetrics;
 use crate::{Error, Result};
 
 /// One plotted value with its 95% interval (`lo == hi` when there is none).
@@ -537,6 +538,77 @@ fn perturbation_figure(view: &View) -> LineFigure {
     }
 }
 
+/// Beyond the paper: DIVA's evasive success against density and bitwidth, beside PGD's evasive
+/// share and PGD's ordinary success on the compressed model (mean and 95% interval over seeds).
+fn differential_figure(view: &View) -> LineFigure {
+    let cells = &view.results.differential;
+    let value = |attack: AttackKind, label: &str, metric: fn(&DifferentialMetrics) -> f64| {
+        let samples: Vec<(f64, [f64; 2])> = cells
+            .iter()
+            .filter(|c| c.attack == attack && c.model == label)
+            .map(|c| {
+                let v = metric(&c.metrics);
+                (v, [v, v])
+            })
+            .collect();
+        super::summarise(&samples)
+    };
+    let evasive = |m: &DifferentialMetrics| m.evasive_success_rate;
+    let success = |m: &DifferentialMetrics| m.success_rate_compressed;
+    let panel = |family: Family, x_label: &str| {
+        let models = view.family(family);
+        let x = |m: &super::ModelRow| match family {
+            Family::Quantised => m.bits.unwrap_or(32) as f64,
+            _ => m.density,
+        };
+        let series = [
+            (
+                "DIVA: evasive success",
+                AttackKind::Diva,
+                evasive as fn(&_) -> f64,
+            ),
+            ("PGD: evasive share", AttackKind::Pgd, evasive),
+            (
+                "PGD: success on the compressed model",
+                AttackKind::Pgd,
+                success,
+            ),
+        ]
+        .into_iter()
+        .map(|(name, attack, metric)| Series {
+            name: name.into(),
+            points: models
+                .iter()
+                .map(|m| (x(m), value(attack, &m.label, metric)))
+                .collect(),
+        })
+        .collect();
+        Panel {
+            title: format!("{family:?} models against the baseline"),
+            x_label: x_label.into(),
+            y_label: "share of images both classified correctly".into(),
+            series,
+            y_range: Some((0.0, 1.02)),
+            cdf: false,
+        }
+    };
+    let mut panels = Vec::new();
+    if !view.family(Family::Pruned).is_empty() {
+        panels.push(panel(Family::Pruned, "density"));
+    }
+    if !view.family(Family::Quantised).is_empty() {
+        panels.push(panel(
+            Family::Quantised,
+            "bitwidth (weights and activations)",
+        ));
+    }
+    LineFigure {
+        title: "Beyond the paper: evasive attacks (compressed model fooled, full model right)"
+            .into(),
+        panels,
+    }
+}
+
 /// Every figure of the sweep into `dir`, in report order.
 pub(super) fn draw_all(dir: &Path, view: &View, labels: &[&str]) -> Result<Vec<Figure>> {
     let mut out = Vec::new();
@@ -594,6 +666,19 @@ pub(super) fn draw_all(dir: &Path, view: &View, labels: &[&str]) -> Result<Vec<F
                 &perturbation_figure(view),
             )?);
         }
+    }
+    if !view.results.differential.is_empty() {
+        out.push(save_lines(
+            dir,
+            "fig7-differential",
+            "Beyond the paper: DIVA's evasive success (of the images both models classified \
+             correctly, the share where the compressed model is now wrong and the full model \
+             still right) against density and bitwidth, beside the evasive share of PGD \
+             examples with the same step, steps and budget, and PGD's ordinary success on the \
+             compressed model."
+                .into(),
+            &differential_figure(view),
+        )?);
     }
     for attack in view.attacks() {
         let heat = Heatmap {

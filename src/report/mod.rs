@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Result;
 use crate::attack::AttackKind;
-use crate::transfer::{CellMetrics, Scenario};
+use crate::transfer::{CellMetrics, DifferentialMetrics, Scenario};
 
 pub use figures::{Figure, LineFigure, Panel, Point, Series, save_lines};
 
@@ -67,6 +67,17 @@ pub struct EpsStepsCell {
     pub metrics: CellMetrics,
 }
 
+/// Beyond the paper: one attack crafted on the pair (a compressed model, its baseline) and how
+/// its examples split the two.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DifferentialCell {
+    pub seed: u64,
+    pub attack: AttackKind,
+    /// The compressed model attacked (the baseline is the reference).
+    pub model: String,
+    pub metrics: DifferentialMetrics,
+}
+
 /// Figure 5: the CDF of all weights or all activations of one model.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CdfSeries {
@@ -105,6 +116,8 @@ pub struct Results {
     pub eps_steps: Vec<EpsStepsCell>,
     pub cdfs: Vec<CdfSeries>,
     pub throughput: Vec<Throughput>,
+    /// Beyond the paper (empty when the sweep does not run it).
+    pub differential: Vec<DifferentialCell>,
 }
 
 /// The mean and 95% interval of one value over seeds (or its bootstrap interval with one).
@@ -393,6 +406,33 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
         ));
     }
     write_text(&out.join("throughput.csv"), &speed)?;
+    if !results.differential.is_empty() {
+        let mut csv = String::from(
+            "seed,attack,model,family,density,bits,images,both_correct,evasive_success_rate,\
+             success_rate_compressed,success_rate_reference\n",
+        );
+        for d in &results.differential {
+            let model = view.model(&d.model);
+            let m = &d.metrics;
+            csv.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{}\n",
+                d.seed,
+                d.attack,
+                d.model,
+                model.map_or(String::new(), |r| format!("{:?}", r.family).to_lowercase()),
+                model.map_or(String::new(), |r| r.density.to_string()),
+                model
+                    .and_then(|r| r.bits)
+                    .map_or(String::new(), |b| b.to_string()),
+                m.images,
+                m.both_correct,
+                m.evasive_success_rate,
+                m.success_rate_compressed,
+                m.success_rate_reference
+            ));
+        }
+        write_text(&out.join("differential.csv"), &csv)?;
+    }
     let figures = figures::draw_all(&out.join("figures"), &view, &labels)?;
     let claims = claims::check(&view);
     document::write(out, &view, &figures, &claims)

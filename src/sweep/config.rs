@@ -134,6 +134,25 @@ impl Default for Figure3 {
     }
 }
 
+/// Beyond the paper: DIVA on every compressed model against its baseline, beside PGD with the
+/// same step, steps and budget (how evasive ordinary examples are).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Differential {
+    pub enabled: bool,
+    /// c in p_F(y) - c * p_C(y).
+    pub weight: f32,
+}
+
+impl Default for Differential {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            weight: 1.0,
+        }
+    }
+}
+
 /// Figure 5: activations recorded on this many test images.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -169,6 +188,7 @@ pub struct SweepConfig {
     pub attack: Attacks,
     pub figure3: Figure3,
     pub figure5: Figure5,
+    pub differential: Differential,
 }
 
 impl Default for SweepConfig {
@@ -184,6 +204,7 @@ impl Default for SweepConfig {
             attack: Attacks::default(),
             figure3: Figure3::default(),
             figure5: Figure5::default(),
+            differential: Differential::default(),
         }
     }
 }
@@ -260,6 +281,26 @@ impl SweepConfig {
                 count(&format!("{section}.train_limit"), n, MAX_IMAGES)?;
             }
         }
+        // Repeated values would be the same job twice (one output file, two writers).
+        fn repeated<T: PartialEq + std::fmt::Display>(values: &[T]) -> Option<String> {
+            values
+                .iter()
+                .enumerate()
+                .find(|(i, v)| values[..*i].contains(v))
+                .map(|(_, v)| v.to_string())
+        }
+        for (field, value) in [
+            ("grid.densities", repeated(&self.grid.densities)),
+            ("grid.bits", repeated(&self.grid.bits)),
+            ("attack.names", repeated(&self.attack.names)),
+            ("figure3.attacks", repeated(&self.figure3.attacks)),
+            ("figure3.eps", repeated(&self.figure3.eps)),
+            ("figure3.steps", repeated(&self.figure3.steps)),
+        ] {
+            if let Some(value) = value {
+                return fail(field, format!("{value} is listed twice"));
+            }
+        }
         if let Some(d) = self
             .grid
             .densities
@@ -289,8 +330,9 @@ impl SweepConfig {
                 return fail(
                     field,
                     format!(
-                        "{kind} attacks a pair of models; the sweep does not run it yet (use \
-                         advcomp attack --attack {kind} --source C --reference F)"
+                        "{kind} attacks a pair of models, not one source; the sweep runs it \
+                         on every compressed model against its baseline with [differential] \
+                         enabled = true"
                     ),
                 );
             }
@@ -328,6 +370,13 @@ impl SweepConfig {
                 }
             }
         }
+        let c = self.differential.weight;
+        if !(c >= 0.0 && c.is_finite()) {
+            return fail(
+                "differential.weight",
+                format!("must be a number of at least 0 (got {c})"),
+            );
+        }
         count(
             "figure5.activation_images",
             self.figure5.activation_images,
@@ -361,7 +410,10 @@ impl SweepConfig {
 /// The dotted name (`attack.eps`) of the TOML key whose value is at byte `offset`: the key of
 /// the nearest `key = ...` line at or above it, in the nearest `[table]` above that.
 fn field_at(text: &str, offset: usize) -> Option<String> {
-    let lines: Vec<&str> = text[..offset.min(text.len())].split('\n').collect();
+    let offset = offset.min(text.len());
+    // The whole line the error points into (an unknown key's error points at the key itself).
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let lines: Vec<&str> = text[..line_end].split('\n').collect();
     let mut key = None;
     for line in lines.iter().rev() {
         let line = line.trim();

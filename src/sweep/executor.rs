@@ -19,7 +19,9 @@ use crate::data::{DataChoice, Images};
 use crate::kernels::QuantGrad;
 use crate::model::{self, Classifier, KeyMap, ModelRef};
 use crate::profile::{self, AttackTiming, TimeSplit};
-use crate::report::{self, CdfSeries, Cell, EpsStepsCell, Family, ModelRow, Throughput};
+use crate::report::{
+    self, CdfSeries, Cell, DifferentialCell, EpsStepsCell, Family, ModelRow, Throughput,
+};
 use crate::train::{self, TrainConfig};
 use crate::transfer::{self, AdversarialSet, Scenario};
 use crate::{Error, Result};
@@ -187,11 +189,6 @@ impl<'a> Executor<'a> {
                 continue;
             }
             check_inputs(&format!("{} (stage {})", job.name, job.stage), [job])?;
-            for output in &job.writes {
-                if let (Some(dir), Some(name)) = (output.parent(), output.file_name()) {
-                    crate::files::remove_stale_temporaries(dir, Some(name), false);
-                }
-            }
             let start = Instant::now();
             let what = self.run_job(job)?;
             let seconds = start.elapsed().as_secs_f64();
@@ -254,6 +251,12 @@ impl<'a> Executor<'a> {
                 activation_images,
             } => self.write_report(title, config, *activation_images),
             Work::Matrix { out } => self.write_matrix(out),
+            Work::Differential {
+                compressed,
+                reference,
+                attacks,
+                cell,
+            } => self.differential(*compressed, *reference, attacks, cell),
             Work::Measure {
                 variant,
                 batch_size,
@@ -378,10 +381,16 @@ impl<'a> Executor<'a> {
         ))
     }
 
-    /// Crafts one adversarial set on model `source`.
-    fn craft(&self, source: usize, config: &AttackConfig) -> Result<AdversarialSet> {
+    /// Crafts one adversarial set on model `source` (DIVA: with `reference` beside it).
+    fn craft(
+        &self,
+        source: usize,
+        reference: Option<usize>,
+        config: &AttackConfig,
+    ) -> Result<AdversarialSet> {
         let spec = self.spec(source);
         let model = self.model(source)?;
+        let reference = reference.map(|r| self.model(r)).transpose()?;
         let label = format!("{} {}", config.kind, spec.label);
         let bar = self
             .store
@@ -393,7 +402,7 @@ impl<'a> Executor<'a> {
             self.context.images,
             self.context.batch_size,
             config,
-            None,
+            reference.as_ref().map(|r| &r.classifier),
             self.device(),
             description,
             &bar,
@@ -423,7 +432,7 @@ impl<'a> Executor<'a> {
                 (set, what)
             }
             _ => {
-                let set = self.craft(source, config)?;
+                let set = self.craft(source, None, config)?;
                 if let Some(path) = set_path {
                     transfer::save(path, &set)?;
                 }
@@ -485,7 +494,7 @@ impl<'a> Executor<'a> {
 
     /// One Figure 3 point: the model attacked by itself.
     fn eps_steps(&self, model: usize, config: &AttackConfig, path: &Path) -> Result<String> {
-        let set = self.craft(model, config)?;
+        let set = self.craft(model, None, config)?;
         let metrics = transfer::evaluate(
             &self.model(model)?.classifier,
             &set,
@@ -508,6 +517,43 @@ impl<'a> Executor<'a> {
             },
         )?;
         Ok(what)
+    }
+
+    /// Each attack crafted on the pair, and how its examples split it.
+    fn differential(
+        &self,
+        compressed: usize,
+        reference: usize,
+        attacks: &[AttackConfig],
+        path: &Path,
+    ) -> Result<String> {
+        let (c, f) = (self.model(compressed)?, self.model(reference)?);
+        let mut cells = Vec::new();
+        let mut what = Vec::new();
+        for config in attacks {
+            let set = self.craft(compressed, Some(reference), config)?;
+            let metrics = transfer::evaluate_pair(
+                &c.classifier,
+                &f.classifier,
+                &set,
+                &self.context.test,
+                self.context.batch_size,
+                self.device(),
+            )?;
+            what.push(format!(
+                "{} evasive {:.1}%",
+                config.kind,
+                100.0 * metrics.evasive_success_rate
+            ));
+            cells.push(DifferentialCell {
+                seed: self.spec(compressed).seed,
+                attack: config.kind,
+                model: self.spec(compressed).label.clone(),
+                metrics,
+            });
+        }
+        write_json(path, &cells)?;
+        Ok(what.join(", "))
     }
 
     /// Model `index` as a row of `models.csv` (its clean accuracy measured when its checkpoint
@@ -582,6 +628,7 @@ impl<'a> Executor<'a> {
             .map(|m| self.row(m))
             .collect::<Result<Vec<_>>>()?;
         let (mut cells, mut eps_steps, mut throughput) = (Vec::new(), Vec::new(), Vec::new());
+        let mut differential = Vec::new();
         for job in &plan.jobs {
             match &job.work {
                 Work::Attack {
@@ -607,6 +654,9 @@ impl<'a> Executor<'a> {
                     });
                 }
                 Work::EpsSteps { cell, .. } => eps_steps.push(read_json::<EpsStepsCell>(cell)?),
+                Work::Differential { cell, .. } => {
+                    differential.extend(read_json::<Vec<DifferentialCell>>(cell)?)
+                }
                 _ => {}
             }
         }
@@ -622,6 +672,7 @@ impl<'a> Executor<'a> {
             eps_steps,
             cdfs,
             throughput,
+            differential,
         };
         let report = report::write(self.store.root(), &results)?;
         let what = format!(
@@ -737,7 +788,16 @@ fn timing_path(set: &Path) -> PathBuf {
 }
 
 fn read_timing(set: &Path) -> Timing {
-    read_json(&timing_path(set)).unwrap_or_default()
+    if let Ok(timing) = read_json(&timing_path(set)) {
+        return timing;
+    }
+    // A folder from before the timing file (`<set>.seconds.json` held the seconds alone).
+    let mut old = set.file_name().unwrap_or_default().to_os_string();
+    old.push(".seconds.json");
+    Timing {
+        seconds: read_json(&set.with_file_name(old)).unwrap_or(f64::NAN),
+        ..Timing::default()
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

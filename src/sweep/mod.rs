@@ -301,7 +301,7 @@ pub fn transfer_matrix(options: MatrixOptions) -> Result<Vec<Cell>> {
         needs: Vec::new(),
         writes: Vec::new(),
     });
-    let store = Store::cache(options.cache.as_deref())?;
+    let store = Store::cache(options.cache.as_deref(), "transfer")?;
     let context = Context {
         backend: options.backend,
         test: options.test,

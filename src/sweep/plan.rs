@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::attack::AttackConfig;
+use crate::attack::{AttackConfig, AttackKind};
 use crate::compress::CompressConfig;
 use crate::data::DatasetKind;
 use crate::kernels::{FixedPoint, QuantGrad};
@@ -152,6 +152,14 @@ pub(super) enum Work {
     EpsSteps {
         model: usize,
         config: AttackConfig,
+        cell: PathBuf,
+    },
+    /// Beyond the paper: each attack crafted on the pair (compressed, reference) — DIVA, and
+    /// PGD for comparison — and how its examples split the pair.
+    Differential {
+        compressed: usize,
+        reference: usize,
+        attacks: Vec<AttackConfig>,
         cell: PathBuf,
     },
     /// The sweep's tables, figures and report, from every file above.
@@ -422,6 +430,9 @@ impl PlanInputs<'_> {
                     }
                 }
             }
+            if config.differential.enabled {
+                self.differential(&mut plan, &seed_models, &mut report_needs, seed);
+            }
         }
         let report_cost = (plan.models.len() * config.figure5.activation_images) as f64;
         plan.jobs.push(Job {
@@ -445,6 +456,59 @@ impl PlanInputs<'_> {
     }
 }
 
+impl PlanInputs<'_> {
+    /// DIVA and PGD (same step, steps and budget) on every compressed model of a seed against
+    /// its baseline (the seed's first model).
+    fn differential(
+        &self,
+        plan: &mut Plan,
+        seed_models: &[usize],
+        report_needs: &mut Vec<PathBuf>,
+        seed: u64,
+    ) {
+        let config = self.config;
+        let (eps, steps) = (config.attack.eps, config.attack.steps);
+        let pgd = config.attack_config(AttackKind::Pgd, eps, steps, seed);
+        let diva = AttackConfig {
+            weight: Some(config.differential.weight),
+            ..config.attack_config(AttackKind::Diva, eps, steps, seed)
+        };
+        let attacks = vec![diva, pgd];
+        let json = serde_json::to_string(&attacks).expect("configs serialise");
+        let base = seed_models[0];
+        for &m in &seed_models[1..] {
+            let (spec, reference) = (&plan.models[m], &plan.models[base]);
+            let key = stable_hash([
+                spec.key.as_bytes(),
+                reference.key.as_bytes(),
+                json.as_bytes(),
+                &self.images.to_le_bytes(),
+                b"differential",
+            ]);
+            let cell = self.path("cells", format!("differential-{key}.json"));
+            report_needs.push(cell.clone());
+            let passes: f64 = attacks
+                .iter()
+                .map(|a| a.passes_per_image(self.classes) + 4.0)
+                .sum();
+            plan.jobs.push(Job {
+                key,
+                stage: Stage::Attack,
+                name: format!("seed {seed}: diva and pgd on {} (against full)", spec.label),
+                cost: self.images as f64 * passes,
+                needs: vec![spec.path.clone(), reference.path.clone()],
+                writes: vec![cell.clone()],
+                work: Work::Differential {
+                    compressed: m,
+                    reference: base,
+                    attacks: attacks.clone(),
+                    cell,
+                },
+            });
+        }
+    }
+}
+
 impl Plan {
     /// The jobs `shard` runs of `stage` (all stages when `None`), in plan order.
     pub fn select(&self, stage: Option<Stage>, shard: Shard) -> Vec<usize> {
@@ -458,7 +522,9 @@ impl Plan {
                 .collect();
             let mut by_key = of_stage.clone();
             by_key.sort_by(|&a, &b| self.jobs[a].key.cmp(&self.jobs[b].key).then(a.cmp(&b)));
-            of_stage.retain(|j| shard.owns(by_key.iter().position(|k| k == j).unwrap_or(0)));
+            let rank: std::collections::HashMap<usize, usize> =
+                by_key.iter().enumerate().map(|(r, &j)| (j, r)).collect();
+            of_stage.retain(|j| shard.owns(rank[j]));
             chosen.extend(of_stage);
         }
         chosen

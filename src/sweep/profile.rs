@@ -39,7 +39,7 @@ pub struct ProfileOutcome {
 
 /// Runs the profile: attack throughput per bitwidth, density and batch size.
 pub fn profile_attacks(options: ProfileOptions) -> Result<ProfileOutcome> {
-    let store = Store::cache(Some(&options.out))?;
+    let store = Store::cache(Some(&options.out), "profile")?;
     let baseline = match &options.baseline {
         Some(path) => path.clone(),
         None => quick_baseline(&options, &store)?,

@@ -47,6 +47,10 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 }
 
 /// One stage's script.
+/// Array tasks of one stage at most: Slurm's default `MaxArraySize` is 1001 (indices 0..1000);
+/// a stage with more jobs gives each task several (the shards spread them evenly).
+const MAX_TASKS: usize = 1000;
+
 fn script(
     stage: Stage,
     jobs: usize,
@@ -55,11 +59,13 @@ fn script(
     cwd: &Path,
     slurm: &SlurmOptions,
 ) -> String {
-    // One array task per job: the plan spreads a stage's jobs evenly over the shards.
-    let tasks = jobs;
+    // One array task per job, up to the cap.
+    let tasks = jobs.min(MAX_TASKS);
     let mut lines = vec![
         "#!/bin/bash".to_string(),
         format!("#SBATCH --job-name=advcomp-{stage}"),
+        // One process per task (also what --gpus-per-task needs beside it).
+        "#SBATCH --ntasks=1".to_string(),
         match slurm.max_parallel {
             Some(k) => format!("#SBATCH --array=0-{}%{k}", tasks - 1),
             None => format!("#SBATCH --array=0-{}", tasks - 1),
@@ -86,13 +92,15 @@ fn script(
     }
     lines.push(format!(
         "# Stage '{stage}' of the sweep in {}: {jobs} job(s) over {tasks} array task(s).\n\
-         # To rerun failed or preempted tasks, submit this script again (`sbatch {stage}.sbatch`):\n\
-         # jobs already finished are skipped.",
+         # To rerun failed or preempted tasks, submit this script again (`sbatch {stage}.sbatch`),\n\
+         # or only some of them (`sbatch --array=3,7 {stage}.sbatch`): finished jobs are skipped.",
         out.display()
     ));
     lines.push("set -euo pipefail".into());
+    // The shard count is written out, not $SLURM_ARRAY_TASK_COUNT: a rerun of some tasks
+    // (`--array=3`) must still split the stage the same way.
     lines.push(format!(
-        "exec {command} --stage {stage} --shard \"$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT\""
+        "exec {command} --stage {stage} --shard \"$SLURM_ARRAY_TASK_ID/{tasks}\""
     ));
     lines.join("\n") + "\n"
 }
@@ -105,6 +113,15 @@ pub(super) fn submit(
     slurm: &SlurmOptions,
 ) -> Result<SlurmSubmission> {
     let out = absolute(&options.out)?;
+    // #SBATCH lines are not shell: their paths cannot be quoted, and sbatch expands `%`.
+    for path in [&out, &std::env::current_dir().unwrap_or_default()] {
+        let text = path.display().to_string();
+        if text.contains(|c: char| c.is_whitespace() || c == '%' || c.is_control()) {
+            return Err(Error::usage(format!(
+                "{text}: a path for Slurm must not hold spaces, '%' or control characters"
+            )));
+        }
+    }
     let dir = out.join("slurm");
     std::fs::create_dir_all(dir.join("logs")).map_err(|e| Error::io(&dir, e))?;
     let mut config = options.config.clone();

@@ -33,8 +33,9 @@ pub(super) struct Store {
 impl Store {
     /// Opens `root` for one whole run (`shared` false: no other run may use it meanwhile) or
     /// for one shard of a stage (`shared` true: other shards may run beside it, a whole run
-    /// may not). Only a whole run clears every stale temporary file; a shard clears those of
-    /// the files it is about to write.
+    /// may not). Only a whole run clears stale temporary files: a shard cannot tell a killed
+    /// process's temporary from one another node is writing, so it leaves them (harmless;
+    /// the next whole run on the folder removes them).
     pub fn open(root: &Path, shared: bool) -> Result<Self> {
         for folder in FOLDERS {
             let dir = root.join(folder);
@@ -57,13 +58,13 @@ impl Store {
         Ok(Self::new(root, Some(lock), Some(log)))
     }
 
-    /// A folder of the transfer command's adversarial sets (`--cache`), or none: locked while
-    /// a run uses it, nothing but the sets written into it.
-    pub fn cache(root: Option<&Path>) -> Result<Self> {
+    /// A folder of the transfer command's adversarial sets (`--cache`) or of the profile's
+    /// files, or none: locked while `what` (the command) uses it, nothing else written into it.
+    pub fn cache(root: Option<&Path>, what: &str) -> Result<Self> {
         let lock = match root {
             Some(root) => {
                 std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-                Some(lock(root, false, "transfer")?)
+                Some(lock(root, false, what)?)
             }
             None => None,
         };
@@ -125,7 +126,15 @@ impl Store {
 /// `root/.lock`, held exclusively (a whole run) or shared (one shard of a stage).
 fn lock(root: &Path, shared: bool, what: &str) -> Result<File> {
     let lock_path = root.join(".lock");
-    let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    // Read and write: NFS turns flock into byte-range locks, and a shared (read) lock needs a
+    // file open for reading.
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
     let locked = if shared {
         lock.try_lock_shared()
     } else {
