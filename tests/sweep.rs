@@ -351,17 +351,77 @@ fn the_differential_stage_compares_diva_with_pgd_on_every_compressed_model() {
         .collect();
     // 4 compressed models x (DIVA, PGD).
     assert_eq!(rows.len(), 8, "{csv}");
-    let (mut diva, mut pgd) = (0.0, 0.0);
-    for row in &rows {
-        let evasive: f64 = row[8].parse().unwrap();
-        assert!((0.0..=1.0).contains(&evasive), "{csv}");
-        match row[1] {
-            "diva" => diva += evasive,
-            "pgd" => pgd += evasive,
-            other => panic!("attack {other}: {csv}"),
+    for pair in rows.chunks(2) {
+        let (diva, pgd) = (&pair[0], &pair[1]);
+        assert_eq!((diva[1], pgd[1]), ("diva", "pgd"), "{csv}");
+        // The same model, images and reference: the same images start right on both.
+        assert_eq!((diva[2], diva[7]), (pgd[2], pgd[7]), "{csv}");
+        for row in pair {
+            let both: usize = row[7].parse().unwrap();
+            assert!(both <= 40, "{csv}");
+            for rate in &row[8..11] {
+                let rate: f64 = rate.parse().unwrap();
+                assert!((0.0..=1.0).contains(&rate), "{csv}");
+            }
         }
     }
-    assert!(diva > 0.0 && diva >= pgd, "DIVA {diva} vs PGD {pgd}: {csv}");
+    // The sweep's numbers are the attack command's on the same checkpoints and images.
+    let model = |prefix: &str| {
+        std::fs::read_dir(out.join("models"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+            .unwrap()
+    };
+    let (dns, full) = (model("dns0.5-"), model("full-"));
+    for (i, attack) in ["diva", "pgd"].into_iter().enumerate() {
+        let output = Command::new(env!("CARGO_BIN_EXE_advcomp"))
+            .args([
+                "attack",
+                "--attack",
+                attack,
+                // The tiny preset's settings: 40 images, 4 steps of the default eps.
+                "--limit",
+                "40",
+                "--steps",
+                "4",
+                "--backend",
+                "cpu",
+            ])
+            .arg("--source")
+            .arg(&dns)
+            .arg("--reference")
+            .arg(&full)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let d = &json["differential"];
+        let row = &rows[i];
+        assert_eq!(row[2], "dns0.5", "{csv}");
+        assert_eq!(d["both_correct"].to_string(), row[7], "{attack}: {json}");
+        for (k, field) in [
+            "evasive_success_rate",
+            "success_rate_compressed",
+            "success_rate_reference",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let theirs: f64 = row[8 + k].parse().unwrap();
+            assert_eq!(
+                d[field].as_f64(),
+                Some(theirs),
+                "{attack} {field}: {json} vs {csv}"
+            );
+        }
+    }
     let png = std::fs::read(out.join("figures/fig7-differential.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
