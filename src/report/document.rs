@@ -318,6 +318,9 @@ fn differential_blocks(view: &View) -> Vec<Block> {
     let share = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.1}", 100.0 * v));
     let mut rows = Vec::new();
     let (mut diva_sum, mut pgd_sum, mut n) = (0.0, 0.0, 0);
+    // PGD's success on the compressed and on the full model, summed: whether its examples
+    // carry over to the full model decides whether DIVA has anything to add.
+    let (mut pgd_on_c, mut pgd_on_f) = (0.0, 0.0);
     for m in [Family::Pruned, Family::Quantised]
         .iter()
         .flat_map(|f| view.family(*f))
@@ -330,6 +333,8 @@ fn differential_blocks(view: &View) -> Vec<Block> {
         if let (Some(d), Some(p)) = (diva, pgd) {
             diva_sum += d.evasive_success_rate;
             pgd_sum += p.evasive_success_rate;
+            pgd_on_c += p.success_rate_compressed;
+            pgd_on_f += p.success_rate_reference;
             n += 1;
         }
         rows.push(vec![
@@ -342,6 +347,25 @@ fn differential_blocks(view: &View) -> Vec<Block> {
             share(pgd.map(|p| p.success_rate_reference)),
         ]);
     }
+    let carry_over = if n == 0 {
+        String::new()
+    } else if pgd_on_f >= 0.8 * pgd_on_c {
+        format!(
+            " Here PGD's examples mostly fool F too (on average {:.1}% of F's images against \
+             {:.1}% of C's), so a comparison with F would catch them.",
+            100.0 * pgd_on_f / n as f64,
+            100.0 * pgd_on_c / n as f64
+        )
+    } else {
+        format!(
+            " Here PGD's examples fool F less often than C (on average {:.1}% of F's images \
+             against {:.1}% of C's): many of its successes are evasive already, and DIVA, which \
+             trades success on C for never fooling F, has less to add. DIVA gains most where \
+             PGD's examples carry over to the full model (larger budgets, bigger models).",
+            100.0 * pgd_on_f / n as f64,
+            100.0 * pgd_on_c / n as f64
+        )
+    };
     let verdict = if n == 0 {
         String::new()
     } else if pgd_sum > 0.0 {
@@ -380,8 +404,8 @@ fn differential_blocks(view: &View) -> Vec<Block> {
              or in other products) notices an attack when the two disagree. DIVA (Hao et al., \
              MLSys 2022) is crafted on both: it fools C while F stays right; \"evasive\" counts, of \
              the images both classified correctly, those where afterwards C is wrong and F right. \
-             PGD, with the same step, steps and budget, is crafted on C alone: its examples \
-             mostly fool F too, so a comparison would catch them.{verdict}"
+             PGD, with the same step, steps and budget, is crafted on C alone.{carry_over}\
+             {verdict}"
         )),
     ]
 }

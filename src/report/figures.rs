@@ -586,7 +586,7 @@ fn differential_figure(view: &View) -> LineFigure {
         Panel {
             title: format!("{family:?} models against the baseline"),
             x_label: x_label.into(),
-            y_label: "share of images both classified correctly".into(),
+            y_label: "rate (see the caption)".into(),
             series,
             y_range: Some((0.0, 1.02)),
             cdf: false,
