@@ -6,9 +6,13 @@
 //! (`cargo xtask test` installs them where apt allows). Without them the test is skipped,
 //! unless `ADVCOMP_REQUIRE_SLURM` is set (CI sets it): then it fails.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use common::sweep_results as results;
 
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-sweep.toml");
 
@@ -29,25 +33,6 @@ fn ok(output: &Output, what: &str) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{what}: {stderr}");
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The result files, with the output folder's own path taken out.
-fn results(out: &Path) -> Vec<(String, String)> {
-    let mut files: Vec<String> = std::fs::read_dir(out)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".csv") || n.ends_with(".jsonl"))
-        .filter(|n| n != "throughput.csv") // timings differ from run to run
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|name| {
-            let text = std::fs::read_to_string(out.join(&name)).unwrap();
-            (name, text.replace(&out.display().to_string(), "OUT"))
-        })
-        .collect()
 }
 
 /// A single-node Slurm cluster in a temporary folder, stopped (with the munge daemon, if the

@@ -3,12 +3,16 @@
 //! results of an uninterrupted run; a second sweep on the same folder is refused; bad configs
 //! are refused by name.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use common::sweep_results as results;
 
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-sweep.toml");
 
@@ -23,6 +27,17 @@ fn sweep(out: &Path) -> Command {
     cmd.args(["sweep", "--config", TINY, "--backend", "cpu", "--out"])
         .arg(out);
     cmd
+}
+
+/// `advcomp sweep` on the cpu with a config file of the test's own.
+fn sweep_with(config: &Path, out: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_advcomp"))
+        .args(["sweep", "--backend", "cpu", "--config"])
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
 }
 
 fn run(out: &Path) -> Output {
@@ -41,26 +56,6 @@ fn spawn(out: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-/// The result files, with the output folder's own path taken out (models.csv names the
-/// checkpoints by path).
-fn results(out: &Path) -> Vec<(String, String)> {
-    let mut files: Vec<String> = std::fs::read_dir(out)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".csv") || n.ends_with(".jsonl"))
-        .filter(|n| n != "throughput.csv") // timings differ from run to run
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|name| {
-            let text = std::fs::read_to_string(out.join(&name)).unwrap();
-            (name, text.replace(&out.display().to_string(), "OUT"))
-        })
-        .collect()
 }
 
 fn temporaries(dir: &Path) -> Vec<PathBuf> {
@@ -225,13 +220,7 @@ fn bad_sweep_configs_are_refused_by_name_and_write_nothing() {
         let config = dir.join(format!("bad{i}.toml"));
         std::fs::write(&config, text).unwrap();
         let out = dir.join(format!("out{i}"));
-        let output = Command::new(env!("CARGO_BIN_EXE_advcomp"))
-            .args(["sweep", "--backend", "cpu", "--config"])
-            .arg(&config)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let output = sweep_with(&config, &out);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{text}: {stderr}");
         assert!(stderr.contains(expected), "{text}: {stderr}");
@@ -334,13 +323,7 @@ fn the_differential_stage_compares_diva_with_pgd_on_every_compressed_model() {
     let text = std::fs::read_to_string(TINY).unwrap() + "\n[differential]\nenabled = true\n";
     std::fs::write(&config, text).unwrap();
     let out = dir.join("out");
-    let output = Command::new(env!("CARGO_BIN_EXE_advcomp"))
-        .args(["sweep", "--backend", "cpu", "--config"])
-        .arg(&config)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let output = sweep_with(&config, &out);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let csv = std::fs::read_to_string(out.join("differential.csv")).unwrap();

@@ -103,16 +103,7 @@ pub fn profile_attacks(options: ProfileOptions) -> Result<ProfileOutcome> {
         options.backend,
         options.repeats
     ));
-    let context = Context {
-        backend: options.backend,
-        test,
-        images: 0,
-        batch_size: 1,
-        grad: QuantGrad::Ste,
-        evaluation_images: None,
-        load_as: None,
-        training: None,
-    };
+    let context = context(options.backend, test, None);
     let all: Vec<usize> = (0..plan.jobs.len()).collect();
     let Outcome {
         timings,
@@ -166,16 +157,26 @@ fn quick_baseline(options: &ProfileOptions, store: &Store) -> Result<PathBuf> {
         &network.dataset(&data, &model::CheckpointMeta::default())?,
         Split::Test,
     )?;
-    let context = Context {
-        backend: options.backend,
+    let context = context(options.backend, test, Some((ModelRef::BuiltIn(kind), data)));
+    Executor::new(&context, &plan, store).run(&[0])?;
+    Ok(path)
+}
+
+/// The profile's jobs take their images and batch sizes from their own work, and load no
+/// checkpoint through the context: only the test images and what trains the baseline matter.
+fn context(
+    backend: &Backend,
+    test: crate::data::Images,
+    training: Option<(ModelRef, DataChoice)>,
+) -> Context<'_> {
+    Context {
+        backend,
         test,
         images: 0,
         batch_size: 1,
         grad: QuantGrad::Ste,
         evaluation_images: None,
         load_as: None,
-        training: Some((ModelRef::BuiltIn(kind), data)),
-    };
-    Executor::new(&context, &plan, store).run(&[0])?;
-    Ok(path)
+        training,
+    }
 }

@@ -20,3 +20,23 @@ pub fn wgpu_or_skip() -> Option<Backend> {
     eprintln!("wgpu adapter: {}", gpu.adapter);
     Some(gpu)
 }
+
+/// The result files, with the output folder's own path taken out (models.csv names the
+/// checkpoints by path).
+pub fn sweep_results(out: &std::path::Path) -> Vec<(String, String)> {
+    let mut files: Vec<String> = std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".csv") || n.ends_with(".jsonl"))
+        .filter(|n| n != "throughput.csv") // timings differ from run to run
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(out.join(&name)).unwrap();
+            (name, text.replace(&out.display().to_string(), "OUT"))
+        })
+        .collect()
+}
