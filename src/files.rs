@@ -30,6 +30,21 @@ fn temporary(path: &Path, file_name: &OsStr) -> PathBuf {
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename, so a crash
 /// never leaves a half-written file under the final name.
+/// The SHA-256 of `bytes` as hex (what `sha256sum` prints).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The SHA-256 of a file's bytes as hex.
+pub fn sha256_of_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(sha256_hex(&bytes))
+}
+
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomically_with(path, |tmp| {
         let mut file = std::fs::File::create(tmp)?;

@@ -519,7 +519,10 @@ fn the_whole_study_runs_on_an_imported_model() {
     let rows: Vec<&str> = models.lines().skip(1).collect();
     assert_eq!(rows.len(), 5, "{models}");
     assert!(
-        rows[0].starts_with("1,full,full,") && rows[0].ends_with(&model),
+        rows[0].starts_with("1,full,full,")
+            && rows[0].ends_with(&format!(
+                "{model},b569487fa848cf595c9fb37b2a59f958266d656a7df6d43f0aba4b97392367ea"
+            )),
         "{models}"
     );
     let cells = std::fs::read_to_string(out.join("cells.csv")).unwrap();

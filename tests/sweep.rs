@@ -124,13 +124,63 @@ fn killed_and_resumed_sweeps_give_the_results_of_an_uninterrupted_one() {
         !html.contains("src=\""),
         "the page loads nothing from outside"
     );
-    assert!(report.contains("Check against the paper") && report.contains("supported"));
-    // 5 models x 5 models x 3 attacks; Figure 3: 2 attacks x 2 eps x 2 step counts.
+    // The report opens with its provenance and the summary, before the figures and tables.
+    let at = |heading: &str| report.find(heading).unwrap_or_else(|| panic!("{heading}"));
+    assert!(at("| written by | advcomp 0.1.0 (") < at("## Summary"));
+    assert!(at("## Summary") < at("## Figures") && at("## Figures") < at("## Models"));
+    assert!(report.contains("| 4.1 (1) |") && report.contains("supported"));
+    assert!(
+        report.contains("```toml\nmodel = \"lenet5\""),
+        "the config as TOML"
+    );
+    assert!(html.contains("<nav>") && html.contains("href=\"#summary\""));
+    // 5 models x 5 models x 3 attacks; Figure 3: 2 sources (the baseline and dns0.1) x 2
+    // attacks x 2 eps x 2 step counts.
     let cells = std::fs::read_to_string(whole.join("cells.csv")).unwrap();
     assert_eq!(cells.lines().count(), 1 + 75);
-    assert_eq!(cells.matches(",1 COMP->COMP,").count(), 12);
+    assert_eq!(cells.matches(",1,1 COMP->COMP,").count(), 12);
     let eps_steps = std::fs::read_to_string(whole.join("eps-steps.csv")).unwrap();
-    assert_eq!(eps_steps.lines().count(), 1 + 8);
+    assert_eq!(eps_steps.lines().count(), 1 + 16);
+    assert_eq!(eps_steps.matches(",dns0.1,").count(), 8, "{eps_steps}");
+    // models.csv: paths relative to the output folder and each checkpoint's SHA-256, which
+    // every cell names for its source and target.
+    let models = std::fs::read_to_string(whole.join("models.csv")).unwrap();
+    let mut hashes = std::collections::BTreeMap::new();
+    for row in models.lines().skip(1) {
+        let fields: Vec<&str> = row.split(',').collect();
+        let (label, path, sha) = (fields[1], fields[6], fields[7]);
+        assert!(
+            path.starts_with("models/") && whole.join(path).is_file(),
+            "{row}"
+        );
+        let bytes = std::fs::read(whole.join(path)).unwrap();
+        assert_eq!(sha, advcomp::files::sha256_hex(&bytes), "{row}");
+        hashes.insert(label.to_string(), sha.to_string());
+    }
+    let header: Vec<&str> = cells.lines().next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for row in cells.lines().skip(1) {
+        // The last column, the attack's settings as JSON, is the only quoted one.
+        let (plain, settings) = row.split_once(",\"{").unwrap();
+        let fields: Vec<&str> = plain.split(',').collect();
+        assert_eq!(fields.len(), header.len() - 1, "{row}");
+        assert!(settings.contains("\"\"attack\"\":"), "{row}");
+        for side in ["source", "target"] {
+            let label = fields[column(side)];
+            assert_eq!(
+                fields[column(&format!("{side}_sha256"))],
+                hashes[label],
+                "{row}"
+            );
+        }
+        let scenario = fields[column("scenario")];
+        assert!(["0", "1", "2", "3"].contains(&scenario), "{row}");
+        if fields[column("attack")] == "ifgsm" {
+            // The tiny preset: 4 steps of 0.02, no budget.
+            assert_eq!(fields[column("step")], "0.02", "{row}");
+            assert_eq!(fields[column("linf_reach")], "0.08", "{row}");
+        }
+    }
 
     // Kill the same sweep at random moments, then let it finish.
     let seed: u64 = std::time::SystemTime::now()
@@ -207,6 +257,10 @@ fn bad_sweep_configs_are_refused_by_name_and_write_nothing() {
             "line 3: attack.epz: unknown field",
         ),
         ("[grid]\nbits = [8, 4, 8]\n", "grid.bits: 8 is listed twice"),
+        (
+            "[grid]\ndensities = [0.5, 0.1]\n[figure3]\ndensities = [0.2]\n",
+            "figure3.densities: 0.2 is not one of grid.densities",
+        ),
         (
             "[attack]\ngrad = \"bpda\"\ndeepfool_candidates = 1\n",
             "attack.deepfool_candidates",
@@ -302,9 +356,9 @@ fn sharded_stages_in_any_order_give_the_results_of_one_process() {
                 }
             }
         }
-        // 1 baseline + 4 compressed + 15 matrix rows + 8 figure 3 points + the report, each
-        // run exactly once over all shards.
-        assert_eq!(ran, 29, "{n} shards (rng seed {seed})");
+        // 1 baseline + 4 compressed + 15 matrix rows + 16 figure 3 points (the baseline and
+        // dns0.1) + the report, each run exactly once over all shards.
+        assert_eq!(ran, 37, "{n} shards (rng seed {seed})");
         let got = results(&out);
         assert_eq!(got.len(), expected.len());
         for ((name, x), (_, y)) in expected.iter().zip(&got) {

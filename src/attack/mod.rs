@@ -234,6 +234,73 @@ impl AttackConfig {
         Ok(())
     }
 
+    /// The budget the attack projects onto: PGD's and DIVA's default 0.1, none for the others
+    /// unless one was given.
+    pub fn effective_budget(&self) -> Option<f32> {
+        match self.kind {
+            AttackKind::Pgd | AttackKind::Diva => Some(self.pgd_budget()),
+            AttackKind::DeepFool => None,
+            _ => self.budget,
+        }
+    }
+
+    /// The largest L-inf perturbation the attack can reach: `min(steps x step, budget)` for the
+    /// sign attacks (the paper's 12 steps of 0.02 reach 0.24 with no budget), the budget for the
+    /// L2-scaled ones (none without one), none for DeepFool (it stops at the boundary).
+    pub fn linf_reach(&self) -> Option<f32> {
+        let budget = self.effective_budget();
+        let steps = match self.kind {
+            AttackKind::Fgsm => 1,
+            AttackKind::Ifgsm | AttackKind::Pgd | AttackKind::Diva => self.steps,
+            AttackKind::Fgm | AttackKind::Ifgm | AttackKind::DeepFool => return budget,
+        };
+        let reach = self.eps * steps as f32;
+        Some(budget.map_or(reach, |b| b.min(reach)))
+    }
+
+    /// The settings this attack uses, by name, with floats as written (0.02, not
+    /// 0.019999999552965164): what JSON output and reports show.
+    pub fn used_parameters(&self) -> serde_json::Map<String, serde_json::Value> {
+        use AttackKind::*;
+        let float =
+            |v: f32| serde_json::Value::from(v.to_string().parse::<f64>().unwrap_or(f64::NAN));
+        let mut out = serde_json::Map::new();
+        out.insert("attack".into(), self.kind.name().into());
+        let iterative = matches!(self.kind, Ifgsm | Ifgm | Pgd | Diva);
+        if self.kind != DeepFool {
+            out.insert("step".into(), float(self.eps));
+        }
+        if iterative {
+            out.insert("steps".into(), self.steps.into());
+        }
+        if let Some(b) = self.effective_budget() {
+            out.insert("budget".into(), float(b));
+        }
+        if matches!(self.kind, Fgm | Ifgm) {
+            out.insert(
+                "grad_norm".into(),
+                serde_json::to_value(self.grad_norm).expect("a unit enum serialises"),
+            );
+        }
+        if self.kind == Pgd {
+            out.insert("seed".into(), self.seed.into());
+        }
+        if self.kind == DeepFool {
+            out.insert("overshoot".into(), float(self.overshoot));
+            out.insert("max_iterations".into(), self.max_iterations.into());
+            if let Some(k) = self.candidates {
+                out.insert("candidates".into(), k.into());
+            }
+        }
+        if let Some(c) = self.weight {
+            out.insert("weight".into(), float(c));
+        }
+        if let Some(r) = self.linf_reach() {
+            out.insert("linf_reach".into(), float(r));
+        }
+        out
+    }
+
     /// The total budget PGD (and DIVA) project onto.
     fn pgd_budget(&self) -> f32 {
         self.budget.unwrap_or(0.1)

@@ -21,13 +21,20 @@ pub(super) struct AttackOptions {
     /// while the reference stays right).
     #[arg(long, default_value = "ifgsm")]
     attack: AttackKind,
-    /// Step size and per-step interval.
-    #[arg(long, default_value_t = 0.02)]
+    /// Step per iteration: the paper's eps (torchattacks' alpha). Without --budget, the sign
+    /// attacks reach steps x step in L-inf (12 x 0.02 = 0.24).
+    #[arg(
+        long = "step",
+        visible_alias = "eps",
+        value_name = "STEP",
+        default_value_t = 0.02
+    )]
     eps: f32,
     /// Iterations of the iterative attacks.
     #[arg(long, default_value_t = 12)]
     steps: usize,
-    /// Total L-inf budget (PGD's default 0.1; none for the others).
+    /// Total L-inf budget: each step is projected onto this ball around the image
+    /// (torchattacks' eps). PGD and DIVA: 0.1 by default; the others: none.
     #[arg(long)]
     budget: Option<f32>,
     /// IFGM / FGM step: l2 (eps·sqrt(d)·g/||g||) or none (the paper's literal eps·g).
@@ -191,6 +198,7 @@ fn craft(
 ) -> Result<AdversarialSet> {
     let config = options.config()?;
     let description = json!({ "source": source.path, "attack": config }).to_string();
+    eprintln!("{}", describe(&config));
     let bar = transfer::image_bar(options.limit.min(images.len()), config.kind.name());
     let set = transfer::craft(
         &source.classifier,
@@ -218,6 +226,39 @@ fn craft(
     Ok(set)
 }
 
+/// An attack's settings in a line: `ifgsm: step 0.02 x 12 steps, L-inf reach 0.24`.
+fn describe(config: &advcomp::attack::AttackConfig) -> String {
+    let used = config.used_parameters();
+    let get = |k: &str| used.get(k).map(|v| v.to_string().replace('"', ""));
+    let mut parts = Vec::new();
+    match (get("step"), get("steps")) {
+        (Some(step), Some(steps)) => parts.push(format!("step {step} x {steps} steps")),
+        (Some(step), None) => parts.push(format!("step {step}")),
+        _ => {}
+    }
+    for (key, name) in [
+        ("budget", "budget"),
+        ("grad_norm", "gradient norm"),
+        ("overshoot", "overshoot"),
+        ("max_iterations", "at most iterations:"),
+        ("candidates", "candidate classes:"),
+        ("weight", "weight c"),
+        ("seed", "random-start seed"),
+    ] {
+        if let Some(v) = get(key) {
+            parts.push(format!("{name} {v}"));
+        }
+    }
+    parts.push(match get("linf_reach") {
+        Some(r) => format!("L-inf reach {r}"),
+        None if config.kind == advcomp::attack::AttackKind::DeepFool => {
+            "L-inf reach: until the label flips".into()
+        }
+        None => "L-inf reach: unbounded (give --budget)".into(),
+    });
+    format!("{}: {}", config.kind, parts.join(", "))
+}
+
 /// One evaluated cell: source name, target name, scenario, metrics.
 type Row = (String, String, transfer::Scenario, CellMetrics);
 
@@ -237,8 +278,14 @@ fn rows_json(rows: &[Row]) -> Vec<serde_json::Value> {
 }
 
 fn print_cells(rows: &[Row]) {
+    // As wide as the longest name, so long checkpoint names keep the table aligned.
+    let width = |pick: fn(&Row) -> &str| rows.iter().map(|r| pick(r).len()).max().unwrap_or(0);
+    let (ws, wt) = (
+        width(|r| &r.0).max("source".len()),
+        width(|r| &r.1).max("target".len()),
+    );
     println!(
-        "{:<22} {:<22} {:<16} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>6} {:>6}",
+        "{:<ws$} {:<wt$} {:<16} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>6} {:>6}",
         "source",
         "target",
         "scenario",
@@ -253,7 +300,7 @@ fn print_cells(rows: &[Row]) {
     );
     for (source, target, scenario, m) in rows {
         println!(
-            "{:<22} {:<22} {:<16} {:>7.2}% {:>7.2}% {:>7.2}% {:>9.5} {:>7.1} {:>7.3} {:>6.3} {:>6.2}",
+            "{:<ws$} {:<wt$} {:<16} {:>7.2}% {:>7.2}% {:>7.2}% {:>9.5} {:>7.1} {:>7.3} {:>6.3} {:>6.2}",
             source,
             target,
             scenario,
@@ -344,7 +391,7 @@ pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
     if args.common.json {
         print_json(json!({
             "source": args.source,
-            "attack": config,
+            "attack": config.used_parameters(),
             "images": set.len(),
             "seconds": set.seconds,
             "images_per_second": set.images_per_second(),
@@ -401,6 +448,7 @@ pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
         advcomp::files::check_output_dir("--cache", dir, &inputs)?;
     }
     let backend = open_backend(args.common.backend)?;
+    eprintln!("{}", describe(&config));
     let models = args
         .models
         .iter()
@@ -431,15 +479,65 @@ pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
         .collect();
     if args.common.json {
         print_json(json!({
-            "attack": config,
+            "attack": config.used_parameters(),
             "matrix": args.out,
             "cells": rows_json(&rows),
             "backend": backend.name,
             "adapter": backend.adapter,
         }));
     } else {
-        print_cells(&rows);
-        println!("matrix of adversarial accuracy -> {}", args.out.display());
+        print_matrix(&rows);
+        println!(
+            "matrix of adversarial accuracy -> {} (every metric: --json)",
+            args.out.display()
+        );
     }
     Ok(())
+}
+
+/// The transfer matrix as a matrix: accuracy (%) of each target (column) on each source's
+/// (row) examples, the diagonal marked, and each target's clean accuracy under it.
+fn print_matrix(rows: &[Row]) {
+    let mut names: Vec<&str> = Vec::new();
+    for (source, ..) in rows {
+        if !names.contains(&source.as_str()) {
+            names.push(source);
+        }
+    }
+    let value = |s: &str, t: &str| rows.iter().find(|r| r.0 == s && r.1 == t).map(|r| &r.3);
+    let first = names
+        .iter()
+        .map(|n| n.len())
+        .chain(["source \\ target".len(), "clean".len()])
+        .max()
+        .unwrap_or(0);
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max(8);
+    let mut line = format!("{:<first$}", "source \\ target");
+    for n in &names {
+        line.push_str(&format!(" {n:>width$}"));
+    }
+    println!("{line}");
+    for s in &names {
+        let mut line = format!("{s:<first$}");
+        for t in &names {
+            let cell = value(s, t).map_or("-".into(), |m| {
+                let v = format!("{:.1}", 100.0 * m.adversarial_accuracy);
+                if s == t { format!("[{v}]") } else { v }
+            });
+            line.push_str(&format!(" {cell:>width$}"));
+        }
+        println!("{line}");
+    }
+    let mut line = format!("{:<first$}", "clean");
+    for t in &names {
+        let clean = rows
+            .iter()
+            .find(|r| r.1 == *t)
+            .map_or("-".into(), |r| format!("{:.1}", 100.0 * r.3.clean_accuracy));
+        line.push_str(&format!(" {clean:>width$}"));
+    }
+    println!("{line}");
+    println!(
+        "adversarial accuracy (%) of each target (column) on each source's examples (row); [diagonal]: a model attacked with its own examples"
+    );
 }

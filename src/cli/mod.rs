@@ -49,6 +49,14 @@ enum Command {
     Sweep(study::SweepArgs),
     /// Throughput: attacks (images/s) per bitwidth, density and batch size, or the kernels.
     Profile(study::ProfileArgs),
+    /// Print a shell completion script: `advcomp completions bash > ~/.local/share/bash-completion/completions/advcomp`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Args)]
+struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    shell: clap_complete::Shell,
 }
 
 #[derive(Args)]
@@ -195,7 +203,11 @@ pub fn run() -> i32 {
             ("magnitude_rounds", "--rounds"),
         ],
         Command::Sweep(_) => &[],
-        _ => &[("learning_rate", "--lr"), ("weight", "--diva-weight")],
+        _ => &[
+            ("learning_rate", "--lr"),
+            ("weight", "--diva-weight"),
+            ("eps", "--step"),
+        ],
     };
     let sweep = matches!(cli.command, Command::Sweep(_));
     let result = match cli.command {
@@ -208,6 +220,16 @@ pub fn run() -> i32 {
         Command::Transfer(args) => attack::transfer_command(args),
         Command::Sweep(args) => study::sweep_command(args),
         Command::Profile(args) => study::profile_command(args),
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "advcomp",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     };
     // A sweep's fields are those of its config file (`attack.eps`), not flags.
     let result = result.map_err(|e| if sweep { e } else { e.for_flags(flags) });

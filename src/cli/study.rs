@@ -73,8 +73,10 @@ struct SlurmArgs {
     /// Time limit per array task (Slurm's format, e.g. 2:00:00).
     #[arg(long, requires = "slurm")]
     time: Option<String>,
+    /// GPUs per array task (sbatch --gpus-per-task; with --backend wgpu or auto).
     #[arg(long, requires = "slurm")]
     gpus_per_task: Option<u32>,
+    /// CPU cores per array task (sbatch --cpus-per-task; the cpu backend uses them all).
     #[arg(long, requires = "slurm")]
     cpus_per_task: Option<u32>,
     /// At most K tasks of one stage at once.
@@ -120,6 +122,10 @@ pub(super) fn sweep_command(args: SweepArgs) -> Result<()> {
         data_dir: args.data_dir.clone(),
         stage: args.stage,
         shard: args.shard.unwrap_or(Shard::WHOLE),
+        origin: match &args.config {
+            Some(path) => format!("config {}", path.display()),
+            None => format!("preset {}", args.preset),
+        },
     };
     if args.slurm.slurm {
         let s = &args.slurm;

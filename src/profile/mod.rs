@@ -16,7 +16,7 @@ use crate::compress::{self, CompressConfig, Pruner};
 use crate::data::Images;
 use crate::kernels::{self, FixedPoint, QuantGrad, StepRule, StepSettings};
 use crate::model::{Classifier, Compression, Network, weight_layers};
-use crate::report::{LineFigure, Panel, Point, Series};
+use crate::report::{Categories, LineFigure, Panel, Point, Series};
 use crate::train::TrainConfig;
 
 /// One kernel's measured throughput.
@@ -390,52 +390,48 @@ pub fn write_files(
     Ok(vec![attacks_csv, split, fig.png])
 }
 
-/// Images/s against bitwidth, one panel per attack, one line per batch size (the float
-/// baseline drawn flat across the bitwidths for comparison).
+/// Images/s against bitwidth (the 32-bit float model at the axis' end), one panel per attack,
+/// one line per batch size.
 fn throughput_figure(
     timings: &[AttackTiming],
     attacks: &[AttackKind],
     batch_sizes: &[usize],
     backend: &Backend,
 ) -> LineFigure {
-    let panels = attacks
+    let bits = |t: &AttackTiming| t.bits.unwrap_or(32) as f64;
+    let dense = timings.iter().filter(|t| t.density == 1.0);
+    let axis = Categories::new(dense.clone().map(bits), |b| {
+        if b == 32.0 {
+            "32 (float)".into()
+        } else {
+            format!("{b}")
+        }
+    });
+    let panels: Vec<Panel> = attacks
         .iter()
         .map(|kind| {
-            let mut series = Vec::new();
-            for &batch in batch_sizes {
-                let of = |t: &&AttackTiming| {
-                    t.attack == *kind && t.batch_size == batch && t.density == 1.0
-                };
-                let quantised: Vec<(f64, Point)> = timings
-                    .iter()
-                    .filter(of)
-                    .filter_map(|t| t.bits.map(|b| (b as f64, t.images_per_second)))
-                    .map(|(x, y)| (x, Point::new(y, y, y)))
-                    .collect();
-                if let Some(full) = timings.iter().filter(of).find(|t| t.bits.is_none()) {
-                    let y = full.images_per_second;
-                    let xs = quantised.iter().map(|(x, _)| *x);
-                    let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-                        (a.min(x), b.max(x))
-                    });
-                    if lo.is_finite() {
-                        series.push(Series {
-                            name: format!("float, batch {batch}"),
-                            points: vec![(lo, Point::new(y, y, y)), (hi, Point::new(y, y, y))],
-                        });
-                    }
-                }
-                series.push(Series {
-                    name: format!("fixed point, batch {batch}"),
-                    points: quantised,
-                });
-            }
+            let series: Vec<Series> = batch_sizes
+                .iter()
+                .map(|&batch| {
+                    let mut points: Vec<(f64, Point)> = dense
+                        .clone()
+                        .filter(|t| t.attack == *kind && t.batch_size == batch)
+                        .map(|t| {
+                            let y = t.images_per_second;
+                            (axis.x(bits(t)), Point::new(y, y, y))
+                        })
+                        .collect();
+                    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    Series::new(format!("batch {batch}"), points)
+                })
+                .collect();
             let top = series
                 .iter()
                 .flat_map(|s| s.points.iter().map(|(_, p)| p.y))
                 .fold(0.0, f64::max);
             Panel {
                 title: kind.name().to_uppercase(),
+                x_axis: axis.axis(),
                 x_label: "bitwidth".into(),
                 y_label: "images / s".into(),
                 series,
@@ -446,6 +442,8 @@ fn throughput_figure(
         .collect();
     LineFigure {
         title: format!("Attack throughput on {backend}"),
+        columns: panels.len(),
         panels,
+        footer: crate::report::build_version(),
     }
 }

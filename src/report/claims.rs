@@ -29,6 +29,8 @@ impl Verdict {
 /// One claim and what this sweep says about it.
 #[derive(Clone, Debug)]
 pub struct Claim {
+    /// The paper's section and the claim's place in its summary: "4.1 (1)".
+    pub id: String,
     pub section: &'static str,
     pub claim: &'static str,
     /// How the claim was turned into a comparison.
@@ -98,8 +100,13 @@ fn trend_claim(
 pub(super) fn check(view: &View) -> Vec<Claim> {
     let clipped = [(Ifgsm, 0), (Ifgm, 0)];
     let mut claims = Vec::new();
-    let mut push = |section, claim, test, (verdict, evidence): (Verdict, String)| {
+    let mut push = |section: &'static str, claim, test, (verdict, evidence): (Verdict, String)| {
+        let place = 1 + claims
+            .iter()
+            .filter(|c: &&Claim| c.section == section)
+            .count();
         claims.push(Claim {
+            id: format!("{section} ({place})"),
             section,
             claim,
             test,
@@ -172,6 +179,29 @@ pub(super) fn check(view: &View) -> Vec<Claim> {
         ifgsm_transfers_best(view),
     );
     claims
+}
+
+/// Where the paper's own claims pull against each other, with this sweep's verdicts.
+pub(super) fn tensions(claims: &[Claim]) -> Vec<String> {
+    let find = |id: &str| claims.iter().find(|c| c.id == id);
+    let mut out = Vec::new();
+    if let (Some(a), Some(b)) = (find("4.1 (1)"), find("4.1 (4)")) {
+        out.push(format!(
+            "Claims {} and {} of Section 4.1 read the same cells, IFGSM and IFGM in scenario 3 \
+             (examples made on the pruned model, tested on the baseline), in opposite \
+             directions: {} needs their accuracy to fall as density falls, {} needs it to rise. \
+             At most one can hold on any data. Here: {} is {}, {} is {}.",
+            a.id,
+            b.id,
+            a.id,
+            b.id,
+            a.id,
+            a.verdict.text(),
+            b.id,
+            b.verdict.text()
+        ));
+    }
+    out
 }
 
 /// A rising-trend verdict, downgraded when the rise is larger than "marginal" (10 points).

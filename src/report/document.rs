@@ -9,14 +9,20 @@ use super::{Family, SCENARIOS, View, adversarial_accuracy, summarise};
 use crate::Result;
 
 enum Block {
+    /// A section heading (the first is the page title); listed in the contents.
     Heading(String),
     Text(String),
-    Code(String),
+    Code {
+        language: &'static str,
+        text: String,
+    },
     Table {
         header: Vec<String>,
         rows: Vec<Vec<String>>,
     },
     Figure(Figure),
+    /// The table of contents: every heading after it.
+    Contents,
 }
 
 fn pct(p: super::Point) -> String {
@@ -35,49 +41,198 @@ fn pct(p: super::Point) -> String {
     }
 }
 
+fn strings<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.map(String::from).to_vec()
+}
+
+/// The anchor of a heading: lower case, letters and digits, words joined by '-' (GitHub's
+/// rule for Markdown, used for the HTML ids too).
+fn anchor(heading: &str) -> String {
+    let mut out = String::new();
+    for c in heading.chars().flat_map(char::to_lowercase) {
+        if c.is_alphanumeric() {
+            out.push(c);
+        } else if c == ' ' || c == '-' {
+            out.push('-');
+        }
+    }
+    out
+}
+
+/// Seconds since 1970 as `YYYY-MM-DD HH:MM UTC` (the civil-from-days algorithm).
+fn utc(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let (hour, minute) = ((seconds % 86_400) / 3600, (seconds % 3600) / 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02} UTC")
+}
+
+/// The report's header: where every number comes from.
+fn provenance(view: &View) -> Block {
+    let r = view.results;
+    let p = &r.provenance;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let command: Vec<String> = std::env::args()
+        .map(|a| {
+            if a.is_empty() || a.contains([' ', '"', '\'']) {
+                format!("'{a}'")
+            } else {
+                a
+            }
+        })
+        .collect();
+    let attacks = r
+        .attacks
+        .iter()
+        .map(|a| {
+            let used = a.used_parameters();
+            // In reading order (the map itself is sorted by name).
+            let order = [
+                "step",
+                "steps",
+                "budget",
+                "linf_reach",
+                "grad_norm",
+                "seed",
+                "overshoot",
+                "max_iterations",
+                "candidates",
+                "weight",
+            ];
+            let settings = order
+                .iter()
+                .filter_map(|k| used.get(*k).map(|v| format!("{k} {v}").replace('"', "")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("{}: {settings}", a.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let rows = [
+        ("written by", super::build_version()),
+        ("written on", utc(now)),
+        ("command", command.join(" ")),
+        ("config", format!("{} (as TOML at the end)", p.origin)),
+        (
+            "model",
+            match &p.model_sha256 {
+                Some(sha) => format!("{} (SHA-256 {sha})", p.model),
+                None => format!(
+                    "{} (built in; checkpoints and their SHA-256 in models.csv)",
+                    p.model
+                ),
+            },
+        ),
+        ("dataset", p.dataset.clone()),
+        ("backend, adapter", format!("{}, {}", r.backend, r.adapter)),
+        ("seeds", p.seeds.to_string()),
+        (
+            "images",
+            format!(
+                "clean accuracy (BASE ACC) on {} test images; {} test images attacked per source",
+                p.evaluation_images, p.attack_images
+            ),
+        ),
+        ("attacks", attacks),
+        ("gradient through quantisers", r.grad.to_string()),
+    ];
+    Block::Table {
+        header: strings(["provenance", ""]),
+        rows: rows.into_iter().map(|(k, v)| vec![k.into(), v]).collect(),
+    }
+}
+
+/// The summary: each of the paper's claims with this sweep's verdict, and what the sweep can
+/// say at all.
+fn summary(view: &View, claims: &[Claim]) -> Vec<Block> {
+    let p = &view.results.provenance;
+    let supported = claims
+        .iter()
+        .filter(|c| c.verdict == super::claims::Verdict::Supported)
+        .count();
+    let testable = claims
+        .iter()
+        .filter(|c| c.verdict != super::claims::Verdict::NotTestable)
+        .count();
+    let mut out = vec![
+        Block::Heading("Summary".into()),
+        Block::Text(format!(
+            "Of the paper's {} summary claims (Sections 4.1 and 4.2), this sweep could test {} \
+             and supports {}. Each claim, the comparison it was turned into, the verdict and the \
+             numbers that decide it (accuracies under attack, means over seeds):",
+            claims.len(),
+            testable,
+            supported
+        )),
+        Block::Table {
+            header: strings([
+                "claim",
+                "the paper says",
+                "tested as",
+                "verdict",
+                "deciding numbers",
+            ]),
+            rows: claims
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.id.clone(),
+                        c.claim.into(),
+                        c.test.into(),
+                        c.verdict.text().into(),
+                        c.evidence.clone(),
+                    ]
+                })
+                .collect(),
+        },
+    ];
+    for tension in super::claims::tensions(claims) {
+        out.push(Block::Text(tension));
+    }
+    out.push(Block::Text(format!(
+        "What this sweep can and cannot say ({}): {}",
+        p.origin, p.scope
+    )));
+    out
+}
+
 fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
     let r = view.results;
-    let seeds: Vec<u64> = {
-        let mut s: Vec<u64> = r.models.iter().map(|m| m.seed).collect();
-        s.dedup();
-        s
-    };
-    let images = r.cells.first().map_or(0, |c| c.metrics.images);
     let mut out = vec![
         Block::Heading(r.title.clone()),
-        Block::Text(format!(
-            "Backend {} on {}; {} seed(s); {} attacked test images per source model. \
-             Accuracies in %; in brackets the 95% interval ({}).",
-            r.backend,
-            r.adapter,
-            seeds.len(),
-            images,
-            if seeds.len() > 1 {
-                "t-interval across seeds"
-            } else {
-                "bootstrap over the test images"
-            }
-        )),
-        Block::Heading("Models".into()),
+        provenance(view),
+        Block::Contents,
     ];
+    out.extend(summary(view, claims));
+    out.push(Block::Heading("Figures".into()));
+    out.extend(figures.iter().cloned().map(Block::Figure));
+    out.push(Block::Heading("Models".into()));
     let families = [Family::Full, Family::Pruned, Family::Quantised];
     out.push(Block::Table {
-        header: [
+        header: strings([
             "model",
             "kind",
             "density",
             "bits",
-            "clean accuracy (BASE ACC)",
-        ]
-        .map(String::from)
-        .to_vec(),
+            "clean accuracy % (BASE ACC)",
+        ]),
         rows: families
             .iter()
             .flat_map(|f| view.family(*f))
             .map(|m| {
                 vec![
                     m.label.clone(),
-                    format!("{:?}", m.family).to_lowercase(),
+                    m.family.name().into(),
                     format!("{}", m.density),
                     m.bits.map_or("32-bit float".into(), |b| b.to_string()),
                     pct(view.base_accuracy(&m.label)),
@@ -85,6 +240,11 @@ fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
             })
             .collect(),
     });
+    let interval = if r.provenance.seeds > 1 {
+        "t-interval across seeds"
+    } else {
+        "bootstrap over the test images"
+    };
     for attack in view.attacks() {
         out.push(Block::Heading(format!(
             "{}: accuracy under attack",
@@ -110,43 +270,17 @@ fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
         out.push(Block::Table { header, rows });
         let full = view.cell(attack, "full", "full", adversarial_accuracy);
         out.push(Block::Text(format!(
-            "The baseline's accuracy (%) under its own {attack} examples: {}.",
+            "Accuracy in %, in brackets the 95% interval ({interval}). The baseline's accuracy \
+             under its own {attack} examples: {}.",
             pct(full)
         )));
     }
     out.extend(differential_blocks(view));
-    out.push(Block::Heading("Figures".into()));
-    out.extend(figures.iter().cloned().map(Block::Figure));
-    out.push(Block::Heading("Check against the paper".into()));
-    out.push(Block::Text(
-        "Each summary claim of the paper (Sections 4.1 and 4.2), the comparison it was turned \
-         into, and what this sweep's numbers say (means over seeds)."
-            .into(),
-    ));
-    out.push(Block::Table {
-        header: ["section", "claim", "test", "verdict", "numbers"]
-            .map(String::from)
-            .to_vec(),
-        rows: claims
-            .iter()
-            .map(|c| {
-                vec![
-                    c.section.into(),
-                    c.claim.into(),
-                    c.test.into(),
-                    c.verdict.text().into(),
-                    c.evidence.clone(),
-                ]
-            })
-            .collect(),
-    });
     out.push(Block::Heading("Attack throughput".into()));
     out.push(Block::Table {
-        header: [
+        header: strings([
             "seed", "attack", "source", "images", "images/s", "backend", "adapter",
-        ]
-        .map(String::from)
-        .to_vec(),
+        ]),
         rows: r
             .throughput
             .iter()
@@ -178,16 +312,31 @@ fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
         pct(summarise(&per_seed))
     )));
     out.push(Block::Heading("Configuration".into()));
-    out.push(Block::Code(
-        serde_json::to_string_pretty(&r.config).expect("config serialises"),
-    ));
+    out.push(Block::Code {
+        language: "toml",
+        text: r.provenance.config_toml.trim_end().to_string(),
+    });
     out.push(Block::Text(
-        "Files: cells.csv and cells.jsonl (one row per seed, attack, source and target, with \
-         every metric), matrix-<attack>.csv, models.csv, eps-steps.csv, cdf.csv, \
-         throughput.csv, figures/ (PNG and SVG), sweep.log."
+        "Files beside this report: cells.csv and cells.jsonl (one row per seed, attack, source \
+         and target, with every metric and the attack's settings), matrix-<attack>.csv, \
+         models.csv, eps-steps.csv, differential.csv, cdf.csv, throughput.csv, figures/ (PNG \
+         and SVG), sweep.log. Fractions end in _frac; perturbations are in pixel units \
+         (images in [0, 1])."
             .into(),
     ));
     out
+}
+
+/// The headings after the contents block, for the contents.
+fn contents(blocks: &[Block]) -> Vec<String> {
+    blocks
+        .iter()
+        .skip_while(|b| !matches!(b, Block::Contents))
+        .filter_map(|b| match b {
+            Block::Heading(h) => Some(h.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn markdown(blocks: &[Block], out: &Path) -> String {
@@ -201,7 +350,18 @@ fn markdown(blocks: &[Block], out: &Path) -> String {
             }
             Block::Heading(h) => md.push_str(&format!("## {h}\n\n")),
             Block::Text(t) => md.push_str(&format!("{t}\n\n")),
-            Block::Code(c) => md.push_str(&format!("```json\n{c}\n```\n\n")),
+            Block::Code { language, text } => {
+                md.push_str(&format!("```{language}\n{text}\n```\n\n"))
+            }
+            Block::Contents => {
+                md.push_str("Contents: ");
+                let links: Vec<String> = contents(blocks)
+                    .iter()
+                    .map(|h| format!("[{h}](#{})", anchor(h)))
+                    .collect();
+                md.push_str(&links.join(" · "));
+                md.push_str("\n\n");
+            }
             Block::Table { header, rows } => {
                 let line = |cells: &[String]| {
                     format!(
@@ -222,9 +382,10 @@ fn markdown(blocks: &[Block], out: &Path) -> String {
             }
             Block::Figure(f) => {
                 let rel = f.png.strip_prefix(out).unwrap_or(&f.png);
+                // The alt text is the figure's name; the caption follows in full.
+                let name = f.caption.split(':').next().unwrap_or_default();
                 md.push_str(&format!(
-                    "![{}]({})\n\n*{}*\n\n",
-                    f.caption,
+                    "![{name}]({})\n\n*{}*\n\n",
                     rel.display(),
                     f.caption
                 ));
@@ -249,9 +410,22 @@ fn html(blocks: &[Block]) -> Result<String> {
                 title = h.clone();
                 body.push_str(&format!("<h1>{}</h1>\n", escape(h)));
             }
-            Block::Heading(h) => body.push_str(&format!("<h2>{}</h2>\n", escape(h))),
+            Block::Heading(h) => {
+                body.push_str(&format!("<h2 id=\"{}\">{}</h2>\n", anchor(h), escape(h)))
+            }
             Block::Text(t) => body.push_str(&format!("<p>{}</p>\n", escape(t))),
-            Block::Code(c) => body.push_str(&format!("<pre>{}</pre>\n", escape(c))),
+            Block::Code { text, .. } => body.push_str(&format!("<pre>{}</pre>\n", escape(text))),
+            Block::Contents => {
+                body.push_str("<nav><b>Contents</b><ol>");
+                for h in contents(blocks) {
+                    body.push_str(&format!(
+                        "<li><a href=\"#{}\">{}</a></li>",
+                        anchor(&h),
+                        escape(&h)
+                    ));
+                }
+                body.push_str("</ol></nav>\n");
+            }
             Block::Table { header, rows } => {
                 body.push_str("<table>\n<tr>");
                 for h in header {
@@ -270,8 +444,12 @@ fn html(blocks: &[Block]) -> Result<String> {
             Block::Figure(f) => {
                 let svg =
                     std::fs::read_to_string(&f.svg).map_err(|e| crate::Error::io(&f.svg, e))?;
+                let stem = f
+                    .svg
+                    .file_stem()
+                    .map_or(String::new(), |s| s.to_string_lossy().into_owned());
                 body.push_str(&format!(
-                    "<figure>{svg}<figcaption>{}</figcaption></figure>\n",
+                    "<figure id=\"{stem}\">{svg}<figcaption>{}</figcaption></figure>\n",
                     escape(&f.caption)
                 ));
             }
@@ -279,11 +457,13 @@ fn html(blocks: &[Block]) -> Result<String> {
     }
     Ok(format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\n\
-         <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}\
-         table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;\
-         padding:3px 8px;text-align:left;vertical-align:top}}th{{background:#f0f0f0}}\
-         figure{{margin:1.5em 0}}svg{{max-width:100%;height:auto}}pre{{background:#f6f6f6;\
-         padding:1em;overflow:auto}}</style></head>\n<body>\n{body}</body></html>\n",
+         <style>body{{font-family:sans-serif;max-width:1340px;margin:2em auto;padding:0 1em;\
+         line-height:1.45}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px \
+         solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}}th{{background:#f0f0f0}}\
+         figure{{margin:2em 0}}figcaption{{max-width:60em;color:#333}}\
+         svg{{max-width:100%;height:auto}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}\
+         nav{{background:#f6f6f6;padding:.5em 1em;display:inline-block}}nav ol{{margin:.3em 0}}\
+         </style></head>\n<body>\n{body}</body></html>\n",
         escape(&title)
     ))
 }

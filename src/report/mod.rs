@@ -14,12 +14,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::Result;
-use crate::attack::AttackKind;
+use crate::attack::{AttackConfig, AttackKind};
+use crate::kernels::QuantGrad;
 use crate::transfer::{CellMetrics, DifferentialMetrics, Scenario};
 
-pub use figures::{Figure, LineFigure, Panel, Point, Series, save_lines};
+pub use figures::{Categories, Figure, LineFigure, Look, Panel, Point, Series, XAxis, save_lines};
 
 /// What a model of the sweep is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +30,16 @@ pub enum Family {
     Full,
     Pruned,
     Quantised,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Full => "full",
+            Family::Pruned => "pruned",
+            Family::Quantised => "quantised",
+        }
+    }
 }
 
 /// One model of the sweep.
@@ -57,14 +69,22 @@ pub struct Cell {
     pub metrics: CellMetrics,
 }
 
-/// Figure 3: the baseline attacked by itself with one eps and one number of iterations.
+/// Figure 3: one model (the baseline or a pruned one) attacked by itself with one step size
+/// and one number of iterations.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpsStepsCell {
     pub seed: u64,
     pub attack: AttackKind,
+    /// The model attacked (cells written before Figure 3 had pruned sources are the baseline's).
+    #[serde(default = "full_label")]
+    pub source: String,
     pub eps: f32,
     pub steps: usize,
     pub metrics: CellMetrics,
+}
+
+fn full_label() -> String {
+    "full".into()
 }
 
 /// Beyond the paper: one attack crafted on the pair (a compressed model, its baseline) and how
@@ -103,12 +123,46 @@ pub struct Throughput {
     pub adapter: String,
 }
 
+/// Where a report's numbers come from: its header, and every figure's footer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// `preset quick`, or `config path/to/sweep.toml`.
+    pub origin: String,
+    /// The sweep config, as TOML (the presets' format).
+    pub config_toml: String,
+    /// `lenet5`, or the ONNX file given.
+    pub model: String,
+    /// The SHA-256 of an ONNX model file or of a given baseline checkpoint.
+    pub model_sha256: Option<String>,
+    pub dataset: String,
+    pub seeds: u64,
+    /// Test images the clean accuracy (BASE ACC) is measured on.
+    pub evaluation_images: usize,
+    /// Test images attacked per source model.
+    pub attack_images: usize,
+    /// What the config's scale allows one to conclude, in a sentence.
+    pub scope: String,
+}
+
+/// The advcomp build: its version and the git commit it was built from (`-dirty` when the
+/// working tree had changes; `unknown` outside a git checkout).
+pub fn build_version() -> String {
+    format!(
+        "advcomp {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        option_env!("ADVCOMP_GIT_COMMIT").unwrap_or("unknown")
+    )
+}
+
 /// Everything a sweep produced.
 #[derive(Clone, Debug, Serialize)]
 pub struct Results {
     pub title: String,
-    /// The sweep config as TOML-equivalent JSON, for the report's header.
-    pub config: serde_json::Value,
+    pub provenance: Provenance,
+    /// The settings of each attack of the sweep (the first seed's; only PGD's seed differs).
+    pub attacks: Vec<AttackConfig>,
+    /// Gradient through the quantisers.
+    pub grad: QuantGrad,
     pub backend: String,
     pub adapter: String,
     pub models: Vec<ModelRow>,
@@ -213,6 +267,21 @@ impl<'a> View<'a> {
         summarise(&samples)
     }
 
+    /// The one-line provenance every figure carries.
+    pub fn footer(&self) -> String {
+        let p = &self.results.provenance;
+        format!(
+            "{} on {}, {}, {} seed(s), {} attacked images per source, BASE ACC on {} images; {}",
+            p.model,
+            p.dataset,
+            p.origin,
+            p.seeds,
+            p.attack_images,
+            p.evaluation_images,
+            build_version()
+        )
+    }
+
     /// BASE ACC of a model over seeds (a t-interval with several seeds, none with one).
     pub fn base_accuracy(&self, label: &str) -> Point {
         let samples: Vec<_> = self
@@ -256,55 +325,149 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
     crate::write_atomically(path, text.as_bytes())
 }
 
-fn cells_csv(view: &View) -> String {
-    let mut csv = String::from(
-        "seed,attack,source,target,scenario,source_density,source_bits,target_density,\
-         target_bits,images,clean_accuracy,adversarial_accuracy,adversarial_accuracy_ci_low,\
-         adversarial_accuracy_ci_high,success_rate,mean_abs_delta,mean_abs_delta_ci_low,\
-         mean_abs_delta_ci_high,l0,l2,linf,mean_iterations\n",
-    );
-    let describe = |label: &str| {
-        view.model(label)
-            .map_or((String::new(), String::new()), |m| {
-                (
-                    m.density.to_string(),
-                    m.bits.map_or(String::new(), |b| b.to_string()),
-                )
-            })
-    };
-    for c in &view.results.cells {
-        let m = &c.metrics;
-        let (sd, sb) = describe(&c.source);
-        let (td, tb) = describe(&c.target);
-        let fields = [
-            c.seed.to_string(),
-            c.attack.to_string(),
-            c.source.clone(),
-            c.target.clone(),
-            c.scenario.to_string(),
-            sd,
-            sb,
-            td,
-            tb,
-            m.images.to_string(),
-            m.clean_accuracy.to_string(),
-            m.adversarial_accuracy.to_string(),
-            m.adversarial_accuracy_ci[0].to_string(),
-            m.adversarial_accuracy_ci[1].to_string(),
-            m.success_rate.to_string(),
-            m.mean_abs_delta.to_string(),
-            m.mean_abs_delta_ci[0].to_string(),
-            m.mean_abs_delta_ci[1].to_string(),
-            m.l0.to_string(),
-            m.l2.to_string(),
-            m.linf.to_string(),
-            m.mean_iterations.to_string(),
-        ];
-        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-        csv.push_str(&line.join(","));
-        csv.push('\n');
+/// The columns of `cells.csv` and the fields of `cells.jsonl`, in order. Fractions end in
+/// `_frac` (0..1); perturbations are in pixel units (images in [0, 1]).
+const CELL_COLUMNS: [&str; 31] = [
+    "seed",
+    "attack",
+    "scenario",
+    "scenario_label",
+    "source",
+    "source_density",
+    "source_bits",
+    "source_sha256",
+    "target",
+    "target_density",
+    "target_bits",
+    "target_sha256",
+    "step",
+    "steps",
+    "budget",
+    "linf_reach",
+    "grad",
+    "images",
+    "clean_acc_frac",
+    "adv_acc_frac",
+    "adv_acc_frac_ci_low",
+    "adv_acc_frac_ci_high",
+    "success_frac",
+    "mean_abs_delta",
+    "mean_abs_delta_ci_low",
+    "mean_abs_delta_ci_high",
+    "l0_pixels",
+    "l2",
+    "linf",
+    "mean_iterations",
+    "attack_settings",
+];
+
+/// A float as written (`0.02`, not `0.019999999552965164`).
+fn f32_value(v: f32) -> Value {
+    Value::from(v.to_string().parse::<f64>().unwrap_or(f64::NAN))
+}
+
+/// A model's density, bitwidth and checkpoint hash, by (seed, label).
+struct ModelFacts<'a> {
+    view: &'a View<'a>,
+    hashes: BTreeMap<(u64, &'a str), String>,
+}
+
+impl ModelFacts<'_> {
+    fn describe(&self, seed: u64, label: &str) -> [Value; 3] {
+        let model = self.view.model(label);
+        [
+            model.map_or(Value::Null, |m| m.density.into()),
+            model.and_then(|m| m.bits).into(),
+            self.hashes
+                .get(&(seed, label))
+                .map_or(Value::Null, |h| h.clone().into()),
+        ]
     }
-    csv
+}
+
+/// One cell as values in [`CELL_COLUMNS`] order (`Null`: an empty CSV field).
+fn cell_row(facts: &ModelFacts, c: &Cell) -> [Value; 31] {
+    let r = facts.view.results;
+    let config = r.attacks.iter().find(|a| a.kind == c.attack);
+    let m = &c.metrics;
+    let [sd, sb, sh] = facts.describe(c.seed, &c.source);
+    let [td, tb, th] = facts.describe(c.seed, &c.target);
+    let uses_step = c.attack != AttackKind::DeepFool;
+    [
+        c.seed.into(),
+        c.attack.name().into(),
+        c.scenario.number().into(),
+        c.scenario.label().into(),
+        c.source.clone().into(),
+        sd,
+        sb,
+        sh,
+        c.target.clone().into(),
+        td,
+        tb,
+        th,
+        config
+            .filter(|_| uses_step)
+            .map_or(Value::Null, |a| f32_value(a.eps)),
+        config.map_or(Value::Null, |a| match a.kind {
+            AttackKind::DeepFool => a.max_iterations.into(),
+            AttackKind::Fgsm | AttackKind::Fgm => 1.into(),
+            _ => a.steps.into(),
+        }),
+        config
+            .and_then(AttackConfig::effective_budget)
+            .map_or(Value::Null, f32_value),
+        config
+            .and_then(AttackConfig::linf_reach)
+            .map_or(Value::Null, f32_value),
+        r.grad.to_string().into(),
+        m.images.into(),
+        m.clean_accuracy.into(),
+        m.adversarial_accuracy.into(),
+        m.adversarial_accuracy_ci[0].into(),
+        m.adversarial_accuracy_ci[1].into(),
+        m.success_rate.into(),
+        m.mean_abs_delta.into(),
+        m.mean_abs_delta_ci[0].into(),
+        m.mean_abs_delta_ci[1].into(),
+        m.l0.into(),
+        m.l2.into(),
+        m.linf.into(),
+        m.mean_iterations.into(),
+        config.map_or(Value::Null, |a| Value::Object(a.used_parameters())),
+    ]
+}
+
+/// A JSON value as a CSV field: strings quoted where needed, null empty, objects as JSON.
+fn csv_value(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => csv_field(s),
+        Value::Object(_) | Value::Array(_) => csv_field(&v.to_string()),
+        other => other.to_string(),
+    }
+}
+
+fn csv_line(values: impl IntoIterator<Item = Value>) -> String {
+    let fields: Vec<String> = values.into_iter().map(|v| csv_value(&v)).collect();
+    fields.join(",") + "\n"
+}
+
+fn cells_files(facts: &ModelFacts) -> (String, String) {
+    let mut csv = CELL_COLUMNS.join(",") + "\n";
+    let mut jsonl = String::new();
+    for c in &facts.view.results.cells {
+        let row = cell_row(facts, c);
+        // Written field by field: the fields keep the columns' order.
+        let fields: Vec<String> = CELL_COLUMNS
+            .iter()
+            .zip(row.iter())
+            .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
+            .collect();
+        jsonl.push_str(&format!("{{{}}}\n", fields.join(",")));
+        csv.push_str(&csv_line(row));
+    }
+    (csv, jsonl)
 }
 
 /// Model labels in matrix order: the baseline, pruned, quantised.
@@ -331,22 +494,20 @@ fn matrix_csv(view: &View, attack: AttackKind, labels: &[&str]) -> String {
 /// Writes every result file, figure and the report into `out`; returns the report's path.
 pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
     let view = View::new(results);
-    write_text(&out.join("cells.csv"), &cells_csv(&view))?;
-    let jsonl: String = results
-        .cells
-        .iter()
-        .map(|c| {
-            let mut v = serde_json::to_value(c).expect("cell serialises");
-            let source = view.model(&c.source);
-            let target = view.model(&c.target);
-            v["source_density"] = source.map(|m| m.density).into();
-            v["source_bits"] = source.and_then(|m| m.bits).into();
-            v["target_density"] = target.map(|m| m.density).into();
-            v["target_bits"] = target.and_then(|m| m.bits).into();
-            format!("{v}\n")
-        })
-        .collect();
-    write_text(&out.join("cells.jsonl"), &jsonl)?;
+    let mut hashes = BTreeMap::new();
+    for m in &results.models {
+        hashes.insert(
+            (m.seed, m.label.as_str()),
+            crate::files::sha256_of_file(&m.checkpoint)?,
+        );
+    }
+    let facts = ModelFacts {
+        view: &view,
+        hashes,
+    };
+    let (cells_csv, cells_jsonl) = cells_files(&facts);
+    write_text(&out.join("cells.csv"), &cells_csv)?;
+    write_text(&out.join("cells.jsonl"), &cells_jsonl)?;
     let labels = matrix_labels(&view);
     for attack in view.attacks() {
         write_text(
@@ -354,33 +515,36 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
             &matrix_csv(&view, attack, &labels),
         )?;
     }
-    let mut models = String::from("seed,label,family,density,bits,clean_accuracy,checkpoint\n");
+    let mut models =
+        String::from("seed,label,family,density,bits,clean_acc_frac,checkpoint,sha256\n");
     for m in &results.models {
-        models.push_str(&format!(
-            "{},{},{},{},{},{},{}\n",
-            m.seed,
-            m.label,
-            format!("{:?}", m.family).to_lowercase(),
-            m.density,
-            m.bits.map_or(String::new(), |b| b.to_string()),
-            m.clean_accuracy,
-            csv_field(&m.checkpoint.display().to_string())
-        ));
+        // Relative to the output folder, so the folder can be moved or shared as it is.
+        let path = m.checkpoint.strip_prefix(out).unwrap_or(&m.checkpoint);
+        models.push_str(&csv_line([
+            m.seed.into(),
+            m.label.clone().into(),
+            m.family.name().into(),
+            m.density.into(),
+            m.bits.into(),
+            m.clean_accuracy.into(),
+            path.display().to_string().into(),
+            facts.hashes[&(m.seed, m.label.as_str())].clone().into(),
+        ]));
     }
     write_text(&out.join("models.csv"), &models)?;
     let mut eps_steps =
-        String::from("seed,attack,eps,steps,images,adversarial_accuracy,mean_abs_delta\n");
+        String::from("seed,attack,source,step,steps,images,adv_acc_frac,mean_abs_delta\n");
     for c in &results.eps_steps {
-        eps_steps.push_str(&format!(
-            "{},{},{},{},{},{},{}\n",
-            c.seed,
-            c.attack,
-            c.eps,
-            c.steps,
-            c.metrics.images,
-            c.metrics.adversarial_accuracy,
-            c.metrics.mean_abs_delta
-        ));
+        eps_steps.push_str(&csv_line([
+            c.seed.into(),
+            c.attack.name().into(),
+            c.source.clone().into(),
+            f32_value(c.eps),
+            c.steps.into(),
+            c.metrics.images.into(),
+            c.metrics.adversarial_accuracy.into(),
+            c.metrics.mean_abs_delta.into(),
+        ]));
     }
     write_text(&out.join("eps-steps.csv"), &eps_steps)?;
     let mut cdf = String::from("seed,model,tensor,value,fraction\n");
@@ -408,32 +572,30 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
     write_text(&out.join("throughput.csv"), &speed)?;
     if !results.differential.is_empty() {
         let mut csv = String::from(
-            "seed,attack,model,family,density,bits,images,both_correct,evasive_success_rate,\
-             success_rate_compressed,success_rate_reference\n",
+            "seed,attack,model,family,density,bits,images,both_correct,evasive_success_frac,\
+             success_frac_compressed,success_frac_reference\n",
         );
         for d in &results.differential {
             let model = view.model(&d.model);
             let m = &d.metrics;
-            csv.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{}\n",
-                d.seed,
-                d.attack,
-                d.model,
-                model.map_or(String::new(), |r| format!("{:?}", r.family).to_lowercase()),
-                model.map_or(String::new(), |r| r.density.to_string()),
-                model
-                    .and_then(|r| r.bits)
-                    .map_or(String::new(), |b| b.to_string()),
-                m.images,
-                m.both_correct,
-                m.evasive_success_rate,
-                m.success_rate_compressed,
-                m.success_rate_reference
-            ));
+            csv.push_str(&csv_line([
+                d.seed.into(),
+                d.attack.name().into(),
+                d.model.clone().into(),
+                model.map_or(Value::Null, |r| r.family.name().into()),
+                model.map_or(Value::Null, |r| r.density.into()),
+                model.and_then(|r| r.bits).into(),
+                m.images.into(),
+                m.both_correct.into(),
+                m.evasive_success_rate.into(),
+                m.success_rate_compressed.into(),
+                m.success_rate_reference.into(),
+            ]));
         }
         write_text(&out.join("differential.csv"), &csv)?;
     }
-    let figures = figures::draw_all(&out.join("figures"), &view, &labels)?;
+    let footer = view.footer();
+    let figures = figures::draw_all(&out.join("figures"), &view, &labels, &footer)?;
     let claims = claims::check(&view);
     document::write(out, &view, &figures, &claims)
 }

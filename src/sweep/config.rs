@@ -115,13 +115,25 @@ impl Default for Attacks {
     }
 }
 
-/// Figure 3: the baseline attacked by itself at each eps and each number of iterations.
+/// Figure 3: the baseline and pruned models, each attacked by itself at each step size (eps)
+/// and each number of iterations.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Figure3 {
     pub attacks: Vec<AttackKind>,
     pub eps: Vec<f32>,
     pub steps: Vec<usize>,
+    /// The pruned models attacked beside the baseline, by density (each one of
+    /// `grid.densities`); absent: every density of the grid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub densities: Option<Vec<f64>>,
+}
+
+impl Figure3 {
+    /// Whether the pruned model of `density` is one of Figure 3's sources.
+    pub fn includes(&self, density: f64) -> bool {
+        self.densities.as_ref().is_none_or(|d| d.contains(&density))
+    }
 }
 
 impl Default for Figure3 {
@@ -130,6 +142,7 @@ impl Default for Figure3 {
             attacks: vec![AttackKind::Ifgm, AttackKind::Ifgsm],
             eps: vec![0.002, 0.005, 0.01, 0.02, 0.03, 0.04],
             steps: vec![1, 3, 6, 12, 24],
+            densities: None,
         }
     }
 }
@@ -296,6 +309,10 @@ impl SweepConfig {
             ("figure3.attacks", repeated(&self.figure3.attacks)),
             ("figure3.eps", repeated(&self.figure3.eps)),
             ("figure3.steps", repeated(&self.figure3.steps)),
+            (
+                "figure3.densities",
+                repeated(self.figure3.densities.as_deref().unwrap_or_default()),
+            ),
         ] {
             if let Some(value) = value {
                 return fail(field, format!("{value} is listed twice"));
@@ -354,6 +371,18 @@ impl SweepConfig {
                 .map_err(|e| {
                     e.in_section("attack", &[("candidates", "attack.deepfool_candidates")])
                 })?;
+        }
+        if let Some(d) = self
+            .figure3
+            .densities
+            .iter()
+            .flatten()
+            .find(|d| !self.grid.densities.contains(d))
+        {
+            return fail(
+                "figure3.densities",
+                format!("{d} is not one of grid.densities"),
+            );
         }
         if self.figure3.eps.is_empty() || self.figure3.steps.is_empty() {
             return fail(

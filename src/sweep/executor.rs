@@ -247,9 +247,10 @@ impl<'a> Executor<'a> {
             } => self.eps_steps(*model, config, cell),
             Work::Report {
                 title,
-                config,
+                provenance,
+                attacks,
                 activation_images,
-            } => self.write_report(title, config, *activation_images),
+            } => self.write_report(title, provenance, attacks, *activation_images),
             Work::Matrix { out } => self.write_matrix(out),
             Work::Differential {
                 compressed,
@@ -510,6 +511,7 @@ impl<'a> Executor<'a> {
             path,
             &EpsStepsCell {
                 seed: self.spec(model).seed,
+                source: self.spec(model).label.clone(),
                 attack: config.kind,
                 eps: config.eps,
                 steps: config.steps,
@@ -620,7 +622,8 @@ impl<'a> Executor<'a> {
     fn write_report(
         &self,
         title: &str,
-        config: &serde_json::Value,
+        provenance: &report::Provenance,
+        attacks: &[AttackConfig],
         activation_images: usize,
     ) -> Result<String> {
         let plan = self.plan;
@@ -664,7 +667,9 @@ impl<'a> Executor<'a> {
         let backend = self.context.backend;
         let results = report::Results {
             title: title.into(),
-            config: config.clone(),
+            provenance: provenance.clone(),
+            attacks: attacks.to_vec(),
+            grad: self.context.grad,
             backend: backend.name.into(),
             adapter: backend.adapter.clone(),
             models,

@@ -27,7 +27,7 @@ use crate::backend::Backend;
 use crate::data::{DataChoice, DatasetKind, Images, Split};
 use crate::kernels::QuantGrad;
 use crate::model::{self, ModelRef};
-use crate::report::Cell;
+use crate::report::{self, Cell};
 use crate::{Error, Result, stable_hash};
 
 pub use config::{PRESETS, SweepConfig};
@@ -51,6 +51,8 @@ pub struct SweepOptions<'a> {
     pub stage: Option<Stage>,
     /// Run only this shard's share of each stage's jobs.
     pub shard: Shard,
+    /// Where the config came from, for the report: `preset quick`, `config sweep.toml`.
+    pub origin: String,
 }
 
 /// What a finished run wrote.
@@ -129,7 +131,31 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         Some(sha) => format!("advcomp sweep: {kind} (SHA-256 {sha}) on {dataset}"),
         None => format!("advcomp sweep: {kind} on {dataset}"),
     };
+    let provenance = report::Provenance {
+        origin: options.origin.clone(),
+        config_toml: toml::to_string(config)
+            .map_err(|e| Error::invalid("config", format!("cannot be written as TOML: {e}")))?,
+        model: kind.to_string(),
+        model_sha256: match (&baseline, network.model_sha256()) {
+            (_, Some(sha)) => Some(sha),
+            (Some((path, _)), None) => Some(crate::files::sha256_of_file(path)?),
+            (None, None) => None,
+        },
+        dataset: dataset.to_string(),
+        seeds: config.seeds,
+        evaluation_images: config
+            .evaluation_images
+            .unwrap_or(test.len())
+            .min(test.len()),
+        attack_images: images,
+        scope: scope(
+            config,
+            images,
+            network.model_sha256().is_some() || baseline.is_some(),
+        ),
+    };
     let plan = PlanInputs {
+        provenance,
         config,
         root: &options.out,
         model_name: &model_name,
@@ -151,6 +177,41 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         images,
         grad,
     })
+}
+
+/// What a sweep of `config` can and cannot say, for the report's summary.
+fn scope(config: &SweepConfig, images: usize, given_baseline: bool) -> String {
+    let limit = |t: &config::Training| {
+        t.train_limit
+            .map_or(String::new(), |n| format!(" on {n} training images"))
+    };
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let baseline = if given_baseline {
+        "the given baseline".to_string()
+    } else {
+        format!(
+            "a baseline trained for {}{}",
+            plural(config.baseline.epochs, "epoch"),
+            limit(&config.baseline)
+        )
+    };
+    // Half the width of a 95% interval of an accuracy near 50% measured on `images` images.
+    let noise = 100.0 * 1.96 * (0.25 / images.max(1) as f64).sqrt();
+    format!(
+        "{baseline}; compressed models fine-tuned for {}{}; {} attacked per source; {}. \
+         With {images} images an accuracy near 50% is known to about ±{noise:.0} points (95%), \
+         so smaller differences are noise{}.",
+        plural(config.finetune.epochs, "epoch"),
+        limit(&config.finetune),
+        plural(images, "test image"),
+        plural(config.seeds as usize, "seed"),
+        if config.seeds < 2 {
+            "; with one seed the intervals cover the choice of test images, not of training \
+             runs"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Runs (or resumes) the sweep, or one stage's shard of it, in `options.out`.

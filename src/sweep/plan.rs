@@ -13,7 +13,7 @@ use crate::attack::{AttackConfig, AttackKind};
 use crate::compress::CompressConfig;
 use crate::data::DatasetKind;
 use crate::kernels::{FixedPoint, QuantGrad};
-use crate::report::Family;
+use crate::report::{self, Family};
 use crate::train::TrainConfig;
 use crate::transfer;
 use crate::{Error, Result, stable_hash};
@@ -165,8 +165,10 @@ pub(super) enum Work {
     /// The sweep's tables, figures and report, from every file above.
     Report {
         title: String,
-        /// The sweep config, shown in the report.
-        config: serde_json::Value,
+        /// Where the numbers come from (the config as TOML among it), for the report's header.
+        provenance: Box<report::Provenance>,
+        /// The settings of each attack of the matrix.
+        attacks: Vec<AttackConfig>,
         /// Figure 5: activations recorded on this many test images.
         activation_images: usize,
     },
@@ -232,6 +234,8 @@ pub(super) struct PlanInputs<'a> {
     pub classes: usize,
     /// The report's title.
     pub title: String,
+    /// The report's header.
+    pub provenance: report::Provenance,
 }
 
 impl PlanInputs<'_> {
@@ -326,7 +330,11 @@ impl PlanInputs<'_> {
             }
             let base_key = plan.models[base].key.clone();
             let base_path = plan.models[base].path.clone();
+            let mut figure3_densities = std::collections::BTreeMap::new();
             for (label, family, compress) in self.grid(seed)? {
+                if let Some((_, density)) = compress.prune {
+                    figure3_densities.insert(label.clone(), density);
+                }
                 let key = stable_hash([base_key.as_bytes(), compress.hash().as_bytes()]);
                 let path = self.path("models", format!("{label}-s{seed}-{key}.safetensors"));
                 let model = plan.models.len();
@@ -400,33 +408,50 @@ impl PlanInputs<'_> {
                 }
             }
 
-            // Figure 3: the baseline attacked by itself at every (attack, eps, steps).
-            for &kind in &config.figure3.attacks {
-                for &eps in &config.figure3.eps {
-                    for &steps in &config.figure3.steps {
-                        let attack = config.attack_config(kind, eps, steps, seed);
-                        let json = serde_json::to_string(&attack).expect("config serialises");
-                        let key = stable_hash([
-                            base_key.as_bytes(),
-                            json.as_bytes(),
-                            &self.images.to_le_bytes(),
-                            b"eps-steps",
-                        ]);
-                        let cell = self.path("cells", format!("eps-steps-{key}.json"));
-                        report_needs.push(cell.clone());
-                        plan.jobs.push(Job {
-                            key,
-                            stage: Stage::Attack,
-                            name: format!("seed {seed}: figure 3, {kind} eps {eps} x {steps}"),
-                            cost: self.images as f64 * (attack.passes_per_image(classes) + 2.0),
-                            work: Work::EpsSteps {
-                                model: base,
-                                config: attack,
-                                cell: cell.clone(),
-                            },
-                            needs: vec![base_path.clone()],
-                            writes: vec![cell],
-                        });
+            // Figure 3: the baseline and the chosen pruned models, each attacked by itself at
+            // every (attack, eps, steps). The baseline's keys are those of the sweeps before
+            // pruned sources were added, so their cells are reused.
+            let figure3_sources = seed_models.iter().copied().filter(|&m| {
+                let spec = &plan.models[m];
+                m == base
+                    || (spec.family == Some(Family::Pruned)
+                        && figure3_densities
+                            .get(&spec.label)
+                            .is_some_and(|d| config.figure3.includes(*d)))
+            });
+            for source in figure3_sources.collect::<Vec<_>>() {
+                let spec = &plan.models[source];
+                let (source_key, source_path) = (spec.key.clone(), spec.path.clone());
+                let label = spec.label.clone();
+                for &kind in &config.figure3.attacks {
+                    for &eps in &config.figure3.eps {
+                        for &steps in &config.figure3.steps {
+                            let attack = config.attack_config(kind, eps, steps, seed);
+                            let json = serde_json::to_string(&attack).expect("config serialises");
+                            let key = stable_hash([
+                                source_key.as_bytes(),
+                                json.as_bytes(),
+                                &self.images.to_le_bytes(),
+                                b"eps-steps",
+                            ]);
+                            let cell = self.path("cells", format!("eps-steps-{key}.json"));
+                            report_needs.push(cell.clone());
+                            plan.jobs.push(Job {
+                                key,
+                                stage: Stage::Attack,
+                                name: format!(
+                                    "seed {seed}: figure 3, {kind} on {label}, eps {eps} x {steps}"
+                                ),
+                                cost: self.images as f64 * (attack.passes_per_image(classes) + 2.0),
+                                work: Work::EpsSteps {
+                                    model: source,
+                                    config: attack,
+                                    cell: cell.clone(),
+                                },
+                                needs: vec![source_path.clone()],
+                                writes: vec![cell],
+                            });
+                        }
                     }
                 }
             }
@@ -444,7 +469,15 @@ impl PlanInputs<'_> {
             stage: Stage::Report,
             work: Work::Report {
                 title: self.title.clone(),
-                config: serde_json::to_value(config).expect("config serialises"),
+                provenance: Box::new(self.provenance.clone()),
+                attacks: config
+                    .attack
+                    .names
+                    .iter()
+                    .map(|&kind| {
+                        config.attack_config(kind, config.attack.eps, config.attack.steps, 1)
+                    })
+                    .collect(),
                 activation_images: config.figure5.activation_images,
             },
             cost: report_cost,

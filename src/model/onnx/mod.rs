@@ -184,7 +184,7 @@ pub fn import(path: &Path, device: &Device) -> Result<OnnxModel> {
         std::io::ErrorKind::NotFound => Error::model(path, "file not found"),
         _ => Error::model(path, format!("cannot read: {e}")),
     })?;
-    let sha256 = sha256_hex(&bytes);
+    let sha256 = crate::files::sha256_hex(&bytes);
     let graph = onnx_ir::OnnxGraphBuilder::new()
         .parse_bytes(&bytes)
         .map_err(|e| Error::model(path, format!("not a readable ONNX model: {e}")))?;
@@ -258,15 +258,6 @@ pub fn import(path: &Path, device: &Device) -> Result<OnnxModel> {
         Arc::make_mut(&mut model.graph).classes = k;
     }
     Ok(model)
-}
-
-/// The SHA-256 of `bytes` as hex.
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 impl Graph {
