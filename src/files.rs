@@ -28,8 +28,6 @@ fn temporary(path: &Path, file_name: &OsStr) -> PathBuf {
     ))
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename, so a crash
-/// never leaves a half-written file under the final name.
 /// The SHA-256 of `bytes` as hex (what `sha256sum` prints).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -45,6 +43,8 @@ pub fn sha256_of_file(path: &Path) -> Result<String> {
     Ok(sha256_hex(&bytes))
 }
 
+/// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename, so a crash
+/// never leaves a half-written file under the final name.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomically_with(path, |tmp| {
         let mut file = std::fs::File::create(tmp)?;

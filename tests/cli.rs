@@ -15,6 +15,27 @@ fn stderr(out: &Output) -> String {
 }
 
 #[test]
+fn completions_are_printed_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "_advcomp()"),
+        ("zsh", "#compdef advcomp"),
+        ("fish", "complete -c advcomp"),
+    ] {
+        let out = advcomp(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}");
+        // Subcommands and their flags are completed.
+        assert!(
+            script.contains("transfer") && script.contains("--budget"),
+            "{shell}"
+        );
+    }
+    let out = advcomp(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
 fn info_reports_real_parameter_counts_as_json_and_table() {
     for (model, count) in [("lenet5", 431_080), ("cifarnet", 1_296_074)] {
         let out = advcomp(&["info", "--model", model, "--backend", "cpu", "--json"]);

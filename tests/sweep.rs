@@ -126,9 +126,26 @@ fn killed_and_resumed_sweeps_give_the_results_of_an_uninterrupted_one() {
     );
     // The report opens with its provenance and the summary, before the figures and tables.
     let at = |heading: &str| report.find(heading).unwrap_or_else(|| panic!("{heading}"));
-    assert!(at("| written by | advcomp 0.1.0 (") < at("## Summary"));
+    let version = format!("| written by | advcomp {} (", env!("CARGO_PKG_VERSION"));
+    assert!(at(&version) < at("## Summary"));
     assert!(at("## Summary") < at("## Figures") && at("## Figures") < at("## Models"));
-    assert!(report.contains("| 4.1 (1) |") && report.contains("supported"));
+    // Every claim has a verdict, and the two claims that read the same cells in opposite
+    // directions are said to.
+    let verdicts = [
+        "| supported |",
+        "| not supported |",
+        "| partly supported |",
+        "| inconclusive (within the 95% intervals) |",
+        "| not testable here |",
+    ];
+    for id in ["4.1 (1)", "4.1 (4)", "4.2 (1)", "4.2 (4)"] {
+        let row = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {id} |")))
+            .unwrap_or_else(|| panic!("claim {id}"));
+        assert!(verdicts.iter().any(|v| row.contains(v)), "{row}");
+    }
+    assert!(report.contains("Claims 4.1 (1) and 4.1 (4) of Section 4.1 read the same cells"));
     assert!(
         report.contains("```toml\nmodel = \"lenet5\""),
         "the config as TOML"
@@ -392,11 +409,15 @@ fn the_differential_stage_compares_diva_with_pgd_on_every_compressed_model() {
         let (diva, pgd) = (&pair[0], &pair[1]);
         assert_eq!((diva[1], pgd[1]), ("diva", "pgd"), "{csv}");
         // The same model, images and reference: the same images start right on both.
-        assert_eq!((diva[2], diva[7]), (pgd[2], pgd[7]), "{csv}");
+        assert_eq!((diva[2], diva[15]), (pgd[2], pgd[15]), "{csv}");
+        // Both with the tiny preset's step and steps and PGD's default budget.
+        assert_eq!(&diva[9..13], &["0.02", "4", "0.1", "0.08"], "{csv}");
+        assert_eq!(&pgd[9..13], &["0.02", "4", "0.1", "0.08"], "{csv}");
+        assert_eq!((diva[13], pgd[13]), ("1.0", ""), "{csv}");
         for row in pair {
-            let both: usize = row[7].parse().unwrap();
+            let both: usize = row[15].parse().unwrap();
             assert!(both <= 40, "{csv}");
-            for rate in &row[8..11] {
+            for rate in &row[16..19] {
                 let rate: f64 = rate.parse().unwrap();
                 assert!((0.0..=1.0).contains(&rate), "{csv}");
             }
@@ -442,7 +463,7 @@ fn the_differential_stage_compares_diva_with_pgd_on_every_compressed_model() {
         let d = &json["differential"];
         let row = &rows[i];
         assert_eq!(row[2], "dns0.5", "{csv}");
-        assert_eq!(d["both_correct"].to_string(), row[7], "{attack}: {json}");
+        assert_eq!(d["both_correct"].to_string(), row[15], "{attack}: {json}");
         for (k, field) in [
             "evasive_success_rate",
             "success_rate_compressed",
@@ -451,7 +472,7 @@ fn the_differential_stage_compares_diva_with_pgd_on_every_compressed_model() {
         .into_iter()
         .enumerate()
         {
-            let theirs: f64 = row[8 + k].parse().unwrap();
+            let theirs: f64 = row[16 + k].parse().unwrap();
             assert_eq!(
                 d[field].as_f64(),
                 Some(theirs),

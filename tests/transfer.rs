@@ -182,6 +182,27 @@ fn attack_and_transfer_commands_run_and_refuse_bad_options() {
     let csv = std::fs::read_to_string(&matrix).unwrap();
     let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), 3, "{csv}");
+    // On the terminal: the attack's settings, then the matrix as a matrix (a row per source,
+    // the diagonal in brackets, the targets' clean accuracy under it).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fgsm: step 0.02, L-inf reach 0.02"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("source \\ target"), "{stdout}");
+    for (i, row) in rows[1..].iter().enumerate() {
+        let printed: Vec<&str> = lines[1 + i].split_whitespace().collect();
+        assert_eq!(printed.len(), 3, "{stdout}");
+        let diagonal: f64 = row[1 + i].parse().unwrap();
+        assert_eq!(
+            printed[1 + i],
+            format!("[{:.1}]", 100.0 * diagonal),
+            "{stdout}"
+        );
+    }
+    assert!(lines[3].starts_with("clean "), "{stdout}");
     assert!(rows.iter().all(|r| r.len() == 3), "{csv}");
     for row in &rows[1..] {
         for cell in &row[1..] {
@@ -231,7 +252,8 @@ fn attack_and_transfer_commands_run_and_refuse_bad_options() {
         ),
         (
             &["attack", "--source", full, "--eps", "0"],
-            "--eps: must be a positive number (got 0)",
+            // --eps is --step's alias; errors name the flag by its name.
+            "--step: must be a positive number (got 0)",
         ),
         (
             &["attack", "--source", full, "--attack", "pgd", "--budget=-1"],

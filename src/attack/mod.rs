@@ -217,6 +217,12 @@ impl AttackConfig {
                 format!("DeepFool needs at least 2 classes to compare (got {k})"),
             ));
         }
+        if self.kind == AttackKind::DeepFool && self.budget.is_some() {
+            return Err(Error::invalid(
+                "budget",
+                "DeepFool stops at the decision boundary and takes no budget".to_string(),
+            ));
+        }
         if let Some(c) = self.weight
             && !(c >= 0.0 && c.is_finite())
         {
@@ -244,15 +250,16 @@ impl AttackConfig {
         }
     }
 
-    /// The largest L-inf perturbation the attack can reach: `min(steps x step, budget)` for the
-    /// sign attacks (the paper's 12 steps of 0.02 reach 0.24 with no budget), the budget for the
-    /// L2-scaled ones (none without one), none for DeepFool (it stops at the boundary).
+    /// The largest L-inf perturbation the attack can reach: `min(steps x step, budget)` (the
+    /// paper's 12 steps of 0.02 reach 0.24 with no budget; every step, sign or L2-scaled, is
+    /// clipped to within `step` of the image before it), none for DeepFool (it stops at the
+    /// boundary).
     pub fn linf_reach(&self) -> Option<f32> {
         let budget = self.effective_budget();
         let steps = match self.kind {
-            AttackKind::Fgsm => 1,
-            AttackKind::Ifgsm | AttackKind::Pgd | AttackKind::Diva => self.steps,
-            AttackKind::Fgm | AttackKind::Ifgm | AttackKind::DeepFool => return budget,
+            AttackKind::Fgsm | AttackKind::Fgm => 1,
+            AttackKind::Ifgsm | AttackKind::Ifgm | AttackKind::Pgd | AttackKind::Diva => self.steps,
+            AttackKind::DeepFool => return None,
         };
         let reach = self.eps * steps as f32;
         Some(budget.map_or(reach, |b| b.min(reach)))
@@ -443,4 +450,56 @@ fn random_start(images: &Tensor<4>, budget: f32, seed: u64, first_image: usize) 
     }
     let noise = Tensor::<4>::from_data(TensorData::new(noise, dims), &images.device());
     (images.clone() + noise).clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(kind: AttackKind, budget: Option<f32>) -> AttackConfig {
+        AttackConfig {
+            budget,
+            ..AttackConfig::new(kind)
+        }
+    }
+
+    #[test]
+    fn linf_reach_is_steps_times_step_within_the_budget() {
+        use AttackKind::*;
+        for (kind, budget, reach) in [
+            (Fgsm, None, Some(0.02)),
+            (Fgm, None, Some(0.02)),
+            (Ifgsm, None, Some(0.24)),
+            (Ifgm, None, Some(0.24)),
+            (Ifgsm, Some(0.1), Some(0.1)),
+            (Ifgm, Some(0.5), Some(0.24)),
+            (Pgd, None, Some(0.1)),
+            (Diva, None, Some(0.1)),
+            (DeepFool, None, None),
+        ] {
+            let reach_of = config(kind, budget).linf_reach();
+            match (reach_of, reach) {
+                (Some(a), Some(b)) => assert!((a - b).abs() < 1e-6, "{kind}: {a} vs {b}"),
+                (a, b) => assert_eq!(a, b, "{kind}"),
+            }
+        }
+    }
+
+    #[test]
+    fn used_parameters_name_only_what_the_attack_uses_with_floats_as_written() {
+        let ifgsm = serde_json::Value::Object(config(AttackKind::Ifgsm, None).used_parameters());
+        assert_eq!(
+            ifgsm.to_string(),
+            r#"{"attack":"ifgsm","linf_reach":0.24,"step":0.02,"steps":12}"#
+        );
+        let deepfool = config(AttackKind::DeepFool, None).used_parameters();
+        assert!(!deepfool.contains_key("step") && !deepfool.contains_key("steps"));
+        assert_eq!(deepfool["overshoot"].to_string(), "0.02");
+        let pgd = config(AttackKind::Pgd, None).used_parameters();
+        assert_eq!(pgd["budget"].to_string(), "0.1");
+        assert_eq!(pgd["seed"].to_string(), "1");
+        assert!(!pgd.contains_key("grad_norm") && !pgd.contains_key("overshoot"));
+        // DeepFool takes no budget: refused rather than ignored.
+        assert!(config(AttackKind::DeepFool, Some(0.1)).validate().is_err());
+    }
 }

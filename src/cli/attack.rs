@@ -61,6 +61,7 @@ pub(super) struct AttackOptions {
     /// Attack the first N test images.
     #[arg(long, default_value_t = 1000, value_parser = super::image_count)]
     limit: usize,
+    /// Images attacked (and evaluated) at once.
     #[arg(long, default_value_t = 256, value_parser = super::batch_size)]
     batch_size: usize,
     #[command(flatten)]
@@ -236,12 +237,16 @@ fn describe(config: &advcomp::attack::AttackConfig) -> String {
         (Some(step), None) => parts.push(format!("step {step}")),
         _ => {}
     }
+    if let Some(n) = get("max_iterations") {
+        parts.push(format!("at most {n} iterations"));
+    }
+    if let Some(k) = get("candidates") {
+        parts.push(format!("the {k} most likely classes"));
+    }
     for (key, name) in [
         ("budget", "budget"),
         ("grad_norm", "gradient norm"),
         ("overshoot", "overshoot"),
-        ("max_iterations", "at most iterations:"),
-        ("candidates", "candidate classes:"),
         ("weight", "weight c"),
         ("seed", "random-start seed"),
     ] {

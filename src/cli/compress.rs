@@ -42,14 +42,19 @@ pub(super) struct CompressArgs {
     /// Fine-tuning epochs (0: compress only).
     #[arg(long, default_value_t = 3)]
     finetune_epochs: usize,
+    /// Fine-tuning learning rate at the start of the schedule.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// Fine-tuning images per step.
     #[arg(long, default_value_t = 128, value_parser = super::batch_size)]
     batch_size: usize,
+    /// adam or sgd (momentum 0.9).
     #[arg(long, default_value = "adam")]
     optimizer: Optimizer,
+    /// constant, cosine or step (÷10 at 50% and 75% of the run).
     #[arg(long, default_value = "cosine")]
     schedule: Schedule,
+    /// Seed of the shuffling and dropout while fine-tuning.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Fine-tune on the first N training images only.
@@ -81,6 +86,7 @@ pub(super) struct CompressArgs {
 
 #[derive(Args)]
 pub(super) struct StatsArgs {
+    /// The model whose weights (and activations) are described.
     #[arg(long)]
     checkpoint: PathBuf,
     /// Also record every layer's output activation on the first N test images.

@@ -130,10 +130,13 @@ struct TrainArgs {
     model: ModelRef,
     #[command(flatten)]
     data: DataArgs,
+    /// Passes over the training images.
     #[arg(long, default_value_t = 6)]
     epochs: usize,
+    /// Training images per step.
     #[arg(long, default_value_t = 128, value_parser = batch_size)]
     batch_size: usize,
+    /// Learning rate at the start of the schedule.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
     /// adam or sgd (momentum 0.9).
@@ -142,6 +145,7 @@ struct TrainArgs {
     /// constant, cosine or step (÷10 at 50% and 75% of the run).
     #[arg(long, default_value = "cosine")]
     schedule: Schedule,
+    /// Seed of the weight initialisation, shuffling and dropout.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Train on the first N training images only.
@@ -175,6 +179,7 @@ struct EvalArgs {
     /// Evaluate on the first N test images only.
     #[arg(long, value_parser = image_count)]
     limit: Option<usize>,
+    /// Test images per forward pass.
     #[arg(long, default_value_t = 500, value_parser = batch_size)]
     batch_size: usize,
     #[command(flatten)]
@@ -488,4 +493,25 @@ fn eval(args: EvalArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every subcommand says what it is for.
+    #[test]
+    fn every_argument_has_help() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for command in cli.get_subcommands() {
+            for arg in command.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} --{}", command.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 }

@@ -211,8 +211,10 @@ pub(super) struct ProfileArgs {
     /// Densities of the (magnitude-)pruned variants; none by default.
     #[arg(long, default_value = "")]
     density: String,
+    /// Batch sizes to time each attack at (comma-separated).
     #[arg(long, default_value = "64,256,1024")]
     batch_sizes: String,
+    /// Attacks to time (comma-separated).
     #[arg(long, default_value = "ifgsm,ifgm,deepfool")]
     attacks: String,
     /// Timed repeats per measurement (after one warm-up); the median is reported.
@@ -224,6 +226,7 @@ pub(super) struct ProfileArgs {
     /// Elements per kernel call (with --kernels).
     #[arg(long, default_value_t = 1 << 24, value_parser = elements)]
     elements: usize,
+    /// Folder for attacks.csv, split.csv and the throughput figure.
     #[arg(long, default_value = "profile-out")]
     out: PathBuf,
     #[command(flatten)]

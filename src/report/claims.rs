@@ -3,7 +3,7 @@
 //! against the value at the highest, averaged over seeds.
 
 // The claims are the paper's, about its three attacks by name.
-use super::{Family, SCENARIOS, View, adversarial_accuracy};
+use super::{Family, Point, SCENARIOS, View, adversarial_accuracy};
 use crate::attack::AttackKind::{self, DeepFool, Ifgm, Ifgsm};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,6 +12,8 @@ pub enum Verdict {
     /// The direction holds, the size does not.
     Partly,
     NotSupported,
+    /// The numbers compared lie within each other's 95% intervals.
+    Inconclusive,
     NotTestable,
 }
 
@@ -21,6 +23,7 @@ impl Verdict {
             Verdict::Supported => "supported",
             Verdict::Partly => "partly supported",
             Verdict::NotSupported => "not supported",
+            Verdict::Inconclusive => "inconclusive (within the 95% intervals)",
             Verdict::NotTestable => "not testable here",
         }
     }
@@ -39,9 +42,14 @@ pub struct Claim {
     pub evidence: String,
 }
 
-/// Adversarial accuracy at the highest and at the lowest grid point of `family` for one
-/// attack and scenario (index into [`SCENARIOS`]).
-fn trend(view: &View, family: Family, attack: AttackKind, scenario: usize) -> Option<(f64, f64)> {
+/// Adversarial accuracy (with its 95% interval) at the highest and at the lowest grid point of
+/// `family` for one attack and scenario (index into [`SCENARIOS`]).
+fn trend_points(
+    view: &View,
+    family: Family,
+    attack: AttackKind,
+    scenario: usize,
+) -> Option<(Point, Point)> {
     let models = view.family(family);
     if models.len() < 2 {
         return None;
@@ -49,10 +57,21 @@ fn trend(view: &View, family: Family, attack: AttackKind, scenario: usize) -> Op
     let pair = SCENARIOS[scenario].1;
     let at = |label: &str| {
         let (s, t) = pair(label);
-        view.cell(attack, s, t, adversarial_accuracy).y
+        view.cell(attack, s, t, adversarial_accuracy)
     };
     let (high, low) = (at(&models[0].label), at(&models[models.len() - 1].label));
-    (high.is_finite() && low.is_finite()).then_some((high, low))
+    (high.y.is_finite() && low.y.is_finite()).then_some((high, low))
+}
+
+/// The two values of [`trend_points`].
+fn trend(view: &View, family: Family, attack: AttackKind, scenario: usize) -> Option<(f64, f64)> {
+    trend_points(view, family, attack, scenario).map(|(h, l)| (h.y, l.y))
+}
+
+/// Whether two values differ beyond their 95% intervals (disjoint intervals; plain
+/// inequality where there are none).
+fn separated(a: Point, b: Point) -> bool {
+    a.lo > b.hi || b.lo > a.hi || (a.lo == a.hi && b.lo == b.hi && a.y != b.y)
 }
 
 fn pct(v: f64) -> String {
@@ -69,16 +88,25 @@ fn trend_claim(
     grid: &str,
 ) -> (Verdict, String) {
     let mut parts = Vec::new();
-    let mut all = true;
+    let (mut all, mut contradicted, mut clear) = (true, false, true);
     for &(attack, scenario) in cases {
-        match trend(view, family, attack, scenario) {
+        match trend_points(view, family, attack, scenario) {
             Some((high, low)) => {
-                all &= if rising { low > high } else { low < high };
+                let holds = if rising {
+                    low.y > high.y
+                } else {
+                    low.y < high.y
+                };
+                let beyond_noise = separated(high, low);
+                all &= holds;
+                clear &= beyond_noise;
+                contradicted |= !holds && beyond_noise;
                 parts.push(format!(
-                    "{attack} scenario {}: {} at the highest {grid} -> {} at the lowest",
+                    "{attack} scenario {}: {} at the highest {grid} -> {} at the lowest{}",
                     scenario + 1,
-                    pct(high),
-                    pct(low)
+                    pct(high.y),
+                    pct(low.y),
+                    if beyond_noise { "" } else { " (within noise)" }
                 ));
             }
             None => {
@@ -89,10 +117,12 @@ fn trend_claim(
             }
         }
     }
-    let verdict = if all {
+    let verdict = if contradicted {
+        Verdict::NotSupported
+    } else if all && clear {
         Verdict::Supported
     } else {
-        Verdict::NotSupported
+        Verdict::Inconclusive
     };
     (verdict, parts.join("; "))
 }

@@ -164,15 +164,21 @@ fn summary(view: &View, claims: &[Claim]) -> Vec<Block> {
         .iter()
         .filter(|c| c.verdict != super::claims::Verdict::NotTestable)
         .count();
+    let inconclusive = claims
+        .iter()
+        .filter(|c| c.verdict == super::claims::Verdict::Inconclusive)
+        .count();
     let mut out = vec![
         Block::Heading("Summary".into()),
         Block::Text(format!(
-            "Of the paper's {} summary claims (Sections 4.1 and 4.2), this sweep could test {} \
-             and supports {}. Each claim, the comparison it was turned into, the verdict and the \
-             numbers that decide it (accuracies under attack, means over seeds):",
+            "Of the paper's {} summary claims (Sections 4.1 and 4.2), this sweep could test {}; \
+             it supports {}, and {} are inconclusive (the numbers compared lie within each \
+             other's 95% intervals). Each claim, the comparison it was turned into, the verdict \
+             and the numbers that decide it (accuracies under attack, means over seeds):",
             claims.len(),
             testable,
-            supported
+            supported,
+            inconclusive
         )),
         Block::Table {
             header: strings([
@@ -317,11 +323,13 @@ fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
         text: r.provenance.config_toml.trim_end().to_string(),
     });
     out.push(Block::Text(
-        "Files beside this report: cells.csv and cells.jsonl (one row per seed, attack, source \
-         and target, with every metric and the attack's settings), matrix-<attack>.csv, \
-         models.csv, eps-steps.csv, differential.csv, cdf.csv, throughput.csv, figures/ (PNG \
-         and SVG), sweep.log. Fractions end in _frac; perturbations are in pixel units \
-         (images in [0, 1])."
+        "Files beside this report: `cells.csv` and `cells.jsonl` (one row per seed, attack, \
+         source and target, with every metric and the attack's settings), \
+         `matrix-ATTACK.csv`, `models.csv`, `eps-steps.csv`, `differential.csv`, `cdf.csv`, \
+         `throughput.csv`, `figures/` (PNG and SVG), `sweep.log`. Fractions end in `_frac`; \
+         perturbations are in pixel units (images in [0, 1]). The header names the build that \
+         wrote this report; results reused from an earlier run of the same folder were \
+         computed by the build that made them (their keys cover the settings, not the code)."
             .into(),
     ));
     out

@@ -10,7 +10,8 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::{Family, SCENARIOS, View, adversarial_accuracy, mean_abs_delta};
+use super::bitmap_text::CrispText;
+use super::{Family, SCENARIOS, View, adversarial_accuracy, clean_accuracy, mean_abs_delta};
 use crate::attack::AttackKind;
 use crate::transfer::DifferentialMetrics;
 use crate::{Error, Result};
@@ -72,10 +73,13 @@ pub enum XAxis {
 }
 
 /// Numeric values (densities, bitwidths) shown as categories: one tick each, in ascending
-/// order, so 0.05 and 0.1 do not crowd together and no tick stands where there is no data.
+/// order, so 0.05 and 0.1 do not crowd together and no tick stands where there is no data;
+/// optionally a last category of its own for the baseline (a grid may hold density 1 or 32
+/// bits too, which are compressed models, not the baseline).
 pub struct Categories {
     values: Vec<f64>,
     labels: Vec<String>,
+    baseline: bool,
 }
 
 impl Categories {
@@ -84,7 +88,27 @@ impl Categories {
         values.sort_by(f64::total_cmp);
         values.dedup();
         let labels = values.iter().map(|v| label(*v)).collect();
-        Self { values, labels }
+        Self {
+            values,
+            labels,
+            baseline: false,
+        }
+    }
+
+    /// Adds the baseline as the last category, named `name`.
+    pub fn with_baseline(mut self, name: &str) -> Self {
+        self.labels.push(name.into());
+        self.baseline = true;
+        self
+    }
+
+    /// The x of the baseline's category (NaN without one).
+    pub fn baseline(&self) -> f64 {
+        if self.baseline {
+            self.values.len() as f64
+        } else {
+            f64::NAN
+        }
     }
 
     /// The x of `value`: its category's index (NaN when it is not one).
@@ -155,15 +179,14 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(227, 119, 194),
 ];
 
+/// The font of every figure: DejaVu Sans, embedded.
+pub(super) const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+
 fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            include_bytes!("../../assets/fonts/DejaVuSans.ttf"),
-        )
-        .unwrap_or_else(|_| panic!("the embedded DejaVu Sans is a valid font"));
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+            .unwrap_or_else(|_| panic!("the embedded DejaVu Sans is a valid font"));
     });
 }
 
@@ -632,7 +655,7 @@ fn save(
     stem: &str,
     size: (u32, u32),
     caption: String,
-    draw_png: impl FnOnce(DrawingArea<BitMapBackend, Shift>) -> std::result::Result<(), String>,
+    draw_png: impl FnOnce(DrawingArea<CrispText, Shift>) -> std::result::Result<(), String>,
     draw_svg: impl FnOnce(DrawingArea<SVGBackend, Shift>) -> std::result::Result<(), String>,
 ) -> Result<Figure> {
     register_font();
@@ -641,7 +664,7 @@ fn save(
     let svg = dir.join(format!("{stem}.svg"));
     let mut drawn = Ok(());
     crate::files::write_atomically_with(&png, |tmp| {
-        drawn = draw_png(BitMapBackend::new(tmp, size).into_drawing_area());
+        drawn = draw_png(CrispText(BitMapBackend::new(tmp, size)).into_drawing_area());
         drawn.clone().map_err(std::io::Error::other)
     })
     .map_err(|e| match drawn {
@@ -713,51 +736,38 @@ fn scenario_series(
         .collect()
 }
 
-/// The x axis of a family: density (with the dense baseline, 1) or bitwidth (with the 32-bit
-/// float baseline), as categories; and the axis title.
+/// The x axis of a family: density or bitwidth as categories, with the baseline (dense, 32-bit
+/// float) as a last category of its own when `with_baseline`; and the axis title.
 fn family_axis(view: &View, family: Family, with_baseline: bool) -> (Categories, &'static str) {
     let models = view.family(family);
-    match family {
+    let (axis, title, baseline) = match family {
         Family::Quantised => (
-            Categories::new(
-                models
-                    .iter()
-                    .map(|m| m.bits.unwrap_or(32) as f64)
-                    .chain(with_baseline.then_some(32.0)),
-                |b| {
-                    if b == 32.0 {
-                        "32 (float)".into()
-                    } else {
-                        format!("{b}")
-                    }
-                },
-            ),
+            Categories::new(models.iter().map(|m| m.bits.unwrap_or(32) as f64), |b| {
+                format!("{b}")
+            }),
             "bitwidth of weights and activations",
+            "float32",
         ),
         _ => (
-            Categories::new(
-                models
-                    .iter()
-                    .map(|m| m.density)
-                    .chain(with_baseline.then_some(1.0)),
-                |d| {
-                    if d == 1.0 {
-                        "1 (dense)".into()
-                    } else {
-                        format!("{d}")
-                    }
-                },
-            ),
+            Categories::new(models.iter().map(|m| m.density), |d| format!("{d}")),
             "density (fraction of weights kept)",
+            "baseline",
         ),
-    }
+    };
+    let axis = if with_baseline {
+        axis.with_baseline(baseline)
+    } else {
+        axis
+    };
+    (axis, title)
 }
 
-/// A model's place on its family's axis.
-fn family_x(family: Family, m: &super::ModelRow) -> f64 {
-    match family {
-        Family::Quantised => m.bits.unwrap_or(32) as f64,
-        _ => m.density,
+/// A model's place on its family's axis: its density or bitwidth, or the baseline's category.
+fn family_x(axis: &Categories, family: Family, m: &super::ModelRow) -> f64 {
+    match (m.family, family) {
+        (Family::Full, _) => axis.baseline(),
+        (_, Family::Quantised) => axis.x(m.bits.unwrap_or(32) as f64),
+        _ => axis.x(m.density),
     }
 }
 
@@ -773,7 +783,7 @@ fn with_baseline<'a>(view: &View<'a>, family: Family) -> Vec<&'a super::ModelRow
 fn scenario_figure(view: &View, family: Family, title: &str, footer: &str) -> LineFigure {
     let models = with_baseline(view, family);
     let (axis, x_label) = family_axis(view, family, true);
-    let x = |m: &super::ModelRow| axis.x(family_x(family, m));
+    let x = |m: &super::ModelRow| family_x(&axis, family, m);
     let panels: Vec<Panel> = view
         .attacks()
         .into_iter()
@@ -928,7 +938,7 @@ fn cdf_figure(view: &View, footer: &str) -> LineFigure {
 fn perturbation_figure(view: &View, footer: &str) -> LineFigure {
     let models = with_baseline(view, Family::Quantised);
     let (axis, x_label) = family_axis(view, Family::Quantised, true);
-    let x = |m: &super::ModelRow| axis.x(family_x(Family::Quantised, m));
+    let x = |m: &super::ModelRow| family_x(&axis, Family::Quantised, m);
     let series = scenario_series(view, &models, AttackKind::Ifgsm, x, mean_abs_delta);
     LineFigure {
         title: "Figure 6: mean perturbation per pixel (IFGSM)".into(),
@@ -985,7 +995,7 @@ fn differential_figure(view: &View, footer: &str) -> LineFigure {
                 name,
                 models
                     .iter()
-                    .map(|m| (axis.x(family_x(family, m)), value(attack, &m.label, metric)))
+                    .map(|m| (family_x(&axis, family, m), value(attack, &m.label, metric)))
                     .collect(),
             )
         })
@@ -1126,7 +1136,11 @@ pub(super) fn draw_all(
                         .collect()
                 })
                 .collect(),
-            clean: labels.iter().map(|t| view.base_accuracy(t).y).collect(),
+            // On the attacked images, as the cells above (BASE ACC is on more images).
+            clean: labels
+                .iter()
+                .map(|t| view.cell(attack, t, t, clean_accuracy).y)
+                .collect(),
             footer: footer.into(),
         };
         out.push(save_heatmap(
@@ -1135,8 +1149,8 @@ pub(super) fn draw_all(
             format!(
                 "Transfer matrix under {attack}: accuracy (%) of each target (column) on each \
                  source's (row) examples; the diagonal (outlined) is each model attacked with \
-                 its own examples; the bottom row is each target's accuracy without attack \
-                 (BASE ACC). Darker: more images fooled."
+                 its own examples; the bottom row is each target's accuracy on the same images \
+                 without attack. Darker: more images fooled."
             ),
             &heat,
         )?);

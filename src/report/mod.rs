@@ -6,6 +6,7 @@
 //! Across seeds every plotted value is the mean with a 95% t-interval; with one seed it is the
 //! value with its 95% bootstrap interval over the test images.
 
+mod bitmap_text;
 mod claims;
 mod document;
 mod figures;
@@ -267,15 +268,23 @@ impl<'a> View<'a> {
         summarise(&samples)
     }
 
-    /// The one-line provenance every figure carries.
+    /// The one-line provenance every figure carries (files by their names only, so it fits).
     pub fn footer(&self) -> String {
         let p = &self.results.provenance;
+        let name = |s: &str| s.rsplit(['/', '\\']).next().unwrap_or(s).to_string();
         format!(
-            "{} on {}, {}, {} seed(s), {} attacked images per source, BASE ACC on {} images; {}",
-            p.model,
+            "{} on {}, {}, {} seed{}, {} attacked images per source, BASE ACC on {}; {}",
+            name(&p.model),
             p.dataset,
-            p.origin,
+            // `config path/to/sweep.toml` -> `config sweep.toml`.
+            p.origin
+                .split_once(' ')
+                .map_or(p.origin.clone(), |(kind, what)| format!(
+                    "{kind} {}",
+                    name(what)
+                )),
             p.seeds,
+            if p.seeds == 1 { "" } else { "s" },
             p.attack_images,
             p.evaluation_images,
             build_version()
@@ -297,6 +306,10 @@ impl<'a> View<'a> {
 
 pub(crate) fn adversarial_accuracy(m: &CellMetrics) -> (f64, [f64; 2]) {
     (m.adversarial_accuracy, m.adversarial_accuracy_ci)
+}
+
+pub(crate) fn clean_accuracy(m: &CellMetrics) -> (f64, [f64; 2]) {
+    (m.clean_accuracy, [m.clean_accuracy; 2])
 }
 
 pub(crate) fn mean_abs_delta(m: &CellMetrics) -> (f64, [f64; 2]) {
@@ -388,7 +401,16 @@ impl ModelFacts<'_> {
 /// One cell as values in [`CELL_COLUMNS`] order (`Null`: an empty CSV field).
 fn cell_row(facts: &ModelFacts, c: &Cell) -> [Value; 31] {
     let r = facts.view.results;
-    let config = r.attacks.iter().find(|a| a.kind == c.attack);
+    // The sweep's settings of this attack, with this cell's seed (PGD's random start).
+    let config = r
+        .attacks
+        .iter()
+        .find(|a| a.kind == c.attack)
+        .map(|a| AttackConfig {
+            seed: c.seed,
+            ..a.clone()
+        });
+    let config = config.as_ref();
     let m = &c.metrics;
     let [sd, sb, sh] = facts.describe(c.seed, &c.source);
     let [td, tb, th] = facts.describe(c.seed, &c.target);
@@ -532,15 +554,25 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
         ]));
     }
     write_text(&out.join("models.csv"), &models)?;
-    let mut eps_steps =
-        String::from("seed,attack,source,step,steps,images,adv_acc_frac,mean_abs_delta\n");
+    let mut eps_steps = String::from(
+        "seed,attack,source,source_sha256,step,steps,linf_reach,images,adv_acc_frac,\
+         mean_abs_delta\n",
+    );
     for c in &results.eps_steps {
+        let config = AttackConfig {
+            eps: c.eps,
+            steps: c.steps,
+            ..AttackConfig::new(c.attack)
+        };
+        let [_, _, sha] = facts.describe(c.seed, &c.source);
         eps_steps.push_str(&csv_line([
             c.seed.into(),
             c.attack.name().into(),
             c.source.clone().into(),
+            sha,
             f32_value(c.eps),
             c.steps.into(),
+            config.linf_reach().map_or(Value::Null, f32_value),
             c.metrics.images.into(),
             c.metrics.adversarial_accuracy.into(),
             c.metrics.mean_abs_delta.into(),
@@ -572,12 +604,17 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
     write_text(&out.join("throughput.csv"), &speed)?;
     if !results.differential.is_empty() {
         let mut csv = String::from(
-            "seed,attack,model,family,density,bits,images,both_correct,evasive_success_frac,\
+            "seed,attack,model,family,density,bits,model_sha256,reference,reference_sha256,\
+             step,steps,budget,linf_reach,diva_weight,images,both_correct,evasive_success_frac,\
              success_frac_compressed,success_frac_reference\n",
         );
         for d in &results.differential {
             let model = view.model(&d.model);
             let m = &d.metrics;
+            let config = results.attacks.iter().find(|a| a.kind == d.attack);
+            let setting = |f: fn(&AttackConfig) -> Option<f32>| {
+                config.and_then(f).map_or(Value::Null, f32_value)
+            };
             csv.push_str(&csv_line([
                 d.seed.into(),
                 d.attack.name().into(),
@@ -585,6 +622,14 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
                 model.map_or(Value::Null, |r| r.family.name().into()),
                 model.map_or(Value::Null, |r| r.density.into()),
                 model.and_then(|r| r.bits).into(),
+                facts.describe(d.seed, &d.model)[2].clone(),
+                "full".into(),
+                facts.describe(d.seed, "full")[2].clone(),
+                setting(|a| Some(a.eps)),
+                config.map_or(Value::Null, |a| a.steps.into()),
+                setting(AttackConfig::effective_budget),
+                setting(AttackConfig::linf_reach),
+                setting(|a| a.weight),
                 m.images.into(),
                 m.both_correct.into(),
                 m.evasive_success_rate.into(),

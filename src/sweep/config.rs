@@ -436,6 +436,19 @@ impl SweepConfig {
     }
 }
 
+impl SweepConfig {
+    /// The differential stage's attacks on `seed`: DIVA, and PGD with the same step, steps and
+    /// budget.
+    pub fn differential_attacks(&self, seed: u64) -> Vec<AttackConfig> {
+        let (eps, steps) = (self.attack.eps, self.attack.steps);
+        let diva = AttackConfig {
+            weight: Some(self.differential.weight),
+            ..self.attack_config(AttackKind::Diva, eps, steps, seed)
+        };
+        vec![diva, self.attack_config(AttackKind::Pgd, eps, steps, seed)]
+    }
+}
+
 /// The dotted name (`attack.eps`) of the TOML key whose value is at byte `offset`: the key of
 /// the nearest `key = ...` line at or above it, in the nearest `[table]` above that.
 fn field_at(text: &str, offset: usize) -> Option<String> {

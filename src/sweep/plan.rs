@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::attack::{AttackConfig, AttackKind};
+use crate::attack::AttackConfig;
 use crate::compress::CompressConfig;
 use crate::data::DatasetKind;
 use crate::kernels::{FixedPoint, QuantGrad};
@@ -477,6 +477,14 @@ impl PlanInputs<'_> {
                     .map(|&kind| {
                         config.attack_config(kind, config.attack.eps, config.attack.steps, 1)
                     })
+                    .chain(
+                        config
+                            .differential
+                            .enabled
+                            .then(|| config.differential_attacks(1))
+                            .into_iter()
+                            .flatten(),
+                    )
                     .collect(),
                 activation_images: config.figure5.activation_images,
             },
@@ -499,14 +507,7 @@ impl PlanInputs<'_> {
         report_needs: &mut Vec<PathBuf>,
         seed: u64,
     ) {
-        let config = self.config;
-        let (eps, steps) = (config.attack.eps, config.attack.steps);
-        let pgd = config.attack_config(AttackKind::Pgd, eps, steps, seed);
-        let diva = AttackConfig {
-            weight: Some(config.differential.weight),
-            ..config.attack_config(AttackKind::Diva, eps, steps, seed)
-        };
-        let attacks = vec![diva, pgd];
+        let attacks = self.config.differential_attacks(seed);
         let json = serde_json::to_string(&attacks).expect("configs serialise");
         let base = seed_models[0];
         for &m in &seed_models[1..] {

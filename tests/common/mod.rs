@@ -21,8 +21,9 @@ pub fn wgpu_or_skip() -> Option<Backend> {
     Some(gpu)
 }
 
-/// The result files, with the output folder's own path taken out (models.csv names the
-/// checkpoints by path).
+/// The result files, with the output folder's own path taken out (models.csv names its
+/// checkpoints relative to it, but a baseline given from inside it keeps the path it was
+/// given by).
 pub fn sweep_results(out: &std::path::Path) -> Vec<(String, String)> {
     let mut files: Vec<String> = std::fs::read_dir(out)
         .unwrap()
