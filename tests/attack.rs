@@ -332,3 +332,53 @@ fn attacks_on_a_loaded_checkpoint_are_deterministic() {
         assert_eq!(run(), run(), "{kind}");
     }
 }
+
+fn settings(kind: AttackKind, budget: Option<f32>) -> AttackConfig {
+    AttackConfig {
+        budget,
+        ..AttackConfig::new(kind)
+    }
+}
+
+#[test]
+fn linf_reach_is_steps_times_step_within_the_budget() {
+    use AttackKind::*;
+    for (kind, budget, reach) in [
+        (Fgsm, None, Some(0.02)),
+        (Fgm, None, Some(0.02)),
+        (Ifgsm, None, Some(0.24)),
+        (Ifgm, None, Some(0.24)),
+        (Ifgsm, Some(0.1), Some(0.1)),
+        (Ifgm, Some(0.5), Some(0.24)),
+        (Pgd, None, Some(0.1)),
+        (Diva, None, Some(0.1)),
+        (DeepFool, None, None),
+    ] {
+        match (settings(kind, budget).linf_reach(), reach) {
+            (Some(a), Some(b)) => assert!((a - b).abs() < 1e-6, "{kind}: {a} vs {b}"),
+            (a, b) => assert_eq!(a, b, "{kind}"),
+        }
+    }
+}
+
+#[test]
+fn used_parameters_name_only_what_the_attack_uses_with_floats_as_written() {
+    let ifgsm = serde_json::Value::Object(settings(AttackKind::Ifgsm, None).used_parameters());
+    assert_eq!(
+        ifgsm.to_string(),
+        r#"{"attack":"ifgsm","linf_reach":0.24,"step":0.02,"steps":12}"#
+    );
+    let deepfool = settings(AttackKind::DeepFool, None).used_parameters();
+    assert!(!deepfool.contains_key("step") && !deepfool.contains_key("steps"));
+    assert_eq!(deepfool["overshoot"].to_string(), "0.02");
+    let pgd = settings(AttackKind::Pgd, None).used_parameters();
+    assert_eq!(pgd["budget"].to_string(), "0.1");
+    assert_eq!(pgd["seed"].to_string(), "1");
+    assert!(!pgd.contains_key("grad_norm") && !pgd.contains_key("overshoot"));
+    // DeepFool takes no budget: refused rather than ignored.
+    assert!(
+        settings(AttackKind::DeepFool, Some(0.1))
+            .validate()
+            .is_err()
+    );
+}

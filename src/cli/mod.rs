@@ -494,24 +494,3 @@ fn eval(args: EvalArgs) -> Result<()> {
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::Cli;
-    use clap::CommandFactory;
-
-    /// Every flag and argument of every subcommand says what it is for.
-    #[test]
-    fn every_argument_has_help() {
-        let cli = Cli::command();
-        let mut missing = Vec::new();
-        for command in cli.get_subcommands() {
-            for arg in command.get_arguments() {
-                if arg.get_help().is_none() && arg.get_long_help().is_none() {
-                    missing.push(format!("{} --{}", command.get_name(), arg.get_id()));
-                }
-            }
-        }
-        assert!(missing.is_empty(), "no help text: {missing:?}");
-    }
-}
