@@ -269,8 +269,7 @@ impl AttackConfig {
     /// 0.019999999552965164): what JSON output and reports show.
     pub fn used_parameters(&self) -> serde_json::Map<String, serde_json::Value> {
         use AttackKind::*;
-        let float =
-            |v: f32| serde_json::Value::from(v.to_string().parse::<f64>().unwrap_or(f64::NAN));
+        let float = json_float;
         let mut out = serde_json::Map::new();
         out.insert("attack".into(), self.kind.name().into());
         let iterative = matches!(self.kind, Ifgsm | Ifgm | Pgd | Diva);
@@ -308,10 +307,53 @@ impl AttackConfig {
         out
     }
 
+    /// The attack's settings in a line (the CLI prints it, the report's header lists it): `ifgsm: step 0.02 x 12 steps, L-inf reach 0.24`.
+    pub fn describe(&self) -> String {
+        let used = self.used_parameters();
+        let get = |k: &str| used.get(k).map(|v| v.to_string().replace('"', ""));
+        let mut parts = Vec::new();
+        match (get("step"), get("steps")) {
+            (Some(step), Some(steps)) => parts.push(format!("step {step} x {steps} steps")),
+            (Some(step), None) => parts.push(format!("step {step}")),
+            _ => {}
+        }
+        if let Some(n) = get("max_iterations") {
+            parts.push(format!("at most {n} iterations"));
+        }
+        if let Some(k) = get("candidates") {
+            parts.push(format!("the {k} most likely classes"));
+        }
+        for (key, name) in [
+            ("budget", "budget"),
+            ("grad_norm", "gradient norm"),
+            ("overshoot", "overshoot"),
+            ("weight", "weight c"),
+            ("seed", "random-start seed"),
+        ] {
+            if let Some(v) = get(key) {
+                parts.push(format!("{name} {v}"));
+            }
+        }
+        parts.push(match get("linf_reach") {
+            Some(r) => format!("L-inf reach {r}"),
+            None if self.kind == AttackKind::DeepFool => {
+                "L-inf reach: until the label flips".into()
+            }
+            None => "L-inf reach: unbounded (give --budget)".into(),
+        });
+        format!("{}: {}", self.kind, parts.join(", "))
+    }
+
     /// The total budget PGD (and DIVA) project onto.
     fn pgd_budget(&self) -> f32 {
         self.budget.unwrap_or(0.1)
     }
+}
+
+/// A float as the user wrote it (`0.02`, not the f32's `0.019999999552965164`), for JSON and
+/// result files.
+pub fn json_float(v: f32) -> serde_json::Value {
+    serde_json::Value::from(v.to_string().parse::<f64>().unwrap_or(f64::NAN))
 }
 
 /// Adversarial images of one batch, and the iterations each image took.

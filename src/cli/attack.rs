@@ -199,7 +199,7 @@ fn craft(
 ) -> Result<AdversarialSet> {
     let config = options.config()?;
     let description = json!({ "source": source.path, "attack": config }).to_string();
-    eprintln!("{}", describe(&config));
+    eprintln!("{}", config.describe());
     let bar = transfer::image_bar(options.limit.min(images.len()), config.kind.name());
     let set = transfer::craft(
         &source.classifier,
@@ -225,43 +225,6 @@ fn craft(
         backend.adapter
     );
     Ok(set)
-}
-
-/// An attack's settings in a line: `ifgsm: step 0.02 x 12 steps, L-inf reach 0.24`.
-fn describe(config: &advcomp::attack::AttackConfig) -> String {
-    let used = config.used_parameters();
-    let get = |k: &str| used.get(k).map(|v| v.to_string().replace('"', ""));
-    let mut parts = Vec::new();
-    match (get("step"), get("steps")) {
-        (Some(step), Some(steps)) => parts.push(format!("step {step} x {steps} steps")),
-        (Some(step), None) => parts.push(format!("step {step}")),
-        _ => {}
-    }
-    if let Some(n) = get("max_iterations") {
-        parts.push(format!("at most {n} iterations"));
-    }
-    if let Some(k) = get("candidates") {
-        parts.push(format!("the {k} most likely classes"));
-    }
-    for (key, name) in [
-        ("budget", "budget"),
-        ("grad_norm", "gradient norm"),
-        ("overshoot", "overshoot"),
-        ("weight", "weight c"),
-        ("seed", "random-start seed"),
-    ] {
-        if let Some(v) = get(key) {
-            parts.push(format!("{name} {v}"));
-        }
-    }
-    parts.push(match get("linf_reach") {
-        Some(r) => format!("L-inf reach {r}"),
-        None if config.kind == advcomp::attack::AttackKind::DeepFool => {
-            "L-inf reach: until the label flips".into()
-        }
-        None => "L-inf reach: unbounded (give --budget)".into(),
-    });
-    format!("{}: {}", config.kind, parts.join(", "))
 }
 
 /// One evaluated cell: source name, target name, scenario, metrics.
@@ -453,7 +416,7 @@ pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
         advcomp::files::check_output_dir("--cache", dir, &inputs)?;
     }
     let backend = open_backend(args.common.backend)?;
-    eprintln!("{}", describe(&config));
+    eprintln!("{}", config.describe());
     let models = args
         .models
         .iter()

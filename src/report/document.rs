@@ -7,6 +7,7 @@ use super::claims::Claim;
 use super::figures::Figure;
 use super::{Family, SCENARIOS, View, adversarial_accuracy, summarise};
 use crate::Result;
+use crate::attack::AttackConfig;
 
 enum Block {
     /// A section heading (the first is the page title); listed in the contents.
@@ -94,28 +95,7 @@ fn provenance(view: &View) -> Block {
     let attacks = r
         .attacks
         .iter()
-        .map(|a| {
-            let used = a.used_parameters();
-            // In reading order (the map itself is sorted by name).
-            let order = [
-                "step",
-                "steps",
-                "budget",
-                "linf_reach",
-                "grad_norm",
-                "seed",
-                "overshoot",
-                "max_iterations",
-                "candidates",
-                "weight",
-            ];
-            let settings = order
-                .iter()
-                .filter_map(|k| used.get(*k).map(|v| format!("{k} {v}").replace('"', "")))
-                .collect::<Vec<_>>()
-                .join(", ");
-            format!("{}: {settings}", a.kind)
-        })
+        .map(AttackConfig::describe)
         .collect::<Vec<_>>()
         .join("; ");
     let rows = [

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Result;
-use crate::attack::{AttackConfig, AttackKind};
+use crate::attack::{AttackConfig, AttackKind, json_float};
 use crate::kernels::QuantGrad;
 use crate::transfer::{CellMetrics, DifferentialMetrics, Scenario};
 
@@ -374,11 +374,6 @@ const CELL_COLUMNS: [&str; 31] = [
     "attack_settings",
 ];
 
-/// A float as written (`0.02`, not `0.019999999552965164`).
-fn f32_value(v: f32) -> Value {
-    Value::from(v.to_string().parse::<f64>().unwrap_or(f64::NAN))
-}
-
 /// A model's density, bitwidth and checkpoint hash, by (seed, label).
 struct ModelFacts<'a> {
     view: &'a View<'a>,
@@ -430,7 +425,7 @@ fn cell_row(facts: &ModelFacts, c: &Cell) -> [Value; 31] {
         th,
         config
             .filter(|_| uses_step)
-            .map_or(Value::Null, |a| f32_value(a.eps)),
+            .map_or(Value::Null, |a| json_float(a.eps)),
         config.map_or(Value::Null, |a| match a.kind {
             AttackKind::DeepFool => a.max_iterations.into(),
             AttackKind::Fgsm | AttackKind::Fgm => 1.into(),
@@ -438,10 +433,10 @@ fn cell_row(facts: &ModelFacts, c: &Cell) -> [Value; 31] {
         }),
         config
             .and_then(AttackConfig::effective_budget)
-            .map_or(Value::Null, f32_value),
+            .map_or(Value::Null, json_float),
         config
             .and_then(AttackConfig::linf_reach)
-            .map_or(Value::Null, f32_value),
+            .map_or(Value::Null, json_float),
         r.grad.to_string().into(),
         m.images.into(),
         m.clean_accuracy.into(),
@@ -570,9 +565,9 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
             c.attack.name().into(),
             c.source.clone().into(),
             sha,
-            f32_value(c.eps),
+            json_float(c.eps),
             c.steps.into(),
-            config.linf_reach().map_or(Value::Null, f32_value),
+            config.linf_reach().map_or(Value::Null, json_float),
             c.metrics.images.into(),
             c.metrics.adversarial_accuracy.into(),
             c.metrics.mean_abs_delta.into(),
@@ -613,7 +608,7 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
             let m = &d.metrics;
             let config = results.attacks.iter().find(|a| a.kind == d.attack);
             let setting = |f: fn(&AttackConfig) -> Option<f32>| {
-                config.and_then(f).map_or(Value::Null, f32_value)
+                config.and_then(f).map_or(Value::Null, json_float)
             };
             csv.push_str(&csv_line([
                 d.seed.into(),
