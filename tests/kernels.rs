@@ -1,13 +1,16 @@
 //! The compression kernels: every WGSL file validates with naga; on wgpu (lavapipe in CI) each
 //! kernel equals the CPU reference bit for bit (NaN compared as "both NaN"), on ties at .5,
 //! values beyond the range, +-0, NaN, +-Inf, tensors needing a 2D dispatch and non-contiguous
-//! views; gradients through the STE equal the reference's.
+//! views; gradients through the STE equal the reference's. The CPU kernels (fused quantiser,
+//! im2col + GEMM convolution, max pooling) equal the reference and burn's own ops, forward and
+//! backward, on every geometry, and do not depend on the number of threads.
 
 mod common;
 
 use advcomp::backend;
 use advcomp::kernels::{self, FixedPoint, QuantGrad, StepRule, StepSettings};
 use burn::prelude::*;
+use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -150,17 +153,33 @@ fn the_reference_quantiser_is_the_designs_formula() {
     assert_eq!(FixedPoint::paper(16).unwrap(), format(16, 4));
     assert_eq!(format(8, 2).value_range(), (-2.0, 2.0 - 1.0 / 64.0));
 
-    // The reference equals the host formula on every probe value of every format.
+    // The CPU kernel (one fused pass) equals the reference's tensor ops and the host formula
+    // on every probe value of every format, for q and for the STE gradient.
     for (bits, int_bits) in FORMATS {
         let f = format(bits, int_bits);
         let input = probe_values(f, 4096, bits as u64);
+        let grad = probe_values(f, input.len(), 11);
         let got = values(kernels::fixed_point(
             tensor(&input, &cpu),
             f,
             QuantGrad::Ste,
         ));
+        let reference = values(kernels::fixed_point_reference(tensor(&input, &cpu), f));
+        same_bits(&format!("{f} cpu kernel vs reference"), &got, &reference);
         let host: Vec<f32> = input.iter().map(|&x| f.quantise(x)).collect();
-        same_bits(&format!("{f} reference vs host"), &got, &host);
+        same_bits(&format!("{f} reference vs host"), &reference, &host);
+        let ste = |kernel: bool| {
+            let (x, g) = (tensor(&input, &cpu), tensor(&grad, &cpu));
+            values(match kernel {
+                true => kernels::fixed_point_ste(x, g, f),
+                false => kernels::fixed_point_ste_reference(x, g, f),
+            })
+        };
+        same_bits(
+            &format!("{f} STE cpu kernel vs reference"),
+            &ste(true),
+            &ste(false),
+        );
     }
 }
 
@@ -425,6 +444,234 @@ fn the_attack_step_moves_clips_and_matches_on_wgpu() {
         // Compared as floats: clamping may give either sign of zero.
         for (i, (a, b)) in on_gpu.iter().zip(&on_cpu).enumerate() {
             assert_eq!(a, b, "{step:?} on wgpu: element {i}");
+        }
+    }
+}
+
+fn random_tensor<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+/// |got - want| <= 1e-4 (1 + |want|) everywhere: the sums run in another order.
+fn close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+            "{what}: element {i}: got {g}, burn {w}"
+        );
+    }
+}
+
+/// A convolution's output and the gradients of x, weight and bias of sum(y * r) (r random, so
+/// every output has its own gradient), through advcomp's kernel or burn's own conv2d.
+fn conv_pass(
+    device: &Device,
+    x: [usize; 4],
+    w: [usize; 4],
+    bias: bool,
+    options: &ConvOptions<2>,
+    ours: bool,
+) -> Vec<Vec<f32>> {
+    let x = random_tensor(x, 1, device).autodiff().require_grad();
+    let weight = random_tensor(w, 2, device).autodiff().require_grad();
+    let b = bias.then(|| random_tensor([w[0]], 3, device).autodiff().require_grad());
+    let y = match ours {
+        true => kernels::conv2d(x.clone(), weight.clone(), b.clone(), options.clone()),
+        false => {
+            burn::tensor::module::conv2d(x.clone(), weight.clone(), b.clone(), options.clone())
+        }
+    };
+    let r = random_tensor(y.dims(), 4, device).autodiff();
+    let grads = (y.clone() * r).sum().backward();
+    let mut out = vec![
+        values(y.inner()),
+        values(x.grad(&grads).unwrap()),
+        values(weight.grad(&grads).unwrap()),
+    ];
+    if let Some(b) = b {
+        out.push(values(b.grad(&grads).unwrap()));
+    }
+    out
+}
+
+fn devices() -> Vec<(String, Device)> {
+    let mut devices = vec![("cpu".to_string(), backend::cpu().device)];
+    if let Some(gpu) = common::wgpu_or_skip() {
+        devices.push(("wgpu".to_string(), gpu.device));
+    }
+    devices
+}
+
+#[test]
+fn convolution_and_its_gradients_equal_burns_on_every_geometry() {
+    let plain = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+    let cases: Vec<(&str, [usize; 4], [usize; 4], bool, ConvOptions<2>)> = vec![
+        (
+            "LeNet5 conv0",
+            [3, 1, 28, 28],
+            [20, 1, 5, 5],
+            true,
+            plain.clone(),
+        ),
+        (
+            "LeNet5 conv1",
+            [2, 20, 12, 12],
+            [50, 20, 5, 5],
+            true,
+            plain.clone(),
+        ),
+        // More images than one chunk of the weight gradient's sum (16).
+        (
+            "37 images",
+            [37, 3, 6, 6],
+            [4, 3, 3, 3],
+            true,
+            plain.clone(),
+        ),
+        (
+            "stride 2, padding 1",
+            [2, 3, 9, 9],
+            [4, 3, 3, 3],
+            true,
+            ConvOptions::new([2, 2], [1, 1], [1, 1], 1),
+        ),
+        (
+            "dilation 2, asymmetric padding, stride (1, 2), no bias",
+            [2, 2, 7, 8],
+            [3, 2, 3, 2],
+            false,
+            ConvOptions::new_with_padding([1, 2], [(0, 2), (1, 0)], [2, 2], 1),
+        ),
+        (
+            "padding wider than the kernel reaches",
+            [1, 2, 4, 4],
+            [2, 2, 3, 3],
+            true,
+            ConvOptions::new([1, 1], [3, 3], [1, 1], 1),
+        ),
+        // Grouped: Flex's own convolution.
+        (
+            "2 groups",
+            [2, 4, 6, 6],
+            [6, 2, 3, 3],
+            true,
+            ConvOptions::new([1, 1], [1, 1], [1, 1], 2),
+        ),
+    ];
+    for (device_name, device) in devices() {
+        for (name, x, w, bias, options) in &cases {
+            let ours = conv_pass(&device, *x, *w, *bias, options, true);
+            let burn = conv_pass(&device, *x, *w, *bias, options, false);
+            for (part, (o, b)) in ["output", "x gradient", "weight gradient", "bias gradient"]
+                .iter()
+                .zip(ours.iter().zip(&burn))
+            {
+                close(&format!("{name} on {device_name}: {part}"), o, b);
+            }
+        }
+    }
+}
+
+/// Max pooling's output and the gradient of sum(y * r), through advcomp's kernel or burn's.
+fn pool_pass(
+    device: &Device,
+    input: &Tensor<4>,
+    options: &MaxPoolOptions<2>,
+    ours: bool,
+) -> [Vec<f32>; 2] {
+    let x = input.clone().autodiff().require_grad();
+    let y = match ours {
+        true => kernels::max_pool2d(x.clone(), options.clone()),
+        false => burn::tensor::module::max_pool2d(x.clone(), options.clone()),
+    };
+    let r = random_tensor(y.dims(), 5, device).autodiff();
+    let grads = (y.clone() * r).sum().backward();
+    [values(y.inner()), values(x.grad(&grads).unwrap())]
+}
+
+#[test]
+fn max_pooling_equals_burns_with_ties_and_lets_nan_win() {
+    let cases = [
+        ("2x2 / 2", [2, 3, 8, 8], MaxPoolOptions::new([2, 2])),
+        (
+            "3x3 / 2, overlapping",
+            [2, 3, 9, 9],
+            MaxPoolOptions::new([3, 3]).with_stride([2, 2]),
+        ),
+        (
+            "2x3 / (1, 2)",
+            [1, 2, 7, 7],
+            MaxPoolOptions::new([2, 3]).with_stride([1, 2]),
+        ),
+        // Padded and ceil mode: Flex's own pooling.
+        (
+            "padded",
+            [1, 2, 6, 6],
+            MaxPoolOptions::new([3, 3])
+                .with_stride([2, 2])
+                .with_padding([1, 1]),
+        ),
+        (
+            "ceil mode",
+            [1, 2, 7, 7],
+            MaxPoolOptions::new([2, 2]).with_ceil_mode(true),
+        ),
+    ];
+    for (device_name, device) in devices() {
+        for (name, shape, options) in &cases {
+            // Few distinct values, so windows hold ties: the first maximum takes the gradient.
+            let x = (random_tensor(*shape, 6, &device) * 2.0).round();
+            let ours = pool_pass(&device, &x, options, true);
+            let burn = pool_pass(&device, &x, options, false);
+            same_bits(
+                &format!("{name} on {device_name}: output"),
+                &ours[0],
+                &burn[0],
+            );
+            close(
+                &format!("{name} on {device_name}: x gradient"),
+                &ours[1],
+                &burn[1],
+            );
+        }
+    }
+    // A NaN wins its window, forward and backward (the gradient goes to the NaN).
+    let cpu = backend::cpu().device;
+    let x = Tensor::<4>::from_data(
+        TensorData::new(
+            vec![1.0, f32::NAN, 3.0, 2.0, 5.0, 4.0, 7.0, 6.0],
+            [1, 1, 2, 4],
+        ),
+        &cpu,
+    )
+    .autodiff()
+    .require_grad();
+    let y = kernels::max_pool2d(x.clone(), MaxPoolOptions::new([2, 2]));
+    let got = values(y.clone().inner());
+    assert!(got[0].is_nan() && got[1] == 7.0, "pooled {got:?}");
+    let dx = values(x.grad(&y.sum().backward()).unwrap());
+    assert_eq!(dx, vec![0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+}
+
+#[test]
+fn cpu_convolution_gives_the_same_bits_on_any_number_of_threads() {
+    let cpu = backend::cpu().device;
+    let options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+    let on = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| conv_pass(&cpu, [40, 20, 12, 12], [50, 20, 5, 5], true, &options, true))
+    };
+    let one = on(1);
+    for threads in [2, 3] {
+        for (part, (a, b)) in one.iter().zip(&on(threads)).enumerate() {
+            same_bits(&format!("part {part}, 1 vs {threads} threads"), b, a);
         }
     }
 }

@@ -190,6 +190,7 @@ struct EvalArgs {
 pub fn run() -> i32 {
     // SAFETY: first thing in main, before any other thread exists.
     unsafe { backend::silence_mesa_warnings() };
+    backend::keep_freed_memory();
     let cli = Cli::parse();
     advcomp::files::stop_cleanly_on_signals(match cli.command {
         Command::Sweep(_) => {

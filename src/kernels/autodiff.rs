@@ -5,8 +5,10 @@
 //!   gradient unchanged.
 //! - `apply_mask`: the gradient of the masked weight goes to the dense weight unchanged, so
 //!   pruned weights keep learning and can come back (DNS); the mask gets none.
-//! - `dns_update`, `fixed_point_ste` and `attack_step` are not differentiated (their outputs
-//!   are constants).
+//! - `conv2d` and `max_pool2d`: the gradient of each tracked input only (an attack's model
+//!   weights are not tracked, so an attack computes no weight gradients).
+//! - `dns_update`, `fixed_point_ste`, `attack_step` and the convolution's and pooling's own
+//!   backward ops are not differentiated (their outputs are constants).
 
 use burn::backend::Autodiff;
 use burn::backend::Backend;
@@ -14,7 +16,8 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 
 use super::{FixedPoint, KernelOps, QuantGrad, StepSettings};
 
@@ -56,6 +59,50 @@ impl<B: Backend> Backward<B, 2> for ToWeight {
         if let Some(weight) = weight {
             grads.register::<B>(weight.id, grad);
         }
+    }
+}
+
+/// A convolution's parents, in order: x, weight and, when N is 3, bias.
+#[derive(Debug)]
+struct ConvBackward;
+
+impl<B: Backend + KernelOps, const N: usize> Backward<B, N> for ConvBackward {
+    type State = (
+        B::FloatTensorPrimitive,
+        B::FloatTensorPrimitive,
+        Option<B::FloatTensorPrimitive>,
+        ConvOptions<2>,
+    );
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight, bias, options) = ops.state;
+        for (input, parent) in ops.parents.into_iter().enumerate() {
+            let Some(parent) = parent else { continue };
+            let (x, weight, grad, options) =
+                (x.clone(), weight.clone(), grad.clone(), options.clone());
+            let input_grad = match input {
+                0 => B::conv_input_grad(x, weight, grad, options),
+                1 => B::conv_weight_grad(x, weight, grad, options),
+                _ => B::conv2d_bias_backward(x, bias.clone().expect("a bias"), grad),
+            };
+            grads.register::<B>(parent.id, input_grad);
+        }
+    }
+}
+
+/// Max pooling: the gradient goes to each window's maximum.
+#[derive(Debug)]
+struct MaxPoolBackward(MaxPoolOptions<2>);
+
+impl<B: Backend + KernelOps> Backward<B, 1> for MaxPoolBackward {
+    type State = (B::FloatTensorPrimitive, B::IntTensorPrimitive);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, indices) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+            B::max_pool_input_grad(x, self.0, grad, indices)
+        });
     }
 }
 
@@ -133,6 +180,118 @@ impl<B: Backend + KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C>
             grad.into_primitive(),
             factor.into_primitive(),
             step,
+        ))
+    }
+
+    fn conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let (x, x_node) = x.into_parts();
+        let (weight, weight_node) = weight.into_parts();
+        match ConvBackward
+            .prepare::<C>([x_node, weight_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (x.clone(), weight.clone(), None, options.clone());
+                prep.finish(state, B::conv(x, weight, options))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv(x, weight, options)),
+        }
+    }
+
+    fn conv_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let (x, x_node) = x.into_parts();
+        let (weight, weight_node) = weight.into_parts();
+        let (bias, bias_node) = bias.into_parts();
+        match ConvBackward
+            .prepare::<C>([x_node, weight_node, bias_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (
+                    x.clone(),
+                    weight.clone(),
+                    Some(bias.clone()),
+                    options.clone(),
+                );
+                prep.finish(state, B::conv_bias(x, weight, bias, options))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv_bias(x, weight, bias, options)),
+        }
+    }
+
+    fn conv_input_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        FloatTensor::<Self>::new(B::conv_input_grad(
+            x.into_primitive(),
+            weight.into_primitive(),
+            output_grad.into_primitive(),
+            options,
+        ))
+    }
+
+    fn conv_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        FloatTensor::<Self>::new(B::conv_weight_grad(
+            x.into_primitive(),
+            weight.into_primitive(),
+            output_grad.into_primitive(),
+            options,
+        ))
+    }
+
+    fn max_pool(x: FloatTensor<Self>, options: MaxPoolOptions<2>) -> FloatTensor<Self> {
+        match MaxPoolBackward(options.clone())
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = x.into_primitive();
+                let (output, indices) = B::max_pool_with_indices(x.clone(), options);
+                prep.finish((x, indices), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::max_pool(x.into_primitive(), options)),
+        }
+    }
+
+    fn max_pool_with_indices(
+        x: FloatTensor<Self>,
+        options: MaxPoolOptions<2>,
+    ) -> (FloatTensor<Self>, IntTensor<Self>) {
+        let (output, indices) = B::max_pool_with_indices(x.into_primitive(), options);
+        (FloatTensor::<Self>::new(output), indices)
+    }
+
+    fn max_pool_input_grad(
+        x: FloatTensor<Self>,
+        options: MaxPoolOptions<2>,
+        output_grad: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        FloatTensor::<Self>::new(B::max_pool_input_grad(
+            x.into_primitive(),
+            options,
+            output_grad.into_primitive(),
+            indices,
         ))
     }
 }

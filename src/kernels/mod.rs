@@ -1,23 +1,29 @@
 //! advcomp's kernels as a burn backend extension: fixed-point fake quantisation, the pruning
-//! mask, the DNS mask update, and the fused step of the iterative attacks.
+//! mask, the DNS mask update, the fused step of the iterative attacks, and the convolution and
+//! max pooling every model runs through.
 //!
 //! One trait, [`KernelOps`], with three implementations:
 //! - the cubecl backend (wgpu) launches the hand-written WGSL in `shaders/` on the tensors' own
-//!   device buffers (`wgsl.rs`);
+//!   device buffers, and burn's own convolution and pooling (`wgsl.rs`);
 //! - the Flex CPU backend runs a reference built from ordinary tensor ops (`reference.rs`), the
-//!   definition the WGSL is tested against, bit for bit;
+//!   definition the WGSL is tested against, bit for bit, and its own im2col + GEMM convolution
+//!   and max pooling (`cpu.rs`: Flex's are several times slower at these shapes);
 //! - `Autodiff<B>` adds the backward passes (`autodiff.rs`): straight-through (STE) or identity
 //!   (BPDA) for the quantiser, identity to the dense weights for the mask (DNS lets pruned
-//!   weights recover), none for the mask update and the attack step.
+//!   weights recover), none for the mask update and the attack step; convolution and pooling
+//!   compute only the gradients of tracked inputs (an attack never pays for weight gradients).
 //!
 //! Kernels know no models or attacks: callers pass tensors and settings.
 
 mod autodiff;
+mod cpu;
 mod reference;
 mod wgsl;
 
 use burn::Tensor;
-use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, backend_extension};
+use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -133,17 +139,47 @@ impl FixedPoint {
 
     /// q(x) on one value, on the host: the same formula as the kernels, for checks.
     pub fn quantise(self, x: f32) -> f32 {
-        if x.is_nan() {
-            return x;
-        }
+        self.quantiser()(x)
+    }
+
+    /// q as a function with its constants worked out once: what the CPU kernel applies to every
+    /// element. The same formula as the reference's tensor ops, bit for bit.
+    pub fn quantiser(self) -> impl Fn(f32) -> f32 + Copy + Send + Sync {
         let (lo, hi) = self.code_range();
-        let code = (x * self.scale()).round_ties_even().clamp(lo, hi);
-        if code == 0.0 {
-            0.0
-        } else {
-            code * (1.0 / self.scale())
+        let (scale, inverse) = (self.scale(), 1.0 / self.scale());
+        // Codes of up to 22 bits round exactly with the 1.5 * 2^23 trick (see `round_ties_even`).
+        let small = self.bits <= 22;
+        // Clamping before rounding gives the same code as after (the bounds are integers), and
+        // keeps the trick's argument small. Selects, not branches, so the loop vectorises.
+        move |x: f32| {
+            let clamped = (x * scale).clamp(lo, hi);
+            let code = match small {
+                true => round_ties_even_small(clamped),
+                false => clamped.round_ties_even(),
+            };
+            let q = if code == 0.0 { 0.0 } else { code * inverse };
+            if x.is_nan() { x } else { q }
         }
     }
+
+    /// Whether the STE passes the gradient at `x`: lo <= x * 2^F <= hi (never for NaN).
+    pub fn ste_passes(self) -> impl Fn(f32) -> bool + Copy + Send + Sync {
+        let (lo, hi) = self.code_range();
+        let scale = self.scale();
+        move |x: f32| {
+            let code = x * scale;
+            code >= lo && code <= hi
+        }
+    }
+}
+
+/// `x` rounded to the nearest integer, ties to even, for |x| <= 2^22: `f32::round_ties_even` is
+/// a libm call per element on x86-64's baseline (no SSE4.1); adding and subtracting 1.5 * 2^23
+/// rounds in the default rounding mode (ties to even) instead, and vectorises. Only the sign
+/// of a zero result can differ, and q maps every zero code to +0.
+fn round_ties_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (x + MAGIC) - MAGIC
 }
 
 impl std::fmt::Display for FixedPoint {
@@ -216,6 +252,74 @@ pub trait KernelOps: Backend {
         factor: FloatTensor<Self>,
         step: StepSettings,
     ) -> FloatTensor<Self>;
+    /// 2D convolution without bias, as burn's `conv2d`.
+    fn conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+    /// 2D convolution plus a bias per output channel.
+    fn conv_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+    /// The convolution's gradient with respect to `x` (only its shape is read).
+    fn conv_input_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+    /// The convolution's gradient with respect to `weight`.
+    fn conv_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+    /// 2D max pooling, as burn's `max_pool2d`.
+    fn max_pool(x: FloatTensor<Self>, options: MaxPoolOptions<2>) -> FloatTensor<Self>;
+    /// Max pooling and, per output, the index of its maximum in the input plane.
+    fn max_pool_with_indices(
+        x: FloatTensor<Self>,
+        options: MaxPoolOptions<2>,
+    ) -> (FloatTensor<Self>, IntTensor<Self>);
+    /// Max pooling's gradient with respect to `x` (only its shape is read).
+    fn max_pool_input_grad(
+        x: FloatTensor<Self>,
+        options: MaxPoolOptions<2>,
+        output_grad: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+/// 2D convolution (burn's `conv2d`, same arguments), differentiable, fast on every backend.
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    use burn::backend::Dispatch;
+    let (x, weight) = (x.into_dispatch(), weight.into_dispatch());
+    Tensor::from_dispatch(match bias {
+        Some(bias) => <Dispatch as KernelOps>::conv_bias(x, weight, bias.into_dispatch(), options),
+        None => <Dispatch as KernelOps>::conv(x, weight, options),
+    })
+}
+
+/// 2D max pooling (burn's `max_pool2d`, same arguments), differentiable, fast on every backend.
+pub fn max_pool2d(x: Tensor<4>, options: MaxPoolOptions<2>) -> Tensor<4> {
+    // The backends' pooling pads symmetrically; burn's own function pads other cases itself.
+    if options.padding.iter().any(|(begin, end)| begin != end) {
+        return burn::tensor::module::max_pool2d(x, options);
+    }
+    Tensor::from_dispatch(<burn::backend::Dispatch as KernelOps>::max_pool(
+        x.into_dispatch(),
+        options,
+    ))
 }
 
 /// q(x) elementwise (see [`FixedPoint`]), differentiable as `grad` says.
@@ -299,6 +403,30 @@ pub fn fixed_point_ste<const D: usize>(
     format: FixedPoint,
 ) -> Tensor<D> {
     Tensor::from_dispatch(<burn::backend::Dispatch as KernelOps>::fixed_point_ste(
+        x.into_dispatch(),
+        grad.into_dispatch(),
+        format,
+    ))
+}
+
+#[doc(hidden)]
+/// The reference's q (ordinary tensor ops, `reference.rs`), for tests that hold the fused CPU
+/// kernel to it.
+pub fn fixed_point_reference<const D: usize>(x: Tensor<D>, format: FixedPoint) -> Tensor<D> {
+    Tensor::from_dispatch(reference::fixed_point::<burn::backend::Dispatch>(
+        x.into_dispatch(),
+        format,
+    ))
+}
+
+#[doc(hidden)]
+/// The reference's STE backward, for the same tests.
+pub fn fixed_point_ste_reference<const D: usize>(
+    x: Tensor<D>,
+    grad: Tensor<D>,
+    format: FixedPoint,
+) -> Tensor<D> {
+    Tensor::from_dispatch(reference::fixed_point_ste::<burn::backend::Dispatch>(
         x.into_dispatch(),
         grad.into_dispatch(),
         format,

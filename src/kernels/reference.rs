@@ -1,12 +1,13 @@
-//! The reference: each kernel written with ordinary backend tensor ops. It is what the Flex
-//! CPU backend runs and the definition the WGSL kernels are held to, bit for bit.
+//! The reference: each compression kernel and the attack step written with ordinary backend
+//! tensor ops. It is what the Flex CPU backend runs and the definition the WGSL kernels are held
+//! to, bit for bit.
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Flex, FloatDType, TensorMetadata, get_or_init_device_settings};
+use burn::backend::{Backend, FloatDType, TensorMetadata, get_or_init_device_settings};
 
 use burn::backend::Shape;
 
-use super::{FixedPoint, KernelOps, QuantGrad, StepRule, StepSettings};
+use super::{FixedPoint, StepRule, StepSettings};
 
 fn bool_dtype<B: Backend>(x: &FloatTensor<B>) -> burn::backend::BoolDType {
     get_or_init_device_settings::<B>(&x.device()).bool_dtype
@@ -118,41 +119,4 @@ pub(super) fn attack_step<B: Backend>(
         B::float_add_scalar(x0, step.budget.into()),
     );
     B::float_clamp(moved, 0f32.into(), 1f32.into())
-}
-
-impl KernelOps for Flex {
-    fn fixed_point(
-        x: FloatTensor<Self>,
-        format: FixedPoint,
-        _grad: QuantGrad,
-    ) -> FloatTensor<Self> {
-        fixed_point::<Self>(x, format)
-    }
-    fn fixed_point_ste(
-        x: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        format: FixedPoint,
-    ) -> FloatTensor<Self> {
-        fixed_point_ste::<Self>(x, grad, format)
-    }
-    fn apply_mask(weight: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
-        apply_mask::<Self>(weight, mask)
-    }
-    fn dns_update(
-        weight: FloatTensor<Self>,
-        mask: FloatTensor<Self>,
-        t_low: f32,
-        t_high: f32,
-    ) -> FloatTensor<Self> {
-        dns_update::<Self>(weight, mask, t_low, t_high)
-    }
-    fn attack_step(
-        x: FloatTensor<Self>,
-        x0: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        factor: FloatTensor<Self>,
-        step: StepSettings,
-    ) -> FloatTensor<Self> {
-        attack_step::<Self>(x, x0, grad, factor, step)
-    }
 }

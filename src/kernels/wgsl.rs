@@ -1,12 +1,16 @@
-//! The cubecl (wgpu) implementation: each op launches its WGSL file from `shaders/` on the
-//! tensors' device buffers. Inputs are made contiguous first (a transposed or sliced view is
-//! copied on the device, never through the host); the output is a fresh contiguous tensor.
+//! The cubecl (wgpu) implementation: each compression op and the attack step launch their WGSL
+//! file from `shaders/` on the tensors' device buffers. Inputs are made contiguous first (a
+//! transposed or sliced view is copied on the device, never through the host); the output is
+//! a fresh contiguous tensor. Convolution and max pooling are burn's own cubecl kernels.
 
-use burn::backend::tensor::FloatTensor;
+use burn::backend::get_or_init_device_settings;
+use burn::backend::ops::ModuleOps;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::{
     CubeBackend, CubeDim, CubeTensor, KernelSource, SourceKernel, SourceTemplate, into_contiguous,
 };
 use burn::backend::{DType, TensorMetadata};
+use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use cubecl::CubeCount;
@@ -201,5 +205,87 @@ impl KernelOps for CubeBackend {
             step.budget.to_bits(),
         ];
         launch(shader, vec![x, x0, grad, factor], 3, &params)
+    }
+
+    fn conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::conv2d(x, weight, None, options)
+    }
+
+    fn conv_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::conv2d(x, weight, Some(bias), options)
+    }
+
+    fn conv_input_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::conv2d_x_backward(x, weight, output_grad, options)
+    }
+
+    fn conv_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::conv2d_weight_backward(x, weight, output_grad, options)
+    }
+
+    fn max_pool(x: FloatTensor<Self>, options: MaxPoolOptions<2>) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::max_pool2d(
+            x,
+            options.kernel_size,
+            options.stride,
+            options.padding.map(|(begin, _)| begin),
+            options.dilation,
+            options.ceil_mode,
+        )
+    }
+
+    fn max_pool_with_indices(
+        x: FloatTensor<Self>,
+        options: MaxPoolOptions<2>,
+    ) -> (FloatTensor<Self>, IntTensor<Self>) {
+        let int_dtype = get_or_init_device_settings::<Self>(&x.device()).int_dtype;
+        let out = <Self as ModuleOps<Self>>::max_pool2d_with_indices(
+            x,
+            options.kernel_size,
+            options.stride,
+            options.padding.map(|(begin, _)| begin),
+            options.dilation,
+            options.ceil_mode,
+            int_dtype,
+        );
+        (out.output, out.indices)
+    }
+
+    fn max_pool_input_grad(
+        x: FloatTensor<Self>,
+        options: MaxPoolOptions<2>,
+        output_grad: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::max_pool2d_with_indices_backward(
+            x,
+            options.kernel_size,
+            options.stride,
+            options.padding.map(|(begin, _)| begin),
+            options.dilation,
+            options.ceil_mode,
+            output_grad,
+            indices,
+        )
+        .x_grad
     }
 }

@@ -261,22 +261,16 @@ impl Compression {
         x
     }
 
-    /// `layer`'s 2D convolution with its compressed weight and bias: burn's own Conv2d forward
-    /// on a copy of the layer whose parameters are the compressed tensors (still in the
-    /// autodiff graph of the originals, so gradients reach them).
+    /// `layer`'s 2D convolution with its compressed weight and bias (the originals' autodiff
+    /// graph kept, so gradients reach them), through advcomp's convolution kernel.
     pub(crate) fn conv2d(&self, layer: &str, conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+        let options = super::layers::conv_options(conv, x.dims());
+        let (weight, bias) = (conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
         if self.is_none() {
-            return conv.forward(x);
+            return kernels::conv2d(x, weight, bias, options);
         }
-        let compressed = Conv2d {
-            weight: derived(self.weight(layer, conv.weight.val())),
-            bias: conv
-                .bias
-                .as_ref()
-                .map(|b| derived(self.quantise_weight(b.val()))),
-            ..conv.clone()
-        };
-        compressed.forward(x)
+        let bias = bias.map(|b| self.quantise_weight(b));
+        kernels::conv2d(x, self.weight(layer, weight), bias, options)
     }
 
     /// `layer`'s linear map with its compressed weight and bias.

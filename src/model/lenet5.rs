@@ -4,6 +4,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use super::layers::max_pool;
 use super::{BuiltIn, Compression, LayerInfo};
 use crate::data::DatasetKind;
 
@@ -43,9 +44,9 @@ impl BuiltIn for LeNet5 {
     fn forward(&self, images: Tensor<4>, c: &Compression) -> Tensor<2> {
         let x = images * 2.0 - 1.0;
         let x = c.activation("conv0", relu(c.conv2d("conv0", &self.conv0, x)));
-        let x = self.pool.forward(x);
+        let x = max_pool(&self.pool, x);
         let x = c.activation("conv1", relu(c.conv2d("conv1", &self.conv1, x)));
-        let x = self.pool.forward(x);
+        let x = max_pool(&self.pool, x);
         let [n, ch, h, w] = x.dims();
         let x = self.dropout.forward(x.reshape([n, ch * h * w]));
         let x = c.activation("fc1", relu(c.linear("fc1", &self.fc1, x)));

@@ -4,6 +4,7 @@
 mod checkpoint;
 mod cifarnet;
 mod compression;
+mod layers;
 mod lenet5;
 pub mod onnx;
 

@@ -2,7 +2,9 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::{leaky_relu, relu, sigmoid, tanh};
-use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::module::avg_pool2d;
+
+use crate::kernels::{conv2d, max_pool2d};
 
 use super::{Binary, Compression, OnnxModel, Op, Operand};
 

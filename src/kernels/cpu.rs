@@ -1,0 +1,739 @@
+//! The Flex CPU backend's convolution and max pooling, for f32 tensors in NCHW.
+//!
+//! Why not Flex's own: at LeNet5's shapes (1 or 20 input channels, 28x28 and 12x12 planes) its
+//! generic 3D paths spend most of their time outside the arithmetic (per-output divisions in
+//! max pooling, the transposed-convolution route of the input gradient); attacks run these
+//! ops a forward and a backward pass per step.
+//!
+//! Convolution is im2col + GEMM one image at a time (the GEMM is the `gemm` crate burn-flex
+//! itself multiplies with), images spread over rayon's pool. Every output element is computed
+//! by one thread in a fixed order, and the weight gradient sums fixed chunks of images in
+//! order, so results do not depend on the number of threads.
+//!
+//! Shapes these paths do not cover (grouped convolutions, padded, dilated or ceil-mode max
+//! pooling, other dtypes) go to Flex's own implementation: see [`Conv::of`], [`Pool::of`].
+
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::ops::ModuleOps;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{DType, Flex, IntDType, Shape};
+use burn::tensor::Bytes;
+use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::{FixedPoint, KernelOps, QuantGrad, StepSettings, reference};
+
+/// Images per chunk of the weight gradient's sum: fixed, so the summation order is too.
+const IMAGES_PER_CHUNK: usize = 16;
+
+fn f32_tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(Shape::from(shape.to_vec())),
+        DType::F32,
+    )
+}
+
+/// The tensor's values in row-major order (a copy only when its layout is not contiguous).
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    t.to_contiguous()
+}
+
+fn values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("a contiguous f32 tensor")
+}
+
+/// dst (m x n, row-major) = a (m x k) * b (k x n), or dst += when `accumulate`; the strides
+/// say how each operand is laid out (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+) {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || a.len() > (m - 1) * a_strides.0 + (k - 1) * a_strides.1);
+    assert!(k == 0 || n == 0 || b.len() > (k - 1) * b_strides.0 + (n - 1) * b_strides.1);
+    // SAFETY: the asserts keep every index the strides reach inside the slices; dst is
+    // written only through its own exclusive borrow.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_strides.1 as isize,
+            a_strides.0 as isize,
+            b.as_ptr(),
+            b_strides.1 as isize,
+            b_strides.0 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+/// A 2D convolution's geometry (groups of 1).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Conv {
+    batch: usize,
+    in_channels: usize,
+    height: usize,
+    width: usize,
+    out_channels: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+    out_height: usize,
+    out_width: usize,
+}
+
+impl Conv {
+    /// The geometry of `x` [n, c, h, w] with `weight` [o, c, kh, kw], or `None` where this
+    /// module does not cover it.
+    pub(super) fn of(
+        x: &FlexTensor,
+        weight: &FlexTensor,
+        options: &ConvOptions<2>,
+    ) -> Option<Self> {
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || options.groups != 1 {
+            return None;
+        }
+        let (xs, ws) = (x.layout().shape(), weight.layout().shape());
+        if xs.num_dims() != 4 || ws.num_dims() != 4 || xs[1] != ws[1] {
+            return None;
+        }
+        let out = |i: usize, size: usize| {
+            let (begin, end) = options.padding[i];
+            let reach = options.dilation[i] * (ws[2 + i] - 1) + 1;
+            (size + begin + end)
+                .checked_sub(reach)
+                .map(|room| room / options.stride[i] + 1)
+        };
+        Some(Self {
+            batch: xs[0],
+            in_channels: xs[1],
+            height: xs[2],
+            width: xs[3],
+            out_channels: ws[0],
+            kernel: [ws[2], ws[3]],
+            stride: options.stride,
+            padding: [options.padding[0].0, options.padding[1].0],
+            dilation: options.dilation,
+            out_height: out(0, xs[2])?,
+            out_width: out(1, xs[3])?,
+        })
+    }
+
+    /// Rows of the im2col matrix: c * kh * kw.
+    fn taps(&self) -> usize {
+        self.in_channels * self.kernel[0] * self.kernel[1]
+    }
+
+    /// Columns of the im2col matrix: output pixels per channel.
+    fn pixels(&self) -> usize {
+        self.out_height * self.out_width
+    }
+
+    fn image_len(&self) -> usize {
+        self.in_channels * self.height * self.width
+    }
+
+    fn output_len(&self) -> usize {
+        self.out_channels * self.pixels()
+    }
+
+    fn output_shape(&self) -> [usize; 4] {
+        [
+            self.batch,
+            self.out_channels,
+            self.out_height,
+            self.out_width,
+        ]
+    }
+
+    /// For kernel row `i` (or column, `axis` 1) and output row `o`: the input row, if inside.
+    fn source(&self, axis: usize, o: usize, tap: usize) -> Option<usize> {
+        let size = [self.height, self.width][axis];
+        (o * self.stride[axis] + tap * self.dilation[axis])
+            .checked_sub(self.padding[axis])
+            .filter(|&i| i < size)
+    }
+
+    /// Calls `f(tap row, column range in that row, input offset of its first pixel)` for every
+    /// run of output pixels of one output row that read consecutive inputs (stride 1) or
+    /// single pixels, so im2col and col2im share one walk. Pixels outside the input are
+    /// skipped (their im2col entries stay zero).
+    fn walk(&self, mut f: impl FnMut(usize, std::ops::Range<usize>, usize, usize)) {
+        let [kh, kw] = self.kernel;
+        // Per kernel column j: the output columns whose input column lies inside the image,
+        // and the input column of the first.
+        let columns: Vec<Option<(usize, usize, usize)>> = (0..kw)
+            .map(|j| {
+                let first = (0..self.out_width).find(|&ox| self.source(1, ox, j).is_some())?;
+                let last = (first..self.out_width)
+                    .take_while(|&ox| self.source(1, ox, j).is_some())
+                    .last()
+                    .unwrap_or(first);
+                Some((first, last, self.source(1, first, j)?))
+            })
+            .collect();
+        for c in 0..self.in_channels {
+            for i in 0..kh {
+                for (j, columns) in columns.iter().enumerate() {
+                    let row = (c * kh + i) * kw + j;
+                    let Some((first, last, ix)) = *columns else {
+                        continue;
+                    };
+                    for oy in 0..self.out_height {
+                        let Some(iy) = self.source(0, oy, i) else {
+                            continue;
+                        };
+                        let start = oy * self.out_width;
+                        let input = (c * self.height + iy) * self.width + ix;
+                        f(row, start + first..start + last + 1, input, self.stride[1]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// col [taps, pixels] of one image (zero where the kernel reads padding).
+    fn im2col(&self, image: &[f32], col: &mut [f32]) {
+        let pixels = self.pixels();
+        if self.padding != [0, 0] {
+            col.fill(0.0);
+        }
+        self.walk(|row, range, input, stride| {
+            let dst = &mut col[row * pixels + range.start..row * pixels + range.end];
+            if stride == 1 {
+                dst.copy_from_slice(&image[input..input + dst.len()]);
+            } else {
+                for (k, d) in dst.iter_mut().enumerate() {
+                    *d = image[input + k * stride];
+                }
+            }
+        });
+    }
+
+    /// Adds col [taps, pixels] back onto one image's gradient (the transpose of im2col).
+    fn col2im(&self, col: &[f32], image: &mut [f32]) {
+        let pixels = self.pixels();
+        self.walk(|row, range, input, stride| {
+            let src = &col[row * pixels + range.start..row * pixels + range.end];
+            if stride == 1 {
+                for (d, s) in image[input..input + src.len()].iter_mut().zip(src) {
+                    *d += s;
+                }
+            } else {
+                for (k, s) in src.iter().enumerate() {
+                    image[input + k * stride] += s;
+                }
+            }
+        });
+    }
+}
+
+/// y = conv(x, weight) + bias.
+pub(super) fn conv2d(
+    conv: Conv,
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: Option<&FlexTensor>,
+) -> FlexTensor {
+    let (x, weight) = (contiguous(x), contiguous(weight));
+    let bias = bias.map(contiguous);
+    let (xv, wv) = (values(&x), values(&weight));
+    let bv = bias.as_ref().map(values);
+    let (taps, pixels) = (conv.taps(), conv.pixels());
+    let mut out = vec![0f32; conv.batch * conv.output_len()];
+    out.par_chunks_mut(conv.output_len().max(1))
+        .zip(xv.par_chunks(conv.image_len().max(1)))
+        .for_each_init(
+            || vec![0f32; taps * pixels],
+            |col, (y, image)| {
+                conv.im2col(image, col);
+                if let Some(b) = bv {
+                    for (row, b) in y.chunks_mut(pixels.max(1)).zip(b) {
+                        row.fill(*b);
+                    }
+                }
+                gemm(
+                    conv.out_channels,
+                    pixels,
+                    taps,
+                    y,
+                    bv.is_some(),
+                    wv,
+                    (taps, 1),
+                    col,
+                    (pixels, 1),
+                );
+            },
+        );
+    f32_tensor(out, &conv.output_shape())
+}
+
+/// dL/dx from dL/dy: col2im(weightᵀ · dy) per image.
+pub(super) fn conv2d_x_backward(conv: Conv, weight: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
+    let (weight, grad) = (contiguous(weight), contiguous(grad));
+    let (wv, gv) = (values(&weight), values(&grad));
+    let (taps, pixels) = (conv.taps(), conv.pixels());
+    let mut out = vec![0f32; conv.batch * conv.image_len()];
+    out.par_chunks_mut(conv.image_len().max(1))
+        .zip(gv.par_chunks(conv.output_len().max(1)))
+        .for_each_init(
+            || vec![0f32; taps * pixels],
+            |col, (dx, dy)| {
+                gemm(
+                    taps,
+                    pixels,
+                    conv.out_channels,
+                    col,
+                    false,
+                    wv,
+                    (1, taps),
+                    dy,
+                    (pixels, 1),
+                );
+                conv.col2im(col, dx);
+            },
+        );
+    f32_tensor(
+        out,
+        &[conv.batch, conv.in_channels, conv.height, conv.width],
+    )
+}
+
+/// dL/dweight from dL/dy: the sum over images of dy · im2col(x)ᵀ, in fixed chunks of images
+/// added in order.
+pub(super) fn conv2d_weight_backward(conv: Conv, x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
+    let (x, grad) = (contiguous(x), contiguous(grad));
+    let (xv, gv) = (values(&x), values(&grad));
+    let (taps, pixels) = (conv.taps(), conv.pixels());
+    let weight_len = conv.out_channels * taps;
+    let chunk_sums: Vec<Vec<f32>> = xv
+        .par_chunks((conv.image_len() * IMAGES_PER_CHUNK).max(1))
+        .zip(gv.par_chunks((conv.output_len() * IMAGES_PER_CHUNK).max(1)))
+        .map(|(images, dys)| {
+            let mut sum = vec![0f32; weight_len];
+            let mut col = vec![0f32; taps * pixels];
+            for (image, dy) in images
+                .chunks(conv.image_len().max(1))
+                .zip(dys.chunks(conv.output_len().max(1)))
+            {
+                conv.im2col(image, &mut col);
+                gemm(
+                    conv.out_channels,
+                    taps,
+                    pixels,
+                    &mut sum,
+                    true,
+                    dy,
+                    (pixels, 1),
+                    &col,
+                    (1, pixels),
+                );
+            }
+            sum
+        })
+        .collect();
+    let mut total = vec![0f32; weight_len];
+    for sum in chunk_sums {
+        for (t, s) in total.iter_mut().zip(sum) {
+            *t += s;
+        }
+    }
+    f32_tensor(
+        total,
+        &[
+            conv.out_channels,
+            conv.in_channels,
+            conv.kernel[0],
+            conv.kernel[1],
+        ],
+    )
+}
+
+/// A max pooling's geometry: unpadded, undilated, floor mode.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pool {
+    planes: usize,
+    shape: [usize; 4],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    out_height: usize,
+    out_width: usize,
+}
+
+impl Pool {
+    /// The geometry of pooling `x` [n, c, h, w], or `None` where this module does not cover it.
+    pub(super) fn of(x: &FlexTensor, options: &MaxPoolOptions<2>) -> Option<Self> {
+        let xs = x.layout().shape();
+        let simple = x.dtype() == DType::F32
+            && xs.num_dims() == 4
+            && options.padding == [(0, 0); 2]
+            && options.dilation == [1, 1]
+            && !options.ceil_mode
+            && xs[2] >= options.kernel_size[0]
+            && xs[3] >= options.kernel_size[1];
+        simple.then(|| Self {
+            planes: xs[0] * xs[1],
+            shape: [xs[0], xs[1], xs[2], xs[3]],
+            kernel: options.kernel_size,
+            stride: options.stride,
+            out_height: (xs[2] - options.kernel_size[0]) / options.stride[0] + 1,
+            out_width: (xs[3] - options.kernel_size[1]) / options.stride[1] + 1,
+        })
+    }
+
+    fn plane_len(&self) -> usize {
+        self.shape[2] * self.shape[3]
+    }
+
+    fn out_plane_len(&self) -> usize {
+        self.out_height * self.out_width
+    }
+
+    fn output_shape(&self) -> [usize; 4] {
+        [
+            self.shape[0],
+            self.shape[1],
+            self.out_height,
+            self.out_width,
+        ]
+    }
+
+    /// Planes per rayon task: enough work per task for small planes.
+    fn planes_per_task(&self) -> usize {
+        (4096 / self.plane_len().max(1)).max(1)
+    }
+
+    /// The maximum of each window and, with `index`, its index in the plane (row * width +
+    /// column); the first of equal values wins and the first NaN wins over any number, as in
+    /// PyTorch. The common 2x2 and 3x3 windows get their own unrolled copies of the loop.
+    fn plane(&self, x: &[f32], out: &mut [f32], index: Option<&mut [i64]>) {
+        match (self.kernel, index) {
+            ([2, 2], Some(index)) => self.plane_of::<2, 2, true>(x, out, index),
+            ([2, 2], None) => self.plane_of::<2, 2, false>(x, out, &mut []),
+            ([3, 3], Some(index)) => self.plane_of::<3, 3, true>(x, out, index),
+            ([3, 3], None) => self.plane_of::<3, 3, false>(x, out, &mut []),
+            (_, Some(index)) => self.plane_of::<0, 0, true>(x, out, index),
+            (_, None) => self.plane_of::<0, 0, false>(x, out, &mut []),
+        }
+    }
+
+    /// [`Pool::plane`] for a KH x KW window (0 x 0: the window of `self.kernel`), writing
+    /// `index` when INDEX.
+    fn plane_of<const KH: usize, const KW: usize, const INDEX: bool>(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        index: &mut [i64],
+    ) {
+        let w = self.shape[3];
+        let [kh, kw] = if KH == 0 { self.kernel } else { [KH, KW] };
+        for (oy, out_row) in out.chunks_exact_mut(self.out_width).enumerate() {
+            let y0 = oy * self.stride[0];
+            for (ox, out) in out_row.iter_mut().enumerate() {
+                let x0 = ox * self.stride[1];
+                let mut best = y0 * w + x0;
+                let mut max = x[best];
+                for i in 0..kh {
+                    let row = (y0 + i) * w + x0;
+                    for (j, &v) in x[row..row + kw].iter().enumerate() {
+                        // v > max or v is NaN, unless max is already NaN; `|` and `&`, not
+                        // `||` and `&&`, and selects rather than branches: the comparison is
+                        // a coin toss, and mispredictions cost more than the arithmetic.
+                        let take = ((v > max) | v.is_nan()) & !max.is_nan();
+                        max = if take { v } else { max };
+                        best = if take { row + j } else { best };
+                    }
+                }
+                *out = max;
+                if INDEX {
+                    index[oy * self.out_width + ox] = best as i64;
+                }
+            }
+        }
+    }
+}
+
+/// Max pooling alone (no indices: a forward pass nothing differentiates).
+pub(super) fn max_pool2d(pool: Pool, x: &FlexTensor) -> FlexTensor {
+    let x = contiguous(x);
+    let xv = values(&x);
+    let (len, out_len, task) = (
+        pool.plane_len(),
+        pool.out_plane_len(),
+        pool.planes_per_task(),
+    );
+    let mut out = vec![0f32; pool.planes * out_len];
+    out.par_chunks_mut((out_len * task).max(1))
+        .zip(xv.par_chunks((len * task).max(1)))
+        .for_each(|(out, x)| {
+            for (out, x) in out.chunks_mut(out_len.max(1)).zip(x.chunks(len.max(1))) {
+                pool.plane(x, out, None);
+            }
+        });
+    f32_tensor(out, &pool.output_shape())
+}
+
+/// Max pooling and the argmax indices its backward pass needs.
+pub(super) fn max_pool2d_with_indices(pool: Pool, x: &FlexTensor) -> (FlexTensor, FlexTensor) {
+    let x = contiguous(x);
+    let xv = values(&x);
+    let (len, out_len, task) = (
+        pool.plane_len(),
+        pool.out_plane_len(),
+        pool.planes_per_task(),
+    );
+    let mut out = vec![0f32; pool.planes * out_len];
+    let mut index = vec![0i64; pool.planes * out_len];
+    out.par_chunks_mut((out_len * task).max(1))
+        .zip(index.par_chunks_mut((out_len * task).max(1)))
+        .zip(xv.par_chunks((len * task).max(1)))
+        .for_each(|((out, index), x)| {
+            for ((out, index), x) in out
+                .chunks_mut(out_len.max(1))
+                .zip(index.chunks_mut(out_len.max(1)))
+                .zip(x.chunks(len.max(1)))
+            {
+                pool.plane(x, out, Some(index));
+            }
+        });
+    let shape = pool.output_shape();
+    let index = FlexTensor::new(
+        Bytes::from_elems(index),
+        Layout::contiguous(Shape::from(shape.to_vec())),
+        DType::I64,
+    );
+    (f32_tensor(out, &shape), index)
+}
+
+/// dL/dx of max pooling: each output's gradient added at its argmax.
+pub(super) fn max_pool2d_backward(pool: Pool, grad: &FlexTensor, index: &FlexTensor) -> FlexTensor {
+    let (grad, index) = (contiguous(grad), contiguous(index));
+    let gv = values(&grad);
+    let iv = index.as_slice::<i64>().expect("i64 pooling indices");
+    let (len, out_len, task) = (
+        pool.plane_len(),
+        pool.out_plane_len(),
+        pool.planes_per_task(),
+    );
+    let mut dx = vec![0f32; pool.planes * len];
+    dx.par_chunks_mut((len * task).max(1))
+        .zip(gv.par_chunks((out_len * task).max(1)))
+        .zip(iv.par_chunks((out_len * task).max(1)))
+        .for_each(|((dx, g), i)| {
+            for ((dx, g), i) in dx
+                .chunks_mut(len.max(1))
+                .zip(g.chunks(out_len.max(1)))
+                .zip(i.chunks(out_len.max(1)))
+            {
+                for (g, &i) in g.iter().zip(i) {
+                    dx[i as usize] += g;
+                }
+            }
+        });
+    f32_tensor(dx, &pool.shape)
+}
+
+/// Elements per rayon task of the elementwise ops.
+const ELEMENTS_PER_TASK: usize = 1 << 15;
+
+/// `f` applied to every element of `x` (and `y`, when given), in one pass over rayon's pool.
+fn map_f32(
+    x: &FlexTensor,
+    y: Option<&FlexTensor>,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> FlexTensor {
+    let x = contiguous(x);
+    let y = y.map(contiguous);
+    let xv = values(&x);
+    let yv = y.as_ref().map_or(xv, values);
+    assert_eq!(xv.len(), yv.len(), "elementwise operands of one size");
+    // Written straight into the output's spare capacity (no zero-filled buffer first), in
+    // chunks whose inner loop vectorises.
+    let mut out: Vec<f32> = Vec::with_capacity(xv.len());
+    out.spare_capacity_mut()
+        .par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(
+            xv.par_chunks(ELEMENTS_PER_TASK)
+                .zip(yv.par_chunks(ELEMENTS_PER_TASK)),
+        )
+        .for_each(|(out, (x, y))| {
+            for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
+                o.write(f(x, y));
+            }
+        });
+    // SAFETY: the chunks above cover the whole spare capacity, each element written once.
+    unsafe { out.set_len(xv.len()) };
+    f32_tensor(out, x.layout().shape())
+}
+
+impl KernelOps for Flex {
+    /// One pass of [`FixedPoint::quantiser`] (the tests hold it to the reference's tensor ops,
+    /// bit for bit).
+    fn fixed_point(
+        x: FloatTensor<Self>,
+        format: FixedPoint,
+        _grad: QuantGrad,
+    ) -> FloatTensor<Self> {
+        match x.dtype() {
+            DType::F32 => {
+                let q = format.quantiser();
+                map_f32(&x, None, move |x, _| q(x))
+            }
+            _ => reference::fixed_point::<Self>(x, format),
+        }
+    }
+    fn fixed_point_ste(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        format: FixedPoint,
+    ) -> FloatTensor<Self> {
+        if x.dtype() != DType::F32 || grad.dtype() != DType::F32 {
+            return reference::fixed_point_ste::<Self>(x, grad, format);
+        }
+        let passes = format.ste_passes();
+        map_f32(&x, Some(&grad), move |x, g| if passes(x) { g } else { 0.0 })
+    }
+    fn apply_mask(weight: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::apply_mask::<Self>(weight, mask)
+    }
+    fn dns_update(
+        weight: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        t_low: f32,
+        t_high: f32,
+    ) -> FloatTensor<Self> {
+        reference::dns_update::<Self>(weight, mask, t_low, t_high)
+    }
+    fn attack_step(
+        x: FloatTensor<Self>,
+        x0: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        factor: FloatTensor<Self>,
+        step: StepSettings,
+    ) -> FloatTensor<Self> {
+        reference::attack_step::<Self>(x, x0, grad, factor, step)
+    }
+    fn conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        match Conv::of(&x, &weight, &options) {
+            Some(conv) => conv2d(conv, &x, &weight, None),
+            None => <Flex as ModuleOps<Flex>>::conv2d(x, weight, None, options),
+        }
+    }
+    fn conv_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        match Conv::of(&x, &weight, &options).filter(|_| bias.dtype() == DType::F32) {
+            Some(conv) => conv2d(conv, &x, &weight, Some(&bias)),
+            None => <Flex as ModuleOps<Flex>>::conv2d(x, weight, Some(bias), options),
+        }
+    }
+    fn conv_input_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        match Conv::of(&x, &weight, &options).filter(|_| output_grad.dtype() == DType::F32) {
+            Some(conv) => conv2d_x_backward(conv, &weight, &output_grad),
+            None => <Flex as ModuleOps<Flex>>::conv2d_x_backward(x, weight, output_grad, options),
+        }
+    }
+    fn conv_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        match Conv::of(&x, &weight, &options).filter(|_| output_grad.dtype() == DType::F32) {
+            Some(conv) => conv2d_weight_backward(conv, &x, &output_grad),
+            None => {
+                <Flex as ModuleOps<Flex>>::conv2d_weight_backward(x, weight, output_grad, options)
+            }
+        }
+    }
+    fn max_pool(x: FloatTensor<Self>, options: MaxPoolOptions<2>) -> FloatTensor<Self> {
+        match Pool::of(&x, &options) {
+            Some(pool) => max_pool2d(pool, &x),
+            None => <Flex as ModuleOps<Flex>>::max_pool2d(
+                x,
+                options.kernel_size,
+                options.stride,
+                options.padding.map(|(begin, _)| begin),
+                options.dilation,
+                options.ceil_mode,
+            ),
+        }
+    }
+    fn max_pool_with_indices(
+        x: FloatTensor<Self>,
+        options: MaxPoolOptions<2>,
+    ) -> (FloatTensor<Self>, IntTensor<Self>) {
+        match Pool::of(&x, &options) {
+            Some(pool) => max_pool2d_with_indices(pool, &x),
+            None => {
+                let out = <Flex as ModuleOps<Flex>>::max_pool2d_with_indices(
+                    x,
+                    options.kernel_size,
+                    options.stride,
+                    options.padding.map(|(begin, _)| begin),
+                    options.dilation,
+                    options.ceil_mode,
+                    IntDType::I64,
+                );
+                (out.output, out.indices)
+            }
+        }
+    }
+    fn max_pool_input_grad(
+        x: FloatTensor<Self>,
+        options: MaxPoolOptions<2>,
+        output_grad: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        match Pool::of(&x, &options).filter(|_| indices.dtype() == DType::I64) {
+            Some(pool) => max_pool2d_backward(pool, &output_grad, &indices),
+            None => {
+                <Flex as ModuleOps<Flex>>::max_pool2d_with_indices_backward(
+                    x,
+                    options.kernel_size,
+                    options.stride,
+                    options.padding.map(|(begin, _)| begin),
+                    options.dilation,
+                    options.ceil_mode,
+                    output_grad,
+                    indices,
+                )
+                .x_grad
+            }
+        }
+    }
+}
