@@ -509,7 +509,9 @@ fn devices() -> Vec<(String, Device)> {
 #[test]
 fn convolution_and_its_gradients_equal_burns_on_every_geometry() {
     let plain = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
-    let cases: Vec<(&str, [usize; 4], [usize; 4], bool, ConvOptions<2>)> = vec![
+    // (name, x shape, weight shape, bias, options)
+    type Case = (&'static str, [usize; 4], [usize; 4], bool, ConvOptions<2>);
+    let cases: Vec<Case> = vec![
         (
             "LeNet5 conv0",
             [3, 1, 28, 28],
