@@ -214,43 +214,87 @@ impl Conv {
         }
     }
 
-    /// col [taps, pixels] of one image (zero where the kernel reads padding).
-    fn im2col(&self, image: &[f32], col: &mut [f32]) {
-        let pixels = self.pixels();
+    /// Images per GEMM: enough output pixels (about 256) that packing the weight once and the
+    /// micro-kernel's tiles pay off, a power of two up to 16 (so groups tile the weight
+    /// gradient's chunks).
+    fn group(&self) -> usize {
+        256usize
+            .div_ceil(self.pixels().max(1))
+            .next_power_of_two()
+            .min(IMAGES_PER_CHUNK)
+    }
+
+    /// col [taps, n * pixels] of n images side by side (zero where the kernel reads padding);
+    /// returns n * pixels, the row length.
+    fn im2col(&self, images: &[f32], col: &mut [f32]) -> usize {
+        let width = images.len() / self.image_len().max(1) * self.pixels();
+        let col = &mut col[..self.taps() * width];
         if self.padding != [0, 0] {
             col.fill(0.0);
         }
-        self.walk(|row, range, input, stride| {
-            let dst = &mut col[row * pixels + range.start..row * pixels + range.end];
-            if stride == 1 {
-                dst.copy_from_slice(&image[input..input + dst.len()]);
-            } else {
-                for (k, d) in dst.iter_mut().enumerate() {
-                    *d = image[input + k * stride];
+        for (i, image) in images.chunks(self.image_len().max(1)).enumerate() {
+            let offset = i * self.pixels();
+            self.walk(|row, range, input, stride| {
+                let start = row * width + offset;
+                let dst = &mut col[start + range.start..start + range.end];
+                if stride == 1 {
+                    dst.copy_from_slice(&image[input..input + dst.len()]);
+                } else {
+                    for (k, d) in dst.iter_mut().enumerate() {
+                        *d = image[input + k * stride];
+                    }
                 }
-            }
-        });
+            });
+        }
+        width
     }
 
-    /// Adds col [taps, pixels] back onto one image's gradient (the transpose of im2col).
-    fn col2im(&self, col: &[f32], image: &mut [f32]) {
-        let pixels = self.pixels();
-        self.walk(|row, range, input, stride| {
-            let src = &col[row * pixels + range.start..row * pixels + range.end];
-            if stride == 1 {
-                for (d, s) in image[input..input + src.len()].iter_mut().zip(src) {
-                    *d += s;
+    /// Adds col [taps, n * pixels] back onto n images' gradients (the transpose of im2col).
+    fn col2im(&self, col: &[f32], images: &mut [f32]) {
+        let width = images.len() / self.image_len().max(1) * self.pixels();
+        for (i, image) in images.chunks_mut(self.image_len().max(1)).enumerate() {
+            let offset = i * self.pixels();
+            self.walk(|row, range, input, stride| {
+                let start = row * width + offset;
+                let src = &col[start + range.start..start + range.end];
+                if stride == 1 {
+                    for (d, s) in image[input..input + src.len()].iter_mut().zip(src) {
+                        *d += s;
+                    }
+                } else {
+                    for (k, s) in src.iter().enumerate() {
+                        image[input + k * stride] += s;
+                    }
                 }
-            } else {
-                for (k, s) in src.iter().enumerate() {
-                    image[input + k * stride] += s;
-                }
+            });
+        }
+    }
+
+    /// n images' outputs [out channels, pixels] (image after image in `planes`) as one
+    /// [out channels, n * pixels] matrix in `wide`.
+    fn gather(&self, planes: &[f32], wide: &mut [f32]) {
+        let (pixels, per_image) = (self.pixels().max(1), self.output_len().max(1));
+        let width = planes.len() / per_image * pixels;
+        for (i, image) in planes.chunks(per_image).enumerate() {
+            for (c, plane) in image.chunks(pixels).enumerate() {
+                wide[c * width + i * pixels..][..pixels].copy_from_slice(plane);
             }
-        });
+        }
+    }
+
+    /// The inverse of [`Conv::gather`].
+    fn scatter(&self, wide: &[f32], planes: &mut [f32]) {
+        let (pixels, per_image) = (self.pixels().max(1), self.output_len().max(1));
+        let width = planes.len() / per_image * pixels;
+        for (i, image) in planes.chunks_mut(per_image).enumerate() {
+            for (c, plane) in image.chunks_mut(pixels).enumerate() {
+                plane.copy_from_slice(&wide[c * width + i * pixels..][..pixels]);
+            }
+        }
     }
 }
 
-/// y = conv(x, weight) + bias.
+/// y = conv(x, weight) + bias, a group of images per GEMM.
 pub(super) fn conv2d(
     conv: Conv,
     x: &FlexTensor,
@@ -261,56 +305,79 @@ pub(super) fn conv2d(
     let bias = bias.map(contiguous);
     let (xv, wv) = (values(&x), values(&weight));
     let bv = bias.as_ref().map(values);
-    let (taps, pixels) = (conv.taps(), conv.pixels());
+    let (taps, pixels, group) = (conv.taps(), conv.pixels(), conv.group());
     let mut out = vec![0f32; conv.batch * conv.output_len()];
-    out.par_chunks_mut(conv.output_len().max(1))
-        .zip(xv.par_chunks(conv.image_len().max(1)))
+    out.par_chunks_mut((conv.output_len() * group).max(1))
+        .zip(xv.par_chunks((conv.image_len() * group).max(1)))
         .for_each_init(
-            || vec![0f32; taps * pixels],
-            |col, (y, image)| {
-                conv.im2col(image, col);
+            || {
+                let wide = vec![0f32; conv.output_len() * group];
+                (vec![0f32; taps * pixels * group], wide)
+            },
+            |(col, wide), (y, images)| {
+                let width = conv.im2col(images, col);
+                let single = width == pixels;
+                // One image: the GEMM writes its output in place.
+                let dst = match single {
+                    true => &mut y[..],
+                    false => &mut wide[..conv.out_channels * width],
+                };
                 if let Some(b) = bv {
-                    for (row, b) in y.chunks_mut(pixels.max(1)).zip(b) {
+                    for (row, b) in dst.chunks_mut(width.max(1)).zip(b) {
                         row.fill(*b);
                     }
                 }
                 gemm(
                     conv.out_channels,
-                    pixels,
+                    width,
                     taps,
-                    y,
+                    dst,
                     bv.is_some(),
                     wv,
                     (taps, 1),
                     col,
-                    (pixels, 1),
+                    (width, 1),
                 );
+                if !single {
+                    conv.scatter(wide, y);
+                }
             },
         );
     f32_tensor(out, &conv.output_shape())
 }
 
-/// dL/dx from dL/dy: col2im(weightᵀ · dy) per image.
+/// dL/dx from dL/dy: col2im(weightᵀ · dy), a group of images per GEMM.
 pub(super) fn conv2d_x_backward(conv: Conv, weight: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
     let (weight, grad) = (contiguous(weight), contiguous(grad));
     let (wv, gv) = (values(&weight), values(&grad));
-    let (taps, pixels) = (conv.taps(), conv.pixels());
+    let (taps, pixels, group) = (conv.taps(), conv.pixels(), conv.group());
     let mut out = vec![0f32; conv.batch * conv.image_len()];
-    out.par_chunks_mut(conv.image_len().max(1))
-        .zip(gv.par_chunks(conv.output_len().max(1)))
+    out.par_chunks_mut((conv.image_len() * group).max(1))
+        .zip(gv.par_chunks((conv.output_len() * group).max(1)))
         .for_each_init(
-            || vec![0f32; taps * pixels],
-            |col, (dx, dy)| {
+            || {
+                let wide = vec![0f32; conv.output_len() * group];
+                (vec![0f32; taps * pixels * group], wide)
+            },
+            |(col, wide), (dx, dy)| {
+                let width = dy.len() / conv.output_len().max(1) * pixels;
+                let rhs = match width == pixels {
+                    true => dy,
+                    false => {
+                        conv.gather(dy, wide);
+                        &wide[..conv.out_channels * width]
+                    }
+                };
                 gemm(
                     taps,
-                    pixels,
+                    width,
                     conv.out_channels,
                     col,
                     false,
                     wv,
                     (1, taps),
-                    dy,
-                    (pixels, 1),
+                    rhs,
+                    (width, 1),
                 );
                 conv.col2im(col, dx);
             },
@@ -322,33 +389,35 @@ pub(super) fn conv2d_x_backward(conv: Conv, weight: &FlexTensor, grad: &FlexTens
 }
 
 /// dL/dweight from dL/dy: the sum over images of dy · im2col(x)ᵀ, in fixed chunks of images
-/// added in order.
+/// added in order (groups of images per GEMM inside a chunk).
 pub(super) fn conv2d_weight_backward(conv: Conv, x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
     let (x, grad) = (contiguous(x), contiguous(grad));
     let (xv, gv) = (values(&x), values(&grad));
-    let (taps, pixels) = (conv.taps(), conv.pixels());
+    let (taps, pixels, group) = (conv.taps(), conv.pixels(), conv.group());
     let weight_len = conv.out_channels * taps;
     let chunk_sums: Vec<Vec<f32>> = xv
         .par_chunks((conv.image_len() * IMAGES_PER_CHUNK).max(1))
         .zip(gv.par_chunks((conv.output_len() * IMAGES_PER_CHUNK).max(1)))
         .map(|(images, dys)| {
             let mut sum = vec![0f32; weight_len];
-            let mut col = vec![0f32; taps * pixels];
-            for (image, dy) in images
-                .chunks(conv.image_len().max(1))
-                .zip(dys.chunks(conv.output_len().max(1)))
+            let mut col = vec![0f32; taps * pixels * group];
+            let mut wide = vec![0f32; conv.output_len() * group];
+            for (images, dy) in images
+                .chunks((conv.image_len() * group).max(1))
+                .zip(dys.chunks((conv.output_len() * group).max(1)))
             {
-                conv.im2col(image, &mut col);
+                let width = conv.im2col(images, &mut col);
+                conv.gather(dy, &mut wide);
                 gemm(
                     conv.out_channels,
                     taps,
-                    pixels,
+                    width,
                     &mut sum,
                     true,
-                    dy,
-                    (pixels, 1),
+                    &wide,
+                    (width, 1),
                     &col,
-                    (1, pixels),
+                    (1, width),
                 );
             }
             sum

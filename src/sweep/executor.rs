@@ -108,6 +108,9 @@ pub(super) struct Executor<'a> {
     store: &'a Store,
     /// Models loaded so far, by index in the plan.
     loaded: RefCell<HashMap<usize, Rc<Loaded>>>,
+    /// Clean predictions of model `index` on the first `n` test images, by (index, n): every
+    /// cell of a target compares against the same ones.
+    clean: RefCell<HashMap<(usize, usize), Rc<Vec<i64>>>>,
     outcome: RefCell<Outcome>,
 }
 
@@ -147,6 +150,7 @@ impl<'a> Executor<'a> {
             plan,
             store,
             loaded: RefCell::new(HashMap::new()),
+            clean: RefCell::new(HashMap::new()),
             outcome: RefCell::new(Outcome::default()),
         }
     }
@@ -305,6 +309,24 @@ impl<'a> Executor<'a> {
         let loaded = Rc::new(Loaded::new(checkpoint, self.context.grad));
         self.loaded.borrow_mut().insert(index, loaded.clone());
         Ok(loaded)
+    }
+
+    /// Model `index`'s clean predictions on the first `n` test images, computed once.
+    fn clean_predictions(&self, index: usize, n: usize) -> Result<Rc<Vec<i64>>> {
+        if let Some(p) = self.clean.borrow().get(&(index, n)) {
+            return Ok(p.clone());
+        }
+        let predictions = Rc::new(transfer::clean_predictions(
+            &self.model(index)?.classifier,
+            &self.context.test,
+            n,
+            self.context.batch_size,
+            self.device(),
+        ));
+        self.clean
+            .borrow_mut()
+            .insert((index, n), predictions.clone());
+        Ok(predictions)
     }
 
     fn training(&self) -> Result<&(ModelRef, DataChoice)> {
@@ -466,10 +488,11 @@ impl<'a> Executor<'a> {
             }
             let target_model = self.model(target)?;
             let target_spec = self.spec(target);
-            let metrics = transfer::evaluate(
+            let metrics = transfer::evaluate_against(
                 &target_model.classifier,
                 &set,
                 &self.context.test,
+                &self.clean_predictions(target, set.len())?,
                 self.context.batch_size,
                 self.device(),
             )?;
@@ -496,10 +519,11 @@ impl<'a> Executor<'a> {
     /// One Figure 3 point: the model attacked by itself.
     fn eps_steps(&self, model: usize, config: &AttackConfig, path: &Path) -> Result<String> {
         let set = self.craft(model, None, config)?;
-        let metrics = transfer::evaluate(
+        let metrics = transfer::evaluate_against(
             &self.model(model)?.classifier,
             &set,
             &self.context.test,
+            &self.clean_predictions(model, set.len())?,
             self.context.batch_size,
             self.device(),
         )?;

@@ -340,11 +340,45 @@ pub fn evaluate_pair(
     })
 }
 
+/// `target`'s predictions on the first `n` images of `originals` (clean): what every cell of
+/// that target compares against, so a caller evaluating many sets on one target computes them
+/// once ([`evaluate_against`]).
+pub fn clean_predictions(
+    target: &Classifier,
+    originals: &Images,
+    n: usize,
+    batch_size: usize,
+    device: &Device,
+) -> Vec<i64> {
+    let indices: Vec<usize> = (0..n.min(originals.len())).collect();
+    let (clean, _) = originals.batch(&indices, device);
+    let shape = [
+        indices.len(),
+        originals.channels,
+        originals.height,
+        originals.width,
+    ];
+    predictions(target, &host(clean), shape, batch_size, device)
+}
+
 /// Evaluates `set` (made from the first images of `originals`) on `target`.
 pub fn evaluate(
     target: &Classifier,
     set: &AdversarialSet,
     originals: &Images,
+    batch_size: usize,
+    device: &Device,
+) -> Result<CellMetrics> {
+    let clean = clean_predictions(target, originals, set.len(), batch_size, device);
+    evaluate_against(target, set, originals, &clean, batch_size, device)
+}
+
+/// [`evaluate`] with `target`'s clean predictions on at least the set's images given.
+pub fn evaluate_against(
+    target: &Classifier,
+    set: &AdversarialSet,
+    originals: &Images,
+    clean_predictions: &[i64],
     batch_size: usize,
     device: &Device,
 ) -> Result<CellMetrics> {
@@ -371,7 +405,7 @@ pub fn evaluate(
     let indices: Vec<usize> = (0..n).collect();
     let (clean, _) = originals.batch(&indices, device);
     let clean = host(clean);
-    let clean_pred = predictions(target, &clean, set.shape, batch_size, device);
+    let clean_pred = &clean_predictions[..n];
     let adv_pred = predictions(target, &set.images, set.shape, batch_size, device);
     let per_image = set.shape[1] * set.shape[2] * set.shape[3];
     let (mut abs_sum, mut l0, mut l2, mut linf) = (0.0f64, 0usize, 0.0f64, 0.0f64);
@@ -408,7 +442,7 @@ pub fn evaluate(
     let n_f = n as f64;
     Ok(CellMetrics {
         images: n,
-        clean_accuracy: correct(&clean_pred) as f64 / n_f,
+        clean_accuracy: correct(clean_pred) as f64 / n_f,
         adversarial_accuracy: correct(&adv_pred) as f64 / n_f,
         adversarial_accuracy_ci: bootstrap_interval(&adv_right),
         success_rate: flipped as f64 / was_right.iter().filter(|r| **r).count().max(1) as f64,
