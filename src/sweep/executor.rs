@@ -102,6 +102,9 @@ pub(super) struct Outcome {
     pub files: Vec<PathBuf>,
 }
 
+/// A model's predictions on the first test images.
+type Predictions = Rc<Vec<i64>>;
+
 pub(super) struct Executor<'a> {
     context: &'a Context<'a>,
     plan: &'a Plan,
@@ -110,7 +113,7 @@ pub(super) struct Executor<'a> {
     loaded: RefCell<HashMap<usize, Rc<Loaded>>>,
     /// Clean predictions of model `index` on the first `n` test images, by (index, n): every
     /// cell of a target compares against the same ones.
-    clean: RefCell<HashMap<(usize, usize), Rc<Vec<i64>>>>,
+    clean: RefCell<HashMap<(usize, usize), Predictions>>,
     outcome: RefCell<Outcome>,
 }
 
@@ -312,7 +315,7 @@ impl<'a> Executor<'a> {
     }
 
     /// Model `index`'s clean predictions on the first `n` test images, computed once.
-    fn clean_predictions(&self, index: usize, n: usize) -> Result<Rc<Vec<i64>>> {
+    fn clean_predictions(&self, index: usize, n: usize) -> Result<Predictions> {
         if let Some(p) = self.clean.borrow().get(&(index, n)) {
             return Ok(p.clone());
         }
