@@ -45,7 +45,12 @@ fn values(t: &FlexTensor) -> &[f32] {
 }
 
 /// dst (m x n, row-major) = a (m x k) * b (k x n), or dst += when `accumulate`; the strides
-/// say how each operand is laid out (row stride, column stride).
+/// say how each operand is laid out (row stride, column stride). Single-threaded (callers
+/// spread images over rayon), so the result does not depend on the thread count.
+///
+/// Two GEMM crates, by depth: on the 2-core test machine `matrixmultiply` runs 36–47 GFLOP/s
+/// per core on LeNet5's conv1 shapes (k = 50 or 500) where `gemm` (the one burn-flex uses)
+/// runs 27–29 at every shape; at k of 20–25 (a first convolution) `gemm` is twice as fast.
 #[allow(clippy::too_many_arguments)]
 fn gemm(
     m: usize,
@@ -61,30 +66,64 @@ fn gemm(
     assert!(dst.len() >= m * n);
     assert!(m == 0 || k == 0 || a.len() > (m - 1) * a_strides.0 + (k - 1) * a_strides.1);
     assert!(k == 0 || n == 0 || b.len() > (k - 1) * b_strides.0 + (n - 1) * b_strides.1);
+    let beta = if accumulate { 1.0 } else { 0.0 };
     // SAFETY: the asserts keep every index the strides reach inside the slices; dst is
     // written only through its own exclusive borrow.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_strides.1 as isize,
-            a_strides.0 as isize,
-            b.as_ptr(),
-            b_strides.1 as isize,
-            b_strides.0 as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
+        if k >= 48 {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                a_strides.0 as isize,
+                a_strides.1 as isize,
+                b.as_ptr(),
+                b_strides.0 as isize,
+                b_strides.1 as isize,
+                beta,
+                dst.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        } else {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                accumulate,
+                a.as_ptr(),
+                a_strides.1 as isize,
+                a_strides.0 as isize,
+                b.as_ptr(),
+                b_strides.1 as isize,
+                b_strides.0 as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    }
+}
+
+/// `dst` = `src` for the short runs im2col copies (8 to 32 values in LeNet5): in blocks of
+/// 8, whose fixed size compiles to register moves where `copy_from_slice` of a run-time length
+/// is a `memcpy` call per run.
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    let mut blocks = dst.chunks_exact_mut(8);
+    let mut sources = src.chunks_exact(8);
+    for (d, s) in (&mut blocks).zip(&mut sources) {
+        d.copy_from_slice(s);
+    }
+    for (d, s) in blocks.into_remainder().iter_mut().zip(sources.remainder()) {
+        *d = *s;
     }
 }
 
@@ -238,7 +277,7 @@ impl Conv {
                 let start = row * width + offset;
                 let dst = &mut col[start + range.start..start + range.end];
                 if stride == 1 {
-                    dst.copy_from_slice(&image[input..input + dst.len()]);
+                    copy_run(dst, &image[input..input + dst.len()]);
                 } else {
                     for (k, d) in dst.iter_mut().enumerate() {
                         *d = image[input + k * stride];
