@@ -113,6 +113,17 @@ def deepfool(model, x0, y, overshoot=0.02, max_iterations=50, slack=1e-4, floor=
     return place(total)
 
 
+def foolbox_deepfool(model, x, y):
+    """Foolbox 3.3.4's L2 DeepFool with advcomp's settings: all 10 classes as candidates,
+    overshoot 0.02, at most 50 steps, images in [0, 1]."""
+    import foolbox
+
+    fmodel = foolbox.PyTorchModel(model, bounds=(0, 1))
+    attack = foolbox.attacks.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02)
+    _, clipped, _ = attack(fmodel, x, y, epsilons=None)
+    return clipped.detach()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--weights", required=True)
@@ -123,7 +134,11 @@ def main():
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--eps", type=float, default=0.02)
     parser.add_argument("--steps", type=int, default=12)
+    # foolbox: Foolbox's batched L2DeepFoolAttack on the same model (deepfool only).
+    parser.add_argument("--library", choices=["pytorch", "foolbox"], default="pytorch")
     args = parser.parse_args()
+    if args.library == "foolbox" and args.work != "deepfool":
+        parser.error("--library foolbox runs deepfool only")
     torch.set_num_threads(args.threads)
 
     model = LeNet5()
@@ -143,6 +158,8 @@ def main():
         if args.work == "eval":
             with torch.no_grad():
                 outputs.append(model(x).argmax(1))
+        elif args.work == "deepfool" and args.library == "foolbox":
+            outputs.append(foolbox_deepfool(model, x, y))
         elif args.work == "deepfool":
             outputs.append(deepfool(model, x, y))
         else:
@@ -157,6 +174,7 @@ def main():
         "seconds": seconds,
         "images_per_second": len(y_all) / seconds,
         "torch": torch.__version__,
+        "library": args.library,
     }
     if args.work == "eval":
         result["accuracy"] = (torch.cat(outputs) == y_all).float().mean().item()

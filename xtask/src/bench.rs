@@ -42,6 +42,34 @@ struct Options {
     /// advcomp alone, without installing or running PyTorch.
     #[arg(long)]
     no_pytorch: bool,
+    /// What to compare with: a plain PyTorch loop with advcomp's definitions, or Foolbox
+    /// 3.3.4's batched L2DeepFoolAttack on the same PyTorch model (deepfool only).
+    #[arg(long, value_enum, default_value_t = Alternative::Pytorch)]
+    alternative: Alternative,
+}
+
+/// The tool advcomp is timed against.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Alternative {
+    Pytorch,
+    Foolbox,
+}
+
+impl Alternative {
+    fn name(self) -> &'static str {
+        match self {
+            Alternative::Pytorch => "PyTorch",
+            Alternative::Foolbox => "Foolbox",
+        }
+    }
+
+    /// The Python modules it needs, as pip installs them.
+    fn packages(self) -> &'static [&'static str] {
+        match self {
+            Alternative::Pytorch => &["torch", "safetensors", "numpy"],
+            Alternative::Foolbox => &["torch", "safetensors", "numpy", "foolbox==3.3.4"],
+        }
+    }
 }
 
 fn root() -> PathBuf {
@@ -63,6 +91,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
     let mut options = Options::parse_from(
         std::iter::once("cargo xtask bench".to_string()).chain(args.iter().cloned()),
     );
+    if options.alternative == Alternative::Foolbox && options.works.iter().any(|w| w != "deepfool")
+    {
+        return Err("--alternative foolbox: Foolbox is compared on --works deepfool only".into());
+    }
     let weights = options
         .weights
         .get_or_insert_with(|| root().join("tests/data/models/lenet5.safetensors"));
@@ -75,13 +107,18 @@ fn parse(args: &[String]) -> Result<Options, String> {
     Ok(options)
 }
 
-/// The venv the benchmark keeps PyTorch in (`target/bench-venv`), made on first use.
-fn pytorch_python() -> Result<PathBuf, String> {
+/// The venv the benchmark keeps PyTorch (and Foolbox) in (`target/bench-venv`), made on
+/// first use.
+fn pytorch_python(alternative: Alternative) -> Result<PathBuf, String> {
     let venv = root().join("target/bench-venv");
     let python = venv.join("bin/python");
+    let import = match alternative {
+        Alternative::Pytorch => "import torch, safetensors, numpy",
+        Alternative::Foolbox => "import torch, safetensors, numpy, foolbox",
+    };
     let has_torch = |python: &Path| {
         Command::new(python)
-            .args(["-c", "import torch, safetensors, numpy"])
+            .args(["-c", import])
             .output()
             .is_ok_and(|o| o.status.success())
     };
@@ -89,7 +126,8 @@ fn pytorch_python() -> Result<PathBuf, String> {
         return Ok(python);
     }
     eprintln!(
-        "bench: installing PyTorch, safetensors and numpy into {} (once; a large download)",
+        "bench: installing {} into {} (once; a large download)",
+        alternative.packages().join(", "),
         venv.display()
     );
     let run = |program: &Path, args: &[&str]| -> Result<(), String> {
@@ -107,27 +145,22 @@ fn pytorch_python() -> Result<PathBuf, String> {
             ))
         }
     };
-    run(
-        Path::new("python3"),
-        &["-m", "venv", venv.to_str().unwrap()],
-    )?;
-    run(
-        &python,
-        &[
-            "-m",
-            "pip",
-            "install",
-            "--progress-bar",
-            "on",
-            "torch",
-            "safetensors",
-            "numpy",
-        ],
-    )?;
+    if !python.exists() {
+        run(
+            Path::new("python3"),
+            &["-m", "venv", venv.to_str().unwrap()],
+        )?;
+    }
+    let mut install = vec!["-m", "pip", "install", "--progress-bar", "on"];
+    install.extend(alternative.packages());
+    run(&python, &install)?;
     if has_torch(&python) {
         Ok(python)
     } else {
-        Err("PyTorch installed but does not import".into())
+        Err(format!(
+            "{} installed but does not import",
+            alternative.name()
+        ))
     }
 }
 
@@ -213,7 +246,8 @@ fn pytorch_run(
             .args(["--work", work])
             .args(["--images", &images.to_string()])
             .args(["--batch", &batch.to_string()])
-            .args(["--threads", &threads.to_string()]),
+            .args(["--threads", &threads.to_string()])
+            .args(["--library", &options.alternative.name().to_lowercase()]),
     )
 }
 
@@ -266,6 +300,7 @@ fn agree((a, a_l2): (f64, Option<f64>), (b, b_l2): (f64, Option<f64>)) -> bool {
 
 pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
     let options = parse(args)?;
+    let alternative = options.alternative.name();
     let status = Command::new(super::cargo())
         .args(["build", "--package", "advcomp", "--bin", "advcomp"])
         .status()
@@ -279,10 +314,13 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
     let binary = target.join("debug/advcomp");
     let python = match options.no_pytorch {
         true => None,
-        false => match pytorch_python() {
+        false => match pytorch_python(options.alternative) {
             Ok(python) => Some(python),
             Err(problem) => {
-                eprintln!("bench: no PyTorch to compare with ({problem}); advcomp alone");
+                eprintln!(
+                    "bench: no {} to compare with ({problem}); advcomp alone",
+                    options.alternative.name()
+                );
                 None
             }
         },
@@ -305,9 +343,11 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
     );
     let mut header = "| work | batch | images | advcomp | cpu/wall |".to_string();
     for t in &options.threads {
-        header.push_str(&format!(" PyTorch {t} thr |"));
+        header.push_str(&format!(" {alternative} {t} thr |"));
     }
-    header.push_str(" advcomp / best PyTorch | advcomp result | PyTorch result | load avg |");
+    header.push_str(&format!(
+        " advcomp / best {alternative} | advcomp result | {alternative} result | load avg |"
+    ));
     println!("{header}");
     println!("|{}", " --- |".repeat(header.matches('|').count() - 1));
     let mut adapter = None;
@@ -364,7 +404,7 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
                 && !agree(ours_result, theirs)
             {
                 disagreements.push(format!(
-                    "{work} batch {batch}: advcomp {}, PyTorch {}",
+                    "{work} batch {batch}: advcomp {}, {alternative} {}",
                     describe(ours_result),
                     describe(theirs)
                 ));
@@ -384,12 +424,15 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
         }
     }
     println!(
-        "advcomp: backend cpu, adapter {}; PyTorch: {}",
+        "advcomp: backend cpu, adapter {}; {alternative}: {}",
         adapter.unwrap_or_else(|| "?".into()),
-        python
-            .as_ref()
-            .map_or("not run".into(), |_| "plain loop, torch.set_num_threads(N)"
-                .to_string())
+        match (&python, options.alternative) {
+            (None, _) => "not run",
+            (Some(_), Alternative::Pytorch) => "plain loop, torch.set_num_threads(N)",
+            (Some(_), Alternative::Foolbox) => {
+                "L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02), torch.set_num_threads(N)"
+            }
+        }
     );
     if !disagreements.is_empty() {
         return Err(format!(
