@@ -215,6 +215,28 @@ impl Conv {
             .filter(|&i| i < size)
     }
 
+    /// Stride 1, no padding, no dilation: every output row reads one unbroken run of inputs.
+    fn is_plain(&self) -> bool {
+        self.stride == [1, 1] && self.padding == [0, 0] && self.dilation == [1, 1]
+    }
+
+    /// [`Conv::walk`] for a plain convolution, without its bounds work: `f(tap row, output
+    /// row, input offset of the run)` for every run of `out_width` inputs.
+    fn plain_rows(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let [kh, kw] = self.kernel;
+        for c in 0..self.in_channels {
+            for i in 0..kh {
+                for j in 0..kw {
+                    let row = (c * kh + i) * kw + j;
+                    let first = (c * self.height + i) * self.width + j;
+                    for oy in 0..self.out_height {
+                        f(row, oy, first + oy * self.width);
+                    }
+                }
+            }
+        }
+    }
+
     /// Calls `f(tap row, column range in that row, input offset of its first pixel)` for every
     /// run of output pixels of one output row that read consecutive inputs (stride 1) or
     /// single pixels, so im2col and col2im share one walk. Pixels outside the input are
@@ -273,6 +295,16 @@ impl Conv {
         }
         for (i, image) in images.chunks(self.image_len().max(1)).enumerate() {
             let offset = i * self.pixels();
+            if self.is_plain() {
+                self.plain_rows(|row, oy, input| {
+                    let start = row * width + offset + oy * self.out_width;
+                    copy_run(
+                        &mut col[start..start + self.out_width],
+                        &image[input..input + self.out_width],
+                    );
+                });
+                continue;
+            }
             self.walk(|row, range, input, stride| {
                 let start = row * width + offset;
                 let dst = &mut col[start + range.start..start + range.end];
@@ -293,6 +325,19 @@ impl Conv {
         let width = images.len() / self.image_len().max(1) * self.pixels();
         for (i, image) in images.chunks_mut(self.image_len().max(1)).enumerate() {
             let offset = i * self.pixels();
+            if self.is_plain() {
+                let ow = self.out_width;
+                self.plain_rows(|row, oy, input| {
+                    let start = row * width + offset + oy * ow;
+                    for (d, s) in image[input..input + ow]
+                        .iter_mut()
+                        .zip(&col[start..start + ow])
+                    {
+                        *d += s;
+                    }
+                });
+                continue;
+            }
             self.walk(|row, range, input, stride| {
                 let start = row * width + offset;
                 let src = &col[start + range.start..start + range.end];
@@ -537,6 +582,12 @@ impl Pool {
     /// column); the first of equal values wins and the first NaN wins over any number, as in
     /// PyTorch. The common 2x2 and 3x3 windows get their own unrolled copies of the loop.
     fn plane(&self, x: &[f32], out: &mut [f32], index: Option<&mut [i64]>) {
+        if self.kernel == [2, 2] && self.stride == [2, 2] {
+            return match index {
+                Some(index) => self.plane_2x2::<true>(x, out, index),
+                None => self.plane_2x2::<false>(x, out, &mut []),
+            };
+        }
         match (self.kernel, index) {
             ([2, 2], Some(index)) => self.plane_of::<2, 2, true>(x, out, index),
             ([2, 2], None) => self.plane_of::<2, 2, false>(x, out, &mut []),
@@ -544,6 +595,34 @@ impl Pool {
             ([3, 3], None) => self.plane_of::<3, 3, false>(x, out, &mut []),
             (_, Some(index)) => self.plane_of::<0, 0, true>(x, out, index),
             (_, None) => self.plane_of::<0, 0, false>(x, out, &mut []),
+        }
+    }
+
+    /// [`Pool::plane`] for LeNet5's 2x2 windows at stride 2, on row pairs split into
+    /// non-overlapping pairs of columns (no index arithmetic or bounds checks per value).
+    fn plane_2x2<const INDEX: bool>(&self, x: &[f32], out: &mut [f32], index: &mut [i64]) {
+        let w = self.shape[3];
+        let ow = self.out_width;
+        for (oy, out_row) in out.chunks_exact_mut(ow).enumerate() {
+            let top = &x[2 * oy * w..][..2 * ow];
+            let bottom = &x[(2 * oy + 1) * w..][..2 * ow];
+            for (ox, ((out, t), b)) in out_row
+                .iter_mut()
+                .zip(top.chunks_exact(2))
+                .zip(bottom.chunks_exact(2))
+                .enumerate()
+            {
+                let (mut max, mut best) = (t[0], 0);
+                for (v, at) in [(t[1], 1), (b[0], w), (b[1], w + 1)] {
+                    let take = ((v > max) | v.is_nan()) & !max.is_nan();
+                    max = if take { v } else { max };
+                    best = if take { at } else { best };
+                }
+                *out = max;
+                if INDEX {
+                    index[oy * ow + ox] = (2 * oy * w + 2 * ox + best) as i64;
+                }
+            }
         }
     }
 
