@@ -661,7 +661,7 @@ fn max_pooling_equals_burns_with_ties_and_lets_nan_win() {
 }
 
 #[test]
-fn cpu_convolution_gives_the_same_bits_on_any_number_of_threads() {
+fn cpu_convolution_and_matrix_product_give_the_same_bits_on_any_number_of_threads() {
     let cpu = backend::cpu().device;
     let options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
     let on = |threads: usize| {
@@ -672,9 +672,82 @@ fn cpu_convolution_gives_the_same_bits_on_any_number_of_threads() {
             .install(|| conv_pass(&cpu, [40, 20, 12, 12], [50, 20, 5, 5], true, &options, true))
     };
     let one = on(1);
+    // The matrix product of a linear layer, forward and both gradients.
+    let product = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let a = random_tensor([70, 800], 7, &cpu).autodiff().require_grad();
+                let b = random_tensor([800, 500], 8, &cpu).autodiff().require_grad();
+                let y = kernels::matmul(a.clone(), b.clone());
+                let r = random_tensor([70, 500], 9, &cpu).autodiff();
+                let grads = (y.clone() * r).sum().backward();
+                vec![
+                    values(y.inner()),
+                    values(a.grad(&grads).unwrap()),
+                    values(b.grad(&grads).unwrap()),
+                ]
+            })
+    };
+    let product_one = product(1);
+    for threads in [2, 3] {
+        for (part, (a, b)) in product_one.iter().zip(&product(threads)).enumerate() {
+            same_bits(&format!("matmul part {part}, 1 vs {threads} threads"), b, a);
+        }
+    }
     for threads in [2, 3] {
         for (part, (a, b)) in one.iter().zip(&on(threads)).enumerate() {
             same_bits(&format!("part {part}, 1 vs {threads} threads"), b, a);
+        }
+    }
+}
+
+#[test]
+fn matrix_product_and_its_gradients_equal_burns_also_on_transposed_views() {
+    for (device_name, device) in devices() {
+        // (a shape, b shape, transpose a, transpose b): a linear layer, a transposed weight (an
+        // ONNX Gemm with transB), a transposed input, and shapes smaller than one block.
+        let cases = [
+            ([70, 800], [800, 500], false, false),
+            ([70, 800], [500, 800], false, true),
+            ([30, 70], [30, 9], true, false),
+            ([1, 3], [3, 1], false, false),
+        ];
+        for (a_shape, b_shape, ta, tb) in cases {
+            let pass = |ours: bool| {
+                let a = random_tensor(a_shape, 10, &device)
+                    .autodiff()
+                    .require_grad();
+                let b = random_tensor(b_shape, 11, &device)
+                    .autodiff()
+                    .require_grad();
+                let a_used = if ta { a.clone().transpose() } else { a.clone() };
+                let b_used = if tb { b.clone().transpose() } else { b.clone() };
+                let y = match ours {
+                    true => kernels::matmul(a_used, b_used),
+                    false => a_used.matmul(b_used),
+                };
+                let r = random_tensor(y.dims(), 12, &device).autodiff();
+                let grads = (y.clone() * r).sum().backward();
+                [
+                    values(y.inner()),
+                    values(a.grad(&grads).unwrap()),
+                    values(b.grad(&grads).unwrap()),
+                ]
+            };
+            let (ours, burn) = (pass(true), pass(false));
+            for (part, (o, b)) in ["product", "a gradient", "b gradient"]
+                .iter()
+                .zip(ours.iter().zip(&burn))
+            {
+                close(
+                    &format!("{a_shape:?}·{b_shape:?} ({ta}, {tb}) on {device_name}: {part}"),
+                    o,
+                    b,
+                );
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 //!   gradient unchanged.
 //! - `apply_mask`: the gradient of the masked weight goes to the dense weight unchanged, so
 //!   pruned weights keep learning and can come back (DNS); the mask gets none.
-//! - `conv2d` and `max_pool2d`: the gradient of each tracked input only (an attack's model
+//! - `conv2d`, `matmul` and `max_pool2d`: the gradient of each tracked input only (an attack's model
 //!   weights are not tracked, so an attack computes no weight gradients).
 //! - `dns_update`, `fixed_point_ste`, `attack_step` and the convolution's and pooling's own
 //!   backward ops are not differentiated (their outputs are constants).
@@ -87,6 +87,26 @@ impl<B: Backend + KernelOps, const N: usize> Backward<B, N> for ConvBackward {
                 _ => B::conv2d_bias_backward(x, bias.clone().expect("a bias"), grad),
             };
             grads.register::<B>(parent.id, input_grad);
+        }
+    }
+}
+
+/// a · b: the gradient of a is g · bᵀ, of b aᵀ · g (for tracked inputs only).
+#[derive(Debug)]
+struct MatmulBackward;
+
+impl<B: Backend + KernelOps> Backward<B, 2> for MatmulBackward {
+    type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (a, b) = ops.state;
+        let [a_node, b_node] = ops.parents;
+        if let Some(node) = a_node {
+            grads.register::<B>(node.id, B::matmul(grad.clone(), B::float_transpose(b)));
+        }
+        if let Some(node) = b_node {
+            grads.register::<B>(node.id, B::matmul(B::float_transpose(a), grad));
         }
     }
 }
@@ -256,6 +276,22 @@ impl<B: Backend + KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C>
             output_grad.into_primitive(),
             options,
         ))
+    }
+
+    fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (a, a_node) = a.into_parts();
+        let (b, b_node) = b.into_parts();
+        match MatmulBackward
+            .prepare::<C>([a_node, b_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (a.clone(), b.clone());
+                prep.finish(state, B::matmul(a, b))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::matmul(a, b)),
+        }
     }
 
     fn max_pool(x: FloatTensor<Self>, options: MaxPoolOptions<2>) -> FloatTensor<Self> {

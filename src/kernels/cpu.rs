@@ -14,7 +14,7 @@
 //! pooling, other dtypes) go to Flex's own implementation: see [`Conv::of`], [`Pool::of`].
 
 use burn::backend::flex::{FlexTensor, Layout};
-use burn::backend::ops::ModuleOps;
+use burn::backend::ops::{FloatTensorOps, ModuleOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{DType, Flex, IntDType, Shape};
 use burn::tensor::Bytes;
@@ -742,6 +742,66 @@ pub(super) fn max_pool2d_backward(pool: Pool, grad: &FlexTensor, index: &FlexTen
     f32_tensor(dx, &pool.shape)
 }
 
+/// A 2D f32 tensor as (values from its first element, row stride, column stride), without a
+/// copy where its layout has positive strides (a transposed view, say); `None` otherwise.
+fn matrix(t: &FlexTensor) -> Option<(&[f32], (usize, usize))> {
+    let layout = t.layout();
+    let strides = layout.strides();
+    if t.dtype() != DType::F32 || strides.len() != 2 || strides.iter().any(|&s| s < 1) {
+        return None;
+    }
+    let storage: &[f32] = t.storage();
+    let values = storage.get(layout.start_offset()..)?;
+    Some((values, (strides[0] as usize, strides[1] as usize)))
+}
+
+/// a [m, k] · b [k, n], blocks of rows of the product spread over rayon's pool.
+pub(super) fn matmul(a: &FlexTensor, b: &FlexTensor) -> Option<FlexTensor> {
+    let (a_shape, b_shape) = (a.layout().shape(), b.layout().shape());
+    if a_shape.num_dims() != 2 || b_shape.num_dims() != 2 || a_shape[1] != b_shape[0] {
+        return None;
+    }
+    let (m, k, n) = (a_shape[0], a_shape[1], b_shape[1]);
+    let (a_contiguous, b_contiguous);
+    let (av, a_strides) = match matrix(a) {
+        Some(view) => view,
+        None => {
+            a_contiguous = contiguous(a);
+            (values(&a_contiguous), (k, 1))
+        }
+    };
+    let (bv, b_strides) = match matrix(b) {
+        Some(view) => view,
+        None => {
+            b_contiguous = contiguous(b);
+            (values(&b_contiguous), (n, 1))
+        }
+    };
+    // One block of rows per thread: every block packs all of b, so fewer, larger blocks. Each
+    // element is still one GEMM call's sum over all of k, in the same order for any blocking,
+    // so the result does not depend on the thread count (tested).
+    let rows_per_task = m.div_ceil(rayon::current_num_threads()).max(1);
+    let mut out = vec![0f32; m * n];
+    out.par_chunks_mut((rows_per_task * n).max(1))
+        .enumerate()
+        .for_each(|(block, dst)| {
+            let rows = dst.len() / n.max(1);
+            let first = block * rows_per_task * a_strides.0;
+            gemm(
+                rows,
+                n,
+                k,
+                dst,
+                false,
+                &av[first..],
+                a_strides,
+                bv,
+                b_strides,
+            );
+        });
+    Some(f32_tensor(out, &[m, n]))
+}
+
 /// Elements per rayon task of the elementwise ops.
 const ELEMENTS_PER_TASK: usize = 1 << 15;
 
@@ -865,6 +925,12 @@ impl KernelOps for Flex {
             None => {
                 <Flex as ModuleOps<Flex>>::conv2d_weight_backward(x, weight, output_grad, options)
             }
+        }
+    }
+    fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        match matmul(&a, &b) {
+            Some(product) => product,
+            None => <Flex as FloatTensorOps<Flex>>::float_matmul(a, b),
         }
     }
     fn max_pool(x: FloatTensor<Self>, options: MaxPoolOptions<2>) -> FloatTensor<Self> {

@@ -1,13 +1,14 @@
 //! advcomp's kernels as a burn backend extension: fixed-point fake quantisation, the pruning
-//! mask, the DNS mask update, the fused step of the iterative attacks, and the convolution and
-//! max pooling every model runs through.
+//! mask, the DNS mask update, the fused step of the iterative attacks, and the convolution,
+//! matrix product and max pooling every model runs through.
 //!
 //! One trait, [`KernelOps`], with three implementations:
 //! - the cubecl backend (wgpu) launches the hand-written WGSL in `shaders/` on the tensors' own
-//!   device buffers, and burn's own convolution and pooling (`wgsl.rs`);
+//!   device buffers, and burn's own convolution, matrix product and pooling (`wgsl.rs`);
 //! - the Flex CPU backend runs a reference built from ordinary tensor ops (`reference.rs`), the
-//!   definition the WGSL is tested against, bit for bit, and its own im2col + GEMM convolution
-//!   and max pooling (`cpu.rs`: Flex's are several times slower at these shapes);
+//!   definition the WGSL is tested against, bit for bit, and its own im2col + GEMM convolution,
+//!   matrix product and max pooling (`cpu.rs`: Flex's are several times slower at these
+//!   shapes);
 //! - `Autodiff<B>` adds the backward passes (`autodiff.rs`): straight-through (STE) or identity
 //!   (BPDA) for the quantiser, identity to the dense weights for the mask (DNS lets pruned
 //!   weights recover), none for the mask update and the attack step; convolution and pooling
@@ -279,6 +280,8 @@ pub trait KernelOps: Backend {
         output_grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self>;
+    /// The matrix product a [m, k] · b [k, n].
+    fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
     /// 2D max pooling, as burn's `max_pool2d`.
     fn max_pool(x: FloatTensor<Self>, options: MaxPoolOptions<2>) -> FloatTensor<Self>;
     /// Max pooling and, per output, the index of its maximum in the input plane.
@@ -308,6 +311,15 @@ pub fn conv2d(
         Some(bias) => <Dispatch as KernelOps>::conv_bias(x, weight, bias.into_dispatch(), options),
         None => <Dispatch as KernelOps>::conv(x, weight, options),
     })
+}
+
+/// The matrix product a [m, k] · b [k, n] (burn's `matmul` on matrices), differentiable, fast
+/// on every backend.
+pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as KernelOps>::matmul(
+        a.into_dispatch(),
+        b.into_dispatch(),
+    ))
 }
 
 /// 2D max pooling (burn's `max_pool2d`, same arguments), differentiable, fast on every backend.

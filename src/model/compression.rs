@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{ModuleMapper, ModuleVisitor, Param};
 use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
@@ -17,12 +17,6 @@ use serde::{Deserialize, Serialize};
 use super::Network;
 use crate::kernels::{self, FixedPoint, QuantGrad};
 use crate::{Error, Result};
-
-/// A parameter holding a tensor computed from other parameters. `Param::initialized` leaves
-/// the tensor as it is (`Param::from_tensor` would make it a new leaf and cut the gradient).
-fn derived<const D: usize>(tensor: Tensor<D>) -> Param<Tensor<D>> {
-    Param::initialized(ParamId::new(), tensor)
-}
 
 /// A pruning mask for one layer's weight: 1.0 kept, 0.0 pruned, in burn's layout of the weight
 /// (`shape`), stored flat.
@@ -273,19 +267,22 @@ impl Compression {
         kernels::conv2d(x, self.weight(layer, weight), bias, options)
     }
 
-    /// `layer`'s linear map with its compressed weight and bias.
+    /// `layer`'s linear map x · W + b with its compressed weight and bias, through advcomp's
+    /// matrix product.
     pub(crate) fn linear(&self, layer: &str, fc: &Linear, x: Tensor<2>) -> Tensor<2> {
-        if self.is_none() {
-            return fc.forward(x);
-        }
-        let compressed = Linear {
-            weight: derived(self.weight(layer, fc.weight.val())),
-            bias: fc
-                .bias
-                .as_ref()
-                .map(|b| derived(self.quantise_weight(b.val()))),
+        let (weight, bias) = (fc.weight.val(), fc.bias.as_ref().map(|b| b.val()));
+        let (weight, bias) = match self.is_none() {
+            true => (weight, bias),
+            false => (
+                self.weight(layer, weight),
+                bias.map(|b| self.quantise_weight(b)),
+            ),
         };
-        compressed.forward(x)
+        let y = kernels::matmul(x, weight);
+        match bias {
+            Some(b) => y + b.unsqueeze::<2>(),
+            None => y,
+        }
     }
 
     /// The record for a checkpoint's metadata; densities are counted from the masks.

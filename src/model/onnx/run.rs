@@ -4,7 +4,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{leaky_relu, relu, sigmoid, tanh};
 use burn::tensor::module::avg_pool2d;
 
-use crate::kernels::{conv2d, max_pool2d};
+use crate::kernels::{conv2d, matmul, max_pool2d};
 
 use super::{Binary, Compression, OnnxModel, Op, Operand};
 
@@ -114,7 +114,7 @@ impl OnnxModel {
                     let (_, shape) = &graph.params[*w];
                     let w2: Tensor<2> = weight(*w).reshape([shape[0], shape[1]]);
                     let w2 = if *transposed { w2.transpose() } else { w2 };
-                    let mut y = get(*x).matrix().matmul(w2);
+                    let mut y = matmul(get(*x).matrix(), w2);
                     if let Some(b) = bias {
                         y = y + weight(*b).unsqueeze::<2>();
                     }
@@ -139,7 +139,7 @@ impl OnnxModel {
                     };
                     let a = if *trans_a { a.transpose() } else { a };
                     let b = if *trans_b { b.transpose() } else { b };
-                    let mut y = a.matmul(b);
+                    let mut y = matmul(a, b);
                     if *alpha != 1.0 {
                         y = y * *alpha;
                     }
@@ -153,7 +153,7 @@ impl OnnxModel {
                     }
                     Value::of_matrix(y)
                 }
-                Op::MatMul { a, b } => Value::of_matrix(get(*a).matrix().matmul(get(*b).matrix())),
+                Op::MatMul { a, b } => Value::of_matrix(matmul(get(*a).matrix(), get(*b).matrix())),
                 Op::Binary { kind, a, b } => {
                     let (a, b) = (get(*a), get(*b));
                     let rank = a.rank.max(b.rank);
