@@ -310,6 +310,7 @@ fn attacks_on_a_loaded_checkpoint_are_deterministic() {
     };
     advcomp::model::save_checkpoint(&path, &ModelKind::LeNet5.init(&device), &meta).unwrap();
     let ckpt = advcomp::model::load_checkpoint(&path, None, &Default::default(), &device).unwrap();
+    std::fs::remove_file(&path).unwrap();
     let classifier = ckpt.classifier();
     let test = advcomp::data::load(
         advcomp::data::DatasetKind::Mnist,
@@ -381,4 +382,53 @@ fn used_parameters_name_only_what_the_attack_uses_with_floats_as_written() {
             .validate()
             .is_err()
     );
+}
+
+#[test]
+fn a_frozen_classifier_gives_the_same_logits_and_image_gradients_bit_for_bit() {
+    // Weights masked and quantised once (`frozen`, what attacks and evaluations run) against
+    // compressing them at every forward pass: the same numbers, on a pruned and quantised
+    // LeNet5 with the straight-through gradient.
+    let device = backend::cpu().device;
+    device.seed(21);
+    let mut rng = StdRng::seed_from_u64(22);
+    let mask: Vec<f32> = (0..800 * 500)
+        .map(|_| if rng.random_bool(0.3) { 1.0 } else { 0.0 })
+        .collect();
+    let q = FixedPoint::paper(8).unwrap();
+    // A loaded checkpoint runs in inference mode (no dropout), so gradients are repeatable.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/models/lenet5.safetensors");
+    let ckpt = advcomp::model::load_checkpoint(&path, None, &Default::default(), &device).unwrap();
+    let classifier = Classifier {
+        network: ckpt.network,
+        compression: Compression {
+            masks: [(
+                "fc1".to_string(),
+                advcomp::model::Mask {
+                    values: Tensor::from_data(TensorData::new(mask, [800 * 500]), &device),
+                    shape: vec![800, 500],
+                },
+            )]
+            .into(),
+            weights: Some(q),
+            activations: Some(q),
+            ..Compression::default()
+        },
+    };
+    let frozen = classifier.frozen();
+    assert!(frozen.compression.masks.is_empty() && frozen.compression.weights.is_none());
+    let test = advcomp::data::load(
+        advcomp::data::DatasetKind::Mnist,
+        advcomp::data::Split::Test,
+        None,
+    )
+    .unwrap();
+    let (images, labels) = test.batch(&(0..32).collect::<Vec<_>>(), &device);
+    let logits = |c: &Classifier| host(c.logits(images.clone()).reshape([32 * 10, 1, 1, 1]));
+    assert_eq!(logits(&frozen), logits(&classifier));
+    let gradient = |c: &Classifier| host(attack::loss_gradient(c, &images, &labels));
+    let g = gradient(&classifier);
+    assert!(g.iter().any(|&v| v != 0.0), "the gradient must not vanish");
+    assert_eq!(gradient(&frozen), g);
 }

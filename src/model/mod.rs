@@ -304,6 +304,25 @@ impl Classifier {
     pub fn logits(&self, images: Tensor<4>) -> Tensor<2> {
         self.network.forward_compressed(images, &self.compression)
     }
+
+    /// The same classifier with its weights compressed once (masked and quantised: [`bake`])
+    /// and only the activation quantisers left to run: the same logits, bit for bit (mask
+    /// and q are idempotent), without compressing every weight again at every forward pass.
+    /// For attacks and evaluations, which never differentiate the weights.
+    pub fn frozen(&self) -> Classifier {
+        let compression = &self.compression;
+        if compression.masks.is_empty() && compression.weights.is_none() {
+            return self.clone();
+        }
+        Classifier {
+            network: bake(self.network.clone(), compression),
+            compression: Compression {
+                masks: Default::default(),
+                weights: None,
+                ..compression.clone()
+            },
+        }
+    }
 }
 
 impl Network {

@@ -241,8 +241,15 @@ pub fn attack_throughput(
     let (x, y) = test.batch(&indices, device);
     let mut iterations = 0.0;
     let mut failure = None;
+    // As the sweep attacks: weights compressed once per attack (`Classifier::frozen`).
     let seconds = median_time(device, 1, repeats, || {
-        match attack::attack(&variant.classifier, x.clone(), y.clone(), config, 0) {
+        match attack::attack(
+            &variant.classifier.frozen(),
+            x.clone(),
+            y.clone(),
+            config,
+            0,
+        ) {
             Ok(out) => {
                 iterations =
                     out.iterations.iter().sum::<usize>() as f64 / out.iterations.len() as f64;

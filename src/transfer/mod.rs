@@ -102,6 +102,10 @@ pub fn craft(
     }
     let indices: Vec<usize> = (0..n).collect();
     let start = Instant::now();
+    // Weights compressed once for the whole set, not at every step.
+    let source = &source.frozen();
+    let reference = reference.map(Classifier::frozen);
+    let reference = reference.as_ref();
     let mut images = Vec::new();
     let mut labels = Vec::new();
     let mut iterations = Vec::new();
@@ -272,6 +276,7 @@ fn predictions(
     device: &Device,
 ) -> Vec<i64> {
     let per_image = shape[1] * shape[2] * shape[3];
+    let model = &model.frozen();
     let mut out = Vec::with_capacity(shape[0]);
     for start in (0..shape[0]).step_by(batch.max(1)) {
         let end = (start + batch.max(1)).min(shape[0]);
