@@ -548,6 +548,22 @@ fn convolution_and_its_gradients_equal_burns_on_every_geometry() {
             false,
             ConvOptions::new_with_padding([1, 2], [(0, 2), (1, 0)], [2, 2], 1),
         ),
+        // End-only padding (burn's "same" with an even kernel, ONNX pads like (0, 0, 1, 1)):
+        // plain stride, and strided over more images than one group of the GEMM.
+        (
+            "end-only padding",
+            [3, 2, 6, 6],
+            [3, 2, 2, 2],
+            true,
+            ConvOptions::new_with_padding([1, 1], [(0, 1), (0, 1)], [1, 1], 1),
+        ),
+        (
+            "end-only padding, stride 2, 37 images",
+            [37, 2, 7, 7],
+            [3, 2, 3, 3],
+            true,
+            ConvOptions::new_with_padding([2, 2], [(0, 2), (0, 1)], [1, 1], 1),
+        ),
         (
             "padding wider than the kernel reaches",
             [1, 2, 4, 4],
@@ -679,16 +695,19 @@ fn cpu_convolution_and_matrix_product_give_the_same_bits_on_any_number_of_thread
             .build()
             .unwrap()
             .install(|| {
-                let a = random_tensor([70, 800], 7, &cpu).autodiff().require_grad();
-                let b = random_tensor([800, 500], 8, &cpu).autodiff().require_grad();
-                let y = kernels::matmul(a.clone(), b.clone());
-                let r = random_tensor([70, 500], 9, &cpu).autodiff();
-                let grads = (y.clone() * r).sum().backward();
-                vec![
-                    values(y.inner()),
-                    values(a.grad(&grads).unwrap()),
-                    values(b.grad(&grads).unwrap()),
-                ]
+                // A linear layer (deep products) and a logits layer's shallow ones (k = 10).
+                let mut parts = Vec::new();
+                for (m, k, n) in [(300, 800, 500), (3, 10, 500)] {
+                    let a = random_tensor([m, k], 7, &cpu).autodiff().require_grad();
+                    let b = random_tensor([k, n], 8, &cpu).autodiff().require_grad();
+                    let y = kernels::matmul(a.clone(), b.clone());
+                    let r = random_tensor([m, n], 9, &cpu).autodiff();
+                    let grads = (y.clone() * r).sum().backward();
+                    parts.push(values(y.inner()));
+                    parts.push(values(a.grad(&grads).unwrap()));
+                    parts.push(values(b.grad(&grads).unwrap()));
+                }
+                parts
             })
     };
     let product_one = product(1);

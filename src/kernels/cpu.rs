@@ -1,14 +1,15 @@
-//! The Flex CPU backend's convolution and max pooling, for f32 tensors in NCHW.
+//! The Flex CPU backend's convolution, matrix product, max pooling and quantiser, for f32
+//! tensors (NCHW images).
 //!
 //! Why not Flex's own: at LeNet5's shapes (1 or 20 input channels, 28x28 and 12x12 planes) its
 //! generic 3D paths spend most of their time outside the arithmetic (per-output divisions in
 //! max pooling, the transposed-convolution route of the input gradient); attacks run these
 //! ops a forward and a backward pass per step.
 //!
-//! Convolution is im2col + GEMM one image at a time (the GEMM is the `gemm` crate burn-flex
-//! itself multiplies with), images spread over rayon's pool. Every output element is computed
-//! by one thread in a fixed order, and the weight gradient sums fixed chunks of images in
-//! order, so results do not depend on the number of threads.
+//! Convolution is im2col + GEMM, a group of images per GEMM, groups spread over rayon's pool
+//! (see [`gemm`] for the two GEMM crates). Every output element is computed by one GEMM call in
+//! a fixed order, blocks of work do not depend on the thread count, and the weight gradient
+//! sums fixed chunks of images in order, so results do not depend on the number of threads.
 //!
 //! Shapes these paths do not cover (grouped convolutions, padded, dilated or ceil-mode max
 //! pooling, other dtypes) go to Flex's own implementation: see [`Conv::of`], [`Pool::of`].
@@ -50,7 +51,8 @@ fn values(t: &FlexTensor) -> &[f32] {
 ///
 /// Two GEMM crates, by depth: on the 2-core test machine `matrixmultiply` runs 36–47 GFLOP/s
 /// per core on LeNet5's conv1 shapes (k = 50 or 500) where `gemm` (the one burn-flex uses)
-/// runs 27–29 at every shape; at k of 20–25 (a first convolution) `gemm` is twice as fast.
+/// runs 27–29 at every shape (36–63 on LeNet5's conv1 and fc1 shapes for `matrixmultiply`);
+/// at k of 20–25 (a first convolution) `gemm` is twice as fast.
 #[allow(clippy::too_many_arguments)]
 fn gemm(
     m: usize,
@@ -137,7 +139,10 @@ pub(super) struct Conv {
     out_channels: usize,
     kernel: [usize; 2],
     stride: [usize; 2],
+    /// Padding before the first row and column (what the kernel's offsets start from).
     padding: [usize; 2],
+    /// Whether any side, end included, is padded (im2col then zero-fills).
+    padded: bool,
     dilation: [usize; 2],
     out_height: usize,
     out_width: usize,
@@ -174,6 +179,7 @@ impl Conv {
             kernel: [ws[2], ws[3]],
             stride: options.stride,
             padding: [options.padding[0].0, options.padding[1].0],
+            padded: options.padding != [(0, 0); 2],
             dilation: options.dilation,
             out_height: out(0, xs[2])?,
             out_width: out(1, xs[3])?,
@@ -217,7 +223,7 @@ impl Conv {
 
     /// Stride 1, no padding, no dilation: every output row reads one unbroken run of inputs.
     fn is_plain(&self) -> bool {
-        self.stride == [1, 1] && self.padding == [0, 0] && self.dilation == [1, 1]
+        self.stride == [1, 1] && !self.padded && self.dilation == [1, 1]
     }
 
     /// [`Conv::walk`] for a plain convolution, without its bounds work: `f(tap row, output
@@ -290,7 +296,7 @@ impl Conv {
     fn im2col(&self, images: &[f32], col: &mut [f32]) -> usize {
         let width = images.len() / self.image_len().max(1) * self.pixels();
         let col = &mut col[..self.taps() * width];
-        if self.padding != [0, 0] {
+        if self.padded {
             col.fill(0.0);
         }
         for (i, image) in images.chunks(self.image_len().max(1)).enumerate() {
@@ -579,7 +585,7 @@ impl Pool {
     }
 
     /// The maximum of each window and, with `index`, its index in the plane (row * width +
-    /// column); the first of equal values wins and the first NaN wins over any number, as in
+    /// column); the first of equal values wins and the last NaN wins over any number, as in
     /// PyTorch. The common 2x2 and 3x3 windows get their own unrolled copies of the loop.
     fn plane(&self, x: &[f32], out: &mut [f32], index: Option<&mut [i64]>) {
         if self.kernel == [2, 2] && self.stride == [2, 2] {
@@ -614,7 +620,7 @@ impl Pool {
             {
                 let (mut max, mut best) = (t[0], 0);
                 for (v, at) in [(t[1], 1), (b[0], w), (b[1], w + 1)] {
-                    let take = ((v > max) | v.is_nan()) & !max.is_nan();
+                    let take = (v > max) | v.is_nan();
                     max = if take { v } else { max };
                     best = if take { at } else { best };
                 }
@@ -645,10 +651,10 @@ impl Pool {
                 for i in 0..kh {
                     let row = (y0 + i) * w + x0;
                     for (j, &v) in x[row..row + kw].iter().enumerate() {
-                        // v > max or v is NaN, unless max is already NaN; `|` and `&`, not
-                        // `||` and `&&`, and selects rather than branches: the comparison is
+                        // v > max, or v is NaN (the last NaN wins, as PyTorch's CPU kernel);
+                        // `|`, not `||`, and selects rather than branches: the comparison is
                         // a coin toss, and mispredictions cost more than the arithmetic.
-                        let take = ((v > max) | v.is_nan()) & !max.is_nan();
+                        let take = (v > max) | v.is_nan();
                         max = if take { v } else { max };
                         best = if take { row + j } else { best };
                     }
@@ -742,6 +748,9 @@ pub(super) fn max_pool2d_backward(pool: Pool, grad: &FlexTensor, index: &FlexTen
     f32_tensor(dx, &pool.shape)
 }
 
+/// Rows of a matrix product per rayon task.
+const ROWS_PER_TASK: usize = 128;
+
 /// A 2D f32 tensor as (values from its first element, row stride, column stride), without a
 /// copy where its layout has positive strides (a transposed view, say); `None` otherwise.
 fn matrix(t: &FlexTensor) -> Option<(&[f32], (usize, usize))> {
@@ -761,6 +770,9 @@ pub(super) fn matmul(a: &FlexTensor, b: &FlexTensor) -> Option<FlexTensor> {
     if a_shape.num_dims() != 2 || b_shape.num_dims() != 2 || a_shape[1] != b_shape[0] {
         return None;
     }
+    if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+        return None;
+    }
     let (m, k, n) = (a_shape[0], a_shape[1], b_shape[1]);
     let (a_contiguous, b_contiguous);
     let (av, a_strides) = match matrix(a) {
@@ -777,10 +789,9 @@ pub(super) fn matmul(a: &FlexTensor, b: &FlexTensor) -> Option<FlexTensor> {
             (values(&b_contiguous), (n, 1))
         }
     };
-    // One block of rows per thread: every block packs all of b, so fewer, larger blocks. Each
-    // element is still one GEMM call's sum over all of k, in the same order for any blocking,
-    // so the result does not depend on the thread count (tested).
-    let rows_per_task = m.div_ceil(rayon::current_num_threads()).max(1);
+    // Blocks of 128 rows: every block packs all of b, so few, large blocks; a fixed size, not
+    // one per thread, because a GEMM crate may sum a block of other shape in another order.
+    let rows_per_task = ROWS_PER_TASK;
     let mut out = vec![0f32; m * n];
     out.par_chunks_mut((rows_per_task * n).max(1))
         .enumerate()
@@ -898,7 +909,10 @@ impl KernelOps for Flex {
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        match Conv::of(&x, &weight, &options).filter(|_| bias.dtype() == DType::F32) {
+        let fits = |conv: &Conv| {
+            bias.dtype() == DType::F32 && bias.layout().shape().as_slice() == [conv.out_channels]
+        };
+        match Conv::of(&x, &weight, &options).filter(fits) {
             Some(conv) => conv2d(conv, &x, &weight, Some(&bias)),
             None => <Flex as ModuleOps<Flex>>::conv2d(x, weight, Some(bias), options),
         }
