@@ -23,7 +23,7 @@ use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{FixedPoint, KernelOps, QuantGrad, StepSettings, reference};
+use super::{FixedPoint, KernelOps, QuantGrad, StepSettings, burn_pool, reference};
 
 /// Images per chunk of the weight gradient's sum: fixed, so the summation order is too.
 const IMAGES_PER_CHUNK: usize = 16;
@@ -950,14 +950,7 @@ impl KernelOps for Flex {
     fn max_pool(x: FloatTensor<Self>, options: MaxPoolOptions<2>) -> FloatTensor<Self> {
         match Pool::of(&x, &options) {
             Some(pool) => max_pool2d(pool, &x),
-            None => <Flex as ModuleOps<Flex>>::max_pool2d(
-                x,
-                options.kernel_size,
-                options.stride,
-                options.padding.map(|(begin, _)| begin),
-                options.dilation,
-                options.ceil_mode,
-            ),
+            None => burn_pool::max_pool::<Flex>(x, &options),
         }
     }
     fn max_pool_with_indices(
@@ -966,18 +959,7 @@ impl KernelOps for Flex {
     ) -> (FloatTensor<Self>, IntTensor<Self>) {
         match Pool::of(&x, &options) {
             Some(pool) => max_pool2d_with_indices(pool, &x),
-            None => {
-                let out = <Flex as ModuleOps<Flex>>::max_pool2d_with_indices(
-                    x,
-                    options.kernel_size,
-                    options.stride,
-                    options.padding.map(|(begin, _)| begin),
-                    options.dilation,
-                    options.ceil_mode,
-                    IntDType::I64,
-                );
-                (out.output, out.indices)
-            }
+            None => burn_pool::max_pool_with_indices::<Flex>(x, &options, IntDType::I64),
         }
     }
     fn max_pool_input_grad(
@@ -988,19 +970,7 @@ impl KernelOps for Flex {
     ) -> FloatTensor<Self> {
         match Pool::of(&x, &options).filter(|_| indices.dtype() == DType::I64) {
             Some(pool) => max_pool2d_backward(pool, &output_grad, &indices),
-            None => {
-                <Flex as ModuleOps<Flex>>::max_pool2d_with_indices_backward(
-                    x,
-                    options.kernel_size,
-                    options.stride,
-                    options.padding.map(|(begin, _)| begin),
-                    options.dilation,
-                    options.ceil_mode,
-                    output_grad,
-                    indices,
-                )
-                .x_grad
-            }
+            None => burn_pool::max_pool_input_grad::<Flex>(x, &options, output_grad, indices),
         }
     }
 }

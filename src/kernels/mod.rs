@@ -17,6 +17,7 @@
 //! Kernels know no models or attacks: callers pass tensors and settings.
 
 mod autodiff;
+mod burn_pool;
 mod cpu;
 mod reference;
 mod wgsl;

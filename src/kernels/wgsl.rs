@@ -17,7 +17,7 @@ use cubecl::CubeCount;
 use cubecl::prelude::KernelId;
 use cubecl::server::KernelArguments;
 
-use super::{FixedPoint, KernelOps, QuantGrad, StepRule, StepSettings};
+use super::{FixedPoint, KernelOps, QuantGrad, StepRule, StepSettings, burn_pool};
 
 pub(super) const FIXED_POINT: &str = include_str!("../../shaders/fixed_point.wgsl");
 pub(super) const MASK: &str = include_str!("../../shaders/mask.wgsl");
@@ -247,14 +247,7 @@ impl KernelOps for CubeBackend {
     }
 
     fn max_pool(x: FloatTensor<Self>, options: MaxPoolOptions<2>) -> FloatTensor<Self> {
-        <Self as ModuleOps<Self>>::max_pool2d(
-            x,
-            options.kernel_size,
-            options.stride,
-            options.padding.map(|(begin, _)| begin),
-            options.dilation,
-            options.ceil_mode,
-        )
+        burn_pool::max_pool::<Self>(x, &options)
     }
 
     fn max_pool_with_indices(
@@ -262,16 +255,7 @@ impl KernelOps for CubeBackend {
         options: MaxPoolOptions<2>,
     ) -> (FloatTensor<Self>, IntTensor<Self>) {
         let int_dtype = get_or_init_device_settings::<Self>(&x.device()).int_dtype;
-        let out = <Self as ModuleOps<Self>>::max_pool2d_with_indices(
-            x,
-            options.kernel_size,
-            options.stride,
-            options.padding.map(|(begin, _)| begin),
-            options.dilation,
-            options.ceil_mode,
-            int_dtype,
-        );
-        (out.output, out.indices)
+        burn_pool::max_pool_with_indices::<Self>(x, &options, int_dtype)
     }
 
     fn max_pool_input_grad(
@@ -280,16 +264,6 @@ impl KernelOps for CubeBackend {
         output_grad: FloatTensor<Self>,
         indices: IntTensor<Self>,
     ) -> FloatTensor<Self> {
-        <Self as ModuleOps<Self>>::max_pool2d_with_indices_backward(
-            x,
-            options.kernel_size,
-            options.stride,
-            options.padding.map(|(begin, _)| begin),
-            options.dilation,
-            options.ceil_mode,
-            output_grad,
-            indices,
-        )
-        .x_grad
+        burn_pool::max_pool_input_grad::<Self>(x, &options, output_grad, indices)
     }
 }
