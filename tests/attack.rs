@@ -3,6 +3,7 @@
 //! quantiser.
 
 mod common;
+use common::Scratch;
 
 use advcomp::attack::{self, AttackConfig, AttackKind, Differentiable, GradNorm};
 use advcomp::backend;
@@ -302,15 +303,13 @@ fn attacks_on_a_loaded_checkpoint_are_deterministic() {
     // images, so the same attack gives the same images.
     let device = backend::cpu().device;
     device.seed(13);
-    let path =
-        std::env::temp_dir().join(format!("advcomp-attack-{}.safetensors", std::process::id()));
+    let path = Scratch::path("attack.safetensors");
     let meta = advcomp::model::CheckpointMeta {
         model: "lenet5".into(),
         ..Default::default()
     };
     advcomp::model::save_checkpoint(&path, &ModelKind::LeNet5.init(&device), &meta).unwrap();
     let ckpt = advcomp::model::load_checkpoint(&path, None, &Default::default(), &device).unwrap();
-    std::fs::remove_file(&path).unwrap();
     let classifier = ckpt.classifier();
     let test = advcomp::data::load(
         advcomp::data::DatasetKind::Mnist,

@@ -1,19 +1,19 @@
 //! Models and checkpoints: parameter counts, PyTorch names and layouts, round trips, a user's
 //! PyTorch-exported file, `--map`, and refusals that name the tensor.
 
+mod common;
+use common::Scratch;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use advcomp::data::{self, DatasetKind, Split};
 use advcomp::model::{self, CheckpointMeta, KeyMap, ModelKind, Network};
 use burn::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-fn temp_file(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "advcomp-ckpt-{name}-{}.safetensors",
-        std::process::id()
-    ))
+fn temp_file(name: &str) -> Scratch {
+    Scratch::path(&format!("ckpt-{name}.safetensors"))
 }
 
 fn cpu() -> Device {
@@ -276,13 +276,15 @@ fn write_user_file(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>, Dtype)]
 /// The tensors of one LeNet5 (the same for every call: tests run in parallel and share the
 /// RNG, so the weights are drawn once), renamed and partly in f64 as a PyTorch export may be.
 fn user_tensors(rename: impl Fn(&str) -> String) -> Vec<(String, Vec<usize>, Vec<u8>, Dtype)> {
-    static SOURCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let path = SOURCE.get_or_init(|| {
+    type Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+    static SOURCE: std::sync::OnceLock<Tensors> = std::sync::OnceLock::new();
+    let tensors = SOURCE.get_or_init(|| {
         let path = temp_file("user-src");
         model::save_checkpoint(&path, &ModelKind::LeNet5.init(&cpu()), &meta()).unwrap();
-        path
+        read_tensors(&path)
     });
-    let mut out: Vec<_> = read_tensors(path)
+    let mut out: Vec<_> = tensors
+        .clone()
         .into_iter()
         .map(|(n, (s, v))| {
             if n == "fc1.bias" {

@@ -2,7 +2,10 @@
 //! quantised weights lie on the fixed-point grid, 4-bit activations take at most 16 values,
 //! compressed checkpoints keep masks and formats, and bad options are refused.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::Scratch;
+
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
@@ -15,12 +18,12 @@ use advcomp::train::TrainConfig;
 use burn::prelude::*;
 use safetensors::SafeTensors;
 
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("advcomp-compress-{}-{name}", std::process::id()))
+fn temp(name: &str) -> Scratch {
+    Scratch::path(&format!("compress-{name}"))
 }
 
 /// A freshly initialised LeNet5 saved as a baseline checkpoint.
-fn baseline(name: &str) -> PathBuf {
+fn baseline(name: &str) -> Scratch {
     let device = backend::cpu().device;
     device.seed(5);
     let path = temp(name);

@@ -1,8 +1,11 @@
 //! Data: the vendored MNIST, the IDX and CIFAR-10 readers, and every bad-input case through the
 //! real command line (clear error naming the file, exit code 2).
 
+mod common;
+use common::Scratch;
+
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use advcomp::data::{self, DatasetKind, Pixels, Split};
@@ -10,11 +13,8 @@ use sha2::{Digest, Sha256};
 
 const ASSETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/mnist");
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("advcomp-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> Scratch {
+    Scratch::folder(&format!("test-{name}"))
 }
 
 #[test]

@@ -3,6 +3,9 @@
 //! with nothing written; outputs never overwrite inputs; files are byte-reproducible; killed
 //! runs leave no temporaries behind; SIGINT / SIGTERM stop cleanly.
 
+mod common;
+use common::Scratch;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -14,11 +17,8 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
 
 /// A fresh, empty folder for one test.
-fn folder(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("advcomp-hard-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn folder(name: &str) -> Scratch {
+    Scratch::folder(&format!("hard-{name}"))
 }
 
 fn advcomp_in(dir: &Path, args: &[&str]) -> Output {

@@ -3,6 +3,7 @@
 //! CPU backend and on wgpu (lavapipe in CI); the vendored files are the ones PyTorch wrote.
 
 mod common;
+use common::Scratch;
 
 use std::path::PathBuf;
 
@@ -206,10 +207,7 @@ fn attacks_on_an_imported_model_agree_with_pytorch() {
 
 #[test]
 fn imported_models_compress_fine_tune_and_reload_from_their_checkpoint() {
-    let out = std::env::temp_dir().join(format!(
-        "advcomp-onnx-{}-d05.safetensors",
-        std::process::id()
-    ));
+    let out = Scratch::path("onnx-d05.safetensors");
     let compressed = advcomp(&[
         "compress",
         "--checkpoint",
@@ -286,7 +284,6 @@ fn imported_models_compress_fine_tune_and_reload_from_their_checkpoint() {
         "cpu",
     ]);
     assert_eq!(other.status.code(), Some(2));
-    let _ = std::fs::remove_file(&out);
 }
 
 #[test]
@@ -492,8 +489,7 @@ fn lenet5_imported_from_onnx_equals_the_built_in_one_on_wgpu() {
 
 #[test]
 fn the_whole_study_runs_on_an_imported_model() {
-    let out = std::env::temp_dir().join(format!("advcomp-onnx-sweep-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = Scratch::path("onnx-sweep");
     let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-sweep.toml");
     let model = model_file("mlp-mnist.onnx");
     let run = advcomp(&[
@@ -537,8 +533,7 @@ fn the_whole_study_runs_on_an_imported_model() {
         "the report names the model file and its hash"
     );
     // Without a dataset the sweep is refused before anything is written.
-    let other =
-        std::env::temp_dir().join(format!("advcomp-onnx-sweep-nodata-{}", std::process::id()));
+    let other = Scratch::path("onnx-sweep-nodata");
     let refused = advcomp(&[
         "sweep",
         "--config",
@@ -552,5 +547,4 @@ fn the_whole_study_runs_on_an_imported_model() {
     ]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(!other.exists());
-    let _ = std::fs::remove_dir_all(&out);
 }

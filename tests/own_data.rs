@@ -2,18 +2,18 @@
 //! images they were written from, used by every command like a built-in dataset, and refused
 //! with a clear error naming the file when they cannot be used.
 
+mod common;
+use common::Scratch;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use advcomp::data::{self, DatasetKind, Images, Pixels, Split};
 use safetensors::{Dtype, tensor::TensorView};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("advcomp-own-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> Scratch {
+    Scratch::folder(&format!("own-{name}"))
 }
 
 fn advcomp(args: &[&str]) -> Output {

@@ -2,12 +2,14 @@
 //! size, measured once each by the executor (a `[done/total, ETA]` line per measurement),
 //! and its files.
 
+mod common;
+use common::Scratch;
+
 use std::process::Command;
 
 #[test]
 fn the_profile_measures_every_attack_variant_and_batch_size_and_writes_its_files() {
-    let out = std::env::temp_dir().join(format!("advcomp-profile-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = Scratch::path("profile");
     let output = Command::new(env!("CARGO_BIN_EXE_advcomp"))
         .args([
             "profile",
@@ -62,5 +64,4 @@ fn the_profile_measures_every_attack_variant_and_batch_size_and_writes_its_files
     assert_eq!(split.lines().count(), 1 + 3 * 2, "{split}");
     let png = std::fs::read(out.join("throughput.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    let _ = std::fs::remove_dir_all(&out);
 }

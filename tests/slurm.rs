@@ -7,6 +7,7 @@
 //! unless `ADVCOMP_REQUIRE_SLURM` is set (CI sets it): then it fails.
 
 mod common;
+use common::Scratch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,10 +17,8 @@ use common::sweep_results as results;
 
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-sweep.toml");
 
-fn out_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("advcomp-slurm-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn out_dir(name: &str) -> Scratch {
+    Scratch::path(&format!("slurm-{name}"))
 }
 
 fn sweep(out: &Path) -> Command {
@@ -256,8 +255,6 @@ fn a_sweep_on_slurm_gives_the_results_of_a_local_run() {
     for ((name, x), (_, y)) in expected.iter().zip(&got) {
         assert!(x == y, "{name} differs between the local and the Slurm run");
     }
-    let _ = std::fs::remove_dir_all(&local);
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
@@ -311,5 +308,4 @@ fn a_dry_run_writes_one_chained_array_per_stage_and_submits_nothing() {
     let config = std::fs::read_to_string(out.join("slurm/sweep.toml")).unwrap();
     assert!(config.contains("densities = [0.5, 0.1]"), "{config}");
     assert!(!out.join("models").exists(), "nothing run");
-    let _ = std::fs::remove_dir_all(&out);
 }

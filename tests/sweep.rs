@@ -4,6 +4,7 @@
 //! are refused by name.
 
 mod common;
+use common::Scratch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -16,10 +17,8 @@ use common::sweep_results as results;
 
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-sweep.toml");
 
-fn out_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("advcomp-sweep-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+fn out_dir(name: &str) -> Scratch {
+    Scratch::path(&format!("sweep-{name}"))
 }
 
 fn sweep(out: &Path) -> Command {
@@ -235,8 +234,6 @@ fn killed_and_resumed_sweeps_give_the_results_of_an_uninterrupted_one() {
         "{rerun}"
     );
     assert_eq!(results(&resumed), b);
-    let _ = std::fs::remove_dir_all(&whole);
-    let _ = std::fs::remove_dir_all(&resumed);
 }
 
 #[test]
@@ -255,7 +252,6 @@ fn a_second_sweep_on_the_same_folder_is_refused() {
     assert_eq!(second.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("another sweep is running"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
@@ -303,7 +299,6 @@ fn bad_sweep_configs_are_refused_by_name_and_write_nothing() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown preset 'fast'"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Runs one stage's shard of the tiny sweep; returns its output.
@@ -381,9 +376,7 @@ fn sharded_stages_in_any_order_give_the_results_of_one_process() {
         for ((name, x), (_, y)) in expected.iter().zip(&got) {
             assert!(x == y, "{name} differs with {n} shards (rng seed {seed})");
         }
-        let _ = std::fs::remove_dir_all(&out);
     }
-    let _ = std::fs::remove_dir_all(&whole);
 }
 
 #[test]
@@ -487,5 +480,4 @@ fn the_differential_stage_compares_diva_with_pgd_on_every_compressed_model() {
         report.contains("Beyond the paper: evasive attacks"),
         "{report}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

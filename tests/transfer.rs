@@ -2,7 +2,9 @@
 //! agree with a direct computation, and `advcomp attack` / `advcomp transfer` run end to end and
 //! refuse bad options.
 
-use std::path::PathBuf;
+mod common;
+use common::Scratch;
+
 use std::process::Command;
 
 use advcomp::attack::{AttackConfig, AttackKind};
@@ -12,11 +14,11 @@ use advcomp::kernels::FixedPoint;
 use advcomp::model::{self, CheckpointMeta, Classifier, Compression, KeyMap, ModelKind};
 use advcomp::transfer;
 
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("advcomp-transfer-{}-{name}", std::process::id()))
+fn temp(name: &str) -> Scratch {
+    Scratch::path(&format!("transfer-{name}"))
 }
 
-fn checkpoint(name: &str, seed: u64, compression: &Compression) -> PathBuf {
+fn checkpoint(name: &str, seed: u64, compression: &Compression) -> Scratch {
     let device = backend::cpu().device;
     device.seed(seed);
     let path = temp(name);

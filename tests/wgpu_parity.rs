@@ -5,6 +5,7 @@
 //! CI sets it, so there a missing adapter fails the test.
 
 mod common;
+use common::Scratch;
 
 use advcomp::backend;
 use advcomp::data::{self, DatasetKind, Split};
@@ -81,8 +82,7 @@ fn lenet5_forward_and_backward_on_wgpu_equal_the_cpu_backend() {
     };
     let cpu = backend::cpu();
     cpu.device.seed(21);
-    let path =
-        std::env::temp_dir().join(format!("advcomp-parity-{}.safetensors", std::process::id()));
+    let path = Scratch::path("parity.safetensors");
     let meta = CheckpointMeta {
         model: "lenet5".into(),
         ..Default::default()

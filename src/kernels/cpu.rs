@@ -49,10 +49,9 @@ fn values(t: &FlexTensor) -> &[f32] {
 /// say how each operand is laid out (row stride, column stride). Single-threaded (callers
 /// spread images over rayon), so the result does not depend on the thread count.
 ///
-/// Two GEMM crates, by depth: on the 2-core test machine `matrixmultiply` runs 36–47 GFLOP/s
-/// per core on LeNet5's conv1 shapes (k = 50 or 500) where `gemm` (the one burn-flex uses)
-/// runs 27–29 at every shape (36–63 on LeNet5's conv1 and fc1 shapes for `matrixmultiply`);
-/// at k of 20–25 (a first convolution) `gemm` is twice as fast.
+/// The `gemm` crate (the one burn-flex uses, with its AVX-512 kernels on): 100–150 GFLOP/s
+/// per core on LeNet5's shapes on the test machine, 1.3–2.5× `matrixmultiply` at each of
+/// them. It needs the dev profile's `debug-assertions = false` for dependencies (Cargo.toml).
 #[allow(clippy::too_many_arguments)]
 fn gemm(
     m: usize,
@@ -68,56 +67,37 @@ fn gemm(
     assert!(dst.len() >= m * n);
     assert!(m == 0 || k == 0 || a.len() > (m - 1) * a_strides.0 + (k - 1) * a_strides.1);
     assert!(k == 0 || n == 0 || b.len() > (k - 1) * b_strides.0 + (n - 1) * b_strides.1);
-    let beta = if accumulate { 1.0 } else { 0.0 };
     // SAFETY: the asserts keep every index the strides reach inside the slices; dst is
     // written only through its own exclusive borrow.
     unsafe {
-        if k >= 48 {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                1.0,
-                a.as_ptr(),
-                a_strides.0 as isize,
-                a_strides.1 as isize,
-                b.as_ptr(),
-                b_strides.0 as isize,
-                b_strides.1 as isize,
-                beta,
-                dst.as_mut_ptr(),
-                n as isize,
-                1,
-            );
-        } else {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                accumulate,
-                a.as_ptr(),
-                a_strides.1 as isize,
-                a_strides.0 as isize,
-                b.as_ptr(),
-                b_strides.1 as isize,
-                b_strides.0 as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_strides.1 as isize,
+            a_strides.0 as isize,
+            b.as_ptr(),
+            b_strides.1 as isize,
+            b_strides.0 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
     }
 }
 
 /// `dst` = `src` for the short runs im2col copies (8 to 32 values in LeNet5): in blocks of
 /// 8, whose fixed size compiles to register moves where `copy_from_slice` of a run-time length
 /// is a `memcpy` call per run.
+#[inline(always)]
 fn copy_run(dst: &mut [f32], src: &[f32]) {
     let mut blocks = dst.chunks_exact_mut(8);
     let mut sources = src.chunks_exact(8);
@@ -127,6 +107,28 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
     for (d, s) in blocks.into_remainder().iter_mut().zip(sources.remainder()) {
         *d = *s;
     }
+}
+
+/// Defines `$name`, which runs `$any` (its body, `#[inline(always)]`, and what that inlines)
+/// compiled for AVX-512 where the CPU has it, and as built otherwise. advcomp is built for
+/// baseline x86-64 (SSE2), which leaves its loops a quarter of the vector width this machine
+/// has: im2col, col2im and pooling took 28% of an IFGSM run on LeNet5 built so, 20% with this.
+macro_rules! avx512_or_baseline {
+    ($(#[$doc:meta])* fn $name:ident = $owner:ident::$any:ident(&self $(, $arg:ident: $ty:ty)*) $(-> $ret:ty)?) => {
+        $(#[$doc])*
+        fn $name(&self $(, $arg: $ty)*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                #[target_feature(enable = "avx512f")]
+                fn avx512(this: &$owner $(, $arg: $ty)*) $(-> $ret)? {
+                    this.$any($($arg),*)
+                }
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                return unsafe { avx512(self $(, $arg)*) };
+            }
+            self.$any($($arg),*)
+        }
+    };
 }
 
 /// A 2D convolution's geometry (groups of 1).
@@ -226,21 +228,13 @@ impl Conv {
         self.stride == [1, 1] && !self.padded && self.dilation == [1, 1]
     }
 
-    /// [`Conv::walk`] for a plain convolution, without its bounds work: `f(tap row, output
-    /// row, input offset of the run)` for every run of `out_width` inputs.
-    fn plain_rows(&self, mut f: impl FnMut(usize, usize, usize)) {
+    /// For a plain convolution, the image offset of each im2col row's first input, in row
+    /// order: row (c, i, j) reads `out_width` inputs from there on each of `out_height` rows.
+    fn plain_offsets(&self) -> impl Iterator<Item = usize> + '_ {
         let [kh, kw] = self.kernel;
-        for c in 0..self.in_channels {
-            for i in 0..kh {
-                for j in 0..kw {
-                    let row = (c * kh + i) * kw + j;
-                    let first = (c * self.height + i) * self.width + j;
-                    for oy in 0..self.out_height {
-                        f(row, oy, first + oy * self.width);
-                    }
-                }
-            }
-        }
+        (0..self.in_channels).flat_map(move |c| {
+            (0..kh).flat_map(move |i| (0..kw).map(move |j| (c * self.height + i) * self.width + j))
+        })
     }
 
     /// Calls `f(tap row, column range in that row, input offset of its first pixel)` for every
@@ -291,26 +285,40 @@ impl Conv {
             .min(IMAGES_PER_CHUNK)
     }
 
-    /// col [taps, n * pixels] of n images side by side (zero where the kernel reads padding);
-    /// returns n * pixels, the row length.
-    fn im2col(&self, images: &[f32], col: &mut [f32]) -> usize {
+    avx512_or_baseline! {
+        /// col [taps, n * pixels] of n images side by side (zero where the kernel reads
+        /// padding); returns n * pixels, the row length.
+        fn im2col = Conv::im2col_any(&self, images: &[f32], col: &mut [f32]) -> usize
+    }
+
+    #[inline(always)]
+    fn im2col_any(&self, images: &[f32], col: &mut [f32]) -> usize {
         let width = images.len() / self.image_len().max(1) * self.pixels();
         let col = &mut col[..self.taps() * width];
         if self.padded {
             col.fill(0.0);
         }
+        let (pixels, ow, w) = (
+            self.pixels().max(1),
+            self.out_width.max(1),
+            self.width.max(1),
+        );
+        if self.is_plain() {
+            // Row by row of col, image by image, run by run: slices all the way down, no
+            // per-run index arithmetic (this copy is a fifth of an attack on LeNet5).
+            for (col_row, first) in col.chunks_exact_mut(width.max(1)).zip(self.plain_offsets()) {
+                let images = images.chunks(self.image_len().max(1));
+                for (dst, image) in col_row.chunks_exact_mut(pixels).zip(images) {
+                    let src = image[first..].chunks(w);
+                    for (d, s) in dst.chunks_exact_mut(ow).zip(src) {
+                        copy_run(d, &s[..ow]);
+                    }
+                }
+            }
+            return width;
+        }
         for (i, image) in images.chunks(self.image_len().max(1)).enumerate() {
             let offset = i * self.pixels();
-            if self.is_plain() {
-                self.plain_rows(|row, oy, input| {
-                    let start = row * width + offset + oy * self.out_width;
-                    copy_run(
-                        &mut col[start..start + self.out_width],
-                        &image[input..input + self.out_width],
-                    );
-                });
-                continue;
-            }
             self.walk(|row, range, input, stride| {
                 let start = row * width + offset;
                 let dst = &mut col[start + range.start..start + range.end];
@@ -326,24 +334,39 @@ impl Conv {
         width
     }
 
-    /// Adds col [taps, n * pixels] back onto n images' gradients (the transpose of im2col).
-    fn col2im(&self, col: &[f32], images: &mut [f32]) {
+    avx512_or_baseline! {
+        /// Adds col [taps, n * pixels] back onto n images' gradients (im2col's transpose).
+        fn col2im = Conv::col2im_any(&self, col: &[f32], images: &mut [f32])
+    }
+
+    #[inline(always)]
+    fn col2im_any(&self, col: &[f32], images: &mut [f32]) {
         let width = images.len() / self.image_len().max(1) * self.pixels();
+        let (pixels, ow, w) = (
+            self.pixels().max(1),
+            self.out_width.max(1),
+            self.width.max(1),
+        );
+        if self.is_plain() {
+            // As im2col's plain path; each input still receives its terms in row order.
+            for (col_row, first) in col[..self.taps() * width]
+                .chunks_exact(width.max(1))
+                .zip(self.plain_offsets())
+            {
+                let images = images.chunks_mut(self.image_len().max(1));
+                for (src, image) in col_row.chunks_exact(pixels).zip(images) {
+                    let dst = image[first..].chunks_mut(w);
+                    for (d, s) in dst.zip(src.chunks_exact(ow)) {
+                        for (d, s) in d[..ow].iter_mut().zip(s) {
+                            *d += s;
+                        }
+                    }
+                }
+            }
+            return;
+        }
         for (i, image) in images.chunks_mut(self.image_len().max(1)).enumerate() {
             let offset = i * self.pixels();
-            if self.is_plain() {
-                let ow = self.out_width;
-                self.plain_rows(|row, oy, input| {
-                    let start = row * width + offset + oy * ow;
-                    for (d, s) in image[input..input + ow]
-                        .iter_mut()
-                        .zip(&col[start..start + ow])
-                    {
-                        *d += s;
-                    }
-                });
-                continue;
-            }
             self.walk(|row, range, input, stride| {
                 let start = row * width + offset;
                 let src = &col[start + range.start..start + range.end];
@@ -584,10 +607,15 @@ impl Pool {
         (4096 / self.plane_len().max(1)).max(1)
     }
 
-    /// The maximum of each window and, with `index`, its index in the plane (row * width +
-    /// column); the first of equal values wins and the last NaN wins over any number, as in
-    /// PyTorch. The common 2x2 and 3x3 windows get their own unrolled copies of the loop.
-    fn plane(&self, x: &[f32], out: &mut [f32], index: Option<&mut [i64]>) {
+    avx512_or_baseline! {
+        /// The maximum of each window and, with `index`, its index in the plane (row * width
+        /// + column); the first of equal values wins and the last NaN wins over any number,
+        /// as in PyTorch. The common 2x2 and 3x3 windows get their own unrolled loops.
+        fn plane = Pool::plane_any(&self, x: &[f32], out: &mut [f32], index: Option<&mut [i64]>)
+    }
+
+    #[inline(always)]
+    fn plane_any(&self, x: &[f32], out: &mut [f32], index: Option<&mut [i64]>) {
         if self.kernel == [2, 2] && self.stride == [2, 2] {
             return match index {
                 Some(index) => self.plane_2x2::<true>(x, out, index),
@@ -606,6 +634,7 @@ impl Pool {
 
     /// [`Pool::plane`] for LeNet5's 2x2 windows at stride 2, on row pairs split into
     /// non-overlapping pairs of columns (no index arithmetic or bounds checks per value).
+    #[inline(always)]
     fn plane_2x2<const INDEX: bool>(&self, x: &[f32], out: &mut [f32], index: &mut [i64]) {
         let w = self.shape[3];
         let ow = self.out_width;
@@ -634,6 +663,7 @@ impl Pool {
 
     /// [`Pool::plane`] for a KH x KW window (0 x 0: the window of `self.kernel`), writing
     /// `index` when INDEX.
+    #[inline(always)]
     fn plane_of<const KH: usize, const KW: usize, const INDEX: bool>(
         &self,
         x: &[f32],
@@ -836,14 +866,46 @@ fn map_f32(
             xv.par_chunks(ELEMENTS_PER_TASK)
                 .zip(yv.par_chunks(ELEMENTS_PER_TASK)),
         )
-        .for_each(|(out, (x, y))| {
-            for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
-                o.write(f(x, y));
-            }
-        });
+        .for_each(|(out, (x, y))| map_chunk(out, x, y, &f));
     // SAFETY: the chunks above cover the whole spare capacity, each element written once.
     unsafe { out.set_len(xv.len()) };
     f32_tensor(out, x.layout().shape())
+}
+
+/// One chunk of [`map_f32`], compiled for AVX-512 where the CPU has it (as
+/// `avx512_or_baseline!`).
+fn map_chunk<F: Fn(f32, f32) -> f32>(
+    out: &mut [std::mem::MaybeUninit<f32>],
+    x: &[f32],
+    y: &[f32],
+    f: &F,
+) {
+    #[inline(always)]
+    fn any<F: Fn(f32, f32) -> f32>(
+        out: &mut [std::mem::MaybeUninit<f32>],
+        x: &[f32],
+        y: &[f32],
+        f: &F,
+    ) {
+        for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
+            o.write(f(x, y));
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        #[target_feature(enable = "avx512f")]
+        fn avx512<F: Fn(f32, f32) -> f32>(
+            out: &mut [std::mem::MaybeUninit<f32>],
+            x: &[f32],
+            y: &[f32],
+            f: &F,
+        ) {
+            any(out, x, y, f)
+        }
+        // SAFETY: the CPU has AVX-512F, checked just above.
+        return unsafe { avx512(out, x, y, f) };
+    }
+    any(out, x, y, f)
 }
 
 impl KernelOps for Flex {

@@ -41,3 +41,61 @@ pub fn sweep_results(out: &std::path::Path) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// A path of one test's own under the system temp folder (`advcomp-<pid>-<name>`), removed
+/// with everything under it when the test passes; kept, and named on stderr, when it fails,
+/// to be looked at. A stale one of an earlier run is removed first.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// Nothing is created there: the test (or advcomp) makes the file or folder.
+    pub fn path(name: &str) -> Scratch {
+        let path = std::env::temp_dir().join(format!("advcomp-{}-{name}", std::process::id()));
+        remove(&path);
+        Scratch(path)
+    }
+
+    /// An empty folder.
+    pub fn folder(name: &str) -> Scratch {
+        let scratch = Scratch::path(name);
+        std::fs::create_dir_all(&scratch.0).unwrap();
+        scratch
+    }
+}
+
+fn remove(path: &std::path::Path) {
+    if path.is_dir() {
+        let _ = std::fs::remove_dir_all(path);
+    } else {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for a look: {}", self.0.display());
+        } else {
+            remove(&self.0);
+        }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
