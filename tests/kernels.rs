@@ -724,6 +724,43 @@ fn cpu_convolution_and_matrix_product_give_the_same_bits_on_any_number_of_thread
 }
 
 #[test]
+fn cpu_kernels_compiled_for_avx512_and_for_baseline_x86_give_the_same_bits() {
+    let cpu = backend::cpu().device;
+    let plain = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+    let strided = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
+    let pool_input = (random_tensor([4, 6, 11, 11], 6, &cpu) * 2.0).round() + 0.0;
+    let formats = [format(4, 1), format(8, 2), format(16, 4)];
+    let run = || {
+        let mut parts = conv_pass(&cpu, [9, 20, 12, 12], [50, 20, 5, 5], true, &plain, true);
+        parts.extend(conv_pass(&cpu, [5, 3, 9, 9], [4, 3, 3, 3], false, &strided, true));
+        for options in [
+            MaxPoolOptions::new([2, 2]),
+            MaxPoolOptions::new([3, 3]).with_stride([2, 2]),
+        ] {
+            parts.extend(pool_pass(&cpu, &pool_input, &options, true));
+        }
+        for f in formats {
+            let input = probe_values(f, 4096, 3);
+            let x = || tensor(&input, &cpu);
+            parts.push(values(kernels::fixed_point(x(), f, QuantGrad::Ste)));
+            parts.push(values(kernels::fixed_point_ste(x(), x() * 0.5, f)));
+        }
+        parts
+    };
+    // Where the CPU has no AVX-512 both runs take the baseline copies; say which was compared.
+    let avx512 = kernels::allow_avx512(true);
+    let with = run();
+    kernels::allow_avx512(false);
+    let without = run();
+    kernels::allow_avx512(true);
+    eprintln!("AVX-512 copies compared with the baseline ones: {avx512}");
+    assert_eq!(with.len(), without.len());
+    for (part, (a, b)) in with.iter().zip(&without).enumerate() {
+        same_bits(&format!("part {part}, AVX-512 vs baseline"), a, b);
+    }
+}
+
+#[test]
 fn matrix_product_and_its_gradients_equal_burns_also_on_transposed_views() {
     for (device_name, device) in devices() {
         // (a shape, b shape, transpose a, transpose b): a linear layer, a transposed weight (an

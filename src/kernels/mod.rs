@@ -409,6 +409,14 @@ pub fn limit_groups_per_dimension(groups: u32) {
 }
 
 #[doc(hidden)]
+/// Lets the CPU kernels run their AVX-512 copies (the default) or only their baseline ones, so
+/// tests can hold the two to the same bits; returns whether they now run the AVX-512 copies.
+pub fn allow_avx512(allowed: bool) -> bool {
+    cpu::AVX512_ALLOWED.store(allowed, std::sync::atomic::Ordering::Relaxed);
+    cpu::avx512()
+}
+
+#[doc(hidden)]
 /// The STE backward as a tensor function, for tests that compare backends.
 pub fn fixed_point_ste<const D: usize>(
     x: Tensor<D>,
