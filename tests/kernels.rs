@@ -732,7 +732,14 @@ fn cpu_kernels_compiled_for_avx512_and_for_baseline_x86_give_the_same_bits() {
     let formats = [format(4, 1), format(8, 2), format(16, 4)];
     let run = || {
         let mut parts = conv_pass(&cpu, [9, 20, 12, 12], [50, 20, 5, 5], true, &plain, true);
-        parts.extend(conv_pass(&cpu, [5, 3, 9, 9], [4, 3, 3, 3], false, &strided, true));
+        parts.extend(conv_pass(
+            &cpu,
+            [5, 3, 9, 9],
+            [4, 3, 3, 3],
+            false,
+            &strided,
+            true,
+        ));
         for options in [
             MaxPoolOptions::new([2, 2]),
             MaxPoolOptions::new([3, 3]).with_stride([2, 2]),

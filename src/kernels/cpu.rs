@@ -94,6 +94,20 @@ fn gemm(
     }
 }
 
+/// `len` zeros, written by rayon's pool. `vec![0; len]` zeroes on the calling thread alone
+/// (freed memory is reused, never fresh zero pages: `backend::keep_freed_memory`), which was
+/// 8% of an IFGSM run on LeNet5 with the other core idle.
+fn zeros<T: Copy + Default + Send>(len: usize) -> Vec<T> {
+    let mut values = Vec::with_capacity(len);
+    values
+        .spare_capacity_mut()
+        .par_chunks_mut(ELEMENTS_PER_TASK)
+        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(T::default())));
+    // SAFETY: the chunks above cover all `len` elements of the spare capacity, each written.
+    unsafe { values.set_len(len) };
+    values
+}
+
 /// `dst` = `src` for the short runs im2col copies (8 to 32 values in LeNet5): in blocks of
 /// 8, whose fixed size compiles to register moves where `copy_from_slice` of a run-time length
 /// is a `memcpy` call per run.
@@ -436,7 +450,7 @@ pub(super) fn conv2d(
     let (xv, wv) = (values(&x), values(&weight));
     let bv = bias.as_ref().map(values);
     let (taps, pixels, group) = (conv.taps(), conv.pixels(), conv.group());
-    let mut out = vec![0f32; conv.batch * conv.output_len()];
+    let mut out = zeros(conv.batch * conv.output_len());
     out.par_chunks_mut((conv.output_len() * group).max(1))
         .zip(xv.par_chunks((conv.image_len() * group).max(1)))
         .for_each_init(
@@ -481,7 +495,7 @@ pub(super) fn conv2d_x_backward(conv: Conv, weight: &FlexTensor, grad: &FlexTens
     let (weight, grad) = (contiguous(weight), contiguous(grad));
     let (wv, gv) = (values(&weight), values(&grad));
     let (taps, pixels, group) = (conv.taps(), conv.pixels(), conv.group());
-    let mut out = vec![0f32; conv.batch * conv.image_len()];
+    let mut out = zeros(conv.batch * conv.image_len());
     out.par_chunks_mut((conv.image_len() * group).max(1))
         .zip(gv.par_chunks((conv.output_len() * group).max(1)))
         .for_each_init(
@@ -724,7 +738,7 @@ pub(super) fn max_pool2d(pool: Pool, x: &FlexTensor) -> FlexTensor {
         pool.out_plane_len(),
         pool.planes_per_task(),
     );
-    let mut out = vec![0f32; pool.planes * out_len];
+    let mut out = zeros(pool.planes * out_len);
     out.par_chunks_mut((out_len * task).max(1))
         .zip(xv.par_chunks((len * task).max(1)))
         .for_each(|(out, x)| {
@@ -744,8 +758,8 @@ pub(super) fn max_pool2d_with_indices(pool: Pool, x: &FlexTensor) -> (FlexTensor
         pool.out_plane_len(),
         pool.planes_per_task(),
     );
-    let mut out = vec![0f32; pool.planes * out_len];
-    let mut index = vec![0i64; pool.planes * out_len];
+    let mut out = zeros(pool.planes * out_len);
+    let mut index = zeros(pool.planes * out_len);
     out.par_chunks_mut((out_len * task).max(1))
         .zip(index.par_chunks_mut((out_len * task).max(1)))
         .zip(xv.par_chunks((len * task).max(1)))
@@ -777,7 +791,7 @@ pub(super) fn max_pool2d_backward(pool: Pool, grad: &FlexTensor, index: &FlexTen
         pool.out_plane_len(),
         pool.planes_per_task(),
     );
-    let mut dx = vec![0f32; pool.planes * len];
+    let mut dx = zeros(pool.planes * len);
     dx.par_chunks_mut((len * task).max(1))
         .zip(gv.par_chunks((out_len * task).max(1)))
         .zip(iv.par_chunks((out_len * task).max(1)))
@@ -839,7 +853,7 @@ pub(super) fn matmul(a: &FlexTensor, b: &FlexTensor) -> Option<FlexTensor> {
     // Blocks of 128 rows: every block packs all of b, so few, large blocks; a fixed size, not
     // one per thread, because a GEMM crate may sum a block of other shape in another order.
     let rows_per_task = ROWS_PER_TASK;
-    let mut out = vec![0f32; m * n];
+    let mut out = zeros(m * n);
     out.par_chunks_mut((rows_per_task * n).max(1))
         .enumerate()
         .for_each(|(block, dst)| {
