@@ -745,6 +745,8 @@ fn cpu_kernels_compiled_for_avx512_and_for_baseline_x86_give_the_same_bits() {
             MaxPoolOptions::new([3, 3]).with_stride([2, 2]),
         ] {
             parts.extend(pool_pass(&cpu, &pool_input, &options, true));
+            // Without autodiff: the forward-only pooling (no indices) of a clean evaluation.
+            parts.push(values(kernels::max_pool2d(pool_input.clone(), options)));
         }
         for f in formats {
             let input = probe_values(f, 4096, 3);
@@ -755,11 +757,20 @@ fn cpu_kernels_compiled_for_avx512_and_for_baseline_x86_give_the_same_bits() {
         parts
     };
     // Where the CPU has no AVX-512 both runs take the baseline copies; say which was compared.
+    /// Allows the AVX-512 copies again however the baseline run ends (the flag is global).
+    struct AllowAgain;
+    impl Drop for AllowAgain {
+        fn drop(&mut self) {
+            kernels::allow_avx512(true);
+        }
+    }
     let avx512 = kernels::allow_avx512(true);
     let with = run();
-    kernels::allow_avx512(false);
-    let without = run();
-    kernels::allow_avx512(true);
+    let without = {
+        let _allow_again = AllowAgain;
+        kernels::allow_avx512(false);
+        run()
+    };
     eprintln!("AVX-512 copies compared with the baseline ones: {avx512}");
     assert_eq!(with.len(), without.len());
     for (part, (a, b)) in with.iter().zip(&without).enumerate() {

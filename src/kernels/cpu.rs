@@ -96,7 +96,7 @@ fn gemm(
 
 /// `len` zeros, written by rayon's pool. `vec![0; len]` zeroes on the calling thread alone
 /// (freed memory is reused, never fresh zero pages: `backend::keep_freed_memory`), which was
-/// 8% of an IFGSM run on LeNet5 with the other core idle.
+/// about 8% of an IFGSM run on LeNet5 with the other core idle.
 fn zeros<T: Copy + Default + Send>(len: usize) -> Vec<T> {
     let mut values = Vec::with_capacity(len);
     values
