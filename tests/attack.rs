@@ -267,13 +267,7 @@ fn attacks_on_a_quantised_model_follow_ste_gradients() {
     let device = backend::cpu().device;
     device.seed(12);
     let network = ModelKind::LeNet5.init(&device);
-    let test = advcomp::data::load(
-        advcomp::data::DatasetKind::Mnist,
-        advcomp::data::Split::Test,
-        None,
-    )
-    .unwrap();
-    let (images, labels) = test.batch(&(0..8).collect::<Vec<_>>(), &device);
+    let (images, labels) = common::mnist_test_batch(8, &device);
     let quantised = Classifier {
         network,
         compression: Compression {
@@ -311,13 +305,7 @@ fn attacks_on_a_loaded_checkpoint_are_deterministic() {
     advcomp::model::save_checkpoint(&path, &ModelKind::LeNet5.init(&device), &meta).unwrap();
     let ckpt = advcomp::model::load_checkpoint(&path, None, &Default::default(), &device).unwrap();
     let classifier = ckpt.classifier();
-    let test = advcomp::data::load(
-        advcomp::data::DatasetKind::Mnist,
-        advcomp::data::Split::Test,
-        None,
-    )
-    .unwrap();
-    let (images, labels) = test.batch(&(0..16).collect::<Vec<_>>(), &device);
+    let (images, labels) = common::mnist_test_batch(16, &device);
     for kind in [AttackKind::Ifgm, AttackKind::DeepFool] {
         let mut config = AttackConfig::new(kind);
         config.steps = 3;
@@ -417,13 +405,7 @@ fn a_frozen_classifier_gives_the_same_logits_and_image_gradients_bit_for_bit() {
     };
     let frozen = classifier.frozen();
     assert!(frozen.compression.masks.is_empty() && frozen.compression.weights.is_none());
-    let test = advcomp::data::load(
-        advcomp::data::DatasetKind::Mnist,
-        advcomp::data::Split::Test,
-        None,
-    )
-    .unwrap();
-    let (images, labels) = test.batch(&(0..32).collect::<Vec<_>>(), &device);
+    let (images, labels) = common::mnist_test_batch(32, &device);
     let logits = |c: &Classifier| host(c.logits(images.clone()).reshape([32 * 10, 1, 1, 1]));
     assert_eq!(logits(&frozen), logits(&classifier));
     let gradient = |c: &Classifier| host(attack::loss_gradient(c, &images, &labels));

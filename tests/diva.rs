@@ -3,6 +3,8 @@
 //! model's term reaches the images through its STE quantisers; on a pair of identical models
 //! nothing is evasive, through the command line as a user runs it.
 
+mod common;
+
 use std::process::Command;
 
 use advcomp::attack::{self, AttackConfig, AttackKind, Differentiable};
@@ -110,13 +112,7 @@ fn the_compressed_models_term_reaches_the_images_through_its_ste_quantisers() {
     let device = backend::cpu().device;
     device.seed(7);
     let network = ModelKind::LeNet5.init(&device);
-    let test = advcomp::data::load(
-        advcomp::data::DatasetKind::Mnist,
-        advcomp::data::Split::Test,
-        None,
-    )
-    .unwrap();
-    let (images, labels) = test.batch(&(0..8).collect::<Vec<_>>(), &device);
+    let (images, labels) = common::mnist_test_batch(8, &device);
     let full = Classifier {
         network: network.clone(),
         compression: Compression::default(),

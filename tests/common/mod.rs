@@ -99,3 +99,20 @@ impl AsRef<std::ffi::OsStr> for Scratch {
         self.0.as_os_str()
     }
 }
+
+/// The first `n` MNIST test images (the embedded set) and their labels, as one batch.
+pub fn mnist_test_batch(
+    n: usize,
+    device: &burn::tensor::Device,
+) -> (
+    burn::tensor::Tensor<4>,
+    burn::tensor::Tensor<1, burn::tensor::Int>,
+) {
+    let test = advcomp::data::load(
+        advcomp::data::DatasetKind::Mnist,
+        advcomp::data::Split::Test,
+        None,
+    )
+    .unwrap();
+    test.batch(&(0..n).collect::<Vec<_>>(), device)
+}
