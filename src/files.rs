@@ -37,10 +37,178 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// The SHA-256 of a file's bytes as hex.
-pub fn sha256_of_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok(sha256_hex(&bytes))
+/// The SHA-256 of an input file's bytes as hex (read as [`read_input`] reads, errors made by
+/// `refuse`).
+pub fn sha256_of_file(
+    path: &Path,
+    max: u64,
+    refuse: impl Fn(&Path, String) -> Error,
+) -> Result<String> {
+    Ok(sha256_hex(&read_input(path, max, 1, refuse)?))
+}
+
+/// Reads an input file whole, refusing before the first byte is read what would hang, never
+/// end or not fit: anything but a regular file ([`open_input`]), a file larger than `max`
+/// bytes, or one whose size `copies` times over (the bytes and what the reader parses them
+/// into) exceeds the memory this process can still get ([`available_memory`]). The error is
+/// `refuse(path, problem)`, so each reader names its kind of file (data file, checkpoint,
+/// model, config).
+pub fn read_input(
+    path: &Path,
+    max: u64,
+    copies: u64,
+    refuse: impl Fn(&Path, String) -> Error,
+) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let (file, size) = open_input(path, &refuse)?;
+    if size > max {
+        return Err(refuse(
+            path,
+            format!(
+                "is {size} bytes, more than the {} advcomp reads as this kind of file",
+                bytes_text(max)
+            ),
+        ));
+    }
+    let need = size.saturating_mul(copies);
+    check_memory(need).map_err(|available| {
+        refuse(
+            path,
+            format!(
+                "is {size} bytes; reading it needs about {}, more than the {} this process \
+                 can still get",
+                bytes_text(need),
+                bytes_text(available)
+            ),
+        )
+    })?;
+    let mut bytes = Vec::new();
+    // A failed reservation (an address-space limit) is an error, not an abort.
+    bytes
+        .try_reserve_exact(size as usize + 1)
+        .map_err(|_| refuse(path, format!("cannot hold its {size} bytes in memory")))?;
+    // At most one byte past the size: a file that grows meanwhile is still bounded.
+    file.take(size + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| refuse(path, format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > size {
+        return Err(refuse(path, "grew while it was read".into()));
+    }
+    Ok(bytes)
+}
+
+/// Opens an input file for reading and returns it with its size, refusing anything but a
+/// regular file (a FIFO would block forever, `/dev/zero` never ends, a directory is no file)
+/// without blocking: it is opened non-blocking and its type read from the open handle.
+pub fn open_input(
+    path: &Path,
+    refuse: impl Fn(&Path, String) -> Error,
+) -> Result<(std::fs::File, u64)> {
+    let cannot = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => refuse(path, "file not found".into()),
+        _ => refuse(path, format!("cannot read: {e}")),
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // Opening a FIFO for reading blocks until a writer comes; non-blocking, it opens at once
+    // and is refused below. (Regular files ignore the flag.)
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(refuse(
+            path,
+            format!("is {}, not a regular file", file_kind(&meta)),
+        ));
+    }
+    Ok((file, meta.len()))
+}
+
+/// What a file that is not a regular file is, in words.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
+    }
+}
+
+/// `bytes` as "16 GiB", "2 MiB" or "512 bytes".
+pub fn bytes_text(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// Bytes this process can still allocate, as far as the system tells: the memory available
+/// to new work (`MemAvailable` in /proc/meminfo) and, under an address-space limit
+/// (`ulimit -v`, RLIMIT_AS), what is left of it. `None` where neither can be read.
+pub fn available_memory() -> Option<u64> {
+    let meminfo_kib = |text: &str, key: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| meminfo_kib(&t, "MemAvailable:"))
+        .map(|kib| kib * 1024);
+    #[cfg(unix)]
+    let limited = {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given.
+        let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0;
+        (ok && limit.rlim_cur != libc::RLIM_INFINITY).then(|| {
+            let mapped = std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|t| meminfo_kib(&t, "VmSize:"))
+                .map_or(0, |kib| kib * 1024);
+            limit.rlim_cur.saturating_sub(mapped)
+        })
+    };
+    #[cfg(not(unix))]
+    let limited: Option<u64> = None;
+    match (available, limited) {
+        (Some(a), Some(l)) => Some(a.min(l)),
+        (a, l) => a.or(l),
+    }
+}
+
+/// `Ok` when `bytes` fit in [`available_memory`] (or it cannot be told), else the bytes
+/// available.
+pub fn check_memory(bytes: u64) -> std::result::Result<(), u64> {
+    match available_memory() {
+        Some(available) if bytes > available => Err(available),
+        _ => Ok(()),
+    }
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename, so a crash

@@ -84,8 +84,13 @@ pub mod limits {
     pub const MAX_SHARDS: usize = 100_000;
     /// Images of a dataset, an adversarial set, or a limit on either.
     pub const MAX_IMAGES: usize = 100_000_000;
-    /// Bytes of one data file once decompressed (16 GiB).
+    /// Bytes of one data file once decompressed (16 GiB), and of a checkpoint.
     pub const MAX_DATA_BYTES: usize = 1 << 34;
+    /// Bytes of an ONNX file: protobuf's own limit (2 GiB); larger models keep their weights
+    /// in external data files, which advcomp does not read.
+    pub const MAX_MODEL_BYTES: usize = 1 << 31;
+    /// Bytes of a sweep config (TOML) and of a result file advcomp reads back (JSON).
+    pub const MAX_TEXT_BYTES: usize = 1 << 26;
     /// Timed repeats of a measurement.
     pub const MAX_REPEATS: usize = 10_000;
     /// Elements per kernel call in the kernel profile (4 GiB of f32).

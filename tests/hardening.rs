@@ -977,3 +977,199 @@ fn sigint_and_sigterm_stop_cleanly_with_a_message() {
     }
     assert!(left.is_empty(), "temporaries left: {left:?}");
 }
+
+// Hardening, second pass: inputs that would abort, hang or give numbers that mean nothing.
+// Each runs under an address-space limit (`ulimit -v 8000000`) and a time limit.
+
+use common::onnx::{self as proto, Attr};
+use common::{advcomp_limited, assert_error};
+
+/// Writes `bytes` as `name` in `dir` and returns its path.
+fn file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// `info --model FILE` under the limits.
+fn info(model: &Path) -> common::Limited {
+    advcomp_limited(&["info", "--model", s(model), "--backend", "cpu"], &[])
+}
+
+#[test]
+fn onnx_shapes_beyond_memory_are_refused_before_the_dry_run_allocates_them() {
+    let dir = folder("onnx-alloc");
+    // Images of any size -> global average pool -> [N, 1] features: valid for every input
+    // shape, so only the sizes are wrong.
+    let pooled = |input: &str| {
+        vec![
+            proto::node("GlobalAveragePool", "gap", &[input], &["g"], &[]),
+            proto::node("Flatten", "flat", &["g"], &["features"], &[]),
+        ]
+    };
+    let conv = |pads: i64| {
+        let mut nodes = vec![proto::node(
+            "Conv",
+            "conv",
+            &["images", "conv.weight"],
+            &["c"],
+            &[("pads", Attr::Ints(vec![pads; 4]))],
+        )];
+        nodes.extend(pooled("c"));
+        nodes
+    };
+    let w = proto::tensor("conv.weight", &[1, 1, 3, 3], 0.1);
+    let cases = [
+        (
+            "dim-2e31.onnx",
+            proto::classifier(1, 1 << 31, 1, &pooled("images"), &[], 1),
+            "input 'images' has shape [1, 1, 2147483648, 1]: for one image the graph's values \
+             would hold more than 268435456 numbers (1 GiB)",
+        ),
+        (
+            "elements-2e40.onnx",
+            proto::classifier(1, 1 << 20, 1 << 20, &pooled("images"), &[], 1),
+            "input 'images' has shape [1, 1, 1048576, 1048576]",
+        ),
+        (
+            "pads-2e40.onnx",
+            proto::classifier(1, 28, 28, &conv(1 << 40), std::slice::from_ref(&w), 1),
+            "node 'conv' (Conv): pads [(1099511627776, 1099511627776), (1099511627776, \
+             1099511627776)]: each must be between 0 and 2147483647",
+        ),
+        (
+            "pads-2e20.onnx",
+            proto::classifier(1, 28, 28, &conv(1 << 20), std::slice::from_ref(&w), 1),
+            "node 'conv' (Conv): its output has shape [1, 1, 2097178, 2097178]: for one image",
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let path = file(&dir, name, &bytes);
+        let run = info(&path);
+        assert_error(&run.output, &format!("model {}: ", s(&path)), &[expected]);
+        assert!(
+            run.peak_kib < 512 << 10,
+            "{name}: peak memory {} MiB while refusing it",
+            run.peak_kib >> 10
+        );
+    }
+}
+
+#[test]
+fn onnx_graphs_onnx_runtime_refuses_are_refused_at_import_naming_the_node() {
+    let dir = folder("onnx-invalid");
+    let conv = |weight: &[i64], attrs: Vec<(&str, Attr)>| {
+        (
+            vec![
+                proto::node("Conv", "conv", &["images", "conv.weight"], &["c"], &attrs),
+                proto::node("GlobalAveragePool", "gap", &["c"], &["g"], &[]),
+                proto::node("Flatten", "flat", &["g"], &["features"], &[]),
+            ],
+            vec![proto::tensor("conv.weight", weight, 0.1)],
+            weight[0],
+        )
+    };
+    let pool = |attrs: Vec<(&str, Attr)>| {
+        (
+            vec![
+                proto::node("MaxPool", "pool", &["images"], &["p"], &attrs),
+                proto::node("GlobalAveragePool", "gap", &["p"], &["g"], &[]),
+                proto::node("Flatten", "flat", &["g"], &["features"], &[]),
+            ],
+            vec![],
+            1,
+        )
+    };
+    let k = |v: i64| Attr::Ints(vec![v, v]);
+    // (file, channels, graph, what the error says)
+    let cases = [
+        (
+            "in-channels.onnx",
+            1,
+            conv(&[4, 3, 3, 3], vec![]),
+            "node 'conv' (Conv): the weight [4, 3, 3, 3] takes 3 input channels (x group 1), \
+             the input has 1",
+        ),
+        (
+            "group.onnx",
+            3,
+            conv(&[4, 1, 3, 3], vec![("group", Attr::Int(2))]),
+            "node 'conv' (Conv): group 2 does not divide the input's 3 channels",
+        ),
+        (
+            "dilation-0.onnx",
+            1,
+            conv(&[4, 1, 3, 3], vec![("dilations", k(0))]),
+            "node 'conv' (Conv): dilations [0, 0]: each must be a positive number",
+        ),
+        (
+            "kernel-shape.onnx",
+            1,
+            conv(&[4, 1, 3, 3], vec![("kernel_shape", k(5))]),
+            "node 'conv' (Conv): kernel_shape [5, 5] does not match the weight's [3, 3]",
+        ),
+        (
+            "pool-larger-than-input.onnx",
+            1,
+            pool(vec![("kernel_shape", k(30))]),
+            "node 'pool' (MaxPool): a window of [30, 30] (dilations [1, 1]) is larger than the \
+             input [28, 28] padded by [(0, 0), (0, 0)]: the output would be empty",
+        ),
+        (
+            "pool-pads.onnx",
+            1,
+            pool(vec![
+                ("kernel_shape", k(2)),
+                ("pads", Attr::Ints(vec![2; 4])),
+            ]),
+            "node 'pool' (MaxPool): pads [(2, 2), (2, 2)] must be smaller than the kernel [2, 2]",
+        ),
+        (
+            "duplicate-names.onnx",
+            1,
+            (
+                vec![
+                    proto::node("Relu", "relu1", &["images"], &["r"], &[]),
+                    proto::node("Relu", "relu2", &["images"], &["r"], &[]),
+                    proto::node("GlobalAveragePool", "gap", &["r"], &["g"], &[]),
+                    proto::node("Flatten", "flat", &["g"], &["features"], &[]),
+                ],
+                vec![],
+                1,
+            ),
+            "value 'r' is defined twice (again by node 'relu2')",
+        ),
+    ];
+    // The same graph with nothing wrong imports: each refusal is its defect's doing.
+    let (nodes, inits, features) = conv(&[4, 1, 3, 3], vec![("kernel_shape", k(3))]);
+    let fine = file(
+        &dir,
+        "fine.onnx",
+        &proto::classifier(1, 28, 28, &nodes, &inits, features),
+    );
+    let run = info(&fine);
+    assert!(run.output.status.success(), "{}", stderr(&run.output));
+    for (name, channels, (nodes, inits, features), expected) in cases {
+        let bytes = proto::classifier(channels, 28, 28, &nodes, &inits, features);
+        let path = file(&dir, name, &bytes);
+        let run = info(&path);
+        assert_error(&run.output, &format!("model {}: ", s(&path)), &[expected]);
+        // The data commands import the same way.
+        let eval = advcomp_limited(
+            &[
+                "eval",
+                "--model",
+                s(&path),
+                "--dataset",
+                "mnist",
+                "--limit",
+                "8",
+                "--backend",
+                "cpu",
+            ],
+            &[],
+        );
+        assert_error(&eval.output, &format!("model {}: ", s(&path)), &[expected]);
+        assert!(eval.output.stdout.is_empty(), "{name}: no accuracy printed");
+    }
+}

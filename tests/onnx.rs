@@ -304,7 +304,7 @@ fn onnx_files_advcomp_cannot_use_are_refused_by_name() {
         ("not-logits.onnx", "a classifier's is [N, classes]"),
         (
             "shapes-do-not-fit.onnx",
-            "the graph does not run on one image",
+            "node 'fc' (Gemm): a [1, 784] matrix cannot be multiplied by a [100, 10] one",
         ),
     ];
     for (file, expected) in cases {

@@ -515,7 +515,11 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
     for m in &results.models {
         hashes.insert(
             (m.seed, m.label.as_str()),
-            crate::files::sha256_of_file(&m.checkpoint)?,
+            crate::files::sha256_of_file(
+                &m.checkpoint,
+                crate::limits::MAX_DATA_BYTES as u64,
+                crate::Error::checkpoint,
+            )?,
         );
     }
     let facts = ModelFacts {

@@ -138,7 +138,11 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         model: kind.to_string(),
         model_sha256: match (&baseline, network.model_sha256()) {
             (_, Some(sha)) => Some(sha),
-            (Some((path, _)), None) => Some(crate::files::sha256_of_file(path)?),
+            (Some((path, _)), None) => Some(crate::files::sha256_of_file(
+                path,
+                crate::limits::MAX_DATA_BYTES as u64,
+                Error::checkpoint,
+            )?),
             (None, None) => None,
         },
         dataset: dataset.to_string(),

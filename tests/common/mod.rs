@@ -116,3 +116,108 @@ pub fn mnist_test_batch(
     .unwrap();
     test.batch(&(0..n).collect::<Vec<_>>(), device)
 }
+
+pub mod onnx;
+
+/// The address-space limit hostile inputs are run under, in KiB: `ulimit -v 8000000`. Under
+/// it, memory the machine cannot give makes an allocation fail (an abort, unless advcomp
+/// refuses first) instead of succeeding on paper.
+pub const ADDRESS_SPACE_KIB: u64 = 8_000_000;
+
+/// How long a command on a hostile input may take before it counts as hanging.
+pub const HANG: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a limited run gives: its output and its peak memory (KiB of resident memory).
+pub struct Limited {
+    pub output: std::process::Output,
+    pub peak_kib: i64,
+}
+
+/// Runs the advcomp binary with `args` and `envs` as a hostile input's test must: under
+/// [`ADDRESS_SPACE_KIB`], killed and failed after [`HANG`] (a regression that blocks, on a
+/// FIFO say, fails its test instead of hanging the suite).
+#[allow(clippy::zombie_processes)] // reaped by libc::wait4 below (for its peak memory)
+pub fn advcomp_limited(args: &[&str], envs: &[(&str, &str)]) -> Limited {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_advcomp"));
+    command
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(std::env::temp_dir())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        command.pre_exec(|| {
+            let bytes = ADDRESS_SPACE_KIB * 1024;
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let pid = child.id() as i32;
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let start = std::time::Instant::now();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    loop {
+        // SAFETY: wait4 on our own child, writing the status and usage given.
+        let done = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if done == pid {
+            break;
+        }
+        if start.elapsed() > HANG {
+            let _ = child.kill();
+            unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+            panic!(
+                "advcomp {args:?} still ran after {HANG:?} (killed): {}",
+                String::from_utf8_lossy(&stderr.join().unwrap())
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    use std::os::unix::process::ExitStatusExt;
+    Limited {
+        output: std::process::Output {
+            status: std::process::ExitStatus::from_raw(status),
+            stdout: stdout.join().unwrap(),
+            stderr: stderr.join().unwrap(),
+        },
+        peak_kib: usage.ru_maxrss,
+    }
+}
+
+/// Asserts that `out` ended with exit code 2 and that its error (the first line of stderr
+/// that starts with `error: `) starts with `error: {start}` and contains each of `then`;
+/// nothing panicked or aborted.
+pub fn assert_error(out: &std::process::Output, start: &str, then: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line ({:?}): {err}", out.status));
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        line.starts_with(&format!("error: {start}")),
+        "the error line should start with 'error: {start}': {line}"
+    );
+    for t in then {
+        assert!(line.contains(t), "'{t}' not in the error line: {line}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -6,14 +6,15 @@ use std::path::Path;
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use onnx_ir::{ArgType, Argument, Node};
 
-use super::{Binary, Initialiser, Op, Operand, Step};
+use super::{Binary, Initialiser, Op, Operand, Step, shapes};
 use crate::{Error, Result};
 
 /// What the file's graph becomes: everything [`super::Graph`] holds but its file and hash.
 pub(super) struct Parsed {
     pub input_shape: [usize; 3],
-    /// 0 when the file does not say (found by a dry run).
     pub classes: usize,
+    /// Numbers the graph's values hold for one image, all together.
+    pub elements: usize,
     pub steps: Vec<Step>,
     pub slots: usize,
     pub output: usize,
@@ -44,6 +45,8 @@ pub(super) fn parse(path: &Path, bytes: &[u8], graph: &onnx_ir::OnnxGraph) -> Re
             )
             .collect(),
         names: Vec::new(),
+        shapes: Vec::new(),
+        elements: 0,
         params: Vec::new(),
         consts: Vec::new(),
         weights: Vec::new(),
@@ -53,6 +56,7 @@ pub(super) fn parse(path: &Path, bytes: &[u8], graph: &onnx_ir::OnnxGraph) -> Re
     Ok(Parsed {
         input_shape,
         classes,
+        elements: builder.elements,
         steps,
         slots: builder.names.len(),
         output,
@@ -75,6 +79,11 @@ struct Builder<'a> {
     constant_ids: std::collections::HashMap<String, usize>,
     /// Value names, by slot.
     names: Vec<String>,
+    /// Value shapes, by slot, for one image (batch axis 1), as [`shapes`] infers them.
+    shapes: Vec<Vec<usize>>,
+    /// Elements of every value so far (and the largest workspace) for one image: what the
+    /// dry run holds at once.
+    elements: usize,
     params: Vec<Initialiser>,
     consts: Vec<Initialiser>,
     weights: Vec<usize>,
@@ -82,6 +91,11 @@ struct Builder<'a> {
 }
 
 type Built = ([usize; 3], usize, Vec<Step>, usize, Option<String>);
+
+/// The most numbers the graph's values may hold for one image, all together (1 GiB of f32):
+/// the one-image dry run at import holds them all at once, and a batch holds that many per
+/// image. Far above a CNN for images (ResNet-50 on 224x224 images: about 25 million).
+const MAX_PROBE_ELEMENTS: usize = 1 << 28;
 
 impl Builder<'_> {
     fn refuse(&self, problem: String) -> Error {
@@ -114,13 +128,44 @@ impl Builder<'_> {
         }
     }
 
-    fn slot(&mut self, name: &str) -> usize {
-        match self.names.iter().position(|n| n == name) {
-            Some(i) => i,
-            None => {
-                self.names.push(name.to_string());
-                self.names.len() - 1
-            }
+    /// A new slot for the value `name` of shape `shape` (one image), counted against
+    /// [`MAX_PROBE_ELEMENTS`] with `workspace` more elements while it is computed. The error
+    /// says what is wrong with the value; the caller says which it is (the parser renames
+    /// values, so `name` is not the file's).
+    fn slot(
+        &mut self,
+        name: &str,
+        shape: Vec<usize>,
+        workspace: usize,
+    ) -> std::result::Result<usize, String> {
+        if self.names.iter().any(|n| n == name) {
+            // ONNX graphs are in single static assignment form.
+            return Err(
+                "is defined twice; each value has one producer (single static assignment)".into(),
+            );
+        }
+        let total = shapes::elements(&shape)
+            .and_then(|n| self.elements.checked_add(n))
+            .filter(|&n| n.saturating_add(workspace) <= MAX_PROBE_ELEMENTS);
+        let Some(total) = total else {
+            return Err(format!(
+                "has shape {shape:?}: for one image the graph's values would hold more than \
+                 {MAX_PROBE_ELEMENTS} numbers ({}), more than a classifier advcomp runs",
+                crate::files::bytes_text(MAX_PROBE_ELEMENTS as u64 * 4)
+            ));
+        };
+        self.elements = total;
+        self.names.push(name.to_string());
+        self.shapes.push(shape);
+        Ok(self.names.len() - 1)
+    }
+
+    /// The shape of what `operand` names.
+    fn shape_of(&self, operand: Operand) -> Vec<usize> {
+        match operand {
+            Operand::Value(i) => self.shapes[i].clone(),
+            Operand::Param(i) => self.params[i].shape.clone(),
+            Operand::Const(i) => self.consts[i].shape.clone(),
         }
     }
 
@@ -241,7 +286,9 @@ impl Builder<'_> {
                 )));
             }
         };
-        self.slot(&input.name);
+        let [c, h, w] = input_shape;
+        self.slot(&input.name, vec![1, c, h, w], 0)
+            .map_err(|why| self.refuse(format!("input '{}' {why}", input.name)))?;
         let mut steps = Vec::new();
         let mut stripped = None;
         let last = graph.nodes.len().saturating_sub(1);
@@ -259,6 +306,8 @@ impl Builder<'_> {
                     self.refuse_auto_pad(node, &c.auto_pad)?;
                     let x = self.input(node, 0)?;
                     let (weight, bias) = self.weight_and_bias(node)?;
+                    shapes::conv_kernel(c.kernel_size, &self.params[weight].shape)
+                        .map_err(|why| self.refuse(format!("node {}: {why}", self.label(node))))?;
                     Op::Conv {
                         x,
                         weight,
@@ -404,6 +453,20 @@ impl Builder<'_> {
                     // Running statistics stay as they are (frozen also when fine-tuning).
                     let mean = self.input(node, 3)?;
                     let var = self.input(node, 4)?;
+                    // sqrt(var + epsilon) of a negative number is NaN, in every logit after.
+                    if let Operand::Const(i) = var
+                        && let Some((channel, v)) = self.consts[i]
+                            .values
+                            .iter()
+                            .enumerate()
+                            .find(|(_, v)| f64::from(**v) + epsilon <= 0.0)
+                    {
+                        return Err(self.refuse(format!(
+                            "node {}: input_var holds {v} at channel {channel}: with epsilon \
+                             {epsilon} it has no square root (the outputs would be NaN)",
+                            self.label(node)
+                        )));
+                    }
                     Op::BatchNorm {
                         x,
                         scale,
@@ -451,22 +514,20 @@ impl Builder<'_> {
                 .first()
                 .map(|a| a.name.clone())
                 .unwrap_or_default();
-            let out = self.slot(&out_name);
-            let shape = match node.outputs().first().map(|a| &a.ty) {
-                Some(ArgType::Tensor(t)) => t
-                    .static_shape
-                    .iter()
-                    .flatten()
-                    .skip(1)
-                    .map(|d| d.unwrap_or(0))
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let shape_of = |o: Operand| self.shape_of(o);
+            let shape = shapes::output_shape(&op, &shape_of)
+                .map_err(|why| self.refuse(format!("node {}: {why}", self.label(node))))?;
+            let workspace = shapes::workspace(&op, &shape_of, &shape);
+            let out = self
+                .slot(&out_name, shape.clone(), workspace)
+                .map_err(|why| {
+                    self.refuse(format!("node {}: its output {why}", self.label(node)))
+                })?;
             steps.push(Step {
                 node: name,
                 op,
                 out,
-                shape,
+                shape: shape.get(1..).unwrap_or_default().to_vec(),
             });
         }
         if graph.outputs.len() != 1 {
@@ -476,18 +537,12 @@ impl Builder<'_> {
             )));
         }
         let out_arg = &graph.outputs[0];
-        let classes = match &out_arg.ty {
-            ArgType::Tensor(t) if t.rank == 2 => match t.static_shape.as_deref() {
-                Some([_, Some(k)]) if *k >= 2 => *k,
-                // Not inferred by the parser (e.g. after a Softmax): found by a dry run.
-                None | Some([_, None]) => 0,
-                other => {
-                    return Err(self.refuse(format!(
-                        "output '{}' has shape {other:?}; a classifier's is [N, classes] with at least 2 classes",
-                        out_arg.name
-                    )));
-                }
-            },
+        // What the file declares (the parser may not know the classes, e.g. after a Softmax).
+        let declared = match &out_arg.ty {
+            ArgType::Tensor(t) if t.rank == 2 => t
+                .static_shape
+                .as_deref()
+                .and_then(|s| s.get(1).copied().flatten()),
             other => {
                 return Err(self.refuse(format!(
                     "output '{}' is {other:?}; a classifier's is [N, classes]",
@@ -503,6 +558,24 @@ impl Builder<'_> {
                 );
             }
         };
+        let classes = match self.shapes[output].as_slice() {
+            [_, k] if *k >= 2 => *k,
+            other => {
+                return Err(self.refuse(format!(
+                    "output '{}' has shape {other:?} for one image; a classifier's is \
+                     [N, classes] with at least 2 classes",
+                    out_arg.name
+                )));
+            }
+        };
+        if let Some(d) = declared
+            && d != classes
+        {
+            return Err(self.refuse(format!(
+                "output '{}' is declared with {d} classes, but the graph computes {classes}",
+                out_arg.name
+            )));
+        }
         Ok((input_shape, classes, steps, output, stripped))
     }
 
@@ -557,6 +630,58 @@ fn protobuf_fields(bytes: &[u8], number: u32) -> Option<Vec<Vec<u8>>> {
             })
             .collect(),
     )
+}
+
+/// Refuses a graph that defines a value twice, as ONNX's checker does ("Graph must be in
+/// single static assignment (SSA) form"): a second node writing a value, or a node writing a
+/// graph input or an initialiser. (An initialiser may also be listed as a graph input, as
+/// files of IR version 3 do.) Read from the file itself: the parser renames what it reads.
+///
+/// A file that is no protobuf message at all is refused here too, before the parser copies it.
+pub(super) fn defined_once(bytes: &[u8]) -> std::result::Result<(), String> {
+    let Some(fields) = protobuf_fields(bytes, 7) else {
+        return Err("not a readable ONNX model: not a protobuf message".into());
+    };
+    let Some(graph) = fields.into_iter().next() else {
+        return Ok(()); // no graph: the parser says what is wrong
+    };
+    let strings = |message: &[u8], number| -> Vec<String> {
+        protobuf_fields(message, number)
+            .unwrap_or_default()
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    };
+    // GraphProto field 11: inputs (ValueInfoProto, name = field 1).
+    let inputs: Vec<String> = protobuf_fields(&graph, 11)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|info| strings(info, 1).into_iter().next())
+        .collect();
+    let mut defined = std::collections::HashSet::new();
+    for input in &inputs {
+        if !defined.insert(input.clone()) {
+            return Err(format!("graph input '{input}' is listed twice"));
+        }
+    }
+    for name in initialiser_names(bytes).unwrap_or_default() {
+        if !inputs.contains(&name) && !defined.insert(name.clone()) {
+            return Err(format!("initialiser '{name}' is defined twice"));
+        }
+    }
+    // NodeProto field 2: outputs; field 3: the node's name.
+    for node in protobuf_fields(&graph, 1).unwrap_or_default() {
+        for output in strings(&node, 2).into_iter().filter(|o| !o.is_empty()) {
+            if !defined.insert(output.clone()) {
+                let name = strings(&node, 3).into_iter().next().unwrap_or_default();
+                return Err(format!(
+                    "value '{output}' is defined twice (again by node '{name}'): an ONNX graph \
+                     assigns each value once"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The names of the graph's initialisers in file order: ModelProto field 7 (graph) ->

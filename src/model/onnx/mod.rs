@@ -19,6 +19,7 @@ use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 
 mod build;
 mod run;
+mod shapes;
 
 use super::Compression;
 use crate::{Error, Result};
@@ -180,15 +181,30 @@ pub struct OnnxModel {
 
 /// Builds the model and its graph from an ONNX file.
 pub fn import(path: &Path, device: &Device) -> Result<OnnxModel> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::model(path, "file not found"),
-        _ => Error::model(path, format!("cannot read: {e}")),
-    })?;
+    // The file, the parser's copy of it, the weights as numbers and as tensors: about four
+    // times its size at the peak.
+    let bytes =
+        crate::files::read_input(path, crate::limits::MAX_MODEL_BYTES as u64, 4, Error::model)?;
     let sha256 = crate::files::sha256_hex(&bytes);
+    build::defined_once(&bytes).map_err(|why| Error::model(path, why))?;
     let graph = onnx_ir::OnnxGraphBuilder::new()
         .parse_bytes(&bytes)
         .map_err(|e| Error::model(path, format!("not a readable ONNX model: {e}")))?;
     let parsed = build::parse(path, &bytes, &graph)?;
+    // The dry run below holds every value of one image at once (twice over, for what burn
+    // allocates beside them): refused here rather than aborted on by the allocator.
+    let probe_bytes = (parsed.elements as u64).saturating_mul(8);
+    crate::files::check_memory(probe_bytes).map_err(|available| {
+        Error::model(
+            path,
+            format!(
+                "running one image through the graph needs {}, more than the {} this process \
+                 can still get",
+                crate::files::bytes_text(probe_bytes),
+                crate::files::bytes_text(available)
+            ),
+        )
+    })?;
     let params = parsed
         .params
         .iter()
@@ -202,7 +218,7 @@ pub fn import(path: &Path, device: &Device) -> Result<OnnxModel> {
         })
         .collect();
     let (input_shape, classes) = (parsed.input_shape, parsed.classes);
-    let mut model = OnnxModel {
+    let model = OnnxModel {
         params,
         graph: Arc::new(Graph {
             file: path.to_path_buf(),
@@ -225,8 +241,9 @@ pub fn import(path: &Path, device: &Device) -> Result<OnnxModel> {
     };
     // One image through the graph: shapes that do not fit each other (which burn reports by
     // panicking) are refused here, with the file's name, rather than in the middle of a run.
+    // (Shape inference at import refuses them first; this dry run is the backstop.)
     let [c, h, w] = input_shape;
-    let probe = {
+    {
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -245,17 +262,7 @@ pub fn import(path: &Path, device: &Device) -> Result<OnnxModel> {
                 .collect::<Vec<_>>()
                 .join(" ");
             Error::model(path, format!("the graph does not run on one image: {why}"))
-        })?
-    };
-    if classes == 0 {
-        let k = probe.dims()[1];
-        if k < 2 {
-            return Err(Error::model(
-                path,
-                format!("the output has {k} class; a classifier's has at least 2"),
-            ));
-        }
-        Arc::make_mut(&mut model.graph).classes = k;
+        })?;
     }
     Ok(model)
 }
