@@ -1173,3 +1173,227 @@ fn onnx_graphs_onnx_runtime_refuses_are_refused_at_import_naming_the_node() {
         assert!(eval.output.stdout.is_empty(), "{name}: no accuracy printed");
     }
 }
+
+/// Makes a FIFO (named pipe) at `path`: opening it for reading blocks until a writer comes.
+fn fifo(path: &Path) -> PathBuf {
+    let c = std::ffi::CString::new(s(path)).unwrap();
+    // SAFETY: a valid C string; mkfifo only creates the node.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {}",
+        path.display()
+    );
+    path.to_path_buf()
+}
+
+/// A 28x28 grey PNG at `path`.
+fn png(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::GrayImage::from_pixel(28, 28, image::Luma([128]))
+        .save(path)
+        .unwrap();
+}
+
+#[test]
+fn inputs_that_are_not_regular_files_are_refused_by_name_without_blocking() {
+    let dir = folder("not-regular");
+    let ckpt = lenet5(&dir.join("m.safetensors"), 1);
+    let c = s(&ckpt);
+    let model = fifo(&dir.join("fifo.onnx"));
+    let data = fifo(&dir.join("fifo.safetensors"));
+    let config = fifo(&dir.join("fifo.toml"));
+    let images = dir.join("images");
+    png(&images.join("0/a.png"));
+    png(&images.join("1/a.png"));
+    let image = fifo(&images.join("1/b.png"));
+    // A checkpoint of an imported model names its ONNX file in its metadata.
+    let names_fifo = dir.join("names-fifo.safetensors");
+    write_raw(
+        &names_fifo,
+        &[("fc.weight", Dtype::F32, vec![1], vec![0; 4])],
+        &[("model", s(&model)), ("dataset", "mnist")],
+    );
+    let out = dir.join("o");
+    let folder_onnx = dir.join("folder.onnx");
+    std::fs::create_dir(&folder_onnx).unwrap();
+    let fifo_kind = "is a FIFO (named pipe), not a regular file";
+    let device = "is a character device, not a regular file";
+    let cases: [(&[&str], String, &str); 8] = [
+        (
+            &["info", "--model", s(&model)],
+            format!("model {}: ", s(&model)),
+            fifo_kind,
+        ),
+        (
+            &["eval", "--checkpoint", c, "--test-data", s(&data)],
+            format!("data file {}: ", s(&data)),
+            fifo_kind,
+        ),
+        (
+            &["eval", "--checkpoint", c, "--test-data", s(&images)],
+            format!("data file {}: ", s(&image)),
+            fifo_kind,
+        ),
+        (
+            &["sweep", "--config", s(&config), "--out", s(&out)],
+            format!("config file {}: ", s(&config)),
+            fifo_kind,
+        ),
+        (
+            &["eval", "--checkpoint", s(&names_fifo)],
+            format!("model {}: ", s(&model)),
+            fifo_kind,
+        ),
+        (
+            &["eval", "--checkpoint", c, "--test-data", "/dev/zero"],
+            "data file /dev/zero: ".into(),
+            device,
+        ),
+        (
+            &["eval", "--checkpoint", "/dev/zero"],
+            "checkpoint /dev/zero: ".into(),
+            device,
+        ),
+        (
+            &["info", "--model", s(&folder_onnx)],
+            format!("model {}: ", s(&folder_onnx)),
+            "is a directory, not a regular file",
+        ),
+    ];
+    for (args, start, expected) in cases {
+        let mut args = args.to_vec();
+        args.extend(["--backend", "cpu"]);
+        let run = advcomp_limited(&args, &[]);
+        assert_error(&run.output, &start, &[expected]);
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn files_too_large_to_read_are_refused_before_a_byte_is_read() {
+    let dir = folder("too-large");
+    let ckpt = lenet5(&dir.join("m.safetensors"), 1);
+    // Sparse files: gigabytes on paper, nothing on disk.
+    let sparse = |name: &str, size: u64| {
+        let path = dir.join(name);
+        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+        path
+    };
+    // Past the ONNX format's own 2 GiB: refused by its size alone.
+    let onnx = sparse("huge.onnx", 3 << 30);
+    let run = info(&onnx);
+    assert_error(
+        &run.output,
+        &format!("model {}: ", s(&onnx)),
+        &["is 3221225472 bytes, more than the 2 GiB advcomp reads as this kind of file"],
+    );
+    assert!(run.peak_kib < 256 << 10, "peak {} MiB", run.peak_kib >> 10);
+    // Within the data files' 16 GiB, but twice over more than the address space allows.
+    let data = sparse("huge.safetensors", 6 << 30);
+    let run = advcomp_limited(
+        &[
+            "eval",
+            "--checkpoint",
+            s(&ckpt),
+            "--test-data",
+            s(&data),
+            "--backend",
+            "cpu",
+        ],
+        &[],
+    );
+    assert_error(
+        &run.output,
+        &format!("data file {}: ", s(&data)),
+        &[
+            "is 6442450944 bytes; reading it needs about 12 GiB, more than the",
+            "this process can still get",
+        ],
+    );
+    assert!(run.peak_kib < 256 << 10, "peak {} MiB", run.peak_kib >> 10);
+}
+
+#[test]
+fn an_image_folder_too_large_for_memory_is_refused_before_decoding() {
+    let dir = folder("big-folder");
+    let ckpt = lenet5(&dir.join("m.safetensors"), 1);
+    // 30 grey images of 16384 x 16384 pixels (268 MB each decoded, under the image crate's
+    // 512 MB limit on one image; a few hundred kB each as PNG): 8 GB together.
+    let side = 16384;
+    let first = dir.join("data/0/000.png");
+    std::fs::create_dir_all(first.parent().unwrap()).unwrap();
+    {
+        let file = std::io::BufWriter::new(std::fs::File::create(&first).unwrap());
+        let encoder = image::codecs::png::PngEncoder::new_with_quality(
+            file,
+            image::codecs::png::CompressionType::Fast,
+            image::codecs::png::FilterType::NoFilter,
+        );
+        image::ImageEncoder::write_image(
+            encoder,
+            &vec![0u8; side * side],
+            side as u32,
+            side as u32,
+            image::ColorType::L8,
+        )
+        .unwrap();
+    }
+    for i in 1..30 {
+        let class = i % 2;
+        let to = dir.join(format!("data/{class}/{i:03}.png"));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::hard_link(&first, &to).unwrap();
+    }
+    let folder = dir.join("data");
+    let run = advcomp_limited(
+        &[
+            "eval",
+            "--checkpoint",
+            s(&ckpt),
+            "--test-data",
+            s(&folder),
+            "--backend",
+            "cpu",
+        ],
+        &[],
+    );
+    assert_error(
+        &run.output,
+        &format!("data file {}: ", s(&folder)),
+        &[
+            "holds 30 images of 1x16384x16384 pixels, 8053063680 bytes decoded: twice that is \
+             more memory than the",
+        ],
+    );
+    assert!(run.peak_kib < 512 << 10, "peak {} MiB", run.peak_kib >> 10);
+}
+
+#[test]
+fn a_class_folder_name_that_is_not_utf8_is_refused_as_such() {
+    let dir = folder("not-utf8");
+    let ckpt = lenet5(&dir.join("m.safetensors"), 1);
+    // Said as such, not as "No such file or directory" of a lossily converted name.
+    use std::os::unix::ffi::OsStrExt;
+    let images = dir.join("images");
+    png(&images.join("a/x.png"));
+    let odd = images.join(std::ffi::OsStr::from_bytes(b"b\xff"));
+    png(&odd.join("x.png"));
+    let run = advcomp_limited(
+        &[
+            "eval",
+            "--checkpoint",
+            s(&ckpt),
+            "--test-data",
+            s(&images),
+            "--backend",
+            "cpu",
+        ],
+        &[],
+    );
+    assert_error(
+        &run.output,
+        &format!("data file {}: ", odd.display()),
+        &["class folder name is not valid UTF-8"],
+    );
+}

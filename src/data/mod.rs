@@ -407,20 +407,10 @@ fn cannot_read(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     }
 }
 
-/// A data file's bytes, refusing one larger than [`crate::limits::MAX_DATA_BYTES`] before
-/// reading it.
+/// A data file's bytes, read as [`crate::files::read_input`] reads inputs (regular files only,
+/// at most [`crate::limits::MAX_DATA_BYTES`], bounded by memory).
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    let size = std::fs::metadata(path).map_err(cannot_read(path))?.len();
-    if size > crate::limits::MAX_DATA_BYTES as u64 {
-        return Err(Error::data(
-            path,
-            format!(
-                "is {size} bytes, more than the {} GiB advcomp reads as a data file",
-                crate::limits::MAX_DATA_BYTES >> 30
-            ),
-        ));
-    }
-    std::fs::read(path).map_err(cannot_read(path))
+    crate::files::read_input(path, crate::limits::MAX_DATA_BYTES as u64, 2, Error::data)
 }
 
 /// `dir/name.gz` if it exists, else `dir/name` (raw IDX).

@@ -2,9 +2,12 @@
 //! class, PNG or JPEG files), or a safetensors file with `images` and `labels`.
 
 use std::collections::BTreeMap;
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use image::DynamicImage;
+use image::codecs::jpeg::JpegDecoder;
+use image::codecs::png::PngDecoder;
+use image::{DynamicImage, ImageDecoder, ImageFormat};
 use safetensors::{Dtype, SafeTensors};
 
 use super::{Images, Pixels};
@@ -29,7 +32,14 @@ pub fn class_names(dir: &Path) -> Result<Vec<String>> {
     for entry in read_dir(dir)? {
         if entry.is_dir() {
             let name = entry.file_name().expect("a directory entry has a name");
-            classes.push(name.to_string_lossy().into_owned());
+            // Class names are printed and recorded; a name that is not text cannot be.
+            let name = name.to_str().ok_or_else(|| {
+                Error::data(
+                    &entry,
+                    "class folder name is not valid UTF-8 (rename the folder)",
+                )
+            })?;
+            classes.push(name.to_string());
         }
     }
     classes.sort();
@@ -54,54 +64,86 @@ pub fn class_names(dir: &Path) -> Result<Vec<String>> {
 /// Reads every PNG/JPEG under each class folder (recursively, in sorted order; other files
 /// are skipped, as torchvision does). Grey images give one channel; if any image has colour,
 /// all are read as RGB (alpha dropped), as torchvision's loader does.
+///
+/// Every image's header is read first: sizes that differ, and a folder whose images together
+/// would not fit ([`crate::limits::MAX_DATA_BYTES`], or twice over the memory this process can
+/// get) are refused before anything is decoded; then each image is decoded and converted in
+/// turn, so no more than one decoded image is held beside the result.
 pub fn read_image_folder(dir: &Path) -> Result<(Images, Vec<String>)> {
     let classes = class_names(dir)?;
-    let mut decoded: Vec<(PathBuf, DynamicImage)> = Vec::new();
-    let mut decoded_bytes = 0usize;
-    let mut labels = Vec::new();
+    let mut files = Vec::new();
     for (label, class) in classes.iter().enumerate() {
         let folder = dir.join(class);
-        let files = image_files(&folder)?;
-        if files.is_empty() {
+        let found = image_files(&folder)?;
+        if found.is_empty() {
             return Err(Error::data(
                 &folder,
                 "class folder holds no PNG or JPEG images",
             ));
         }
-        for file in files {
-            let image = image::open(&file)
-                .map_err(|e| Error::data(&file, format!("cannot decode the image: {e}")))?;
-            decoded_bytes += image.as_bytes().len();
-            if decoded_bytes > crate::limits::MAX_DATA_BYTES {
-                return Err(Error::data(
-                    dir,
-                    format!(
-                        "holds more than the {} GiB of decoded images advcomp reads",
-                        crate::limits::MAX_DATA_BYTES >> 30
-                    ),
-                ));
-            }
-            decoded.push((file, image));
-            labels.push(label as u8);
-        }
+        files.extend(found.into_iter().map(|file| (file, label as u8)));
     }
-    let colour = decoded.iter().any(|(_, image)| image.color().has_color());
-    let channels = if colour { 3 } else { 1 };
-    let (first, image) = &decoded[0];
-    let (width, height) = (image.width() as usize, image.height() as usize);
-    let mut pixels = Vec::with_capacity(decoded.len() * channels * height * width);
-    for (file, image) in &decoded {
-        if (image.width() as usize, image.height() as usize) != (width, height) {
+    if files.len() > crate::limits::MAX_IMAGES {
+        return Err(Error::data(
+            dir,
+            format!(
+                "holds {} images; advcomp reads at most {}",
+                files.len(),
+                crate::limits::MAX_IMAGES
+            ),
+        ));
+    }
+    let headers = files
+        .iter()
+        .map(|(file, _)| header(file))
+        .collect::<Result<Vec<_>>>()?;
+    let (first, &(width, height, _)) = (&files[0].0, &headers[0]);
+    for ((file, _), &(w, h, _)) in files.iter().zip(&headers) {
+        if (w, h) != (width, height) {
             return Err(Error::data(
                 file,
                 format!(
-                    "is {}x{} pixels but {} is {width}x{height} (images are not resized)",
-                    image.width(),
-                    image.height(),
+                    "is {w}x{h} pixels but {} is {width}x{height} (images are not resized)",
                     first.display()
                 ),
             ));
         }
+    }
+    let colour = headers.iter().any(|(_, _, colour)| *colour);
+    let channels = if colour { 3 } else { 1 };
+    let (width, height) = (width as usize, height as usize);
+    let total = [files.len(), channels, height, width]
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+        .unwrap_or(u64::MAX);
+    if total > crate::limits::MAX_DATA_BYTES as u64 {
+        return Err(Error::data(
+            dir,
+            format!(
+                "holds {} images of {channels}x{height}x{width} pixels, {total} bytes decoded: \
+                 more than the {} advcomp reads",
+                files.len(),
+                crate::files::bytes_text(crate::limits::MAX_DATA_BYTES as u64)
+            ),
+        ));
+    }
+    crate::files::check_memory(total.saturating_mul(2)).map_err(|available| {
+        Error::data(
+            dir,
+            format!(
+                "holds {} images of {channels}x{height}x{width} pixels, {total} bytes decoded: \
+                 twice that is more memory than the {} this process can still get",
+                files.len(),
+                crate::files::bytes_text(available)
+            ),
+        )
+    })?;
+    let mut pixels = Vec::new();
+    pixels
+        .try_reserve_exact(total as usize)
+        .map_err(|_| Error::data(dir, format!("cannot hold its {total} decoded bytes")))?;
+    for (file, _) in &files {
+        let image = decode(file)?;
         if colour {
             // Interleaved RGB to planar CHW.
             let rgb = image.to_rgb8();
@@ -114,12 +156,45 @@ pub fn read_image_folder(dir: &Path) -> Result<(Images, Vec<String>)> {
     }
     let images = Images {
         pixels: Pixels::Bytes(pixels),
-        labels,
+        labels: files.iter().map(|(_, label)| *label).collect(),
         channels,
         height,
         width,
     };
     Ok((images, classes))
+}
+
+/// An image file opened for decoding (a regular file only), with its format from its name.
+fn open_image(file: &Path) -> Result<(BufReader<std::fs::File>, ImageFormat)> {
+    let (handle, _) = crate::files::open_input(file, Error::data)?;
+    let format = ImageFormat::from_path(file)
+        .map_err(|e| Error::data(file, format!("cannot tell the image format: {e}")))?;
+    Ok((BufReader::new(handle), format))
+}
+
+/// An image's width, height and whether it has colour, from its header alone.
+fn header(file: &Path) -> Result<(u32, u32, bool)> {
+    let (reader, format) = open_image(file)?;
+    let bad = |e: image::ImageError| Error::data(file, format!("cannot decode the image: {e}"));
+    let (dimensions, colour) = match format {
+        ImageFormat::Png => {
+            let decoder = PngDecoder::new(reader).map_err(bad)?;
+            (decoder.dimensions(), decoder.color_type())
+        }
+        _ => {
+            let decoder = JpegDecoder::new(reader).map_err(bad)?;
+            (decoder.dimensions(), decoder.color_type())
+        }
+    };
+    Ok((dimensions.0, dimensions.1, colour.has_color()))
+}
+
+/// An image decoded (within the image crate's default limits on one image's memory).
+fn decode(file: &Path) -> Result<DynamicImage> {
+    let (reader, format) = open_image(file)?;
+    image::io::Reader::with_format(reader, format)
+        .decode()
+        .map_err(|e| Error::data(file, format!("cannot decode the image: {e}")))
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {

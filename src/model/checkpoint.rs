@@ -367,10 +367,13 @@ pub fn load_checkpoint(
     map: &KeyMap,
     device: &Device,
 ) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::checkpoint(path, "file not found"),
-        _ => Error::checkpoint(path, format!("cannot read: {e}")),
-    })?;
+    // The bytes, the tensors as numbers, and on the device.
+    let bytes = crate::files::read_input(
+        path,
+        crate::limits::MAX_DATA_BYTES as u64,
+        3,
+        Error::checkpoint,
+    )?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e}")))?;
     let file = SafeTensors::deserialize(&bytes)

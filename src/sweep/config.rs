@@ -237,8 +237,12 @@ impl SweepConfig {
     /// A user's sweep file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let origin = format!("config file {}", path.display());
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::usage(format!("{origin}: cannot read: {e}")))?;
+        let bytes =
+            crate::files::read_input(path, crate::limits::MAX_TEXT_BYTES as u64, 2, |_, m| {
+                Error::usage(format!("{origin}: {m}"))
+            })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| Error::usage(format!("{origin}: not UTF-8 text: {e}")))?;
         Self::parse(&text, &origin)
     }
 

@@ -833,6 +833,7 @@ fn read_timing(set: &Path) -> Timing {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::data(path, format!("not a result file: {e}")))
+    let bytes =
+        crate::files::read_input(path, crate::limits::MAX_TEXT_BYTES as u64, 2, Error::data)?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::data(path, format!("not a result file: {e}")))
 }

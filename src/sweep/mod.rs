@@ -111,9 +111,12 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
     });
     let baseline = match baseline {
         Some(path) => {
-            let bytes = std::fs::read(&path).map_err(|e| {
-                Error::checkpoint(&path, format!("no such baseline checkpoint: {e}"))
-            })?;
+            let bytes = crate::files::read_input(
+                &path,
+                crate::limits::MAX_DATA_BYTES as u64,
+                1,
+                Error::checkpoint,
+            )?;
             let key = stable_hash([bytes.as_slice()]);
             Some((path, key))
         }
@@ -319,7 +322,12 @@ pub fn transfer_matrix(options: MatrixOptions) -> Result<Vec<Cell>> {
         jobs: Vec::new(),
     };
     for m in &options.models {
-        let mut bytes = std::fs::read(&m.path).map_err(|e| Error::io(&m.path, e))?;
+        let mut bytes = crate::files::read_input(
+            &m.path,
+            crate::limits::MAX_DATA_BYTES as u64,
+            1,
+            Error::checkpoint,
+        )?;
         // The test images are part of the key: two runs on different files of the user's with
         // the same count and labels must not share adversarial sets.
         bytes.extend_from_slice(options.test.fingerprint().as_bytes());

@@ -495,7 +495,8 @@ pub fn save(path: &Path, set: &AdversarialSet) -> Result<()> {
 /// the first `count` images of `originals` (same image shape, same labels), with finite pixels
 /// in [0, 1] and plausible iteration counts. `seconds` is 0: timings are not stored in sets.
 pub fn load(path: &Path, originals: &Images, count: usize) -> Result<AdversarialSet> {
-    let bytes = std::fs::read(path).map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
+    let bytes =
+        crate::files::read_input(path, crate::limits::MAX_DATA_BYTES as u64, 2, Error::data)?;
     let bad = |what: String| Error::data(path, what);
     let (_, header) =
         SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not safetensors: {e}")))?;
