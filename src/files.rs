@@ -324,35 +324,58 @@ fn refuse_inputs(option: &str, path: &Path, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-/// Creates `dir` (and its parents) and checks that a file can be written in it, with a probe
-/// that is removed again.
+/// Checks that a file can be written in `dir`, with a probe file that is removed again. A
+/// folder that does not exist yet is not created (the writes create it when there is
+/// something to write, so a command refused later leaves no empty folders behind): the probe
+/// goes into its nearest existing ancestor, where the folder would be made.
 fn probe_directory(option: &str, dir: &Path) -> Result<()> {
     let bad = |what: String| Error::usage(format!("{option}: {what}"));
-    if dir.exists() && !dir.is_dir() {
-        return Err(bad(format!("{} is a file, not a directory", dir.display())));
+    let existing = dir
+        .ancestors()
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("."));
+    if !existing.is_dir() {
+        return Err(bad(format!(
+            "{} is a file, not a directory",
+            existing.display()
+        )));
     }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| bad(format!("cannot create directory {}: {e}", dir.display())))?;
-    let probe = dir.join(format!(".advcomp-probe.tmp-{}", std::process::id()));
+    let probe = existing.join(format!(".advcomp-probe.tmp-{}", std::process::id()));
     std::fs::File::create(&probe)
         .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| bad(format!("cannot write in {}: {e}", dir.display())))
+        .map_err(|e| bad(format!("cannot write in {}: {e}", existing.display())))
 }
 
 /// Checks, before any work, that the file output `path` (given with `option`) can be written
-/// and is none of `inputs`; removes temporaries of it that a killed run left.
+/// and is none of `inputs`; removes temporaries of it that a killed run left. An existing
+/// output must be a regular file: the final rename would put a file in place of a device
+/// node (`/dev/null` itself, as root) or a FIFO.
 pub fn check_output_file(option: &str, path: &Path, inputs: &[&Path]) -> Result<()> {
-    if path.is_dir() {
-        return Err(Error::usage(format!(
-            "{option} {}: is a directory; give a file name",
-            path.display()
-        )));
+    let refuse = |what: String| Err(Error::usage(format!("{option} {}: {what}", path.display())));
+    // `Path` drops a trailing '/' ("out/" has the file name "out"), the final rename does not.
+    if path.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return refuse("ends with '/'; give a file name".into());
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.is_dir() {
+            return refuse("is a directory; give a file name".into());
+        }
+        if !meta.is_file() {
+            return refuse(format!(
+                "is {}, not a regular file; give the name of a file to write",
+                file_kind(&meta)
+            ));
+        }
     }
     let Some(name) = path.file_name() else {
-        return Err(Error::usage(format!(
-            "{option} {}: not a file name",
-            path.display()
-        )));
+        return refuse("not a file name".into());
     };
     refuse_inputs(option, path, inputs)?;
     let dir = match path.parent() {

@@ -1370,6 +1370,57 @@ fn an_image_folder_too_large_for_memory_is_refused_before_decoding() {
 }
 
 #[test]
+fn an_output_that_exists_and_is_not_a_regular_file_is_refused() {
+    let dir = folder("device-out");
+    let ckpt = lenet5(&dir.join("m.safetensors"), 1);
+    let c = s(&ckpt);
+    // A link to a character device: the final rename would put a file in place of the link
+    // (and, writing to /dev/null itself as root, in place of the device).
+    let null = dir.join("null.csv");
+    std::os::unix::fs::symlink("/dev/null", &null).unwrap();
+    let pipe = fifo(&dir.join("pipe.safetensors"));
+    // (Never /dev/null itself: were the fix to regress, running as root would replace it.)
+    let cases: [(&[&str], &Path, &str, &str); 2] = [
+        (
+            &["stats", "--checkpoint", c, "--out", s(&null)],
+            &null,
+            "--out",
+            "is a character device, not a regular file",
+        ),
+        (
+            &[
+                "attack",
+                "--source",
+                c,
+                "--attack",
+                "fgsm",
+                "--limit",
+                "4",
+                "--save-adv",
+                s(&pipe),
+            ],
+            &pipe,
+            "--save-adv",
+            "is a FIFO (named pipe), not a regular file",
+        ),
+    ];
+    for (args, out, flag, expected) in cases {
+        let mut args = args.to_vec();
+        args.extend(["--backend", "cpu"]);
+        let run = advcomp_limited(&args, &[]);
+        assert_error(&run.output, &format!("{flag} {}: ", s(out)), &[expected]);
+    }
+    assert!(
+        std::fs::symlink_metadata(&null)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    use std::os::unix::fs::FileTypeExt as _;
+    assert!(std::fs::metadata(&pipe).unwrap().file_type().is_fifo());
+}
+
+#[test]
 fn a_class_folder_name_that_is_not_utf8_is_refused_as_such() {
     let dir = folder("not-utf8");
     let ckpt = lenet5(&dir.join("m.safetensors"), 1);
@@ -1395,5 +1446,75 @@ fn a_class_folder_name_that_is_not_utf8_is_refused_as_such() {
         &run.output,
         &format!("data file {}: ", odd.display()),
         &["class folder name is not valid UTF-8"],
+    );
+}
+
+#[test]
+fn an_output_name_ending_in_a_slash_is_refused_before_the_work() {
+    let dir = folder("slash");
+    let ckpt = lenet5(&dir.join("m.safetensors"), 1);
+    // `Path` drops the '/', the final rename would not: refused at once, not after minutes of
+    // fine-tuning.
+    let slash = format!("{}/", s(&dir.join("c.safetensors")));
+    let start = Instant::now();
+    let run = advcomp_limited(
+        &[
+            "compress",
+            "--checkpoint",
+            s(&ckpt),
+            "--prune",
+            "dns",
+            "--density",
+            "0.5",
+            "--out",
+            &slash,
+            "--backend",
+            "cpu",
+        ],
+        &[],
+    );
+    assert_error(
+        &run.output,
+        &format!("--out {slash}: "),
+        &["ends with '/'; give a file name"],
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "refused after {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_refused_command_leaves_no_output_folders_behind() {
+    let dir = folder("no-folders");
+    let images = dir.join("images");
+    png(&images.join("a/x.png"));
+    png(&images.join("b/x.png"));
+    // Refused after its output was checked (the test images are missing).
+    let deep = dir.join("new/deeper/t.safetensors");
+    let run = advcomp_limited(
+        &[
+            "train",
+            "--data",
+            s(&images),
+            "--test-data",
+            s(&dir.join("missing")),
+            "--out",
+            s(&deep),
+            "--backend",
+            "cpu",
+        ],
+        &[],
+    );
+    assert_error(
+        &run.output,
+        &format!("data file {}: ", s(&dir.join("missing"))),
+        &["file not found"],
+    );
+    assert!(
+        !dir.join("new").exists(),
+        "left {}",
+        dir.join("new").display()
     );
 }
