@@ -15,6 +15,10 @@ pub enum Error {
     /// A setting whose value cannot work, named by its field (`eps`, `attack.eps`): library
     /// code names fields, the command line turns them into its flags ([`Error::for_flags`]).
     Invalid { field: String, problem: String },
+    /// A model gave NaN or infinite logits, or an attack on it NaN or infinite pixels: never a
+    /// number to report. The library runs models, not files; the caller that loaded the model
+    /// in `role` names its file ([`Error::naming`]).
+    NonFinite { role: ModelRole, problem: String },
     /// The requested backend or adapter is not available.
     Backend(String),
     /// An I/O error while writing an output.
@@ -25,6 +29,25 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Which of the models a call runs: the one attacked (or the one a set was made on), the
+/// reference beside it (DIVA's full model), or the one evaluated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelRole {
+    Source,
+    Reference,
+    Target,
+}
+
+impl fmt::Display for ModelRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModelRole::Source => "the attacked model",
+            ModelRole::Reference => "the reference model",
+            ModelRole::Target => "the evaluated model",
+        })
+    }
+}
 
 impl Error {
     pub fn data(path: &Path, problem: impl Into<String>) -> Self {
@@ -85,21 +108,38 @@ impl Error {
             other => other,
         }
     }
+    /// A [`Error::NonFinite`] of the model in `role`, as an error naming its file `path`;
+    /// any other error as it is.
+    pub fn naming(self, role: ModelRole, path: &Path) -> Self {
+        match self {
+            Error::NonFinite { role: r, problem } if r == role => Error::model(path, problem),
+            other => other,
+        }
+    }
+    /// A [`Error::NonFinite`] of any model as one of the model in `role` (a call that runs
+    /// one model for a caller that knows it in another role); any other error as it is.
+    pub fn in_role(self, role: ModelRole) -> Self {
+        match self {
+            Error::NonFinite { problem, .. } => Error::NonFinite { role, problem },
+            other => other,
+        }
+    }
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         Error::Io {
             path: path.to_path_buf(),
             source,
         }
     }
-    /// The process exit code for this error: 2 for bad input (data, checkpoint, usage), 1 for
-    /// failures of the environment (backend, I/O).
+    /// The process exit code for this error: 2 for bad input (data, checkpoint, model, usage,
+    /// a model that computes NaN), 1 for failures of the environment (backend, writing).
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Data { .. }
             | Error::Checkpoint { .. }
             | Error::Model { .. }
             | Error::Usage(_)
-            | Error::Invalid { .. } => 2,
+            | Error::Invalid { .. }
+            | Error::NonFinite { .. } => 2,
             Error::Backend(_) | Error::Io { .. } => 1,
         }
     }
@@ -115,6 +155,7 @@ impl fmt::Display for Error {
             Error::Model { path, problem } => write!(f, "model {}: {problem}", path.display()),
             Error::Usage(problem) => write!(f, "{problem}"),
             Error::Invalid { field, problem } => write!(f, "{field}: {problem}"),
+            Error::NonFinite { role, problem } => write!(f, "{role}: {problem}"),
             Error::Backend(problem) => write!(f, "backend: {problem}"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
         }

@@ -46,7 +46,7 @@ pub mod sweep;
 pub mod train;
 pub mod transfer;
 
-pub use error::{Error, Result};
+pub use error::{Error, ModelRole, Result};
 pub use files::write_atomically;
 
 /// The tool's version, written into every checkpoint it makes.

@@ -1174,6 +1174,210 @@ fn onnx_graphs_onnx_runtime_refuses_are_refused_at_import_naming_the_node() {
     }
 }
 
+/// A copy of the checkpoint `from` at `to` with metadata `meta` and each tensor's bytes as
+/// `change(name, bytes)` makes them.
+fn rewrite(from: &Path, to: &Path, meta: &[(&str, &str)], change: impl Fn(&str, &[u8]) -> Vec<u8>) {
+    let bytes = std::fs::read(from).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let data = change(&n, v.data());
+            (n, v.dtype(), v.shape().to_vec(), data)
+        })
+        .collect();
+    let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+        .collect();
+    write_raw(to, &tensors, meta);
+}
+
+/// Flatten -> Gemm (weights all `w`, [10, 784]) after `first` (nodes from "images" to "x").
+fn mnist_gemm(first: &[proto::Message], w: f32) -> Vec<u8> {
+    let mut nodes = first.to_vec();
+    nodes.push(proto::node("Flatten", "flat", &["x"], &["features"], &[]));
+    nodes.push(proto::node(
+        "Gemm",
+        "fc",
+        &["features", "fc.weight"],
+        &["logits"],
+        &[("transB", Attr::Int(1))],
+    ));
+    proto::model(
+        &nodes,
+        &[proto::tensor("fc.weight", &[10, 784], w)],
+        &[proto::value("images", &[None, Some(1), Some(28), Some(28)])],
+        &[proto::value("logits", &[None, Some(10)])],
+    )
+}
+
+#[test]
+fn nan_or_infinite_logits_are_an_error_naming_the_model_never_a_number() {
+    let dir = folder("non-finite");
+    // Finite weights whose products overflow: +inf logits for any image not all black.
+    let inf = file(
+        &dir,
+        "inf.onnx",
+        &mnist_gemm(
+            &[proto::node("Identity", "id", &["images"], &["x"], &[])],
+            3e38,
+        ),
+    );
+    // 0/0 at every black pixel: NaN logits (the zero image the import runs is no help).
+    let nan = file(
+        &dir,
+        "nan.onnx",
+        &mnist_gemm(
+            &[proto::node(
+                "Div",
+                "div",
+                &["images", "images"],
+                &["x"],
+                &[],
+            )],
+            0.01,
+        ),
+    );
+    let good = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/models/lenet5.onnx");
+    let run = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--dataset", "mnist", "--backend", "cpu"]);
+        advcomp_limited(&args, &[]).output
+    };
+    let (i, n) = (s(&inf), s(&nan));
+    let matrix = dir.join("m.csv");
+    let m = s(&matrix);
+    let infinite = "its logits hold inf for image 0 (class 0)";
+    let (inf_first, nan_second) = (format!("{i},{good}"), format!("{good},{n}"));
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (vec!["eval", "--model", i, "--limit", "16"], i, infinite),
+        (
+            vec!["eval", "--model", n, "--limit", "16"],
+            n,
+            "its logits hold NaN for image 0 (class 0)",
+        ),
+        (
+            vec!["attack", "--source", i, "--attack", "fgsm", "--limit", "8"],
+            i,
+            "its logits held NaN or infinite numbers while images 0..8 were attacked",
+        ),
+        (
+            vec![
+                "attack", "--source", good, "--eval", n, "--attack", "ifgsm", "--steps", "2",
+                "--limit", "8",
+            ],
+            n,
+            "its logits hold NaN for image 0",
+        ),
+        (
+            vec![
+                "transfer", "--models", &inf_first, "--attack", "fgsm", "--limit", "8", "--out", m,
+            ],
+            i,
+            "its logits held NaN or infinite numbers while images 0..8 were attacked",
+        ),
+        (
+            vec![
+                "transfer",
+                "--models",
+                &nan_second,
+                "--attack",
+                "fgsm",
+                "--limit",
+                "8",
+                "--out",
+                m,
+            ],
+            n,
+            "its logits hold NaN for image 0",
+        ),
+    ];
+    for (args, model, expected) in &cases {
+        let out = run(args);
+        assert_error(&out, &format!("model {model}: "), &[expected]);
+        assert!(out.stdout.is_empty(), "{args:?}: nothing reported");
+    }
+    assert!(!matrix.exists(), "no matrix written");
+    // The sweep evaluates the model it compresses: refused before any cell exists.
+    let config = file(&dir, "tiny.toml", TINY_ONNX_SWEEP.as_bytes());
+    let out_dir = dir.join("sweep");
+    let out = advcomp_limited(
+        &[
+            "sweep",
+            "--config",
+            s(&config),
+            "--model",
+            i,
+            "--dataset",
+            "mnist",
+            "--out",
+            s(&out_dir),
+            "--backend",
+            "cpu",
+        ],
+        &[],
+    )
+    .output;
+    assert_error(&out, &format!("model {i}: "), &[infinite]);
+    assert!(!out_dir.join("cells.csv").exists());
+    // A checkpoint whose weights are finite but whose logits overflow names the checkpoint.
+    let big = dir.join("big.safetensors");
+    let base = lenet5(&dir.join("b.safetensors"), 1);
+    rewrite(
+        &base,
+        &big,
+        &[("model", "lenet5"), ("dataset", "mnist")],
+        |name, data| match name {
+            "logits.weight" => data.chunks(4).flat_map(|_| 3e38f32.to_le_bytes()).collect(),
+            _ => data.to_vec(),
+        },
+    );
+    let out = run(&["eval", "--checkpoint", s(&big), "--limit", "16"]);
+    assert_error(&out, &format!("model {}: ", s(&big)), &["its logits hold"]);
+    // A batch norm with a negative variance is NaN for every image: refused at import.
+    let bn = file(
+        &dir,
+        "bn.onnx",
+        &proto::classifier(
+            1,
+            28,
+            28,
+            &[
+                proto::node(
+                    "BatchNormalization",
+                    "bn",
+                    &["images", "s", "b", "mean", "var"],
+                    &["y"],
+                    &[],
+                ),
+                proto::node("GlobalAveragePool", "gap", &["y"], &["g"], &[]),
+                proto::node("Flatten", "flat", &["g"], &["features"], &[]),
+            ],
+            &[
+                proto::tensor("s", &[1], 1.0),
+                proto::tensor("b", &[1], 0.0),
+                proto::tensor("mean", &[1], 0.0),
+                proto::tensor("var", &[1], -1.0),
+            ],
+            1,
+        ),
+    );
+    assert_error(
+        &info(&bn).output,
+        &format!("model {}: ", s(&bn)),
+        &["node 'bn' (BatchNormalization): input_var holds -1 at channel 0"],
+    );
+}
+
+/// A sweep small enough to start in seconds on an imported model.
+const TINY_ONNX_SWEEP: &str = "seeds = 1\nevaluation_images = 16\n\
+[finetune]\nepochs = 1\ntrain_limit = 64\n\
+[grid]\ndensities = [0.5]\nbits = []\n\
+[attack]\nnames = [\"fgsm\"]\nimages = 8\n\
+[figure3]\nattacks = []\n";
+
 /// Makes a FIFO (named pipe) at `path`: opening it for reading blocks until a writer comes.
 fn fifo(path: &Path) -> PathBuf {
     let c = std::ffi::CString::new(s(path)).unwrap();

@@ -9,7 +9,7 @@ use advcomp::data::{Images, Split};
 use advcomp::kernels::QuantGrad;
 use advcomp::model::{self, Classifier, KeyMap};
 use advcomp::transfer::{self, AdversarialSet, CellMetrics};
-use advcomp::{Error, Result};
+use advcomp::{Error, ModelRole, Result};
 use clap::Args;
 use serde_json::json;
 
@@ -211,7 +211,8 @@ fn craft(
         &backend.device,
         description,
         &bar,
-    )?;
+    )
+    .map_err(|e| named(e, source, reference))?;
     bar.finish_and_clear();
     eprintln!(
         "{} on {}: {} images in {:.1} s = {:.1} images/s (batch {}, {} on {})",
@@ -225,6 +226,15 @@ fn craft(
         backend.adapter
     );
     Ok(set)
+}
+
+/// `error` naming the file of the model that gave NaN or infinite numbers.
+fn named(error: Error, source: &Loaded, reference: Option<&Loaded>) -> Error {
+    let error = error.naming(ModelRole::Source, &source.path);
+    match reference {
+        Some(r) => error.naming(ModelRole::Reference, &r.path),
+        None => error,
+    }
 }
 
 /// One evaluated cell: source name, target name, scenario, metrics.
@@ -331,14 +341,17 @@ pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
         &backend,
     )?;
     let differential = match &reference {
-        Some(reference) => Some(transfer::evaluate_pair(
-            &source.classifier,
-            &reference.classifier,
-            &set,
-            &images,
-            args.options.batch_size,
-            &backend.device,
-        )?),
+        Some(reference) => Some(
+            transfer::evaluate_pair(
+                &source.classifier,
+                &reference.classifier,
+                &set,
+                &images,
+                args.options.batch_size,
+                &backend.device,
+            )
+            .map_err(|e| named(e, &source, Some(reference)))?,
+        ),
         None => None,
     };
     if let Some(path) = &args.save_adv {
@@ -353,7 +366,8 @@ pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
             &images,
             args.options.batch_size,
             &backend.device,
-        )?;
+        )
+        .map_err(|e| e.naming(ModelRole::Target, &target.path))?;
         rows.push(cell(&source, target, metrics));
     }
     if args.common.json {

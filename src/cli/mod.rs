@@ -462,6 +462,10 @@ fn eval(args: EvalArgs) -> Result<()> {
     let test_set = ckpt.network.images(&dataset, Split::Test)?;
     let n = args.limit.unwrap_or(test_set.len()).min(test_set.len());
     let start = Instant::now();
+    let named = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| kind.to_string().into());
     let accuracy = train::evaluate(
         &ckpt.network,
         &ckpt.compression,
@@ -469,7 +473,8 @@ fn eval(args: EvalArgs) -> Result<()> {
         &backend.device,
         args.batch_size,
         Some(n),
-    )?;
+    )
+    .map_err(|e| e.naming(advcomp::ModelRole::Target, &named))?;
     let seconds = start.elapsed().as_secs_f64();
     if args.common.json {
         print_json(json!({

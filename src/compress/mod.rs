@@ -22,7 +22,7 @@ use crate::model::{
     self, CheckpointMeta, Compression, CompressionRecord, KeyMap, Mask, Network, weight_layers,
 };
 use crate::train::{self, EpochReport, StepInfo, TrainConfig};
-use crate::{Error, Result};
+use crate::{Error, ModelRole, Result};
 
 /// The dropout rate the models are trained with.
 const BASE_DROPOUT: f64 = 0.5;
@@ -362,7 +362,8 @@ pub fn compress_checkpoint(
         device,
         500,
         None,
-    )?;
+    )
+    .map_err(|e| e.naming(ModelRole::Target, base))?;
     // Without fine-tuning the training images are never read.
     let train_set = match config.finetune.epochs {
         0 => None,
@@ -375,7 +376,9 @@ pub fn compress_checkpoint(
         train_set.as_ref().unwrap_or(&test),
         &test,
         on_epoch,
-    )?;
+    )
+    // NaN from compression itself (a format that overflows): named by the model compressed.
+    .map_err(|e| e.naming(ModelRole::Target, base))?;
     let meta = CheckpointMeta {
         model: checkpoint.network.model_ref().to_string(),
         model_sha256: checkpoint.network.model_sha256(),

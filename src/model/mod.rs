@@ -299,6 +299,34 @@ pub struct Classifier {
     pub compression: Compression,
 }
 
+/// `Ok` when every one of `logits` (of images `first_image`, `first_image` + 1, ...) is a
+/// finite number; else a [`Error::NonFinite`] of the model in `role`, naming the first image
+/// and class that is not. A NaN or infinite logit makes every number computed from it
+/// meaningless (an argmax, a loss, an attack's gradient).
+pub fn check_logits(logits: &Tensor<2>, first_image: usize, role: crate::ModelRole) -> Result<()> {
+    let [_, classes] = logits.dims();
+    let values: Vec<f32> = logits
+        .clone()
+        .inner()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::NonFinite {
+            role,
+            problem: format!(
+                "its logits hold {} for image {} (class {}); a classifier's logits are \
+                 finite numbers",
+                values[i],
+                first_image + i / classes.max(1),
+                i % classes.max(1)
+            ),
+        }),
+    }
+}
+
 impl Classifier {
     /// Logits [batch, 10] for images in [0, 1], through the compression.
     pub fn logits(&self, images: Tensor<4>) -> Tensor<2> {

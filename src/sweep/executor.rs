@@ -24,7 +24,7 @@ use crate::report::{
 };
 use crate::train::{self, TrainConfig};
 use crate::transfer::{self, AdversarialSet, Scenario};
-use crate::{Error, Result};
+use crate::{Error, ModelRole, Result};
 
 /// What every job of a plan shares.
 pub(super) struct Context<'a> {
@@ -319,13 +319,16 @@ impl<'a> Executor<'a> {
         if let Some(p) = self.clean.borrow().get(&(index, n)) {
             return Ok(p.clone());
         }
-        let predictions = Rc::new(transfer::clean_predictions(
-            &self.model(index)?.classifier,
-            &self.context.test,
-            n,
-            self.context.batch_size,
-            self.device(),
-        ));
+        let predictions = Rc::new(
+            transfer::clean_predictions(
+                &self.model(index)?.classifier,
+                &self.context.test,
+                n,
+                self.context.batch_size,
+                self.device(),
+            )
+            .map_err(|e| e.naming(ModelRole::Target, &self.spec(index).path))?,
+        );
         self.clean
             .borrow_mut()
             .insert((index, n), predictions.clone());
@@ -407,6 +410,16 @@ impl<'a> Executor<'a> {
         ))
     }
 
+    /// `error` naming the file of the model (`source`, or `reference` beside it) that gave
+    /// NaN or infinite numbers.
+    fn named(&self, error: Error, source: usize, reference: Option<usize>) -> Error {
+        let error = error.naming(ModelRole::Source, &self.spec(source).path);
+        match reference {
+            Some(r) => error.naming(ModelRole::Reference, &self.spec(r).path),
+            None => error,
+        }
+    }
+
     /// Crafts one adversarial set on model `source` (DIVA: with `reference` beside it).
     fn craft(
         &self,
@@ -416,6 +429,7 @@ impl<'a> Executor<'a> {
     ) -> Result<AdversarialSet> {
         let spec = self.spec(source);
         let model = self.model(source)?;
+        let reference_index = reference;
         let reference = reference.map(|r| self.model(r)).transpose()?;
         let label = format!("{} {}", config.kind, spec.label);
         let bar = self
@@ -432,7 +446,8 @@ impl<'a> Executor<'a> {
             self.device(),
             description,
             &bar,
-        )?;
+        )
+        .map_err(|e| self.named(e, source, reference_index))?;
         bar.finish_and_clear();
         Ok(set)
     }
@@ -498,7 +513,8 @@ impl<'a> Executor<'a> {
                 &self.clean_predictions(target, set.len())?,
                 self.context.batch_size,
                 self.device(),
-            )?;
+            )
+            .map_err(|e| e.naming(ModelRole::Target, &target_spec.path))?;
             let cell = Cell {
                 seed: source_spec.seed,
                 attack: config.kind,
@@ -529,7 +545,8 @@ impl<'a> Executor<'a> {
             &self.clean_predictions(model, set.len())?,
             self.context.batch_size,
             self.device(),
-        )?;
+        )
+        .map_err(|e| e.naming(ModelRole::Target, &self.spec(model).path))?;
         let what = format!(
             "adversarial accuracy {:.1}%",
             100.0 * metrics.adversarial_accuracy
@@ -568,7 +585,8 @@ impl<'a> Executor<'a> {
                 &self.context.test,
                 self.context.batch_size,
                 self.device(),
-            )?;
+            )
+            .map_err(|e| self.named(e, compressed, Some(reference)))?;
             what.push(format!(
                 "{} evasive {:.1}%",
                 config.kind,
@@ -599,7 +617,8 @@ impl<'a> Executor<'a> {
                 self.device(),
                 500,
                 self.context.evaluation_images,
-            )?,
+            )
+            .map_err(|e| e.naming(ModelRole::Target, &spec.path))?,
         };
         Ok(ModelRow {
             seed: spec.seed,

@@ -330,7 +330,8 @@ fn count_correct(logits: Tensor<2>, labels: Tensor<1, Int>) -> usize {
 }
 
 /// Clean accuracy of `network`, compressed as `compression` says, on the first `limit` images
-/// (all when `None`).
+/// (all when `None`). NaN or infinite logits are a [`Error::NonFinite`] of the target, never
+/// an accuracy.
 pub fn evaluate(
     network: &Network,
     compression: &Compression,
@@ -347,7 +348,9 @@ pub fn evaluate(
     let mut correct = 0;
     for chunk in indices.chunks(batch_size.max(1)) {
         let (x, y) = images.batch(chunk, device);
-        correct += count_correct(network.forward_compressed(x, compression), y);
+        let logits = network.forward_compressed(x, compression);
+        crate::model::check_logits(&logits, chunk[0], crate::ModelRole::Target)?;
+        correct += count_correct(logits, y);
     }
     Ok(correct as f64 / n as f64)
 }
@@ -400,7 +403,8 @@ pub fn train_baseline(
                 device,
                 500,
                 None,
-            )?;
+            )
+            .map_err(|e| e.naming(crate::ModelRole::Target, out))?;
             return Ok(BaselineOutcome {
                 checkpoint: out.to_path_buf(),
                 test_accuracy,
@@ -411,7 +415,8 @@ pub fn train_baseline(
         }
     }
     let train_set = network.images(&dataset, Split::Train)?;
-    let (network, epochs) = fit_from(network, config, device, &train_set, &test, on_epoch)?;
+    let (network, epochs) = fit_from(network, config, device, &train_set, &test, on_epoch)
+        .map_err(|e| e.naming(crate::ModelRole::Target, Path::new(&model.to_string())))?;
     let test_accuracy = epochs.last().map(|r| r.test_accuracy).unwrap_or(0.0);
     let meta = CheckpointMeta {
         model: network.model_ref().to_string(),

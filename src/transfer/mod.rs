@@ -3,6 +3,7 @@
 //! rate, perturbation sizes). Sets are stored as float safetensors, never 8-bit images, so a
 //! perturbation below 1/255 survives the round trip.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::attack::{self, AttackConfig};
 use crate::data::Images;
 use crate::model::Classifier;
-use crate::{Error, Result};
+use crate::{Error, ModelRole, Result};
 
 /// Adversarial images made on one source model, with the originals' labels.
 #[derive(Clone, Debug)]
@@ -109,6 +110,8 @@ pub fn craft(
     let mut images = Vec::new();
     let mut labels = Vec::new();
     let mut iterations = Vec::new();
+    let source = Watched::new(source, ModelRole::Source);
+    let reference = reference.map(|r| Watched::new(r, ModelRole::Reference));
     for chunk in indices.chunks(batch_size) {
         let (x, y) = originals.batch(chunk, device);
         labels.extend(
@@ -118,11 +121,30 @@ pub fn craft(
                 .try_to_vec::<i64>()
                 .expect("labels"),
         );
-        let out = match reference {
-            Some(reference) => attack::attack_pair(source, reference, x, y, config, chunk[0])?,
-            None => attack::attack(source, x, y, config, chunk[0])?,
+        let out = match &reference {
+            Some(reference) => attack::attack_pair(&source, reference, x, y, config, chunk[0])?,
+            None => attack::attack(&source, x, y, config, chunk[0])?,
         };
-        images.extend(host(out.adversarial));
+        source.check(chunk[0], chunk.len())?;
+        if let Some(reference) = &reference {
+            reference.check(chunk[0], chunk.len())?;
+        }
+        let adversarial = host(out.adversarial);
+        if let Some(i) = adversarial.iter().position(|v| !v.is_finite()) {
+            let per_image = adversarial.len() / chunk.len();
+            return Err(Error::NonFinite {
+                role: ModelRole::Source,
+                problem: format!(
+                    "the {} attack on it made pixel {} of image {} {}; adversarial images are \
+                     finite numbers",
+                    config.kind,
+                    i % per_image,
+                    chunk[0] + i / per_image,
+                    adversarial[i]
+                ),
+            });
+        }
+        images.extend(adversarial);
         iterations.extend(out.iterations);
         bar.inc(chunk.len() as u64);
     }
@@ -268,13 +290,15 @@ pub struct CellMetrics {
     pub mean_iterations: f64,
 }
 
+/// `model`'s predicted class of each image; a [`Error::NonFinite`] of the target when a logit
+/// is NaN or infinite.
 fn predictions(
     model: &Classifier,
     images: &[f32],
     shape: [usize; 4],
     batch: usize,
     device: &Device,
-) -> Vec<i64> {
+) -> Result<Vec<i64>> {
     let per_image = shape[1] * shape[2] * shape[3];
     let model = &model.frozen();
     let mut out = Vec::with_capacity(shape[0]);
@@ -285,10 +309,60 @@ fn predictions(
             [end - start, shape[1], shape[2], shape[3]],
         );
         let logits = model.logits(Tensor::from_data(data, device));
+        crate::model::check_logits(&logits, start, ModelRole::Target)?;
         let predicted = logits.argmax(1).into_data().convert::<i64>();
         out.extend(predicted.try_to_vec::<i64>().expect("predictions"));
     }
-    out
+    Ok(out)
+}
+
+/// A model as an attack sees it, watched: whether any logits the attack had it compute were
+/// NaN or infinite. The flags stay on the device and are read once per batch ([`Self::check`]),
+/// so watching costs no synchronisation per step.
+struct Watched<'a> {
+    model: &'a Classifier,
+    role: ModelRole,
+    flags: RefCell<Vec<Tensor<1, Bool>>>,
+}
+
+impl<'a> Watched<'a> {
+    fn new(model: &'a Classifier, role: ModelRole) -> Self {
+        Watched {
+            model,
+            role,
+            flags: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// A [`Error::NonFinite`] of this model if any logits since the last check were not all
+    /// finite, for the batch from image `first_image` on.
+    fn check(&self, first_image: usize, images: usize) -> Result<()> {
+        let flags = std::mem::take(&mut *self.flags.borrow_mut());
+        if flags.is_empty() {
+            return Ok(());
+        }
+        let bad = Tensor::cat(flags, 0).int().sum().into_scalar::<i64>();
+        if bad > 0 {
+            return Err(Error::NonFinite {
+                role: self.role,
+                problem: format!(
+                    "its logits held NaN or infinite numbers while images {first_image}..{} \
+                     were attacked; a classifier's logits are finite numbers",
+                    first_image + images
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl attack::Differentiable for Watched<'_> {
+    fn logits(&self, images: Tensor<4>) -> Tensor<2> {
+        let logits = self.model.logits(images);
+        let bad = logits.clone().inner().is_finite().bool_not().any();
+        self.flags.borrow_mut().push(bad);
+        logits
+    }
 }
 
 /// How an adversarial set splits a pair: a compressed model C and the full model F beside it.
@@ -316,23 +390,27 @@ pub fn evaluate_pair(
     device: &Device,
 ) -> Result<DifferentialMetrics> {
     // The same checks as a single target's (and its numbers, for the success rates).
-    let on_c = evaluate(compressed, set, originals, batch_size, device)?;
-    let on_f = evaluate(reference, set, originals, batch_size, device)?;
+    let on_c = evaluate(compressed, set, originals, batch_size, device)
+        .map_err(|e| e.in_role(ModelRole::Source))?;
+    let on_f = evaluate(reference, set, originals, batch_size, device)
+        .map_err(|e| e.in_role(ModelRole::Reference))?;
     let n = set.len();
     let indices: Vec<usize> = (0..n).collect();
     let (clean, _) = originals.batch(&indices, device);
     let clean = host(clean);
-    let right = |model: &Classifier, images: &[f32]| -> Vec<bool> {
-        predictions(model, images, set.shape, batch_size, device)
+    let right = |model: &Classifier, role, images: &[f32]| -> Result<Vec<bool>> {
+        Ok(predictions(model, images, set.shape, batch_size, device)
+            .map_err(|e| e.in_role(role))?
             .iter()
             .zip(&set.labels)
             .map(|(p, y)| p == y)
-            .collect()
+            .collect())
     };
-    let (c_before, f_before) = (right(compressed, &clean), right(reference, &clean));
+    let (c, f) = (ModelRole::Source, ModelRole::Reference);
+    let (c_before, f_before) = (right(compressed, c, &clean)?, right(reference, f, &clean)?);
     let (c_after, f_after) = (
-        right(compressed, &set.images),
-        right(reference, &set.images),
+        right(compressed, c, &set.images)?,
+        right(reference, f, &set.images)?,
     );
     let both: Vec<usize> = (0..n).filter(|&i| c_before[i] && f_before[i]).collect();
     let evasive = both.iter().filter(|&&i| !c_after[i] && f_after[i]).count();
@@ -347,14 +425,15 @@ pub fn evaluate_pair(
 
 /// `target`'s predictions on the first `n` images of `originals` (clean): what every cell of
 /// that target compares against, so a caller evaluating many sets on one target computes them
-/// once ([`evaluate_against`]).
+/// once ([`evaluate_against`]). NaN or infinite logits are a [`Error::NonFinite`] of the
+/// target.
 pub fn clean_predictions(
     target: &Classifier,
     originals: &Images,
     n: usize,
     batch_size: usize,
     device: &Device,
-) -> Vec<i64> {
+) -> Result<Vec<i64>> {
     let indices: Vec<usize> = (0..n.min(originals.len())).collect();
     let (clean, _) = originals.batch(&indices, device);
     let shape = [
@@ -374,7 +453,7 @@ pub fn evaluate(
     batch_size: usize,
     device: &Device,
 ) -> Result<CellMetrics> {
-    let clean = clean_predictions(target, originals, set.len(), batch_size, device);
+    let clean = clean_predictions(target, originals, set.len(), batch_size, device)?;
     evaluate_against(target, set, originals, &clean, batch_size, device)
 }
 
@@ -411,7 +490,7 @@ pub fn evaluate_against(
     let (clean, _) = originals.batch(&indices, device);
     let clean = host(clean);
     let clean_pred = &clean_predictions[..n];
-    let adv_pred = predictions(target, &set.images, set.shape, batch_size, device);
+    let adv_pred = predictions(target, &set.images, set.shape, batch_size, device)?;
     let per_image = set.shape[1] * set.shape[2] * set.shape[3];
     let (mut abs_sum, mut l0, mut l2, mut linf) = (0.0f64, 0usize, 0.0f64, 0.0f64);
     let mut abs_per_image = Vec::with_capacity(n);
