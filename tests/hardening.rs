@@ -1625,6 +1625,95 @@ fn an_output_that_exists_and_is_not_a_regular_file_is_refused() {
 }
 
 #[test]
+fn slurm_values_outside_sbatch_grammar_are_refused_naming_the_flag() {
+    let dir = folder("slurm-values");
+    let out = dir.join("sweep");
+    let sweep = |extra: &[&str]| {
+        let mut args = vec![
+            "sweep",
+            "--out",
+            s(&out),
+            "--slurm",
+            "--dry-run",
+            "--backend",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        // No sbatch can run.
+        advcomp_limited(&args, &[("PATH", "/nonexistent")]).output
+    };
+    // A newline in a value ends the error's first line; the rest of the message follows.
+    let cases: [(&[&str], &str, &str); 7] = [
+        (
+            &["--partition", "gpu\necho pwned"],
+            "invalid value 'gpu",
+            "gpu",
+        ),
+        (
+            &["--partition", "gpu --mem=999T"],
+            "invalid value 'gpu --mem=999T' for '--partition <PARTITION>': ",
+            "is not a Slurm partition name",
+        ),
+        (
+            &["--time", "1:00:00 --mem=999T"],
+            "invalid value '1:00:00 --mem=999T' for '--time <TIME>': ",
+            "is not a Slurm time limit",
+        ),
+        (
+            &["--time", "1:00:00:00"],
+            "invalid value '1:00:00:00' for '--time <TIME>': ",
+            "is not a Slurm time limit",
+        ),
+        (
+            &["--max-parallel", "0"],
+            "invalid value '0' for '--max-parallel <MAX_PARALLEL>': ",
+            "is not a positive whole number",
+        ),
+        (
+            &["--gpus-per-task=-1"],
+            "invalid value '-1' for '--gpus-per-task <GPUS_PER_TASK>': ",
+            "is not a positive whole number",
+        ),
+        (
+            &["--cpus-per-task", "0"],
+            "invalid value '0' for '--cpus-per-task <CPUS_PER_TASK>': ",
+            "is not a positive whole number",
+        ),
+    ];
+    for (extra, start, expected) in cases {
+        let run = sweep(extra);
+        assert_error(&run, start, &[expected]);
+        let err = stderr(&run);
+        assert!(
+            extra[0] != "--partition" || err.contains("is not a Slurm partition name"),
+            "{err}"
+        );
+        assert!(!out.exists(), "{extra:?}: nothing written");
+    }
+    // Every form of sbatch's grammar goes through, as given.
+    for time in ["90", "90:30", "1:30:00", "2-12", "2-12:30", "2-12:30:15"] {
+        let run = sweep(&[
+            "--time",
+            time,
+            "--partition",
+            "gpu,debug.q",
+            "--max-parallel",
+            "3",
+        ]);
+        assert!(run.status.success(), "--time {time}: {}", stderr(&run));
+        let script = std::fs::read_to_string(out.join("slurm/report.sbatch")).unwrap();
+        assert!(
+            script.contains(&format!("#SBATCH --time={time}\n")),
+            "{script}"
+        );
+        assert!(
+            script.contains("#SBATCH --partition=gpu,debug.q\n"),
+            "{script}"
+        );
+    }
+}
+
+#[test]
 fn a_class_folder_name_that_is_not_utf8_is_refused_as_such() {
     let dir = folder("not-utf8");
     let ckpt = lenet5(&dir.join("m.safetensors"), 1);

@@ -8,7 +8,9 @@ use advcomp::attack::AttackKind;
 use advcomp::backend::Backend;
 use advcomp::backend::BackendChoice;
 use advcomp::model::ModelRef;
-use advcomp::sweep::{self, Shard, SlurmOptions, Stage, SweepConfig, SweepOptions};
+use advcomp::sweep::{
+    self, Count, Partition, Shard, SlurmOptions, Stage, SweepConfig, SweepOptions, TimeLimit,
+};
 use advcomp::{Error, Result, profile};
 use clap::Args;
 use serde_json::json;
@@ -67,21 +69,22 @@ struct SlurmArgs {
     /// writes the report) and submit them with sbatch.
     #[arg(long, conflicts_with_all = ["stage", "shard"])]
     slurm: bool,
-    /// Slurm partition.
+    /// Slurm partition (or several, comma-separated).
     #[arg(long, requires = "slurm")]
-    partition: Option<String>,
-    /// Time limit per array task (Slurm's format, e.g. 2:00:00).
+    partition: Option<Partition>,
+    /// Time limit per array task (sbatch's formats: minutes, minutes:seconds,
+    /// hours:minutes:seconds, days-hours, days-hours:minutes, days-hours:minutes:seconds).
     #[arg(long, requires = "slurm")]
-    time: Option<String>,
+    time: Option<TimeLimit>,
     /// GPUs per array task (sbatch --gpus-per-task; with --backend wgpu or auto).
     #[arg(long, requires = "slurm")]
-    gpus_per_task: Option<u32>,
+    gpus_per_task: Option<Count>,
     /// CPU cores per array task (sbatch --cpus-per-task; the cpu backend uses them all).
     #[arg(long, requires = "slurm")]
-    cpus_per_task: Option<u32>,
+    cpus_per_task: Option<Count>,
     /// At most K tasks of one stage at once.
     #[arg(long, requires = "slurm")]
-    max_parallel: Option<usize>,
+    max_parallel: Option<Count>,
     /// Write and print the scripts; submit nothing.
     #[arg(long, requires = "slurm")]
     dry_run: bool,

@@ -35,7 +35,7 @@ use executor::{Context, Executor, Loaded, check_inputs};
 use plan::{Job, ModelSpec, Plan, PlanInputs, Stage as JobStage, Work};
 pub use plan::{Shard, Stage};
 pub use profile::{ProfileOptions, ProfileOutcome, profile_attacks};
-pub use slurm::{SlurmOptions, SlurmSubmission};
+pub use slurm::{Count, Partition, SlurmOptions, SlurmSubmission, TimeLimit};
 use store::Store;
 
 /// What to run and where.

@@ -4,8 +4,10 @@
 //! report. A failed or preempted task is rerun by submitting its stage's script again: the
 //! jobs it finished are skipped.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::str::FromStr;
 
 use serde::Serialize;
 
@@ -13,16 +15,18 @@ use super::plan::{Plan, Stage};
 use super::{SweepConfig, SweepOptions};
 use crate::{Error, Result};
 
-/// What `--slurm` asks of the cluster.
+/// What `--slurm` asks of the cluster. Every value that goes into a `#SBATCH` line is typed
+/// and checked against sbatch's grammar when it is parsed: `#SBATCH` lines cannot be quoted,
+/// so a newline or a space in a value would start a shell line or smuggle in an option.
 #[derive(Clone, Debug, Default)]
 pub struct SlurmOptions {
-    pub partition: Option<String>,
-    /// Wall-clock limit per array task, in Slurm's format (`2:00:00`).
-    pub time: Option<String>,
-    pub gpus_per_task: Option<u32>,
-    pub cpus_per_task: Option<u32>,
+    pub partition: Option<Partition>,
+    /// Wall-clock limit per array task.
+    pub time: Option<TimeLimit>,
+    pub gpus_per_task: Option<Count>,
+    pub cpus_per_task: Option<Count>,
     /// At most this many tasks of one array at once (`--array=0-N%K`).
-    pub max_parallel: Option<usize>,
+    pub max_parallel: Option<Count>,
     /// Write and print the scripts; submit nothing.
     pub dry_run: bool,
     /// The backend each task opens (`auto`, `wgpu`, `cpu`).
@@ -35,6 +39,100 @@ pub struct SlurmSubmission {
     pub scripts: Vec<PathBuf>,
     /// Slurm's job id of each stage's array, in stage order (empty for a dry run).
     pub job_ids: Vec<String>,
+}
+
+/// A partition name, or a comma-separated list of them (sbatch tries each): letters, digits,
+/// `_`, `-` and `.`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition(String);
+
+impl FromStr for Partition {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        let name = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        };
+        if text.split(',').all(name) {
+            Ok(Partition(text.into()))
+        } else {
+            Err(Error::usage(format!(
+                "'{}' is not a Slurm partition name (letters, digits, '_', '-', '.'; several \
+                 separated by commas)",
+                text.escape_debug()
+            )))
+        }
+    }
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A time limit in one of sbatch's formats: `minutes`, `minutes:seconds`,
+/// `hours:minutes:seconds`, `days-hours`, `days-hours:minutes`, `days-hours:minutes:seconds`
+/// (each a whole number; 0 asks for no limit, as sbatch says).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeLimit(String);
+
+impl FromStr for TimeLimit {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        let number =
+            |n: &str| !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit());
+        let clock = |c: &str, most: usize| {
+            let parts: Vec<&str> = c.split(':').collect();
+            parts.len() <= most && parts.iter().all(|p| number(p))
+        };
+        let fits = match text.split_once('-') {
+            Some((days, rest)) => number(days) && clock(rest, 3),
+            None => clock(text, 3),
+        };
+        if fits {
+            Ok(TimeLimit(text.into()))
+        } else {
+            Err(Error::usage(format!(
+                "'{}' is not a Slurm time limit (minutes, minutes:seconds, \
+                 hours:minutes:seconds, days-hours, days-hours:minutes or \
+                 days-hours:minutes:seconds)",
+                text.escape_debug()
+            )))
+        }
+    }
+}
+
+impl fmt::Display for TimeLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A positive count of GPUs, CPUs or tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Count(u32);
+
+impl FromStr for Count {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        match text.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(Count(n)),
+            _ => Err(Error::usage(format!(
+                "'{}' is not a positive whole number (1 to {})",
+                text.escape_debug(),
+                u32::MAX
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Count {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
 }
 
 /// Single-quotes `text` for bash.
