@@ -1714,6 +1714,35 @@ fn slurm_values_outside_sbatch_grammar_are_refused_naming_the_flag() {
 }
 
 #[test]
+fn a_huge_rayon_num_threads_is_lowered_and_said() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = 4 * cores;
+    let run = advcomp_limited(
+        &["info", "--backend", "cpu"],
+        &[("RAYON_NUM_THREADS", "100000000")],
+    );
+    let err = stderr(&run.output);
+    assert!(run.output.status.success(), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "note: RAYON_NUM_THREADS=100000000 is more than 4 threads per core; the CPU backend \
+             uses {most}\n"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("backend: cpu on Flex, {most} threads")),
+        "{err}"
+    );
+    // Within the bound it is taken as it is, without a word.
+    let run = advcomp_limited(&["info", "--backend", "cpu"], &[("RAYON_NUM_THREADS", "3")]);
+    let err = stderr(&run.output);
+    assert!(run.output.status.success(), "{err}");
+    assert!(!err.contains("note:"), "{err}");
+    assert!(err.contains("backend: cpu on Flex, 3 threads"), "{err}");
+}
+
+#[test]
 fn a_class_folder_name_that_is_not_utf8_is_refused_as_such() {
     let dir = folder("not-utf8");
     let ckpt = lenet5(&dir.join("m.safetensors"), 1);

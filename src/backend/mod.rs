@@ -100,6 +100,35 @@ pub fn cpu() -> Backend {
     }
 }
 
+/// The most threads the CPU backend's pool gets: four per core the process may run on. More
+/// only adds switching between them, and a huge count (`RAYON_NUM_THREADS=1000000`) would
+/// spend a minute spawning threads before rayon's pool gives up with a panic.
+pub fn max_cpu_threads() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Builds rayon's global pool (the CPU backend's threads) with the count `RAYON_NUM_THREADS`
+/// asks for, at most [`max_cpu_threads`]; returns what to tell the user when it was lowered.
+/// Call once, early in `main`, before anything runs on the pool. An unset, empty, zero or
+/// unreadable value means one thread per core, as rayon reads it.
+pub fn init_cpu_threads() -> Option<String> {
+    let asked = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u128>().ok())
+        .filter(|&n| n > 0)?;
+    let most = max_cpu_threads();
+    if asked <= most as u128 {
+        return None;
+    }
+    // An error means the pool exists already (a library caller built it): nothing to do.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(most)
+        .build_global();
+    Some(format!(
+        "RAYON_NUM_THREADS={asked} is more than 4 threads per core; the CPU backend uses {most}"
+    ))
+}
+
 /// Opens the device for `choice`.
 pub fn select(choice: BackendChoice) -> Result<Backend> {
     if choice == BackendChoice::Cpu {

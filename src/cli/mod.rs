@@ -191,6 +191,9 @@ pub fn run() -> i32 {
     // SAFETY: first thing in main, before any other thread exists.
     unsafe { backend::silence_mesa_warnings() };
     backend::keep_freed_memory();
+    if let Some(notice) = backend::init_cpu_threads() {
+        eprintln!("note: {notice}");
+    }
     let cli = Cli::parse();
     advcomp::files::stop_cleanly_on_signals(match cli.command {
         Command::Sweep(_) => {
