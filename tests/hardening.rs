@@ -1840,3 +1840,25 @@ fn a_refused_command_leaves_no_output_folders_behind() {
         dir.join("new").display()
     );
 }
+
+#[test]
+fn a_checkpoint_naming_an_unknown_dataset_is_refused_naming_the_checkpoint() {
+    let dir = folder("unknown-dataset");
+    let ckpt = lenet5(&dir.join("m.safetensors"), 1);
+    let unknown = dir.join("unknown.safetensors");
+    rewrite(
+        &ckpt,
+        &unknown,
+        &[("model", "lenet5"), ("dataset", "imagenet")],
+        |_, data| data.to_vec(),
+    );
+    let run = advcomp_limited(
+        &["eval", "--checkpoint", s(&unknown), "--backend", "cpu"],
+        &[],
+    );
+    assert_error(
+        &run.output,
+        &format!("checkpoint {}: ", s(&unknown)),
+        &["metadata names unknown dataset 'imagenet'"],
+    );
+}

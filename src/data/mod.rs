@@ -198,6 +198,10 @@ impl Dataset {
     }
 }
 
+/// How a checkpoint's metadata begins the name of a user's own data (`own data: train X,
+/// test Y`).
+pub const OWN_DATA: &str = "own data: ";
+
 impl fmt::Display for Dataset {
     /// `mnist`, or `own data: train X, test Y` (what checkpoints record).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -205,7 +209,7 @@ impl fmt::Display for Dataset {
             Dataset::Known { kind, .. } => write!(f, "{kind}"),
             Dataset::Own { .. } => write!(
                 f,
-                "own data: train {}, test {}",
+                "{OWN_DATA}train {}, test {}",
                 self.describe(Split::Train),
                 self.describe(Split::Test)
             ),

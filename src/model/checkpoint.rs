@@ -383,6 +383,20 @@ pub fn load_checkpoint(
         .as_ref()
         .map(CheckpointMeta::from_header)
         .unwrap_or_default();
+    if !meta.dataset.is_empty()
+        && !meta.dataset.starts_with(crate::data::OWN_DATA)
+        && checkpoint_dataset(&meta).is_none()
+    {
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "metadata names unknown dataset '{}' (advcomp records mnist, fashion-mnist, \
+                 cifar10, or '{}...' for your own files)",
+                meta.dataset,
+                crate::data::OWN_DATA
+            ),
+        ));
+    }
 
     let mut tensors = BTreeMap::new();
     for (name, view) in file.tensors() {
