@@ -89,8 +89,9 @@ fn fgsm_and_fgm_steps_equal_their_closed_form_on_a_linear_model() {
     let (images, labels, x, y) = batch(&device, 9, 2);
     let g = input_gradient(&model, &w, &x, &y);
 
-    let mut config = AttackConfig::new(AttackKind::Fgsm);
-    config.eps = 0.05;
+    let config = AttackConfig::new(AttackKind::Fgsm)
+        .with("step", 0.05)
+        .unwrap();
     let adv = host(
         attack::attack(&model, images.clone(), labels.clone(), &config, 0)
             .unwrap()
@@ -105,7 +106,9 @@ fn fgsm_and_fgm_steps_equal_their_closed_form_on_a_linear_model() {
         );
     }
 
-    config.kind = AttackKind::Fgm;
+    let config = AttackConfig::new(AttackKind::Fgm)
+        .with("step", 0.05)
+        .unwrap();
     let adv = host(
         attack::attack(&model, images, labels, &config, 0)
             .unwrap()
@@ -133,8 +136,9 @@ fn deepfool_reaches_the_linear_boundary_in_one_step() {
     let (images, _, _, _) = batch(&device, 16, 4);
     // Attack the model's own predictions, so every image starts correctly classified.
     let predicted = model.logits(images.clone()).argmax(1).reshape([16]);
-    let mut config = AttackConfig::new(AttackKind::DeepFool);
-    config.overshoot = 0.02;
+    let config = AttackConfig::new(AttackKind::DeepFool)
+        .with("overshoot", 0.02)
+        .unwrap();
     let out = attack::attack(&model, images.clone(), predicted.clone(), &config, 0).unwrap();
     assert!(
         out.iterations.iter().all(|&k| k == 1),
@@ -187,8 +191,9 @@ fn adversarial_images_stay_in_the_pixel_range_and_their_budget() {
             "{kind} left [0, 1]"
         );
     }
-    let mut budgeted = AttackConfig::new(AttackKind::Ifgsm);
-    budgeted.budget = Some(0.05);
+    let budgeted = AttackConfig::new(AttackKind::Ifgsm)
+        .with("budget", 0.05)
+        .unwrap();
     let adv = host(
         attack::attack(&model, images, labels, &budgeted, 0)
             .unwrap()
@@ -223,8 +228,9 @@ fn ifgm_l2_moves_images_of_a_very_confident_model() {
     );
 
     let moved = |norm: GradNorm| {
-        let mut config = AttackConfig::new(AttackKind::Ifgm);
-        config.grad_norm = norm;
+        let config = AttackConfig::new(AttackKind::Ifgm)
+            .with("grad_norm", serde_json::to_value(norm).unwrap())
+            .unwrap();
         let adv = host(
             attack::attack(&model, images.clone(), predicted.clone(), &config, 0)
                 .unwrap()
@@ -247,11 +253,12 @@ fn pgd_is_reproducible_from_its_seed() {
     let (model, _, _) = linear(&device, 3.0, 9);
     let (images, labels, _, _) = batch(&device, 8, 10);
     let run = |seed| {
-        let mut config = AttackConfig::new(AttackKind::Pgd);
-        config.seed = seed;
         // Two steps of 0.02 within a budget of 0.1: the random start still shows (12 steps
         // on a linear model end in the budget's corners whatever the start).
-        config.steps = 2;
+        let config = AttackConfig::new(AttackKind::Pgd)
+            .with("seed", seed)
+            .and_then(|c| c.with("steps", 2))
+            .unwrap();
         host(
             attack::attack(&model, images.clone(), labels.clone(), &config, 0)
                 .unwrap()
@@ -307,9 +314,11 @@ fn attacks_on_a_loaded_checkpoint_are_deterministic() {
     let classifier = ckpt.classifier();
     let (images, labels) = common::mnist_test_batch(16, &device);
     for kind in [AttackKind::Ifgm, AttackKind::DeepFool] {
-        let mut config = AttackConfig::new(kind);
-        config.steps = 3;
-        config.max_iterations = 3;
+        let setting = match kind {
+            AttackKind::DeepFool => "max_iterations",
+            _ => "steps",
+        };
+        let config = AttackConfig::new(kind).with(setting, 3).unwrap();
         let run = || {
             host(
                 attack::attack(&classifier, images.clone(), labels.clone(), &config, 0)
@@ -322,9 +331,10 @@ fn attacks_on_a_loaded_checkpoint_are_deterministic() {
 }
 
 fn settings(kind: AttackKind, budget: Option<f32>) -> AttackConfig {
-    AttackConfig {
-        budget,
-        ..AttackConfig::new(kind)
+    let config = AttackConfig::new(kind);
+    match budget {
+        Some(b) => config.with("budget", b).unwrap(),
+        None => config,
     }
 }
 
@@ -365,8 +375,8 @@ fn used_parameters_name_only_what_the_attack_uses_with_floats_as_written() {
     assert!(!pgd.contains_key("grad_norm") && !pgd.contains_key("overshoot"));
     // DeepFool takes no budget: refused rather than ignored.
     assert!(
-        settings(AttackKind::DeepFool, Some(0.1))
-            .validate()
+        AttackConfig::new(AttackKind::DeepFool)
+            .with("budget", 0.1)
             .is_err()
     );
 }

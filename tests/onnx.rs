@@ -524,8 +524,9 @@ fn the_whole_study_runs_on_an_imported_model() {
     let cells = std::fs::read_to_string(out.join("cells.csv")).unwrap();
     assert_eq!(
         cells.lines().count(),
-        1 + 3 * 5 * 5,
-        "3 attacks x 5 sources x 5 targets"
+        1 + (3 + 2) * 5 * 5 + 3 * 2 * 5,
+        "(3 attacks and auto at 2 budgets) x 5 sources x 5 targets, and 3 attacks through \
+         BPDA on the 2 quantised sources"
     );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(

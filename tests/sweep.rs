@@ -100,6 +100,13 @@ fn killed_and_resumed_sweeps_give_the_results_of_an_uninterrupted_one() {
         "matrix-ifgsm",
         "matrix-ifgm",
         "matrix-deepfool",
+        // Each gradient attack through BPDA, `auto` at each budget, the worst case.
+        "matrix-ifgsm-bpda",
+        "matrix-ifgm-bpda",
+        "matrix-deepfool-bpda",
+        "matrix-auto-0.1",
+        "matrix-auto-0.3",
+        "matrix-worst-case",
     ];
     let report = std::fs::read_to_string(whole.join("report.md")).unwrap();
     let html = std::fs::read_to_string(whole.join("report.html")).unwrap();
@@ -150,11 +157,13 @@ fn killed_and_resumed_sweeps_give_the_results_of_an_uninterrupted_one() {
         "the config as TOML"
     );
     assert!(html.contains("<nav>") && html.contains("href=\"#summary\""));
-    // 5 models x 5 models x 3 attacks; Figure 3: 2 sources (the baseline and dns0.1) x 2
+    // 5 models x 5 models x (3 attacks + `auto` at 2 budgets), and the 2 quantised sources x
+    // 5 targets x 3 attacks through BPDA; Figure 3: 2 sources (the baseline and dns0.1) x 2
     // attacks x 2 eps x 2 step counts.
     let cells = std::fs::read_to_string(whole.join("cells.csv")).unwrap();
-    assert_eq!(cells.lines().count(), 1 + 75);
-    assert_eq!(cells.matches(",1,1 COMP->COMP,").count(), 12);
+    assert_eq!(cells.lines().count(), 1 + 125 + 30);
+    // Each compressed model on itself: 4 x (3 + 2), and the 2 quantised ones through BPDA.
+    assert_eq!(cells.matches(",1,1 COMP->COMP,").count(), 20 + 6);
     let eps_steps = std::fs::read_to_string(whole.join("eps-steps.csv")).unwrap();
     assert_eq!(eps_steps.lines().count(), 1 + 16);
     assert_eq!(eps_steps.matches(",dns0.1,").count(), 8, "{eps_steps}");
@@ -275,7 +284,7 @@ fn bad_sweep_configs_are_refused_by_name_and_write_nothing() {
             "figure3.densities: 0.2 is not one of grid.densities",
         ),
         (
-            "[attack]\ngrad = \"bpda\"\ndeepfool_candidates = 1\n",
+            "[finetune]\ngrad = \"bpda\"\n[attack]\ndeepfool_candidates = 1\n",
             "attack.deepfool_candidates",
         ),
         (
@@ -368,9 +377,11 @@ fn sharded_stages_in_any_order_give_the_results_of_one_process() {
                 }
             }
         }
-        // 1 baseline + 4 compressed + 15 matrix rows + 16 figure 3 points (the baseline and
-        // dns0.1) + the report, each run exactly once over all shards.
-        assert_eq!(ran, 37, "{n} shards (rng seed {seed})");
+        // 1 baseline + 4 compressed + 21 matrix rows (3 attacks on 5 sources, and through
+        // BPDA on the 2 quantised ones) + 10 of `auto` (2 budgets on 5 sources) + 7 unbounded
+        // checks (5 sources, 2 through BPDA) + 16 figure 3 points (the baseline and dns0.1) +
+        // the report, each run exactly once over all shards.
+        assert_eq!(ran, 60, "{n} shards (rng seed {seed})");
         let got = results(&out);
         assert_eq!(got.len(), expected.len());
         for ((name, x), (_, y)) in expected.iter().zip(&got) {
@@ -396,18 +407,25 @@ fn the_differential_stage_compares_diva_with_pgd_on_every_compressed_model() {
         .skip(1)
         .map(|l| l.split(',').collect())
         .collect();
-    // 4 compressed models x (DIVA, PGD).
-    assert_eq!(rows.len(), 8, "{csv}");
-    for pair in rows.chunks(2) {
-        let (diva, pgd) = (&pair[0], &pair[1]);
-        assert_eq!((diva[1], pgd[1]), ("diva", "pgd"), "{csv}");
-        // The same model, images and reference: the same images start right on both.
+    // 4 compressed models x (DIVA, DIVA's margin form, PGD).
+    assert_eq!(rows.len(), 12, "{csv}");
+    for triple in rows.chunks(3) {
+        let (diva, margin, pgd) = (&triple[0], &triple[1], &triple[2]);
+        assert_eq!(
+            (diva[1], margin[1], pgd[1]),
+            ("diva", "diva-margin", "pgd"),
+            "{csv}"
+        );
+        // The same model, images and reference: the same images start right on all three.
         assert_eq!((diva[2], diva[15]), (pgd[2], pgd[15]), "{csv}");
-        // Both with the tiny preset's step and steps and PGD's default budget.
+        assert_eq!((diva[2], diva[15]), (margin[2], margin[15]), "{csv}");
+        // DIVA and PGD with the tiny preset's step and steps and PGD's default budget; the
+        // margin form with its own 25 iterations and the same budget.
         assert_eq!(&diva[9..13], &["0.02", "4", "0.1", "0.08"], "{csv}");
         assert_eq!(&pgd[9..13], &["0.02", "4", "0.1", "0.08"], "{csv}");
+        assert_eq!(&margin[9..13], &["", "25", "0.1", "0.1"], "{csv}");
         assert_eq!((diva[13], pgd[13]), ("1.0", ""), "{csv}");
-        for row in pair {
+        for row in triple {
             let both: usize = row[15].parse().unwrap();
             assert!(both <= 40, "{csv}");
             for rate in &row[16..19] {
@@ -426,20 +444,24 @@ fn the_differential_stage_compares_diva_with_pgd_on_every_compressed_model() {
             .unwrap()
     };
     let (dns, full) = (model("dns0.5-"), model("full-"));
-    for (i, attack) in ["diva", "pgd"].into_iter().enumerate() {
+    for (i, attack) in ["diva", "diva-margin", "pgd"].into_iter().enumerate() {
+        // The tiny preset's settings: 40 images, 4 steps of the default eps (the margin form
+        // takes its own iterations).
+        let steps: &[&str] = match attack {
+            "diva-margin" => &[],
+            _ => &["--steps", "4"],
+        };
         let output = Command::new(env!("CARGO_BIN_EXE_advcomp"))
             .args([
                 "attack",
                 "--attack",
                 attack,
-                // The tiny preset's settings: 40 images, 4 steps of the default eps.
                 "--limit",
                 "40",
-                "--steps",
-                "4",
                 "--backend",
                 "cpu",
             ])
+            .args(steps)
             .arg("--source")
             .arg(&dns)
             .arg("--reference")

@@ -43,9 +43,11 @@ fn sets_round_trip_in_float_and_metrics_match_a_direct_count() {
     let device = backend::cpu().device;
     let source = classifier(&checkpoint("src.safetensors", 1, &Compression::default()));
     let test = data::load(DatasetKind::Mnist, Split::Test, None).unwrap();
-    let mut config = AttackConfig::new(AttackKind::Ifgsm);
-    config.eps = 0.001; // below 1/255: an 8-bit image could not hold it
-    config.steps = 2;
+    // A step below 1/255: an 8-bit image could not hold it.
+    let config = AttackConfig::new(AttackKind::Ifgsm)
+        .with("step", 0.001)
+        .and_then(|c| c.with("steps", 2))
+        .unwrap();
     let bar = indicatif::ProgressBar::hidden();
     let set = transfer::craft(
         &source,

@@ -6,8 +6,90 @@
 
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
+use serde::{Deserialize, Serialize};
 
-use super::{AttackConfig, AttackOutput, Differentiable};
+use super::{Attack, AttackOutput, Batch, Differentiable, Parameter, Reach, Target, check};
+use crate::{Error, Result};
+
+pub struct DeepFool;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Overshoot of the accumulated perturbation.
+    pub overshoot: f32,
+    pub max_iterations: usize,
+    /// Consider only the k classes with the highest clean logits (all when `None`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<usize>,
+}
+
+impl Default for Settings {
+    /// Foolbox's and the paper's: overshoot 0.02, at most 50 iterations, every class.
+    fn default() -> Self {
+        Self {
+            overshoot: 0.02,
+            max_iterations: 50,
+            candidates: None,
+        }
+    }
+}
+
+impl Attack for DeepFool {
+    type Settings = Settings;
+    const NAME: &'static str = "deepfool";
+    const ABOUT: &'static str = "steps to the nearest linearised class boundary (L2)";
+    const PARAMETERS: &'static [Parameter] = &[
+        Parameter {
+            name: "overshoot",
+            flag: "overshoot",
+            help: "DeepFool's overshoot of the accumulated perturbation.",
+        },
+        Parameter {
+            name: "max_iterations",
+            flag: "max-iterations",
+            help: "DeepFool's most iterations.",
+        },
+        Parameter {
+            name: "candidates",
+            flag: "candidates",
+            help: "DeepFool: only the k classes with the highest clean logits.",
+        },
+    ];
+
+    fn validate(s: &Settings) -> Result<()> {
+        check::at_least_zero("overshoot", s.overshoot)?;
+        check::count("max_iterations", s.max_iterations)?;
+        if let Some(k) = s.candidates
+            && k < 2
+        {
+            return Err(Error::invalid(
+                "candidates",
+                format!("DeepFool needs at least 2 classes to compare (got {k})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// None: it stops at the decision boundary.
+    fn reach(_: &Settings) -> Reach {
+        Reach::default()
+    }
+
+    fn steps(s: &Settings) -> usize {
+        s.max_iterations
+    }
+
+    /// A forward and a backward pass per candidate class and iteration, about 8 iterations on
+    /// MNIST.
+    fn passes_per_image(s: &Settings, classes: usize) -> f64 {
+        (2 * s.candidates.unwrap_or(classes) * 8) as f64
+    }
+
+    fn run(s: &Settings, target: &Target, batch: Batch) -> Result<AttackOutput> {
+        Ok(deepfool(target.model(), batch.images, batch.labels, s))
+    }
+}
 
 /// Added to each step's distance so a step lands past the boundary, not on it.
 const STEP_SLACK: f32 = 1e-4;
@@ -17,7 +99,7 @@ const NORM_FLOOR: f32 = 1e-12;
 /// Logits [n, K] (without autodiff) and the gradient of every class logit with respect to the
 /// images, [n, K, d]: the batch is repeated K times and block k's loss is its k-th logit.
 fn class_gradients(
-    model: &impl Differentiable,
+    model: &dyn Differentiable,
     x: &Tensor<4>,
     classes: usize,
 ) -> (Tensor<2>, Tensor<3>) {
@@ -39,11 +121,11 @@ fn class_gradients(
     (clean, grads)
 }
 
-pub(super) fn deepfool(
-    model: &impl Differentiable,
+fn deepfool(
+    model: &dyn Differentiable,
     images: Tensor<4>,
     labels: Tensor<1, Int>,
-    config: &AttackConfig,
+    config: &Settings,
 ) -> AttackOutput {
     let dims = images.dims();
     let [n, c, h, w] = dims;
@@ -166,5 +248,6 @@ pub(super) fn deepfool(
     AttackOutput {
         adversarial: place(&total),
         iterations,
+        stages: Vec::new(),
     }
 }

@@ -1,63 +1,106 @@
-//! `advcomp attack` (one source, its adversarial set evaluated on targets) and
-//! `advcomp transfer` (the any-to-any matrix of a list of models).
+//! `advcomp attack` (one source, its adversarial set evaluated on targets, with the
+//! indicators of attack failure) and `advcomp transfer` (the any-to-any matrix of a list of
+//! models).
 
 use std::path::{Path, PathBuf};
 
-use advcomp::attack::{AttackConfig, AttackKind, GradNorm};
+use advcomp::attack::{AttackConfig, AttackKind, all_parameters};
 use advcomp::backend::Backend;
 use advcomp::data::{Images, Split};
 use advcomp::kernels::QuantGrad;
 use advcomp::model::{self, Classifier, KeyMap};
-use advcomp::transfer::{self, AdversarialSet, CellMetrics};
+use advcomp::transfer::{self, AdversarialSet, Cell, UnboundedCheck, indicators};
 use advcomp::{Error, ModelRole, Result};
-use clap::Args;
-use serde_json::json;
+use clap::{ArgMatches, Args, FromArgMatches};
+use serde_json::{Map, Value, json};
 
 use super::{Common, DataArgs, open_backend, print_json};
 
+/// Every attack's settings as flags, made from the attack registry: a flag names a setting,
+/// and is refused for an attack that does not have it.
+pub(super) struct SettingsFlags {
+    given: Map<String, Value>,
+}
+
+impl SettingsFlags {
+    /// A flag's text as a JSON value: numbers and booleans as such, anything else a string
+    /// (each attack's settings type then says whether it fits).
+    fn value(text: &str) -> Value {
+        serde_json::from_str::<Value>(text)
+            .ok()
+            .filter(|v| v.is_number() || v.is_boolean())
+            .unwrap_or_else(|| Value::String(text.to_string()))
+    }
+}
+
+impl FromArgMatches for SettingsFlags {
+    fn from_arg_matches(matches: &ArgMatches) -> std::result::Result<Self, clap::Error> {
+        let mut given = Map::new();
+        for (p, _) in all_parameters() {
+            if let Some(text) = matches.get_one::<String>(p.name) {
+                given.insert(p.name.to_string(), Self::value(text));
+            }
+        }
+        Ok(Self { given })
+    }
+
+    fn update_from_arg_matches(
+        &mut self,
+        matches: &ArgMatches,
+    ) -> std::result::Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for SettingsFlags {
+    fn augment_args(mut command: clap::Command) -> clap::Command {
+        for (p, kinds) in all_parameters() {
+            let attacks: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+            let mut arg = clap::Arg::new(p.name)
+                .long(p.flag)
+                .value_name(p.name.to_ascii_uppercase())
+                .allow_negative_numbers(true)
+                .help(format!("{} [{}]", p.help, attacks.join(", ")));
+            if p.name == "step" {
+                arg = arg.visible_alias("eps");
+            }
+            command = command.arg(arg);
+        }
+        command
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
+}
+
+/// The flags of each setting, for errors: `weight` -> `--diva-weight`.
+pub(super) fn setting_flags() -> Vec<(&'static str, String)> {
+    all_parameters()
+        .into_iter()
+        .map(|(p, _)| (p.name, format!("--{}", p.flag)))
+        .collect()
+}
+
 #[derive(Args)]
 pub(super) struct AttackOptions {
-    /// fgsm, fgm, ifgsm, ifgm, pgd, deepfool, or diva (with --reference: fools the source
-    /// while the reference stays right).
+    /// The attack: fgsm, fgm, ifgsm, ifgm, pgd, deepfool, apgd, square, auto (the worst case
+    /// over attacks and gradient estimators; needs --budget), or, with --reference, diva or
+    /// diva-margin (fool the source while the reference stays right). Each attack takes the
+    /// settings below marked with its name; their defaults are the paper's or the authors'.
     #[arg(long, default_value = "ifgsm")]
     attack: AttackKind,
-    /// Step per iteration: the paper's eps (torchattacks' alpha). Without --budget, the sign
-    /// attacks reach steps x step in L-inf (12 x 0.02 = 0.24).
-    #[arg(
-        long = "step",
-        visible_alias = "eps",
-        value_name = "STEP",
-        default_value_t = 0.02
-    )]
-    eps: f32,
-    /// Iterations of the iterative attacks.
-    #[arg(long, default_value_t = 12)]
-    steps: usize,
-    /// Total L-inf budget: each step is projected onto this ball around the image
-    /// (torchattacks' eps). PGD and DIVA: 0.1 by default; the others: none.
+    #[command(flatten)]
+    settings: SettingsFlags,
+    /// Gradient through the source's quantisers: ste (default) or identity (BPDA). auto and
+    /// diva-margin run both.
     #[arg(long)]
-    budget: Option<f32>,
-    /// IFGM / FGM step: l2 (eps·sqrt(d)·g/||g||) or none (the paper's literal eps·g).
-    #[arg(long, default_value = "l2")]
-    grad_norm: GradNorm,
-    /// Gradient through the source's quantisers: ste or identity (BPDA).
-    #[arg(long, default_value = "ste")]
-    grad: QuantGrad,
-    /// PGD's random-start seed.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// DeepFool's overshoot.
-    #[arg(long, default_value_t = 0.02)]
-    overshoot: f32,
-    /// DeepFool's most iterations.
-    #[arg(long, default_value_t = 50)]
-    max_iterations: usize,
-    /// DeepFool: only the k classes with the highest clean logits.
+    grad: Option<QuantGrad>,
+    /// Skip the checks that rerun the attack (through the other gradient estimator; with a
+    /// budget of 1.0): the indicators of attack failure they feed are then not computed.
     #[arg(long)]
-    candidates: Option<usize>,
-    /// DIVA: weight c of the source's term in p_ref(y) - c * p_source(y) (default 1).
-    #[arg(long)]
-    diva_weight: Option<f32>,
+    no_checks: bool,
     /// Attack the first N test images.
     #[arg(long, default_value_t = 1000, value_parser = super::image_count)]
     limit: usize,
@@ -70,29 +113,19 @@ pub(super) struct AttackOptions {
 
 impl AttackOptions {
     fn config(&self) -> Result<AttackConfig> {
-        let config = AttackConfig {
-            eps: self.eps,
-            steps: self.steps,
-            budget: self.budget,
-            grad_norm: self.grad_norm,
-            seed: self.seed,
-            overshoot: self.overshoot,
-            max_iterations: self.max_iterations,
-            candidates: self.candidates,
-            ..AttackConfig::new(self.attack)
-        };
-        if self.diva_weight.is_some() && !self.attack.needs_reference() {
+        let config = AttackConfig::from_settings(self.attack, self.settings.given.clone())?;
+        config.validate()?;
+        if self.grad.is_some() && self.attack.uses_all_estimators() {
             return Err(Error::usage(format!(
-                "--diva-weight is DIVA's; --attack {} does not use it",
+                "--grad: {} runs every gradient estimator of the source's quantisers itself",
                 self.attack
             )));
         }
-        let config = AttackConfig {
-            weight: self.diva_weight.or(config.weight),
-            ..config
-        };
-        config.validate()?;
         Ok(config)
+    }
+
+    fn grad(&self) -> QuantGrad {
+        self.grad.unwrap_or_default()
     }
 }
 
@@ -146,6 +179,20 @@ struct Loaded {
     compressed: bool,
 }
 
+impl Loaded {
+    /// The same model with its quantisers passing gradients by `grad`.
+    fn through(&self, grad: QuantGrad) -> Classifier {
+        let mut classifier = self.classifier.clone();
+        classifier.compression.grad = grad;
+        classifier
+    }
+
+    /// Whether its activations are quantised: only then do gradient estimators differ.
+    fn quantised(&self) -> bool {
+        self.classifier.compression.activations.is_some()
+    }
+}
+
 fn load(path: &Path, backend: &Backend, grad: QuantGrad) -> Result<Loaded> {
     let ckpt = model::load(path, None, &KeyMap::default(), &backend.device)?;
     let mut classifier = ckpt.classifier();
@@ -190,23 +237,25 @@ fn test_images(models: &[&Loaded], data: &DataArgs) -> Result<Images> {
     Ok(images)
 }
 
+/// Crafts `config`'s set on `source` (through its classifier's estimator), with a progress bar
+/// and, unless `quiet`, a line of its speed.
 fn craft(
     source: &Loaded,
+    classifier: &Classifier,
     reference: Option<&Loaded>,
     images: &Images,
     options: &AttackOptions,
+    config: &AttackConfig,
     backend: &Backend,
 ) -> Result<AdversarialSet> {
-    let config = options.config()?;
     let description = json!({ "source": source.path, "attack": config }).to_string();
-    eprintln!("{}", config.describe());
-    let bar = transfer::image_bar(options.limit.min(images.len()), config.kind.name());
+    let bar = transfer::image_bar(options.limit.min(images.len()), config.kind().name());
     let set = transfer::craft(
-        &source.classifier,
+        classifier,
         images,
         options.limit,
         options.batch_size,
-        &config,
+        config,
         reference.map(|r| &r.classifier),
         &backend.device,
         description,
@@ -215,9 +264,10 @@ fn craft(
     .map_err(|e| named(e, source, reference))?;
     bar.finish_and_clear();
     eprintln!(
-        "{} on {}: {} images in {:.1} s = {:.1} images/s (batch {}, {} on {})",
-        config.kind,
+        "{} on {} ({}): {} images in {:.1} s = {:.1} images/s (batch {}, {} on {})",
+        config.kind(),
         source.name,
+        set.diagnostics.gradient,
         set.len(),
         set.seconds,
         set.images_per_second(),
@@ -237,36 +287,68 @@ fn named(error: Error, source: &Loaded, reference: Option<&Loaded>) -> Error {
     }
 }
 
-/// One evaluated cell: source name, target name, scenario, metrics.
-type Row = (String, String, transfer::Scenario, CellMetrics);
-
-fn cell(source: &Loaded, target: &Loaded, metrics: CellMetrics) -> Row {
-    let scenario = transfer::Scenario::of(
-        source.compressed,
-        target.compressed,
-        source.path == target.path,
-    );
-    (source.name.clone(), target.name.clone(), scenario, metrics)
+/// The cell of `set` (made on `source`) on `target`.
+fn cell(
+    source: &Loaded,
+    target: &Loaded,
+    config: &AttackConfig,
+    set: &AdversarialSet,
+    images: &Images,
+    options: &AttackOptions,
+    backend: &Backend,
+) -> Result<Cell> {
+    let metrics = transfer::evaluate(
+        &target.classifier,
+        set,
+        images,
+        options.batch_size,
+        &backend.device,
+    )
+    .map_err(|e| e.naming(ModelRole::Target, &target.path))?;
+    Ok(Cell {
+        seed: 0,
+        attack: config.kind(),
+        gradient: set.diagnostics.gradient,
+        budget: config.budget(),
+        source: source.name.clone(),
+        target: target.name.clone(),
+        scenario: transfer::Scenario::of(
+            source.compressed,
+            target.compressed,
+            source.path == target.path,
+        ),
+        metrics,
+    })
 }
 
-fn rows_json(rows: &[Row]) -> Vec<serde_json::Value> {
-    rows.iter()
-        .map(|(s, t, scenario, m)| json!({"source": s, "target": t, "scenario": scenario, "metrics": m}))
+fn cells_json(cells: &[&Cell]) -> Vec<Value> {
+    cells
+        .iter()
+        .map(|c| {
+            json!({
+                "source": c.source,
+                "target": c.target,
+                "scenario": c.scenario,
+                "gradient": c.gradient,
+                "metrics": c.metrics,
+            })
+        })
         .collect()
 }
 
-fn print_cells(rows: &[Row]) {
+fn print_cells(cells: &[&Cell]) {
     // As wide as the longest name, so long checkpoint names keep the table aligned.
-    let width = |pick: fn(&Row) -> &str| rows.iter().map(|r| pick(r).len()).max().unwrap_or(0);
+    let width = |pick: fn(&Cell) -> &str| cells.iter().map(|c| pick(c).len()).max().unwrap_or(0);
     let (ws, wt) = (
-        width(|r| &r.0).max("source".len()),
-        width(|r| &r.1).max("target".len()),
+        width(|c| &c.source).max("source".len()),
+        width(|c| &c.target).max("target".len()),
     );
     println!(
-        "{:<ws$} {:<wt$} {:<16} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>6} {:>6}",
+        "{:<ws$} {:<wt$} {:<16} {:<12} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>6} {:>7}",
         "source",
         "target",
         "scenario",
+        "gradient",
         "clean",
         "adv acc",
         "success",
@@ -276,12 +358,14 @@ fn print_cells(rows: &[Row]) {
         "Linf",
         "iters"
     );
-    for (source, target, scenario, m) in rows {
+    for c in cells {
+        let m = &c.metrics;
         println!(
-            "{:<ws$} {:<wt$} {:<16} {:>7.2}% {:>7.2}% {:>7.2}% {:>9.5} {:>7.1} {:>7.3} {:>6.3} {:>6.2}",
-            source,
-            target,
-            scenario,
+            "{:<ws$} {:<wt$} {:<16} {:<12} {:>7.2}% {:>7.2}% {:>7.2}% {:>9.5} {:>7.1} {:>7.3} {:>6.3} {:>7.1}{}",
+            c.source,
+            c.target,
+            c.scenario,
+            c.gradient,
             100.0 * m.clean_accuracy,
             100.0 * m.adversarial_accuracy,
             100.0 * m.success_rate,
@@ -289,18 +373,90 @@ fn print_cells(rows: &[Row]) {
             m.l0,
             m.l2,
             m.linf,
-            m.mean_iterations
+            m.mean_iterations,
+            if m.masking_suspected {
+                "  masking suspected"
+            } else {
+                ""
+            }
         );
     }
 }
 
+/// The checks that rerun the attack: through the source's other gradient estimator (the
+/// estimator gap), and an unbounded gradient attack (a budget of 1.0 must reach about 0%).
+/// Returns their cells (on the same targets) and the unbounded check.
+#[allow(clippy::too_many_arguments)]
+fn checks(
+    source: &Loaded,
+    targets: &[Loaded],
+    config: &AttackConfig,
+    images: &Images,
+    options: &AttackOptions,
+    backend: &Backend,
+) -> Result<(Vec<Cell>, Vec<UnboundedCheck>)> {
+    let kind = config.kind();
+    let mut twins = Vec::new();
+    let mut unbounded = Vec::new();
+    if options.no_checks || !kind.uses_gradients() || kind.needs_reference() {
+        return Ok((twins, unbounded));
+    }
+    let grad = options.grad();
+    let other = match grad {
+        QuantGrad::Ste => QuantGrad::Identity,
+        QuantGrad::Identity => QuantGrad::Ste,
+    };
+    if source.quantised() && !kind.uses_all_estimators() {
+        eprintln!("check: the same attack through the other gradient estimator ({other})");
+        let set = craft(
+            source,
+            &source.through(other),
+            None,
+            images,
+            options,
+            config,
+            backend,
+        )?;
+        for target in targets {
+            twins.push(cell(
+                source, target, config, &set, images, options, backend,
+            )?);
+        }
+    }
+    // Through the estimator the attack followed (auto: BPDA, its strongest on a quantised
+    // model).
+    let check_grad = match (kind.uses_all_estimators(), source.quantised()) {
+        (true, true) => QuantGrad::Identity,
+        _ => grad,
+    };
+    let attack = indicators::unbounded_attack();
+    eprintln!("check: {}", attack.describe());
+    let set = craft(
+        source,
+        &source.through(check_grad),
+        None,
+        images,
+        options,
+        &attack,
+        backend,
+    )?;
+    let on_source = cell(source, source, &attack, &set, images, options, backend)?;
+    unbounded.push(UnboundedCheck {
+        seed: 0,
+        model: source.name.clone(),
+        gradient: set.diagnostics.gradient,
+        accuracy: on_source.metrics.adversarial_accuracy,
+    });
+    Ok((twins, unbounded))
+}
+
 pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
     let config = args.options.config()?;
-    if config.kind.needs_reference() && args.reference.is_none() {
+    if config.kind().needs_reference() && args.reference.is_none() {
         return Err(Error::usage(format!(
             "--attack {} needs --reference: the full model that must stay right while the \
              (compressed) --source is fooled",
-            config.kind
+            config.kind()
         )));
     }
     if let Some(path) = &args.save_adv {
@@ -311,33 +467,37 @@ pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
         advcomp::files::check_output_file("--save-adv", path, &inputs)?;
     }
     let backend = open_backend(args.common.backend)?;
-    let source = load(&args.source, &backend, args.options.grad)?;
+    let grad = args.options.grad();
+    let source = load(&args.source, &backend, grad)?;
     let reference = args
         .reference
         .as_ref()
-        .map(|p| load(p, &backend, args.options.grad))
+        .map(|p| load(p, &backend, grad))
         .transpose()?;
     let targets = if args.eval.is_empty() {
-        let mut targets = vec![load(&args.source, &backend, args.options.grad)?];
+        let mut targets = vec![load(&args.source, &backend, grad)?];
         if let Some(path) = &args.reference {
-            targets.push(load(path, &backend, args.options.grad)?);
+            targets.push(load(path, &backend, grad)?);
         }
         targets
     } else {
         args.eval
             .iter()
-            .map(|p| load(p, &backend, args.options.grad))
+            .map(|p| load(p, &backend, grad))
             .collect::<Result<Vec<_>>>()?
     };
     let mut all: Vec<&Loaded> = vec![&source];
     all.extend(targets.iter());
     all.extend(reference.iter());
     let images = test_images(&all, &args.options.data)?;
+    eprintln!("{}", config.describe());
     let set = craft(
         &source,
+        &source.classifier,
         reference.as_ref(),
         &images,
         &args.options,
+        &config,
         &backend,
     )?;
     let differential = match &reference {
@@ -358,33 +518,82 @@ pub(super) fn attack_command(args: AttackArgs) -> Result<()> {
         transfer::save(path, &set)?;
         eprintln!("adversarial images -> {}", path.display());
     }
-    let mut rows = Vec::new();
+    let mut cells = Vec::new();
     for target in &targets {
-        let metrics = transfer::evaluate(
-            &target.classifier,
+        cells.push(cell(
+            &source,
+            target,
+            &config,
             &set,
             &images,
-            args.options.batch_size,
-            &backend.device,
-        )
-        .map_err(|e| e.naming(ModelRole::Target, &target.path))?;
-        rows.push(cell(&source, target, metrics));
+            &args.options,
+            &backend,
+        )?);
+    }
+    let asked = cells.len();
+    let (twins, unbounded) = checks(&source, &targets, &config, &images, &args.options, &backend)?;
+    cells.extend(twins);
+    indicators::complete(&mut cells, &unbounded);
+    let (main, twins) = cells.split_at(asked);
+    let main: Vec<&Cell> = main.iter().collect();
+    let twins: Vec<&Cell> = twins.iter().collect();
+    let warnings: Vec<String> = main
+        .iter()
+        .filter(|c| c.source == c.target)
+        .filter_map(|c| {
+            c.metrics.indicators.sentence(
+                &c.source,
+                &format!("{} ({})", c.attack, c.gradient),
+                c.metrics.adversarial_accuracy,
+            )
+        })
+        .collect();
+    for w in &warnings {
+        eprintln!("warning: {w}");
     }
     if args.common.json {
         print_json(json!({
             "source": args.source,
             "attack": config.used_parameters(),
+            "gradient": set.diagnostics.gradient,
             "images": set.len(),
             "seconds": set.seconds,
             "images_per_second": set.images_per_second(),
             "batch_size": args.options.batch_size,
             "backend": backend.name,
             "adapter": backend.adapter,
-            "cells": rows_json(&rows),
+            "cells": cells_json(&main),
+            "stages": set.diagnostics.stages,
+            "checks": {
+                "other_gradient": cells_json(&twins),
+                "unbounded": unbounded,
+            },
+            "warnings": warnings,
             "differential": differential,
         }));
     } else {
-        print_cells(&rows);
+        print_cells(&main);
+        if !set.diagnostics.stages.is_empty() {
+            let stages: Vec<String> = set
+                .diagnostics
+                .stages
+                .iter()
+                .map(|s| format!("{} {}", s.stage, s.fooled))
+                .collect();
+            println!("images fooled per stage: {}", stages.join(", "));
+        }
+        if !twins.is_empty() {
+            println!("the same attack through the other gradient estimator:");
+            print_cells(&twins);
+        }
+        for u in &unbounded {
+            println!(
+                "unbounded check ({}, {}): {:.2}% still correct",
+                indicators::unbounded_attack().describe(),
+                u.gradient,
+                100.0 * u.accuracy
+            );
+        }
         if let (Some(d), Some(reference)) = (&differential, &reference) {
             println!(
                 "evasive success {:.2}% ({} fooled, {} still right, of the {} images both \
@@ -416,11 +625,11 @@ pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
         return Err(Error::usage("--models needs at least two checkpoints"));
     }
     let config = args.options.config()?;
-    if config.kind.needs_reference() {
+    let kind = config.kind();
+    if kind.needs_reference() {
         return Err(Error::usage(format!(
-            "--attack {}: the matrix attacks each model alone; {} attacks a pair (use advcomp \
-             attack --attack {} --source C --reference F)",
-            config.kind, config.kind, config.kind
+            "--attack {kind}: the matrix attacks each model alone; {kind} attacks a pair (use \
+             advcomp attack --attack {kind} --source C --reference F)"
         )));
     }
     let mut inputs: Vec<&Path> = args.models.iter().map(PathBuf::as_path).collect();
@@ -431,13 +640,14 @@ pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
     }
     let backend = open_backend(args.common.backend)?;
     eprintln!("{}", config.describe());
+    let grad = args.options.grad();
     let models = args
         .models
         .iter()
-        .map(|p| load(p, &backend, args.options.grad))
+        .map(|p| load(p, &backend, grad))
         .collect::<Result<Vec<_>>>()?;
     let images = test_images(&models.iter().collect::<Vec<_>>(), &args.options.data)?;
-    let cells = advcomp::sweep::transfer_matrix(advcomp::sweep::MatrixOptions {
+    let mut cells = advcomp::sweep::transfer_matrix(advcomp::sweep::MatrixOptions {
         models: models
             .into_iter()
             .map(|m| advcomp::sweep::MatrixModel {
@@ -450,25 +660,38 @@ pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
         config: config.clone(),
         limit: args.options.limit,
         batch_size: args.options.batch_size,
-        grad: args.options.grad,
+        grad,
         cache: args.cache.clone(),
         out: args.out.clone(),
         backend: &backend,
     })?;
-    let rows: Vec<Row> = cells
-        .into_iter()
-        .map(|c| (c.source, c.target, c.scenario, c.metrics))
+    indicators::complete(&mut cells, &[]);
+    let cells: Vec<&Cell> = cells.iter().collect();
+    let warnings: Vec<String> = cells
+        .iter()
+        .filter(|c| c.source == c.target)
+        .filter_map(|c| {
+            c.metrics.indicators.sentence(
+                &c.source,
+                &kind.to_string(),
+                c.metrics.adversarial_accuracy,
+            )
+        })
         .collect();
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     if args.common.json {
         print_json(json!({
             "attack": config.used_parameters(),
             "matrix": args.out,
-            "cells": rows_json(&rows),
+            "cells": cells_json(&cells),
+            "warnings": warnings,
             "backend": backend.name,
             "adapter": backend.adapter,
         }));
     } else {
-        print_matrix(&rows);
+        print_matrix(&cells);
         println!(
             "matrix of adversarial accuracy -> {} (every metric: --json)",
             args.out.display()
@@ -479,14 +702,19 @@ pub(super) fn transfer_command(args: TransferArgs) -> Result<()> {
 
 /// The transfer matrix as a matrix: accuracy (%) of each target (column) on each source's
 /// (row) examples, the diagonal marked, and each target's clean accuracy under it.
-fn print_matrix(rows: &[Row]) {
+fn print_matrix(cells: &[&Cell]) {
     let mut names: Vec<&str> = Vec::new();
-    for (source, ..) in rows {
-        if !names.contains(&source.as_str()) {
-            names.push(source);
+    for c in cells {
+        if !names.contains(&c.source.as_str()) {
+            names.push(&c.source);
         }
     }
-    let value = |s: &str, t: &str| rows.iter().find(|r| r.0 == s && r.1 == t).map(|r| &r.3);
+    let value = |s: &str, t: &str| {
+        cells
+            .iter()
+            .find(|c| c.source == s && c.target == t)
+            .map(|c| &c.metrics)
+    };
     let first = names
         .iter()
         .map(|n| n.len())
@@ -512,10 +740,12 @@ fn print_matrix(rows: &[Row]) {
     }
     let mut line = format!("{:<first$}", "clean");
     for t in &names {
-        let clean = rows
+        let clean = cells
             .iter()
-            .find(|r| r.1 == *t)
-            .map_or("-".into(), |r| format!("{:.1}", 100.0 * r.3.clean_accuracy));
+            .find(|c| c.target == *t)
+            .map_or("-".into(), |c| {
+                format!("{:.1}", 100.0 * c.metrics.clean_accuracy)
+            });
         line.push_str(&format!(" {clean:>width$}"));
     }
     println!("{line}");

@@ -205,19 +205,20 @@ pub fn run() -> i32 {
         _ => "no output was written; rerun the command",
     });
     // Library errors name settings by their field; a command names them by its flags.
-    let flags: &[(&str, &str)] = match cli.command {
-        Command::Compress(_) => &[
-            ("epochs", "--finetune-epochs"),
-            ("learning_rate", "--lr"),
-            ("magnitude_rounds", "--rounds"),
+    let flags: Vec<(&str, String)> = match cli.command {
+        Command::Compress(_) => vec![
+            ("epochs", "--finetune-epochs".into()),
+            ("learning_rate", "--lr".into()),
+            ("magnitude_rounds", "--rounds".into()),
         ],
-        Command::Sweep(_) => &[],
-        _ => &[
-            ("learning_rate", "--lr"),
-            ("weight", "--diva-weight"),
-            ("eps", "--step"),
-        ],
+        Command::Sweep(_) => Vec::new(),
+        _ => {
+            let mut flags = vec![("learning_rate", "--lr".to_string())];
+            flags.extend(attack::setting_flags());
+            flags
+        }
     };
+    let flags: Vec<(&str, &str)> = flags.iter().map(|(f, s)| (*f, s.as_str())).collect();
     let sweep = matches!(cli.command, Command::Sweep(_));
     let result = match cli.command {
         Command::Info(args) => info(args),
@@ -241,7 +242,7 @@ pub fn run() -> i32 {
         }
     };
     // A sweep's fields are those of its config file (`attack.eps`), not flags.
-    let result = result.map_err(|e| if sweep { e } else { e.for_flags(flags) });
+    let result = result.map_err(|e| if sweep { e } else { e.for_flags(&flags) });
     match result {
         Ok(()) => 0,
         Err(error) => {

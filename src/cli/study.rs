@@ -217,9 +217,12 @@ pub(super) struct ProfileArgs {
     /// Batch sizes to time each attack at (comma-separated).
     #[arg(long, default_value = "64,256,1024")]
     batch_sizes: String,
-    /// Attacks to time (comma-separated).
+    /// Attacks to time (comma-separated; e.g. ifgsm,ifgm,deepfool,apgd,square,auto).
     #[arg(long, default_value = "ifgsm,ifgm,deepfool")]
     attacks: String,
+    /// The L-inf budget of the attacks that measure robustness at one (apgd, square, auto).
+    #[arg(long, default_value_t = 0.3)]
+    budget: f32,
     /// Timed repeats per measurement (after one warm-up); the median is reported.
     #[arg(long, default_value_t = 3, value_parser = repeats)]
     repeats: usize,
@@ -276,6 +279,7 @@ pub(super) fn profile_command(args: ProfileArgs) -> Result<()> {
         densities,
         batch_sizes,
         attacks,
+        budget: args.budget,
         repeats: args.repeats,
         out: args.out.clone(),
         backend: &backend,

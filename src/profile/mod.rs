@@ -243,13 +243,13 @@ pub fn attack_throughput(
     let mut failure = None;
     // As the sweep attacks: weights compressed once per attack (`Classifier::frozen`).
     let seconds = median_time(device, 1, repeats, || {
-        match attack::attack(
-            &variant.classifier.frozen(),
-            x.clone(),
-            y.clone(),
-            config,
-            0,
-        ) {
+        let views = crate::transfer::Views::of(&variant.classifier, config);
+        let batch = attack::Batch {
+            images: x.clone(),
+            labels: y.clone(),
+            first_image: 0,
+        };
+        match config.run(&views.target(), batch) {
             Ok(out) => {
                 iterations =
                     out.iterations.iter().sum::<usize>() as f64 / out.iterations.len() as f64;
@@ -263,7 +263,7 @@ pub fn attack_throughput(
         return Err(e);
     }
     Ok(AttackTiming {
-        attack: config.kind,
+        attack: config.kind(),
         model: variant.label.clone(),
         bits: variant.bits,
         density: variant.density,

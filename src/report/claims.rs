@@ -3,8 +3,27 @@
 //! against the value at the highest, averaged over seeds.
 
 // The claims are the paper's, about its three attacks by name.
-use super::{Family, Point, SCENARIOS, View, adversarial_accuracy};
+use super::{Family, Point, Run, SCENARIOS, View, adversarial_accuracy};
 use crate::attack::AttackKind::{self, DeepFool, Ifgm, Ifgsm};
+
+/// Which numbers a claim is judged on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judge {
+    /// The paper's attacks as the paper ran them (through the STE on quantised models).
+    Paper,
+    /// Each attack at its strongest: the lowest accuracy over its gradient estimators (STE,
+    /// BPDA) and over `auto` at every budget within its L-inf reach.
+    WorstCase,
+}
+
+impl Judge {
+    fn run(self, attack: AttackKind) -> Run {
+        match self {
+            Judge::Paper => Run::Attack(attack),
+            Judge::WorstCase => Run::Strongest(attack),
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -46,6 +65,7 @@ pub struct Claim {
 /// `family` for one attack and scenario (index into [`SCENARIOS`]).
 fn trend_points(
     view: &View,
+    judge: Judge,
     family: Family,
     attack: AttackKind,
     scenario: usize,
@@ -57,15 +77,21 @@ fn trend_points(
     let pair = SCENARIOS[scenario].1;
     let at = |label: &str| {
         let (s, t) = pair(label);
-        view.cell(attack, s, t, adversarial_accuracy)
+        view.cell(judge.run(attack), s, t, adversarial_accuracy)
     };
     let (high, low) = (at(&models[0].label), at(&models[models.len() - 1].label));
     (high.y.is_finite() && low.y.is_finite()).then_some((high, low))
 }
 
 /// The two values of [`trend_points`].
-fn trend(view: &View, family: Family, attack: AttackKind, scenario: usize) -> Option<(f64, f64)> {
-    trend_points(view, family, attack, scenario).map(|(h, l)| (h.y, l.y))
+fn trend(
+    view: &View,
+    judge: Judge,
+    family: Family,
+    attack: AttackKind,
+    scenario: usize,
+) -> Option<(f64, f64)> {
+    trend_points(view, judge, family, attack, scenario).map(|(h, l)| (h.y, l.y))
 }
 
 /// Whether two values differ beyond their 95% intervals (disjoint intervals; plain
@@ -82,6 +108,7 @@ fn pct(v: f64) -> String {
 /// the evidence lists each pair's numbers.
 fn trend_claim(
     view: &View,
+    judge: Judge,
     family: Family,
     cases: &[(AttackKind, usize)],
     rising: bool,
@@ -90,7 +117,7 @@ fn trend_claim(
     let mut parts = Vec::new();
     let (mut all, mut contradicted, mut clear) = (true, false, true);
     for &(attack, scenario) in cases {
-        match trend_points(view, family, attack, scenario) {
+        match trend_points(view, judge, family, attack, scenario) {
             Some((high, low)) => {
                 let holds = if rising {
                     low.y > high.y
@@ -127,7 +154,8 @@ fn trend_claim(
     (verdict, parts.join("; "))
 }
 
-pub(super) fn check(view: &View) -> Vec<Claim> {
+/// The paper's claims judged on `judge`'s numbers.
+pub(super) fn check(view: &View, judge: Judge) -> Vec<Claim> {
     let clipped = [(Ifgsm, 0), (Ifgm, 0)];
     let mut claims = Vec::new();
     let mut push = |section: &'static str, claim, test, (verdict, evidence): (Verdict, String)| {
@@ -149,13 +177,13 @@ pub(super) fn check(view: &View) -> Vec<Claim> {
         "4.1",
         "It becomes easier to attack the baseline model using a compressed model when densities are low.",
         "IFGSM and IFGM, scenario 3: accuracy at the lowest density < at the highest.",
-        trend_claim(view, Family::Pruned, &s(2), false, "density"),
+        trend_claim(view, judge, Family::Pruned, &s(2), false, "density"),
     );
     push(
         "4.1",
         "It becomes harder to attack the compressed model using a baseline model when densities are low.",
         "IFGSM and IFGM, scenario 2: accuracy at the lowest density > at the highest.",
-        trend_claim(view, Family::Pruned, &s(1), true, "density"),
+        trend_claim(view, judge, Family::Pruned, &s(1), true, "density"),
     );
     push(
         "4.1",
@@ -163,6 +191,7 @@ pub(super) fn check(view: &View) -> Vec<Claim> {
         "DeepFool, scenarios 1 and 3: accuracy at the lowest density < at the highest.",
         trend_claim(
             view,
+            judge,
             Family::Pruned,
             &[(DeepFool, 0), (DeepFool, 2)],
             false,
@@ -175,6 +204,7 @@ pub(super) fn check(view: &View) -> Vec<Claim> {
         "IFGSM and IFGM, scenarios 1 and 3: accuracy at the lowest density > at the highest.",
         trend_claim(
             view,
+            judge,
             Family::Pruned,
             &[clipped[0], clipped[1], (Ifgsm, 2), (Ifgm, 2)],
             true,
@@ -185,28 +215,29 @@ pub(super) fn check(view: &View) -> Vec<Claim> {
         "4.2",
         "Transferability between quantised and full models is not affected by fewer fractional bits at high precision.",
         "IFGSM and IFGM, scenarios 2 and 3, models above 8 bits: accuracies within 5 points of each other.",
-        high_precision_flat(view),
+        high_precision_flat(view, judge),
     );
     push(
         "4.2",
         "Aggressive reductions in fractional bits introduce the same effect as fine-grained pruning.",
         "IFGSM and IFGM, scenarios 1-3: the change from the highest to the lowest bitwidth has the sign of the change from the highest to the lowest density in at least 4 of the 6 cases.",
-        same_effect_as_pruning(view),
+        same_effect_as_pruning(view, judge),
     );
     push(
         "4.2",
         "Smaller integer bitwidths make it marginally harder to attack the baseline with examples from compressed models.",
         "IFGSM and IFGM, scenario 3: accuracy at the lowest bitwidth > at the highest, by at most 10 points (marginally).",
         marginal(
-            trend_claim(view, Family::Quantised, &s(2), true, "bitwidth"),
+            trend_claim(view, judge, Family::Quantised, &s(2), true, "bitwidth"),
             view,
+            judge,
         ),
     );
     push(
         "4.2",
         "In terms of classification accuracy, IFGSM transfers best.",
         "Mean accuracy over the scenario-2 and scenario-3 cells of the quantised models is lowest under IFGSM.",
-        ifgsm_transfers_best(view),
+        ifgsm_transfers_best(view, judge),
     );
     claims
 }
@@ -235,10 +266,14 @@ pub(super) fn tensions(claims: &[Claim]) -> Vec<String> {
 }
 
 /// A rising-trend verdict, downgraded when the rise is larger than "marginal" (10 points).
-fn marginal((verdict, evidence): (Verdict, String), view: &View) -> (Verdict, String) {
+fn marginal(
+    (verdict, evidence): (Verdict, String),
+    view: &View,
+    judge: Judge,
+) -> (Verdict, String) {
     let largest = [Ifgsm, Ifgm]
         .iter()
-        .filter_map(|&a| trend(view, Family::Quantised, a, 2))
+        .filter_map(|&a| trend(view, judge, Family::Quantised, a, 2))
         .map(|(high, low)| low - high)
         .fold(0.0, f64::max);
     if verdict == Verdict::Supported && largest > 0.10 {
@@ -253,7 +288,7 @@ fn marginal((verdict, evidence): (Verdict, String), view: &View) -> (Verdict, St
     (verdict, evidence)
 }
 
-fn high_precision_flat(view: &View) -> (Verdict, String) {
+fn high_precision_flat(view: &View, judge: Judge) -> (Verdict, String) {
     let models: Vec<_> = view
         .family(Family::Quantised)
         .into_iter()
@@ -273,7 +308,7 @@ fn high_precision_flat(view: &View) -> (Verdict, String) {
                 .iter()
                 .map(|m| {
                     let (s, t) = SCENARIOS[scenario].1(&m.label);
-                    view.cell(attack, s, t, adversarial_accuracy).y
+                    view.cell(judge.run(attack), s, t, adversarial_accuracy).y
                 })
                 .collect();
             if values.iter().any(|v| !v.is_finite()) {
@@ -297,14 +332,14 @@ fn high_precision_flat(view: &View) -> (Verdict, String) {
     (verdict, parts.join("; "))
 }
 
-fn same_effect_as_pruning(view: &View) -> (Verdict, String) {
+fn same_effect_as_pruning(view: &View, judge: Judge) -> (Verdict, String) {
     let mut agree = 0;
     let mut parts = Vec::new();
     for attack in [Ifgsm, Ifgm] {
         for scenario in 0..3 {
             let (Some(q), Some(p)) = (
-                trend(view, Family::Quantised, attack, scenario),
-                trend(view, Family::Pruned, attack, scenario),
+                trend(view, judge, Family::Quantised, attack, scenario),
+                trend(view, judge, Family::Pruned, attack, scenario),
             ) else {
                 return (
                     Verdict::NotTestable,
@@ -332,13 +367,13 @@ fn same_effect_as_pruning(view: &View) -> (Verdict, String) {
     )
 }
 
-fn ifgsm_transfers_best(view: &View) -> (Verdict, String) {
+fn ifgsm_transfers_best(view: &View, judge: Judge) -> (Verdict, String) {
     let models = view.family(Family::Quantised);
     let mean = |attack: AttackKind| {
         let values: Vec<f64> = models
             .iter()
             .flat_map(|m| [SCENARIOS[1].1(&m.label), SCENARIOS[2].1(&m.label)])
-            .map(|(s, t)| view.cell(attack, s, t, adversarial_accuracy).y)
+            .map(|(s, t)| view.cell(judge.run(attack), s, t, adversarial_accuracy).y)
             .collect();
         let finite = values.iter().all(|v| v.is_finite()) && !values.is_empty();
         finite.then(|| values.iter().sum::<f64>() / values.len() as f64)

@@ -3,16 +3,19 @@
 
 use std::path::{Path, PathBuf};
 
-use super::claims::Claim;
+use super::claims::{Claim, Verdict};
 use super::figures::Figure;
-use super::{Family, SCENARIOS, View, adversarial_accuracy, summarise};
+use super::{Family, Run, SCENARIOS, View, adversarial_accuracy, summarise};
 use crate::Result;
 use crate::attack::AttackConfig;
+use crate::transfer::Gradient;
 
 enum Block {
     /// A section heading (the first is the page title); listed in the contents.
     Heading(String),
     Text(String),
+    /// A bulleted list.
+    List(Vec<String>),
     Code {
         language: &'static str,
         text: String,
@@ -124,7 +127,16 @@ fn provenance(view: &View) -> Block {
             ),
         ),
         ("attacks", attacks),
-        ("gradient through quantisers", r.grad.to_string()),
+        (
+            "gradient through quantisers",
+            if view.has_bpda() {
+                "each gradient attack on a quantised model through the STE (as the paper) and \
+                 through BPDA (the identity), each its own set; auto through both"
+                    .to_string()
+            } else {
+                "the STE (as the paper)".to_string()
+            },
+        ),
     ];
     Block::Table {
         header: strings(["provenance", ""]),
@@ -132,57 +144,88 @@ fn provenance(view: &View) -> Block {
     }
 }
 
-/// The summary: each of the paper's claims with this sweep's verdict, and what the sweep can
-/// say at all.
-fn summary(view: &View, claims: &[Claim]) -> Vec<Block> {
+/// The summary: each of the paper's claims judged twice (on the paper's attacks, and on the
+/// worst case), which verdicts the worst case changes, and what the sweep can say at all.
+fn summary(view: &View, paper: &[Claim], worst: &[Claim]) -> Vec<Block> {
     let p = &view.results.provenance;
-    let supported = claims
+    let count = |claims: &[Claim], v: Verdict| claims.iter().filter(|c| c.verdict == v).count();
+    let testable = paper
         .iter()
-        .filter(|c| c.verdict == super::claims::Verdict::Supported)
-        .count();
-    let testable = claims
-        .iter()
-        .filter(|c| c.verdict != super::claims::Verdict::NotTestable)
-        .count();
-    let inconclusive = claims
-        .iter()
-        .filter(|c| c.verdict == super::claims::Verdict::Inconclusive)
+        .filter(|c| c.verdict != Verdict::NotTestable)
         .count();
     let mut out = vec![
         Block::Heading("Summary".into()),
         Block::Text(format!(
-            "Of the paper's {} summary claims (Sections 4.1 and 4.2), this sweep could test {}; \
-             it supports {}, and {} are inconclusive (the numbers compared lie within each \
-             other's 95% intervals). Each claim, the comparison it was turned into, the verdict \
-             and the numbers that decide it (accuracies under attack, means over seeds):",
-            claims.len(),
+            "Of the paper's {} summary claims (Sections 4.1 and 4.2), this sweep could test {}. \
+             Judged as the paper measured them (its attacks, through the STE on quantised \
+             models) it supports {} and {} are inconclusive (the numbers compared lie within \
+             each other's 95% intervals); judged on the worst case (each attack at its \
+             strongest: the lowest accuracy over its gradient estimators and over `auto` at \
+             every budget within its reach) it supports {} and {} are inconclusive. Each \
+             claim, the comparison it was turned into, both verdicts and the numbers that \
+             decide them (accuracies under attack, means over seeds):",
+            paper.len(),
             testable,
-            supported,
-            inconclusive
+            count(paper, Verdict::Supported),
+            count(paper, Verdict::Inconclusive),
+            count(worst, Verdict::Supported),
+            count(worst, Verdict::Inconclusive),
         )),
         Block::Table {
             header: strings([
                 "claim",
                 "the paper says",
                 "tested as",
-                "verdict",
-                "deciding numbers",
+                "verdict (the paper's attacks)",
+                "verdict (worst case)",
+                "deciding numbers (the paper's attacks)",
+                "deciding numbers (worst case)",
             ]),
-            rows: claims
+            rows: paper
                 .iter()
-                .map(|c| {
+                .zip(worst)
+                .map(|(c, w)| {
                     vec![
                         c.id.clone(),
                         c.claim.into(),
                         c.test.into(),
                         c.verdict.text().into(),
+                        w.verdict.text().into(),
                         c.evidence.clone(),
+                        w.evidence.clone(),
                     ]
                 })
                 .collect(),
         },
     ];
-    for tension in super::claims::tensions(claims) {
+    let changed: Vec<String> = paper
+        .iter()
+        .zip(worst)
+        .filter(|(c, w)| c.verdict != w.verdict)
+        .map(|(c, w)| {
+            format!(
+                "Claim {} (\"{}\") goes from {} with the paper's attacks to {} with the worst \
+                 case ({}).",
+                c.id,
+                c.claim,
+                c.verdict.text(),
+                w.verdict.text(),
+                w.evidence
+            )
+        })
+        .collect();
+    out.push(Block::Text(if changed.is_empty() {
+        "No verdict changes between the paper's attacks and the worst case.".into()
+    } else {
+        format!(
+            "{} verdict{} change{} with the worst case: {}",
+            changed.len(),
+            if changed.len() == 1 { "" } else { "s" },
+            if changed.len() == 1 { "s" } else { "" },
+            changed.join(" ")
+        )
+    }));
+    for tension in super::claims::tensions(paper) {
         out.push(Block::Text(tension));
     }
     out.push(Block::Text(format!(
@@ -192,14 +235,145 @@ fn summary(view: &View, claims: &[Claim]) -> Vec<Block> {
     out
 }
 
-fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
+/// "Can these numbers be trusted?": each model's accuracy under each attack as the paper ran
+/// it, through BPDA, under `auto` and in the worst case, the indicators of attack failure, and
+/// a plain sentence for every model where an attack shows signs of failure.
+fn trust(view: &View) -> Vec<Block> {
+    let r = view.results;
+    let mut out = vec![Block::Heading("Can these numbers be trusted?".into())];
+    out.push(Block::Text(
+        "A gradient attack can fail without the model resisting it: the straight-through \
+         estimator (STE) is zero wherever a quantiser saturates, so the attack has nothing to \
+         follow, and the model looks robust because the attack is blind (gradient masking; \
+         Athalye et al. 2018). So every attack that follows gradients also ran through BPDA \
+         (the identity through the quantisers), `auto` (AutoAttack's cascade: APGD-CE, \
+         APGD-DLR through every estimator, then the gradient-free Square Attack, each on the \
+         images still correct) ran on every model, and each cell carries the indicators of \
+         attack failure (Pintor et al. 2022): zero gradients at the start, the gap between the \
+         estimators, images only the gradient-free attack found, another model's examples \
+         beating a model's own, an unbounded attack (budget 1.0) that does not reach 0%, and \
+         accuracy rising with a stronger setting. A robustness number is only as good as the \
+         worst case over these; the columns below are each model attacked with its own \
+         examples (%, means over seeds)."
+            .into(),
+    ));
+    let attacks = view.attacks();
+    let budgets = view.auto_budgets();
+    let bpda = view.has_bpda();
+    let mut runs: Vec<Run> = attacks.iter().map(|&k| Run::Attack(k)).collect();
+    if bpda {
+        runs.extend(attacks.iter().map(|&k| Run::Bpda(k)));
+    }
+    runs.extend(budgets.iter().map(|&b| Run::Auto(b)));
+    runs.push(Run::WorstCase);
+    let mut header = vec!["model".to_string(), "BASE ACC".into()];
+    header.extend(runs.iter().map(|r| r.title()));
+    header.extend(
+        [
+            "zero gradient (images, STE)",
+            "unbounded check",
+            "Square only",
+            "indicators raised",
+        ]
+        .map(String::from),
+    );
+    let families = [Family::Full, Family::Pruned, Family::Quantised];
+    let mut rows = Vec::new();
+    let mut sentences = Vec::new();
+    let mut clean_models = Vec::new();
+    for m in families.iter().flat_map(|f| view.family(*f)) {
+        let label = m.label.as_str();
+        let mut row = vec![label.to_string(), pct(view.base_accuracy(label))];
+        row.extend(
+            runs.iter()
+                .map(|&run| pct(view.cell(run, label, label, adversarial_accuracy))),
+        );
+        let own: Vec<&super::Cell> = r
+            .cells
+            .iter()
+            .filter(|c| c.source == label && c.target == label)
+            .collect();
+        let mean = |f: &dyn Fn(&super::Cell) -> Option<f64>| {
+            let values: Vec<f64> = own.iter().filter_map(|c| f(c)).collect();
+            (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+        };
+        let shown = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.1}", 100.0 * v));
+        row.push(shown(mean(&|c| {
+            (c.gradient != Gradient::Identity)
+                .then_some(c.metrics.indicators.zero_gradient_images)
+                .flatten()
+        })));
+        let unbounded: Vec<String> = r
+            .unbounded
+            .iter()
+            .filter(|u| u.model == label && u.seed == 1)
+            .map(|u| format!("{:.1} ({})", 100.0 * u.accuracy, u.gradient))
+            .collect();
+        row.push(if unbounded.is_empty() {
+            "-".into()
+        } else {
+            unbounded.join(", ")
+        });
+        row.push(shown(mean(&|c| c.metrics.indicators.gradient_free_only)));
+        let mut raised: Vec<String> = Vec::new();
+        for c in &own {
+            for flag in c.metrics.indicators.flags() {
+                let name = flag.name().to_string();
+                if !raised.contains(&name) {
+                    raised.push(name);
+                }
+            }
+            if c.seed == 1
+                && let Some(s) = c.metrics.indicators.sentence(
+                    label,
+                    &format!("{} ({})", c.attack, c.gradient),
+                    c.metrics.adversarial_accuracy,
+                )
+            {
+                sentences.push(s);
+            }
+        }
+        if raised.is_empty() {
+            clean_models.push(label.to_string());
+        }
+        row.push(if raised.is_empty() {
+            "none".into()
+        } else {
+            raised.join(", ")
+        });
+        rows.push(row);
+    }
+    out.push(Block::Table { header, rows });
+    if sentences.is_empty() {
+        out.push(Block::Text(
+            "No attack showed a sign of failure on any model.".into(),
+        ));
+    } else {
+        out.push(Block::Text(
+            "Where an attack shows signs of failure (the first seed; each a model attacked with \
+             its own examples):"
+                .into(),
+        ));
+        out.push(Block::List(sentences));
+    }
+    if !clean_models.is_empty() {
+        out.push(Block::Text(format!(
+            "No indicator was raised on: {}.",
+            clean_models.join(", ")
+        )));
+    }
+    out
+}
+
+fn blocks(view: &View, figures: &[Figure], paper: &[Claim], worst: &[Claim]) -> Vec<Block> {
     let r = view.results;
     let mut out = vec![
         Block::Heading(r.title.clone()),
         provenance(view),
         Block::Contents,
     ];
-    out.extend(summary(view, claims));
+    out.extend(trust(view));
+    out.extend(summary(view, paper, worst));
     out.push(Block::Heading("Figures".into()));
     out.extend(figures.iter().cloned().map(Block::Figure));
     out.push(Block::Heading("Models".into()));
@@ -231,10 +405,10 @@ fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
     } else {
         "bootstrap over the test images"
     };
-    for attack in view.attacks() {
+    for run in view.runs(true) {
         out.push(Block::Heading(format!(
             "{}: accuracy under attack",
-            attack.name().to_uppercase()
+            run.title()
         )));
         let mut header = vec!["model".to_string(), "BASE ACC".into()];
         header.extend(SCENARIOS.iter().map(|(n, _)| n.to_string()));
@@ -246,18 +420,19 @@ fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
                 let mut row = vec![m.label.clone(), pct(view.base_accuracy(&m.label))];
                 row.extend(SCENARIOS.iter().map(|(_, pair)| {
                     let (s, t) = pair(&m.label);
-                    pct(view.cell(attack, s, t, adversarial_accuracy))
+                    pct(view.cell(run, s, t, adversarial_accuracy))
                 }));
-                let delta = view.cell(attack, &m.label, &m.label, super::mean_abs_delta);
+                let delta = view.cell(run, &m.label, &m.label, super::mean_abs_delta);
                 row.push(format!("{:.4}", delta.y));
                 row
             })
             .collect();
         out.push(Block::Table { header, rows });
-        let full = view.cell(attack, "full", "full", adversarial_accuracy);
+        let full = view.cell(run, "full", "full", adversarial_accuracy);
         out.push(Block::Text(format!(
             "Accuracy in %, in brackets the 95% interval ({interval}). The baseline's accuracy \
-             under its own {attack} examples: {}.",
+             under its own {} examples: {}.",
+            run.title(),
             pct(full)
         )));
     }
@@ -265,7 +440,8 @@ fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
     out.push(Block::Heading("Attack throughput".into()));
     out.push(Block::Table {
         header: strings([
-            "seed", "attack", "source", "images", "images/s", "backend", "adapter",
+            "seed", "attack", "gradient", "budget", "source", "images", "images/s", "backend",
+            "adapter",
         ]),
         rows: r
             .throughput
@@ -274,6 +450,8 @@ fn blocks(view: &View, figures: &[Figure], claims: &[Claim]) -> Vec<Block> {
                 vec![
                     t.seed.to_string(),
                     t.attack.to_string(),
+                    t.gradient.to_string(),
+                    t.budget.map_or("-".into(), |b| b.to_string()),
                     t.source.clone(),
                     t.images.to_string(),
                     if t.seconds.is_finite() {
@@ -338,6 +516,12 @@ fn markdown(blocks: &[Block], out: &Path) -> String {
             }
             Block::Heading(h) => md.push_str(&format!("## {h}\n\n")),
             Block::Text(t) => md.push_str(&format!("{t}\n\n")),
+            Block::List(items) => {
+                for item in items {
+                    md.push_str(&format!("- {item}\n"));
+                }
+                md.push('\n');
+            }
             Block::Code { language, text } => {
                 md.push_str(&format!("```{language}\n{text}\n```\n\n"))
             }
@@ -402,6 +586,13 @@ fn html(blocks: &[Block]) -> Result<String> {
                 body.push_str(&format!("<h2 id=\"{}\">{}</h2>\n", anchor(h), escape(h)))
             }
             Block::Text(t) => body.push_str(&format!("<p>{}</p>\n", escape(t))),
+            Block::List(items) => {
+                body.push_str("<ul>\n");
+                for item in items {
+                    body.push_str(&format!("<li>{}</li>\n", escape(item)));
+                }
+                body.push_str("</ul>\n");
+            }
             Block::Code { text, .. } => body.push_str(&format!("<pre>{}</pre>\n", escape(text))),
             Block::Contents => {
                 body.push_str("<nav><b>Contents</b><ol>");
@@ -461,9 +652,10 @@ pub(super) fn write(
     out: &Path,
     view: &View,
     figures: &[Figure],
-    claims: &[Claim],
+    paper: &[Claim],
+    worst: &[Claim],
 ) -> Result<PathBuf> {
-    let blocks = blocks(view, figures, claims);
+    let blocks = blocks(view, figures, paper, worst);
     let md_path = out.join("report.md");
     crate::write_atomically(&md_path, markdown(&blocks, out).as_bytes())?;
     crate::write_atomically(&out.join("report.html"), html(&blocks)?.as_bytes())?;

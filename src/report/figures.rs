@@ -11,7 +11,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::bitmap_text::CrispText;
-use super::{Family, SCENARIOS, View, adversarial_accuracy, clean_accuracy, mean_abs_delta};
+use super::{Family, Run, SCENARIOS, View, adversarial_accuracy, clean_accuracy, mean_abs_delta};
 use crate::attack::AttackKind;
 use crate::transfer::DifferentialMetrics;
 use crate::{Error, Result};
@@ -711,11 +711,11 @@ fn save_heatmap(dir: &Path, stem: &str, caption: String, heat: &Heatmap) -> Resu
     )
 }
 
-/// One series per scenario: `metric` of each model's cell under `attack`, against `x(model)`.
+/// One series per scenario: `metric` of each model's cell under `run`, against `x(model)`.
 fn scenario_series(
     view: &View,
     models: &[&super::ModelRow],
-    attack: AttackKind,
+    run: Run,
     x: impl Fn(&super::ModelRow) -> f64,
     metric: fn(&crate::transfer::CellMetrics) -> (f64, [f64; 2]),
 ) -> Vec<Series> {
@@ -728,7 +728,7 @@ fn scenario_series(
                 .iter()
                 .map(|m| {
                     let (s, t) = pair(&m.label);
-                    (x(m), view.cell(attack, s, t, metric))
+                    (x(m), view.cell(run, s, t, metric))
                 })
                 .collect(),
             look: Look::Scenario(number),
@@ -778,17 +778,19 @@ fn with_baseline<'a>(view: &View<'a>, family: Family) -> Vec<&'a super::ModelRow
     models
 }
 
-/// Accuracy of one family against its x value (density or bitwidth), one panel per attack:
-/// the three scenarios and BASE ACC (Figures 2 and 4), the baseline at the axis' end.
+/// Accuracy of one family against its x value (density or bitwidth), one panel per attack as
+/// the report shows it (the paper's attacks, through BPDA on the quantised models, `auto` at
+/// each budget, the worst case): the three scenarios and BASE ACC (Figures 2 and 4), the
+/// baseline at the axis' end.
 fn scenario_figure(view: &View, family: Family, title: &str, footer: &str) -> LineFigure {
     let models = with_baseline(view, family);
     let (axis, x_label) = family_axis(view, family, true);
     let x = |m: &super::ModelRow| family_x(&axis, family, m);
     let panels: Vec<Panel> = view
-        .attacks()
+        .runs(family == Family::Quantised)
         .into_iter()
-        .map(|attack| {
-            let mut series = scenario_series(view, &models, attack, x, adversarial_accuracy);
+        .map(|run| {
+            let mut series = scenario_series(view, &models, run, x, adversarial_accuracy);
             series.push(Series {
                 name: "BASE ACC (no attack)".into(),
                 points: models
@@ -798,7 +800,7 @@ fn scenario_figure(view: &View, family: Family, title: &str, footer: &str) -> Li
                 look: Look::BaseAccuracy,
             });
             Panel {
-                title: attack.name().to_uppercase(),
+                title: run.title(),
                 x_axis: axis.axis(),
                 x_label: x_label.into(),
                 y_label: "accuracy".into(),
@@ -939,7 +941,13 @@ fn perturbation_figure(view: &View, footer: &str) -> LineFigure {
     let models = with_baseline(view, Family::Quantised);
     let (axis, x_label) = family_axis(view, Family::Quantised, true);
     let x = |m: &super::ModelRow| family_x(&axis, Family::Quantised, m);
-    let series = scenario_series(view, &models, AttackKind::Ifgsm, x, mean_abs_delta);
+    let series = scenario_series(
+        view,
+        &models,
+        Run::Attack(AttackKind::Ifgsm),
+        x,
+        mean_abs_delta,
+    );
     LineFigure {
         title: "Figure 6: mean perturbation per pixel (IFGSM)".into(),
         panels: vec![Panel {
@@ -981,6 +989,11 @@ fn differential_figure(view: &View, footer: &str) -> LineFigure {
                 "DIVA: evasive success",
                 AttackKind::Diva,
                 evasive as fn(&_) -> f64,
+            ),
+            (
+                "DIVA, margin form: evasive success",
+                AttackKind::DivaMargin,
+                evasive,
             ),
             ("PGD: evasive share", AttackKind::Pgd, evasive),
             (
@@ -1120,37 +1133,42 @@ pub(super) fn draw_all(
             &differential_figure(view, footer),
         )?);
     }
-    for attack in view.attacks() {
+    for run in view.runs(true) {
         let heat = Heatmap {
-            title: format!(
-                "{}: accuracy of each target (%)",
-                attack.name().to_uppercase()
-            ),
+            title: format!("{}: accuracy of each target (%)", run.title()),
             labels: labels.iter().map(|l| l.to_string()).collect(),
             values: labels
                 .iter()
                 .map(|s| {
                     labels
                         .iter()
-                        .map(|t| view.cell(attack, s, t, adversarial_accuracy).y)
+                        .map(|t| view.cell(run, s, t, adversarial_accuracy).y)
                         .collect()
                 })
                 .collect(),
             // On the attacked images, as the cells above (BASE ACC is on more images).
             clean: labels
                 .iter()
-                .map(|t| view.cell(attack, t, t, clean_accuracy).y)
+                .map(|t| view.cell(run, t, t, clean_accuracy).y)
                 .collect(),
             footer: footer.into(),
         };
         out.push(save_heatmap(
             dir,
-            &format!("matrix-{attack}"),
+            &format!("matrix-{}", run.stem()),
             format!(
-                "Transfer matrix under {attack}: accuracy (%) of each target (column) on each \
+                "Transfer matrix under {}: accuracy (%) of each target (column) on each \
                  source's (row) examples; the diagonal (outlined) is each model attacked with \
                  its own examples; the bottom row is each target's accuracy on the same images \
-                 without attack. Darker: more images fooled."
+                 without attack. Darker: more images fooled.{}",
+                run.title(),
+                match run {
+                    Run::WorstCase => {
+                        " Each cell is the lowest accuracy of every attack and gradient \
+                         estimator run on it."
+                    }
+                    _ => "",
+                }
             ),
             &heat,
         )?);

@@ -10,6 +10,7 @@ mod bitmap_text;
 mod claims;
 mod document;
 mod figures;
+mod indicators;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,8 +20,7 @@ use serde_json::Value;
 
 use crate::Result;
 use crate::attack::{AttackConfig, AttackKind, json_float};
-use crate::kernels::QuantGrad;
-use crate::transfer::{CellMetrics, DifferentialMetrics, Scenario};
+use crate::transfer::{CellMetrics, DifferentialMetrics, Gradient, UnboundedCheck};
 
 pub use figures::{Categories, Figure, LineFigure, Look, Panel, Point, Series, XAxis, save_lines};
 
@@ -59,16 +59,7 @@ pub struct ModelRow {
     pub checkpoint: PathBuf,
 }
 
-/// One (attack, source, target) cell of one seed.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Cell {
-    pub seed: u64,
-    pub attack: AttackKind,
-    pub source: String,
-    pub target: String,
-    pub scenario: Scenario,
-    pub metrics: CellMetrics,
-}
+pub use crate::transfer::Cell;
 
 /// Figure 3: one model (the baseline or a pruned one) attacked by itself with one step size
 /// and one number of iterations.
@@ -115,6 +106,10 @@ pub struct CdfSeries {
 pub struct Throughput {
     pub seed: u64,
     pub attack: AttackKind,
+    /// The gradient the attack followed through the source's quantisers.
+    pub gradient: Gradient,
+    /// The attack's budget, when it has one.
+    pub budget: Option<f32>,
     pub source: String,
     pub images: usize,
     /// Seconds the run that made the set took (NaN when its timing file is gone).
@@ -160,10 +155,8 @@ pub fn build_version() -> String {
 pub struct Results {
     pub title: String,
     pub provenance: Provenance,
-    /// The settings of each attack of the sweep (the first seed's; only PGD's seed differs).
+    /// The settings of each attack of the sweep (the first seed's; only seeds differ).
     pub attacks: Vec<AttackConfig>,
-    /// Gradient through the quantisers.
-    pub grad: QuantGrad,
     pub backend: String,
     pub adapter: String,
     pub models: Vec<ModelRow>,
@@ -173,6 +166,48 @@ pub struct Results {
     pub throughput: Vec<Throughput>,
     /// Beyond the paper (empty when the sweep does not run it).
     pub differential: Vec<DifferentialCell>,
+    /// Each model's unbounded gradient check (empty without the adaptive evaluation).
+    pub unbounded: Vec<UnboundedCheck>,
+}
+
+/// An attack as the report shows it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Run {
+    /// As the paper ran it: through the STE where the source has quantisers.
+    Attack(AttackKind),
+    /// The same attack through BPDA (the identity) where the source has quantisers.
+    Bpda(AttackKind),
+    /// `auto` at one budget.
+    Auto(f32),
+    /// The attack at its strongest: the lowest accuracy over its estimators and over `auto`
+    /// at every budget within its L-inf reach.
+    Strongest(AttackKind),
+    /// The lowest accuracy of every attack and estimator run on the cell.
+    WorstCase,
+}
+
+impl Run {
+    /// Its name in titles: `IFGSM`, `IFGSM (BPDA)`, `AUTO at 0.1`, `WORST CASE`.
+    pub fn title(self) -> String {
+        match self {
+            Run::Attack(k) => k.name().to_uppercase(),
+            Run::Bpda(k) => format!("{} (BPDA)", k.name().to_uppercase()),
+            Run::Auto(b) => format!("AUTO at {b}"),
+            Run::Strongest(k) => format!("{} at its strongest", k.name().to_uppercase()),
+            Run::WorstCase => "WORST CASE".into(),
+        }
+    }
+
+    /// Its name in file names: `ifgsm`, `ifgsm-bpda`, `auto-0.1`, `worst-case`.
+    pub fn stem(self) -> String {
+        match self {
+            Run::Attack(k) => k.name().into(),
+            Run::Bpda(k) => format!("{k}-bpda"),
+            Run::Auto(b) => format!("auto-{b}"),
+            Run::Strongest(k) => format!("{k}-strongest"),
+            Run::WorstCase => "worst-case".into(),
+        }
+    }
 }
 
 /// The mean and 95% interval of one value over seeds (or its bootstrap interval with one).
@@ -240,29 +275,117 @@ impl<'a> View<'a> {
         rows
     }
 
+    /// The attacks of the matrix in the sweep's order (`auto` apart: [`View::runs`]).
     pub fn attacks(&self) -> Vec<AttackKind> {
         let mut out = Vec::new();
         for c in &self.results.cells {
-            if !out.contains(&c.attack) {
+            if c.attack != AttackKind::Auto && !out.contains(&c.attack) {
                 out.push(c.attack);
             }
         }
         out
     }
 
-    /// One metric of the (attack, source, target) cell over seeds.
+    /// `auto`'s budgets, rising.
+    pub fn auto_budgets(&self) -> Vec<f32> {
+        let mut out: Vec<f32> = Vec::new();
+        for c in &self.results.cells {
+            if c.attack == AttackKind::Auto
+                && let Some(b) = c.budget
+                && !out.contains(&b)
+            {
+                out.push(b);
+            }
+        }
+        out.sort_by(f32::total_cmp);
+        out
+    }
+
+    /// Whether any set was made through BPDA.
+    pub fn has_bpda(&self) -> bool {
+        self.results
+            .cells
+            .iter()
+            .any(|c| c.gradient == Gradient::Identity)
+    }
+
+    /// Every way the report shows the attacks: each attack as the paper ran it, through BPDA
+    /// (when any source has quantisers), `auto` at each budget, and the worst case.
+    pub fn runs(&self, bpda: bool) -> Vec<Run> {
+        let mut out: Vec<Run> = self.attacks().into_iter().map(Run::Attack).collect();
+        if bpda && self.has_bpda() {
+            out.extend(self.attacks().into_iter().map(Run::Bpda));
+        }
+        out.extend(self.auto_budgets().into_iter().map(Run::Auto));
+        if !self.auto_budgets().is_empty() || self.has_bpda() {
+            out.push(Run::WorstCase);
+        }
+        out
+    }
+
+    /// The L-inf reach of `attack` as the sweep ran it (`None`: unbounded).
+    fn reach(&self, attack: AttackKind) -> Option<f32> {
+        self.results
+            .attacks
+            .iter()
+            .find(|a| a.kind() == attack)
+            .and_then(AttackConfig::linf_reach)
+    }
+
+    /// Whether `cell` is one of `run`'s candidates.
+    fn in_run(&self, run: Run, cell: &Cell) -> bool {
+        let plain = |k: AttackKind| cell.attack == k && cell.attack != AttackKind::Auto;
+        match run {
+            Run::Attack(k) => plain(k) && cell.gradient != Gradient::Identity,
+            Run::Bpda(k) => plain(k) && cell.gradient != Gradient::Ste,
+            Run::Auto(b) => cell.attack == AttackKind::Auto && cell.budget == Some(b),
+            Run::Strongest(k) => {
+                plain(k)
+                    || (cell.attack == AttackKind::Auto
+                        && match (self.reach(k), cell.budget) {
+                            (None, _) => true,
+                            (Some(reach), Some(b)) => b <= reach + 1e-6,
+                            (Some(_), None) => false,
+                        })
+            }
+            Run::WorstCase => true,
+        }
+    }
+
+    /// The cell of `run` on (source, target) in `seed`: the one cell, or the one with the
+    /// lowest adversarial accuracy of the candidates.
+    pub fn run_cell(&self, run: Run, seed: u64, source: &str, target: &str) -> Option<&'a Cell> {
+        self.results
+            .cells
+            .iter()
+            .filter(|c| c.seed == seed && c.source == source && c.target == target)
+            .filter(|c| self.in_run(run, c))
+            .min_by(|a, b| {
+                a.metrics
+                    .adversarial_accuracy
+                    .total_cmp(&b.metrics.adversarial_accuracy)
+            })
+    }
+
+    fn seeds(&self) -> Vec<u64> {
+        let mut seeds: Vec<u64> = self.results.models.iter().map(|m| m.seed).collect();
+        seeds.sort();
+        seeds.dedup();
+        seeds
+    }
+
+    /// One metric of `run`'s (source, target) cell over seeds.
     pub fn cell(
         &self,
-        attack: AttackKind,
+        run: Run,
         source: &str,
         target: &str,
         metric: fn(&CellMetrics) -> (f64, [f64; 2]),
     ) -> Point {
         let samples: Vec<_> = self
-            .results
-            .cells
-            .iter()
-            .filter(|c| c.attack == attack && c.source == source && c.target == target)
+            .seeds()
+            .into_iter()
+            .filter_map(|seed| self.run_cell(run, seed, source, target))
             .map(|c| metric(&c.metrics))
             .collect();
         summarise(&samples)
@@ -340,7 +463,7 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
 
 /// The columns of `cells.csv` and the fields of `cells.jsonl`, in order. Fractions end in
 /// `_frac` (0..1); perturbations are in pixel units (images in [0, 1]).
-const CELL_COLUMNS: [&str; 31] = [
+const CELL_COLUMNS: [&str; 39] = [
     "seed",
     "attack",
     "scenario",
@@ -371,6 +494,14 @@ const CELL_COLUMNS: [&str; 31] = [
     "l2",
     "linf",
     "mean_iterations",
+    "estimator_gap",
+    "zero_gradient_images_frac",
+    "zero_gradient_pixels_frac",
+    "gradient_free_only_frac",
+    "transfer_beats_white_box",
+    "unbounded_acc_frac",
+    "non_monotone",
+    "masking_suspected",
     "attack_settings",
 ];
 
@@ -393,23 +524,30 @@ impl ModelFacts<'_> {
     }
 }
 
-/// One cell as values in [`CELL_COLUMNS`] order (`Null`: an empty CSV field).
-fn cell_row(facts: &ModelFacts, c: &Cell) -> [Value; 31] {
-    let r = facts.view.results;
-    // The sweep's settings of this attack, with this cell's seed (PGD's random start).
-    let config = r
+/// The sweep's settings of `c`'s attack, with `c`'s seed.
+fn config_of(results: &Results, c: &Cell) -> Option<AttackConfig> {
+    let config = results
         .attacks
         .iter()
-        .find(|a| a.kind == c.attack)
-        .map(|a| AttackConfig {
-            seed: c.seed,
-            ..a.clone()
-        });
+        .find(|a| a.kind() == c.attack && a.budget() == c.budget)?;
+    let has_seed = c.attack.parameters().iter().any(|p| p.name == "seed");
+    if has_seed {
+        config.clone().with("seed", c.seed).ok()
+    } else {
+        Some(config.clone())
+    }
+}
+
+/// One cell as values in [`CELL_COLUMNS`] order (`Null`: an empty CSV field).
+fn cell_row(facts: &ModelFacts, c: &Cell) -> [Value; 39] {
+    let r = facts.view.results;
+    let config = config_of(r, c);
     let config = config.as_ref();
     let m = &c.metrics;
+    let i = &m.indicators;
     let [sd, sb, sh] = facts.describe(c.seed, &c.source);
     let [td, tb, th] = facts.describe(c.seed, &c.target);
-    let uses_step = c.attack != AttackKind::DeepFool;
+    let opt = |v: Option<f64>| v.map_or(Value::Null, Value::from);
     [
         c.seed.into(),
         c.attack.name().into(),
@@ -424,20 +562,16 @@ fn cell_row(facts: &ModelFacts, c: &Cell) -> [Value; 31] {
         tb,
         th,
         config
-            .filter(|_| uses_step)
-            .map_or(Value::Null, |a| json_float(a.eps)),
-        config.map_or(Value::Null, |a| match a.kind {
-            AttackKind::DeepFool => a.max_iterations.into(),
-            AttackKind::Fgsm | AttackKind::Fgm => 1.into(),
-            _ => a.steps.into(),
-        }),
+            .and_then(AttackConfig::step)
+            .map_or(Value::Null, json_float),
+        config.map_or(Value::Null, |a| a.steps().into()),
         config
-            .and_then(AttackConfig::effective_budget)
+            .and_then(AttackConfig::budget)
             .map_or(Value::Null, json_float),
         config
             .and_then(AttackConfig::linf_reach)
             .map_or(Value::Null, json_float),
-        r.grad.to_string().into(),
+        c.gradient.name().into(),
         m.images.into(),
         m.clean_accuracy.into(),
         m.adversarial_accuracy.into(),
@@ -451,6 +585,14 @@ fn cell_row(facts: &ModelFacts, c: &Cell) -> [Value; 31] {
         m.l2.into(),
         m.linf.into(),
         m.mean_iterations.into(),
+        opt(i.estimator_gap),
+        opt(i.zero_gradient_images),
+        opt(i.zero_gradient_pixels),
+        opt(i.gradient_free_only),
+        opt(i.transfer_beats_white_box),
+        opt(i.unbounded_accuracy),
+        opt(i.non_monotone),
+        m.masking_suspected.into(),
         config.map_or(Value::Null, |a| Value::Object(a.used_parameters())),
     ]
 }
@@ -496,12 +638,12 @@ fn matrix_labels<'a>(view: &View<'a>) -> Vec<&'a str> {
         .collect()
 }
 
-fn matrix_csv(view: &View, attack: AttackKind, labels: &[&str]) -> String {
+fn matrix_csv(view: &View, run: Run, labels: &[&str]) -> String {
     let mut csv = format!("source\\target,{}\n", labels.join(","));
     for s in labels {
         let row: Vec<String> = labels
             .iter()
-            .map(|t| view.cell(attack, s, t, adversarial_accuracy).y.to_string())
+            .map(|t| view.cell(run, s, t, adversarial_accuracy).y.to_string())
             .collect();
         csv.push_str(&format!("{s},{}\n", row.join(",")));
     }
@@ -509,7 +651,12 @@ fn matrix_csv(view: &View, attack: AttackKind, labels: &[&str]) -> String {
 }
 
 /// Writes every result file, figure and the report into `out`; returns the report's path.
+/// The indicators that compare cells are filled in first.
 pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
+    let mut results = results.clone();
+    crate::transfer::indicators::complete(&mut results.cells, &results.unbounded);
+    indicators::non_monotone(&mut results);
+    let results = &results;
     let view = View::new(results);
     let mut hashes = BTreeMap::new();
     for m in &results.models {
@@ -530,10 +677,10 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
     write_text(&out.join("cells.csv"), &cells_csv)?;
     write_text(&out.join("cells.jsonl"), &cells_jsonl)?;
     let labels = matrix_labels(&view);
-    for attack in view.attacks() {
+    for run in view.runs(true) {
         write_text(
-            &out.join(format!("matrix-{attack}.csv")),
-            &matrix_csv(&view, attack, &labels),
+            &out.join(format!("matrix-{}.csv", run.stem())),
+            &matrix_csv(&view, run, &labels),
         )?;
     }
     let mut models =
@@ -558,11 +705,9 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
          mean_abs_delta\n",
     );
     for c in &results.eps_steps {
-        let config = AttackConfig {
-            eps: c.eps,
-            steps: c.steps,
-            ..AttackConfig::new(c.attack)
-        };
+        let config = AttackConfig::new(c.attack)
+            .with("step", json_float(c.eps))
+            .and_then(|a| a.with("steps", c.steps));
         let [_, _, sha] = facts.describe(c.seed, &c.source);
         eps_steps.push_str(&csv_line([
             c.seed.into(),
@@ -571,7 +716,10 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
             sha,
             json_float(c.eps),
             c.steps.into(),
-            config.linf_reach().map_or(Value::Null, json_float),
+            config
+                .ok()
+                .and_then(|a| a.linf_reach())
+                .map_or(Value::Null, json_float),
             c.metrics.images.into(),
             c.metrics.adversarial_accuracy.into(),
             c.metrics.mean_abs_delta.into(),
@@ -585,13 +733,16 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
         }
     }
     write_text(&out.join("cdf.csv"), &cdf)?;
-    let mut speed =
-        String::from("seed,attack,source,images,seconds,images_per_second,backend,adapter\n");
+    let mut speed = String::from(
+        "seed,attack,gradient,budget,source,images,seconds,images_per_second,backend,adapter\n",
+    );
     for t in &results.throughput {
         speed.push_str(&format!(
-            "{},{},{},{},{:.3},{:.2},{},{}\n",
+            "{},{},{},{},{},{},{:.3},{:.2},{},{}\n",
             t.seed,
             t.attack,
+            t.gradient,
+            t.budget.map_or(String::new(), |b| b.to_string()),
             t.source,
             t.images,
             t.seconds,
@@ -604,13 +755,14 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
     if !results.differential.is_empty() {
         let mut csv = String::from(
             "seed,attack,model,family,density,bits,model_sha256,reference,reference_sha256,\
-             step,steps,budget,linf_reach,diva_weight,images,both_correct,evasive_success_frac,\
-             success_frac_compressed,success_frac_reference\n",
+             step,steps,budget,linf_reach,diva_weight,images,both_correct,\
+             evasive_success_frac,success_frac_compressed,success_frac_reference,\
+             attack_settings\n",
         );
         for d in &results.differential {
             let model = view.model(&d.model);
             let m = &d.metrics;
-            let config = results.attacks.iter().find(|a| a.kind == d.attack);
+            let config = results.attacks.iter().find(|a| a.kind() == d.attack);
             let setting = |f: fn(&AttackConfig) -> Option<f32>| {
                 config.and_then(f).map_or(Value::Null, json_float)
             };
@@ -624,22 +776,26 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
                 facts.describe(d.seed, &d.model)[2].clone(),
                 "full".into(),
                 facts.describe(d.seed, "full")[2].clone(),
-                setting(|a| Some(a.eps)),
-                config.map_or(Value::Null, |a| a.steps.into()),
-                setting(AttackConfig::effective_budget),
+                setting(AttackConfig::step),
+                config.map_or(Value::Null, |a| a.steps().into()),
+                setting(AttackConfig::budget),
                 setting(AttackConfig::linf_reach),
-                setting(|a| a.weight),
+                config
+                    .and_then(|a| a.settings().get("weight").cloned())
+                    .unwrap_or(Value::Null),
                 m.images.into(),
                 m.both_correct.into(),
                 m.evasive_success_rate.into(),
                 m.success_rate_compressed.into(),
                 m.success_rate_reference.into(),
+                config.map_or(Value::Null, |a| Value::Object(a.used_parameters())),
             ]));
         }
         write_text(&out.join("differential.csv"), &csv)?;
     }
     let footer = view.footer();
     let figures = figures::draw_all(&out.join("figures"), &view, &labels, &footer)?;
-    let claims = claims::check(&view);
-    document::write(out, &view, &figures, &claims)
+    let paper = claims::check(&view, claims::Judge::Paper);
+    let worst = claims::check(&view, claims::Judge::WorstCase);
+    document::write(out, &view, &figures, &paper, &worst)
 }

@@ -2,9 +2,11 @@
 //! user's file of the same shape. Every field has DESIGN.md's default, so a file names only
 //! what it changes; an unknown field is refused by name.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::attack::{AttackConfig, AttackKind};
 use crate::compress::Pruner;
@@ -29,6 +31,10 @@ pub struct Training {
     pub learning_rate: f64,
     /// Train on the first N training images only.
     pub train_limit: Option<usize>,
+    /// Fine-tuning: the gradient the quantisers pass back while the compressed models train
+    /// (ste or identity). A setting of compression, not of the attacks: the attacks try both
+    /// estimators on the same models ([`Attacks::gradients`]).
+    pub grad: QuantGrad,
 }
 
 impl Training {
@@ -52,6 +58,7 @@ impl Training {
             batch_size: 128,
             learning_rate: 1e-3,
             train_limit: None,
+            grad: QuantGrad::Ste,
         }
     }
 }
@@ -93,12 +100,28 @@ pub struct Attacks {
     /// Attacked test images per source model (the first N of the test split).
     pub images: usize,
     pub batch_size: usize,
-    pub eps: f32,
-    pub steps: usize,
-    /// Gradient through the quantisers: ste or identity (BPDA).
-    pub grad: QuantGrad,
+    /// The step of every attack that takes one (absent: each attack's own default, the
+    /// paper's 0.02).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f32>,
+    /// The iterations of every attack that takes steps (absent: each attack's own, 12).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
     /// DeepFool: only the k classes with the highest clean logits (all when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub deepfool_candidates: Option<usize>,
+    /// The gradient estimators every gradient attack runs through on a model whose
+    /// activations are quantised (each its own set and cells); models without quantisers
+    /// have one exact gradient.
+    pub gradients: Vec<QuantGrad>,
+    /// Any attack's own settings, by attack (`[attack.settings.auto] queries = 1000`), over
+    /// its defaults; `eps` and `steps` above apply first.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<AttackKind, Map<String, Value>>,
+    /// Read only to be refused with a pointer to where it went (the attacks' estimators and
+    /// the fine-tuning's were one setting before).
+    #[serde(skip_serializing)]
+    pub grad: Option<QuantGrad>,
 }
 
 impl Default for Attacks {
@@ -107,10 +130,37 @@ impl Default for Attacks {
             names: vec![AttackKind::Ifgsm, AttackKind::Ifgm, AttackKind::DeepFool],
             images: 10_000,
             batch_size: 256,
-            eps: 0.02,
-            steps: 12,
-            grad: QuantGrad::Ste,
+            eps: None,
+            steps: None,
             deepfool_candidates: None,
+            gradients: vec![QuantGrad::Ste, QuantGrad::Identity],
+            settings: BTreeMap::new(),
+            grad: None,
+        }
+    }
+}
+
+/// The adaptive evaluation: `auto` (the worst case over attacks and gradient estimators) on
+/// every model at each budget, as its own attack of the transfer matrix, and the unbounded
+/// check of every model's gradient.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Robustness {
+    pub enabled: bool,
+    /// L-inf budgets (pixel units): 0.1 and 0.3, the budgets MNIST robustness is reported at
+    /// (Madry et al. 2018, Croce & Hein 2020).
+    pub budgets: Vec<f32>,
+    /// Images `auto` attacks per source (absent: `attack.images`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub images: Option<usize>,
+}
+
+impl Default for Robustness {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            budgets: vec![0.1, 0.3],
+            images: None,
         }
     }
 }
@@ -147,8 +197,9 @@ impl Default for Figure3 {
     }
 }
 
-/// Beyond the paper: DIVA on every compressed model against its baseline, beside PGD with the
-/// same step, steps and budget (how evasive ordinary examples are).
+/// Beyond the paper: DIVA on every compressed model against its baseline, in its own form and
+/// its margin form, beside PGD with the same step, steps and budget (how evasive ordinary
+/// examples are).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Differential {
@@ -202,6 +253,7 @@ pub struct SweepConfig {
     pub figure3: Figure3,
     pub figure5: Figure5,
     pub differential: Differential,
+    pub robustness: Robustness,
 }
 
 impl Default for SweepConfig {
@@ -218,6 +270,7 @@ impl Default for SweepConfig {
             figure3: Figure3::default(),
             figure5: Figure5::default(),
             differential: Differential::default(),
+            robustness: Robustness::default(),
         }
     }
 }
@@ -290,6 +343,27 @@ impl SweepConfig {
                 format!("must be between 1 and {MAX_SEEDS} (got {})", self.seeds),
             );
         }
+        if self.attack.grad.is_some() {
+            return fail(
+                "attack.grad",
+                "the attacks run every gradient estimator in attack.gradients on the same \
+                 models; the estimator the compressed models are fine-tuned with is \
+                 finetune.grad"
+                    .into(),
+            );
+        }
+        if self.baseline.grad != QuantGrad::Ste {
+            return fail(
+                "baseline.grad",
+                "the baseline has no quantisers; the fine-tuning estimator is finetune.grad".into(),
+            );
+        }
+        if self.attack.gradients.is_empty() {
+            return fail(
+                "attack.gradients",
+                "needs at least one gradient estimator (ste, identity)".into(),
+            );
+        }
         for (section, t) in [("baseline", &self.baseline), ("finetune", &self.finetune)] {
             t.train_config("lenet5", DatasetKind::Mnist, 1)
                 .validate()
@@ -310,6 +384,8 @@ impl SweepConfig {
             ("grid.densities", repeated(&self.grid.densities)),
             ("grid.bits", repeated(&self.grid.bits)),
             ("attack.names", repeated(&self.attack.names)),
+            ("attack.gradients", repeated(&self.attack.gradients)),
+            ("robustness.budgets", repeated(&self.robustness.budgets)),
             ("figure3.attacks", repeated(&self.figure3.attacks)),
             ("figure3.eps", repeated(&self.figure3.eps)),
             ("figure3.steps", repeated(&self.figure3.steps)),
@@ -369,12 +445,32 @@ impl SweepConfig {
                 format!("{k} is more than the {classes} classes"),
             );
         }
+        let renames = [
+            ("step", "attack.eps"),
+            ("candidates", "attack.deepfool_candidates"),
+        ];
+        // Each table's fields must be its attack's (its values are checked where it runs).
+        for kind in self.attack.settings.keys() {
+            self.attack_config(*kind, None, None, 1)
+                .map_err(|e| e.in_section(&format!("attack.settings.{kind}"), &[]))?;
+        }
         for &kind in &self.attack.names {
-            self.attack_config(kind, self.attack.eps, self.attack.steps, 1)
-                .validate()
-                .map_err(|e| {
-                    e.in_section("attack", &[("candidates", "attack.deepfool_candidates")])
-                })?;
+            self.matrix_attack(kind, 1)
+                .and_then(|c| c.validate())
+                .map_err(|e| e.in_section("attack", &renames))?;
+        }
+        if self.robustness.enabled {
+            if self.robustness.budgets.is_empty() {
+                return fail("robustness.budgets", "no budget".into());
+            }
+            if let Some(n) = self.robustness.images {
+                count("robustness.images", n, MAX_IMAGES)?;
+            }
+            for &budget in &self.robustness.budgets {
+                self.robustness_attack(budget, 1)
+                    .and_then(|c| c.validate())
+                    .map_err(|e| e.in_section("robustness", &[("budget", "robustness.budgets")]))?;
+            }
         }
         if let Some(d) = self
             .figure3
@@ -397,18 +493,16 @@ impl SweepConfig {
         for &kind in &self.figure3.attacks {
             for &eps in &self.figure3.eps {
                 for &steps in &self.figure3.steps {
-                    self.attack_config(kind, eps, steps, 1)
-                        .validate()
-                        .map_err(|e| e.in_section("figure3", &[]))?;
+                    self.attack_config(kind, Some(eps), Some(steps), 1)
+                        .and_then(|c| c.validate())
+                        .map_err(|e| e.in_section("figure3", &[("step", "figure3.eps")]))?;
                 }
             }
         }
-        let c = self.differential.weight;
-        if !(c >= 0.0 && c.is_finite()) {
-            return fail(
-                "differential.weight",
-                format!("must be a number of at least 0 (got {c})"),
-            );
+        for attack in self.differential_attacks(1)? {
+            attack
+                .validate()
+                .map_err(|e| e.in_section("differential", &[]))?;
         }
         count(
             "figure5.activation_images",
@@ -418,38 +512,67 @@ impl SweepConfig {
         Ok(())
     }
 
-    /// The attack settings of `kind` at `eps` and `steps` for `seed`: the paper's defaults
-    /// with this sweep's DeepFool candidates.
+    /// The settings of `kind` for `seed`: its defaults, then `eps` and `steps` where it takes
+    /// them, this sweep's DeepFool candidates, its `[attack.settings.<kind>]` table, and the
+    /// seed where it draws random numbers.
     pub fn attack_config(
         &self,
         kind: AttackKind,
-        eps: f32,
-        steps: usize,
+        eps: Option<f32>,
+        steps: Option<usize>,
         seed: u64,
-    ) -> AttackConfig {
-        AttackConfig {
-            eps,
-            steps,
-            seed,
-            candidates: match kind {
-                AttackKind::DeepFool => self.attack.deepfool_candidates,
-                _ => None,
-            },
-            ..AttackConfig::new(kind)
+    ) -> Result<AttackConfig> {
+        let has = |name: &str| kind.parameters().iter().any(|p| p.name == name);
+        let mut settings = Map::new();
+        if let Some(eps) = eps.filter(|_| has("step")) {
+            settings.insert("step".into(), crate::attack::json_float(eps));
         }
+        if let Some(steps) = steps.filter(|_| has("steps")) {
+            settings.insert("steps".into(), steps.into());
+        }
+        if let (AttackKind::DeepFool, Some(k)) = (kind, self.attack.deepfool_candidates) {
+            settings.insert("candidates".into(), k.into());
+        }
+        if has("seed") {
+            settings.insert("seed".into(), seed.into());
+        }
+        if let Some(own) = self.attack.settings.get(&kind) {
+            settings.extend(own.clone());
+        }
+        AttackConfig::from_settings(kind, settings)
     }
-}
 
-impl SweepConfig {
-    /// The differential stage's attacks on `seed`: DIVA, and PGD with the same step, steps and
-    /// budget.
-    pub fn differential_attacks(&self, seed: u64) -> Vec<AttackConfig> {
-        let (eps, steps) = (self.attack.eps, self.attack.steps);
-        let diva = AttackConfig {
-            weight: Some(self.differential.weight),
-            ..self.attack_config(AttackKind::Diva, eps, steps, seed)
-        };
-        vec![diva, self.attack_config(AttackKind::Pgd, eps, steps, seed)]
+    /// An attack of the transfer matrix (the shared `eps` and `steps` applied).
+    pub fn matrix_attack(&self, kind: AttackKind, seed: u64) -> Result<AttackConfig> {
+        self.attack_config(kind, self.attack.eps, self.attack.steps, seed)
+    }
+
+    /// `auto` at `budget` (its other settings from `[attack.settings.auto]`).
+    pub fn robustness_attack(&self, budget: f32, seed: u64) -> Result<AttackConfig> {
+        self.attack_config(AttackKind::Auto, None, None, seed)?
+            .with("budget", crate::attack::json_float(budget))
+    }
+
+    /// The differential stage's attacks on `seed`: DIVA in its own form (with this sweep's
+    /// weight) and its margin form, and PGD with the matrix's step, steps and DIVA's budget.
+    pub fn differential_attacks(&self, seed: u64) -> Result<Vec<AttackConfig>> {
+        let diva = self.matrix_attack(AttackKind::Diva, seed)?.with(
+            "weight",
+            crate::attack::json_float(self.differential.weight),
+        )?;
+        let budget = crate::attack::json_float(diva.budget().expect("DIVA has a budget"));
+        let margin = self
+            .attack_config(AttackKind::DivaMargin, None, None, seed)?
+            .with("budget", budget.clone())?;
+        let pgd = self
+            .matrix_attack(AttackKind::Pgd, seed)?
+            .with("budget", budget)?;
+        Ok(vec![diva, margin, pgd])
+    }
+
+    /// The images `auto` attacks per source.
+    pub fn robustness_images(&self) -> usize {
+        self.robustness.images.unwrap_or(self.attack.images)
     }
 }
 

@@ -23,7 +23,7 @@ use crate::report::{
     self, CdfSeries, Cell, DifferentialCell, EpsStepsCell, Family, ModelRow, Throughput,
 };
 use crate::train::{self, TrainConfig};
-use crate::transfer::{self, AdversarialSet, Scenario};
+use crate::transfer::{self, AdversarialSet, Gradient, Scenario};
 use crate::{Error, ModelRole, Result};
 
 /// What every job of a plan shares.
@@ -33,8 +33,6 @@ pub(super) struct Context<'a> {
     pub test: Images,
     pub images: usize,
     pub batch_size: usize,
-    /// The gradient every loaded model passes back through its quantisers.
-    pub grad: QuantGrad,
     /// Clean accuracy of a model whose checkpoint does not record it: on this many images.
     pub evaluation_images: Option<usize>,
     /// The architecture checkpoints are read as (`None`: each file's own).
@@ -53,15 +51,14 @@ pub(super) struct Loaded {
 }
 
 impl Loaded {
-    /// `checkpoint`'s classifier, with the quantisers' gradient set to `grad`.
-    pub fn new(checkpoint: model::Checkpoint, grad: QuantGrad) -> Self {
+    /// `checkpoint`'s classifier (each job chooses the gradient its quantisers pass back).
+    pub fn new(checkpoint: model::Checkpoint) -> Self {
         let density = checkpoint
             .record()
             .and_then(|r| r.target_density)
             .unwrap_or(1.0);
         let recorded_accuracy = checkpoint.meta.accuracy;
-        let mut classifier = checkpoint.classifier();
-        classifier.compression.grad = grad;
+        let classifier = checkpoint.classifier();
         Loaded {
             density,
             recorded_accuracy,
@@ -85,6 +82,13 @@ impl Loaded {
             recorded_accuracy: None,
             classifier,
         }
+    }
+
+    /// The classifier with its quantisers passing gradients by `grad`.
+    fn through(&self, grad: QuantGrad) -> Classifier {
+        let mut classifier = self.classifier.clone();
+        classifier.compression.grad = grad;
+        classifier
     }
 }
 
@@ -244,9 +248,25 @@ impl<'a> Executor<'a> {
                 source,
                 targets,
                 config,
+                grad,
+                images,
                 set,
                 cells,
-            } => self.attack(*source, targets, config, set.as_deref(), cells.as_deref()),
+            } => self.attack(
+                *source,
+                targets,
+                config,
+                *grad,
+                *images,
+                set.as_deref(),
+                cells.as_deref(),
+            ),
+            Work::Unbounded {
+                model,
+                grad,
+                images,
+                cell,
+            } => self.unbounded(*model, *grad, *images, cell),
             Work::EpsSteps {
                 model,
                 config,
@@ -309,7 +329,7 @@ impl<'a> Executor<'a> {
             &KeyMap::default(),
             self.device(),
         )?;
-        let loaded = Rc::new(Loaded::new(checkpoint, self.context.grad));
+        let loaded = Rc::new(Loaded::new(checkpoint));
         self.loaded.borrow_mut().insert(index, loaded.clone());
         Ok(loaded)
     }
@@ -420,26 +440,27 @@ impl<'a> Executor<'a> {
         }
     }
 
-    /// Crafts one adversarial set on model `source` (DIVA: with `reference` beside it).
+    /// Crafts one adversarial set on the first `images` test images of model `source`, its
+    /// quantisers passing gradients by `grad` (DIVA: with `reference` beside it).
     fn craft(
         &self,
         source: usize,
         reference: Option<usize>,
         config: &AttackConfig,
+        grad: QuantGrad,
+        images: usize,
     ) -> Result<AdversarialSet> {
         let spec = self.spec(source);
         let model = self.model(source)?;
         let reference_index = reference;
         let reference = reference.map(|r| self.model(r)).transpose()?;
-        let label = format!("{} {}", config.kind, spec.label);
-        let bar = self
-            .store
-            .add(transfer::image_bar(self.context.images, &label));
+        let label = format!("{} {}", config.kind(), spec.label);
+        let bar = self.store.add(transfer::image_bar(images, &label));
         let description = serde_json::json!({ "source": spec.path, "attack": config }).to_string();
         let set = transfer::craft(
-            &model.classifier,
+            &model.through(grad),
             &self.context.test,
-            self.context.images,
+            images,
             self.context.batch_size,
             config,
             reference.as_ref().map(|r| &r.classifier),
@@ -452,18 +473,53 @@ impl<'a> Executor<'a> {
         Ok(set)
     }
 
+    /// The unbounded check: a gradient attack with a budget of 1.0 on `model` through `grad`.
+    fn unbounded(
+        &self,
+        model: usize,
+        grad: QuantGrad,
+        images: usize,
+        path: &Path,
+    ) -> Result<String> {
+        let attack = crate::transfer::indicators::unbounded_attack();
+        let set = self.craft(model, None, &attack, grad, images)?;
+        let metrics = transfer::evaluate_against(
+            &self.model(model)?.classifier,
+            &set,
+            &self.context.test,
+            &self.clean_predictions(model, set.len())?,
+            self.context.batch_size,
+            self.device(),
+        )
+        .map_err(|e| e.naming(ModelRole::Target, &self.spec(model).path))?;
+        let check = crate::transfer::UnboundedCheck {
+            seed: self.spec(model).seed,
+            model: self.spec(model).label.clone(),
+            gradient: set.diagnostics.gradient,
+            accuracy: metrics.adversarial_accuracy,
+        };
+        write_json(path, &check)?;
+        Ok(format!(
+            "{:.1}% still correct at a budget of 1.0",
+            100.0 * check.accuracy
+        ))
+    }
+
     /// One row of the matrix: the set (made once, or read back when stored) on every target.
+    #[allow(clippy::too_many_arguments)]
     fn attack(
         &self,
         source: usize,
         targets: &[usize],
         config: &AttackConfig,
+        grad: QuantGrad,
+        images: usize,
         set_path: Option<&Path>,
         cells: Option<&[PathBuf]>,
     ) -> Result<String> {
         let (set, what) = match set_path {
             Some(path) if path.exists() => {
-                let mut set = transfer::load(path, &self.context.test, self.context.images)?;
+                let mut set = transfer::load(path, &self.context.test, images)?;
                 set.seconds = read_timing(path).seconds;
                 let what = format!(
                     "{} images, reusing the stored set {}",
@@ -473,7 +529,7 @@ impl<'a> Executor<'a> {
                 (set, what)
             }
             _ => {
-                let set = self.craft(source, None, config)?;
+                let set = self.craft(source, None, config, grad, images)?;
                 if let Some(path) = set_path {
                     transfer::save(path, &set)?;
                 }
@@ -517,7 +573,9 @@ impl<'a> Executor<'a> {
             .map_err(|e| e.naming(ModelRole::Target, &target_spec.path))?;
             let cell = Cell {
                 seed: source_spec.seed,
-                attack: config.kind,
+                attack: config.kind(),
+                gradient: set.diagnostics.gradient,
+                budget: config.budget(),
                 source: source_spec.label.clone(),
                 target: target_spec.label.clone(),
                 scenario: Scenario::of(
@@ -537,7 +595,7 @@ impl<'a> Executor<'a> {
 
     /// One Figure 3 point: the model attacked by itself.
     fn eps_steps(&self, model: usize, config: &AttackConfig, path: &Path) -> Result<String> {
-        let set = self.craft(model, None, config)?;
+        let set = self.craft(model, None, config, QuantGrad::Ste, self.context.images)?;
         let metrics = transfer::evaluate_against(
             &self.model(model)?.classifier,
             &set,
@@ -556,9 +614,9 @@ impl<'a> Executor<'a> {
             &EpsStepsCell {
                 seed: self.spec(model).seed,
                 source: self.spec(model).label.clone(),
-                attack: config.kind,
-                eps: config.eps,
-                steps: config.steps,
+                attack: config.kind(),
+                eps: config.step().unwrap_or(f32::NAN),
+                steps: config.steps(),
                 metrics,
             },
         )?;
@@ -577,7 +635,13 @@ impl<'a> Executor<'a> {
         let mut cells = Vec::new();
         let mut what = Vec::new();
         for config in attacks {
-            let set = self.craft(compressed, Some(reference), config)?;
+            let set = self.craft(
+                compressed,
+                Some(reference),
+                config,
+                QuantGrad::Ste,
+                self.context.images,
+            )?;
             let metrics = transfer::evaluate_pair(
                 &c.classifier,
                 &f.classifier,
@@ -589,18 +653,36 @@ impl<'a> Executor<'a> {
             .map_err(|e| self.named(e, compressed, Some(reference)))?;
             what.push(format!(
                 "{} evasive {:.1}%",
-                config.kind,
+                config.kind(),
                 100.0 * metrics.evasive_success_rate
             ));
             cells.push(DifferentialCell {
                 seed: self.spec(compressed).seed,
-                attack: config.kind,
+                attack: config.kind(),
                 model: self.spec(compressed).label.clone(),
                 metrics,
             });
         }
         write_json(path, &cells)?;
         Ok(what.join(", "))
+    }
+
+    /// The gradient `config` follows through model `index`'s quantisers when they pass it by
+    /// `grad` (what [`transfer::craft`] records in the set).
+    fn gradient(&self, index: usize, config: &AttackConfig, grad: QuantGrad) -> Result<Gradient> {
+        let kind = config.kind();
+        let quantised = self
+            .model(index)?
+            .classifier
+            .compression
+            .activations
+            .is_some();
+        Ok(match (kind.uses_gradients(), quantised) {
+            (false, _) | (_, false) => Gradient::Exact,
+            _ if kind.uses_all_estimators() => Gradient::All,
+            _ if grad == QuantGrad::Identity => Gradient::Identity,
+            _ => Gradient::Ste,
+        })
     }
 
     /// Model `index` as a row of `models.csv` (its clean accuracy measured when its checkpoint
@@ -677,12 +759,14 @@ impl<'a> Executor<'a> {
             .map(|m| self.row(m))
             .collect::<Result<Vec<_>>>()?;
         let (mut cells, mut eps_steps, mut throughput) = (Vec::new(), Vec::new(), Vec::new());
-        let mut differential = Vec::new();
+        let (mut differential, mut unbounded) = (Vec::new(), Vec::new());
         for job in &plan.jobs {
             match &job.work {
                 Work::Attack {
                     source,
                     config,
+                    grad,
+                    images,
                     set,
                     cells: files,
                     ..
@@ -694,9 +778,11 @@ impl<'a> Executor<'a> {
                     let timing = set.as_deref().map(read_timing).unwrap_or_default();
                     throughput.push(Throughput {
                         seed: spec.seed,
-                        attack: config.kind,
+                        attack: config.kind(),
+                        gradient: self.gradient(*source, config, *grad)?,
+                        budget: config.budget(),
                         source: spec.label.clone(),
-                        images: self.context.images,
+                        images: *images,
                         seconds: timing.seconds,
                         backend: timing.backend,
                         adapter: timing.adapter,
@@ -706,6 +792,7 @@ impl<'a> Executor<'a> {
                 Work::Differential { cell, .. } => {
                     differential.extend(read_json::<Vec<DifferentialCell>>(cell)?)
                 }
+                Work::Unbounded { cell, .. } => unbounded.push(read_json(cell)?),
                 _ => {}
             }
         }
@@ -715,7 +802,6 @@ impl<'a> Executor<'a> {
             title: title.into(),
             provenance: provenance.clone(),
             attacks: attacks.to_vec(),
-            grad: self.context.grad,
             backend: backend.name.into(),
             adapter: backend.adapter.clone(),
             models,
@@ -724,6 +810,7 @@ impl<'a> Executor<'a> {
             cdfs,
             throughput,
             differential,
+            unbounded,
         };
         let report = report::write(self.store.root(), &results)?;
         let what = format!(

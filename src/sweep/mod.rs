@@ -77,7 +77,6 @@ struct Prepared {
     dataset: DatasetKind,
     test: Images,
     images: usize,
-    grad: QuantGrad,
 }
 
 impl Prepared {
@@ -128,7 +127,6 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         .kind()
         .expect("a sweep reads a dataset advcomp knows");
     let images = config.attack.images.min(test.len());
-    let grad = config.attack.grad;
     let inputs: Vec<PathBuf> = baseline.iter().map(|(p, _)| p.clone()).collect();
     let title = match network.model_sha256() {
         Some(sha) => format!("advcomp sweep: {kind} (SHA-256 {sha}) on {dataset}"),
@@ -169,7 +167,7 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         baseline,
         dataset,
         images,
-        grad,
+        images_available: test.len(),
         classes: network.classes(),
         title,
     }
@@ -182,7 +180,6 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         dataset,
         test,
         images,
-        grad,
     })
 }
 
@@ -257,7 +254,6 @@ pub fn run(options: &SweepOptions) -> Result<SweepSummary> {
         test: prepared.test,
         images: prepared.images,
         batch_size: config.attack.batch_size,
-        grad: prepared.grad,
         evaluation_images: config.evaluation_images,
         load_as: Some(prepared.model.clone()),
         training: Some((
@@ -338,24 +334,27 @@ pub fn transfer_matrix(options: MatrixOptions) -> Result<Vec<Cell>> {
             key: stable_hash([bytes.as_slice()]),
             path: m.path.clone(),
         });
-        let key = crate::transfer::set_key(&bytes, &options.config, images);
+        let key = crate::transfer::set_key(&bytes, &options.config, options.grad, images);
         let set = options.cache.as_ref().map(|dir| {
             dir.join(format!(
                 "{}-{}-{key}.safetensors",
-                m.name, options.config.kind
+                m.name,
+                options.config.kind()
             ))
         });
         let classes = m.classifier.network.classes();
         plan.jobs.push(Job {
             key,
             stage: JobStage::Attack,
-            name: format!("{} on {}", options.config.kind, m.name),
+            name: format!("{} on {}", options.config.kind(), m.name),
             cost: images as f64
                 * (options.config.passes_per_image(classes) + 2.0 * options.models.len() as f64),
             work: Work::Attack {
                 source: plan.models.len() - 1,
                 targets: (0..options.models.len()).collect(),
                 config: options.config.clone(),
+                grad: options.grad,
+                images,
                 set,
                 cells: None,
             },
@@ -380,7 +379,6 @@ pub fn transfer_matrix(options: MatrixOptions) -> Result<Vec<Cell>> {
         test: options.test,
         images,
         batch_size: options.batch_size,
-        grad: options.grad,
         evaluation_images: None,
         load_as: None,
         training: None,

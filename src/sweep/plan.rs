@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::attack::AttackConfig;
+use crate::attack::{AttackConfig, AttackKind};
 use crate::compress::CompressConfig;
 use crate::data::DatasetKind;
 use crate::kernels::{FixedPoint, QuantGrad};
@@ -138,15 +138,26 @@ pub(super) enum Work {
         base: usize,
         config: CompressConfig,
     },
-    /// Craft one adversarial set on `source` (or read it back from `set`) and evaluate it on
+    /// Craft one adversarial set on the first `images` test images of `source`, its
+    /// quantisers passing gradients by `grad` (or read it back from `set`), and evaluate it on
     /// every target: the set and its cells are written by this job alone. Cells without files
     /// (`cells: None`) are kept in memory for the plan's last job.
     Attack {
         source: usize,
         targets: Vec<usize>,
         config: AttackConfig,
+        grad: QuantGrad,
+        images: usize,
         set: Option<PathBuf>,
         cells: Option<Vec<PathBuf>>,
+    },
+    /// The unbounded check of `model`'s gradient through `grad`: a gradient attack with a
+    /// budget of 1.0 must leave about no image correct.
+    Unbounded {
+        model: usize,
+        grad: QuantGrad,
+        images: usize,
+        cell: PathBuf,
     },
     /// One Figure 3 point: `model` attacked by itself (the set is not kept).
     EpsSteps {
@@ -167,7 +178,7 @@ pub(super) enum Work {
         title: String,
         /// Where the numbers come from (the config as TOML among it), for the report's header.
         provenance: Box<report::Provenance>,
-        /// The settings of each attack of the matrix.
+        /// The settings of each attack of the sweep (the first seed's).
         attacks: Vec<AttackConfig>,
         /// Figure 5: activations recorded on this many test images.
         activation_images: usize,
@@ -229,7 +240,8 @@ pub(super) struct PlanInputs<'a> {
     pub dataset: DatasetKind,
     /// Attacked test images per source model.
     pub images: usize,
-    pub grad: QuantGrad,
+    /// Test images there are (`auto` may attack a different number).
+    pub images_available: usize,
     /// The model's class count.
     pub classes: usize,
     /// The report's title.
@@ -257,7 +269,7 @@ impl PlanInputs<'_> {
         let config = self.config;
         let finetune = self.train_config(&config.finetune, seed);
         let base = CompressConfig {
-            grad: self.grad,
+            grad: config.finetune.grad,
             // `new` sets its own fine-tuning defaults; the sweep's are the config's.
             finetune: finetune.clone(),
             mask_interval: config.grid.mask_interval,
@@ -366,45 +378,67 @@ impl PlanInputs<'_> {
                 .collect();
             report_needs.extend(model_files.iter().cloned());
 
-            // The transfer matrix: per attack and source, one set made once, on every target.
+            // The transfer matrix: per attack, source and gradient estimator, one set made
+            // once, on every target; then `auto` at each budget, and the unbounded checks.
+            let mut matrix = Vec::new();
             for &kind in &config.attack.names {
-                let attack =
-                    config.attack_config(kind, config.attack.eps, config.attack.steps, seed);
+                matrix.push((config.matrix_attack(kind, seed)?, self.images));
+            }
+            if config.robustness.enabled {
+                let images = config.robustness_images().min(self.images_available);
+                for &budget in &config.robustness.budgets {
+                    matrix.push((config.robustness_attack(budget, seed)?, images));
+                }
+            }
+            for (attack, images) in matrix {
                 for &source in &seed_models {
-                    let spec = &plan.models[source];
-                    let set_key = transfer::set_key(spec.key.as_bytes(), &attack, self.images);
-                    let cells: Vec<PathBuf> = seed_models
-                        .iter()
-                        .map(|&t| {
-                            let target = plan.models[t].key.as_bytes();
-                            let key = stable_hash([set_key.as_bytes(), target, b"cell"]);
-                            self.path("cells", format!("{key}.json"))
-                        })
-                        .collect();
-                    let set = self.path(
-                        "sets",
-                        format!("{kind}-{}-s{seed}-{set_key}.safetensors", spec.label),
-                    );
-                    report_needs.extend(cells.iter().cloned());
-                    report_needs.push(set.clone());
-                    let mut writes = cells.clone();
-                    writes.push(set.clone());
-                    plan.jobs.push(Job {
-                        key: set_key,
-                        stage: Stage::Attack,
-                        name: format!("seed {seed}: {kind} on {}", spec.label),
-                        cost: self.images as f64
-                            * (attack.passes_per_image(classes) + 2.0 * seed_models.len() as f64),
-                        work: Work::Attack {
+                    for grad in self.estimators(&plan.models[source], &attack) {
+                        let job = self.attack_job(
+                            &plan.models,
                             source,
-                            targets: seed_models.clone(),
-                            config: attack.clone(),
-                            set: Some(set),
-                            cells: Some(cells),
-                        },
-                        needs: model_files.clone(),
-                        writes,
-                    });
+                            &seed_models,
+                            &model_files,
+                            attack.clone(),
+                            grad,
+                            images,
+                        );
+                        report_needs.extend(job.writes.iter().cloned());
+                        plan.jobs.push(job);
+                    }
+                }
+            }
+            if config.robustness.enabled {
+                let images = config.robustness_images().min(self.images_available);
+                let check = crate::transfer::indicators::unbounded_attack();
+                for &model in &seed_models {
+                    let spec = &plan.models[model];
+                    for grad in self.estimators(spec, &check) {
+                        let key = stable_hash([
+                            spec.key.as_bytes(),
+                            grad.to_string().as_bytes(),
+                            &images.to_le_bytes(),
+                            b"unbounded",
+                        ]);
+                        let cell = self.path("cells", format!("unbounded-{key}.json"));
+                        report_needs.push(cell.clone());
+                        plan.jobs.push(Job {
+                            key,
+                            stage: Stage::Attack,
+                            name: format!(
+                                "seed {seed}: unbounded check of {} ({grad})",
+                                spec.label
+                            ),
+                            cost: images as f64 * (check.passes_per_image(classes) + 2.0),
+                            work: Work::Unbounded {
+                                model,
+                                grad,
+                                images,
+                                cell: cell.clone(),
+                            },
+                            needs: vec![spec.path.clone()],
+                            writes: vec![cell],
+                        });
+                    }
                 }
             }
 
@@ -426,7 +460,8 @@ impl PlanInputs<'_> {
                 for &kind in &config.figure3.attacks {
                     for &eps in &config.figure3.eps {
                         for &steps in &config.figure3.steps {
-                            let attack = config.attack_config(kind, eps, steps, seed);
+                            let attack =
+                                config.attack_config(kind, Some(eps), Some(steps), seed)?;
                             let json = serde_json::to_string(&attack).expect("config serialises");
                             let key = stable_hash([
                                 source_key.as_bytes(),
@@ -456,7 +491,7 @@ impl PlanInputs<'_> {
                 }
             }
             if config.differential.enabled {
-                self.differential(&mut plan, &seed_models, &mut report_needs, seed);
+                self.differential(&mut plan, &seed_models, &mut report_needs, seed)?;
             }
         }
         let report_cost = (plan.models.len() * config.figure5.activation_images) as f64;
@@ -470,22 +505,7 @@ impl PlanInputs<'_> {
             work: Work::Report {
                 title: self.title.clone(),
                 provenance: Box::new(self.provenance.clone()),
-                attacks: config
-                    .attack
-                    .names
-                    .iter()
-                    .map(|&kind| {
-                        config.attack_config(kind, config.attack.eps, config.attack.steps, 1)
-                    })
-                    .chain(
-                        config
-                            .differential
-                            .enabled
-                            .then(|| config.differential_attacks(1))
-                            .into_iter()
-                            .flatten(),
-                    )
-                    .collect(),
+                attacks: self.attacks()?,
                 activation_images: config.figure5.activation_images,
             },
             cost: report_cost,
@@ -506,8 +526,8 @@ impl PlanInputs<'_> {
         seed_models: &[usize],
         report_needs: &mut Vec<PathBuf>,
         seed: u64,
-    ) {
-        let attacks = self.config.differential_attacks(seed);
+    ) -> Result<()> {
+        let attacks = self.config.differential_attacks(seed)?;
         let json = serde_json::to_string(&attacks).expect("configs serialise");
         let base = seed_models[0];
         for &m in &seed_models[1..] {
@@ -528,7 +548,10 @@ impl PlanInputs<'_> {
             plan.jobs.push(Job {
                 key,
                 stage: Stage::Attack,
-                name: format!("seed {seed}: diva and pgd on {} (against full)", spec.label),
+                name: format!(
+                    "seed {seed}: diva, diva-margin and pgd on {} (against full)",
+                    spec.label
+                ),
                 cost: self.images as f64 * passes,
                 needs: vec![spec.path.clone(), reference.path.clone()],
                 writes: vec![cell.clone()],
@@ -540,6 +563,97 @@ impl PlanInputs<'_> {
                 },
             });
         }
+        Ok(())
+    }
+
+    /// The gradient estimators `attack` runs through on `model`: each of the sweep's on a
+    /// quantised model, for a gradient attack that follows one; else one (the model's gradient
+    /// is exact, the attack runs every estimator itself, or it uses none).
+    fn estimators(&self, model: &ModelSpec, attack: &AttackConfig) -> Vec<QuantGrad> {
+        let kind = attack.kind();
+        let one_at_a_time = kind.uses_gradients() && !kind.uses_all_estimators();
+        match (model.family, one_at_a_time) {
+            (Some(Family::Quantised), true) => self.config.attack.gradients.clone(),
+            _ => vec![self.config.attack.gradients[0]],
+        }
+    }
+
+    /// One set of the matrix: `attack` on `source` through `grad`, evaluated on `targets`.
+    #[allow(clippy::too_many_arguments)]
+    fn attack_job(
+        &self,
+        models: &[ModelSpec],
+        source: usize,
+        targets: &[usize],
+        model_files: &[PathBuf],
+        attack: AttackConfig,
+        grad: QuantGrad,
+        images: usize,
+    ) -> Job {
+        let spec = &models[source];
+        let kind = attack.kind();
+        let set_key = transfer::set_key(spec.key.as_bytes(), &attack, grad, images);
+        let cells: Vec<PathBuf> = targets
+            .iter()
+            .map(|&t| {
+                let target = models[t].key.as_bytes();
+                let key = stable_hash([set_key.as_bytes(), target, b"cell"]);
+                self.path("cells", format!("{key}.json"))
+            })
+            .collect();
+        // The name says what differs between the sets of one source: the estimator, the
+        // budget of an attack the sweep runs at several.
+        let mut what = kind.to_string();
+        if kind == AttackKind::Auto
+            && let Some(b) = attack.budget()
+        {
+            what.push_str(&format!("-{b}"));
+        }
+        if grad == QuantGrad::Identity {
+            what.push_str("-bpda");
+        }
+        let set = self.path(
+            "sets",
+            format!("{what}-{}-s{}-{set_key}.safetensors", spec.label, spec.seed),
+        );
+        let mut writes = cells.clone();
+        writes.push(set.clone());
+        Job {
+            key: set_key,
+            stage: Stage::Attack,
+            name: format!("seed {}: {what} on {}", spec.seed, spec.label),
+            cost: images as f64
+                * (attack.passes_per_image(self.classes) + 2.0 * targets.len() as f64),
+            work: Work::Attack {
+                source,
+                targets: targets.to_vec(),
+                config: attack,
+                grad,
+                images,
+                set: Some(set),
+                cells: Some(cells),
+            },
+            needs: model_files.to_vec(),
+            writes,
+        }
+    }
+
+    /// Every attack the sweep runs, with the first seed's settings (for the report).
+    fn attacks(&self) -> Result<Vec<AttackConfig>> {
+        let config = self.config;
+        let mut out = Vec::new();
+        for &kind in &config.attack.names {
+            out.push(config.matrix_attack(kind, 1)?);
+        }
+        if config.robustness.enabled {
+            for &budget in &config.robustness.budgets {
+                out.push(config.robustness_attack(budget, 1)?);
+            }
+        }
+        if config.differential.enabled {
+            out.extend(config.differential_attacks(1)?);
+        }
+        Ok(out)
     }
 }
 

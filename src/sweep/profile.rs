@@ -11,7 +11,6 @@ use super::store::Store;
 use crate::attack::{AttackConfig, AttackKind};
 use crate::backend::Backend;
 use crate::data::{DataChoice, Split};
-use crate::kernels::QuantGrad;
 use crate::model::{self, KeyMap, ModelRef};
 use crate::profile::{self, AttackTiming, TimeSplit};
 use crate::report::Family;
@@ -25,6 +24,8 @@ pub struct ProfileOptions<'a> {
     pub densities: Vec<f64>,
     pub batch_sizes: Vec<usize>,
     pub attacks: Vec<AttackKind>,
+    /// The budget of the attacks that need one (APGD, Square, auto).
+    pub budget: f32,
     pub repeats: usize,
     pub out: PathBuf,
     pub backend: &'a Backend,
@@ -55,11 +56,18 @@ pub fn profile_attacks(options: ProfileOptions) -> Result<ProfileOutcome> {
         &test,
     )?;
     let classes = ckpt.network.classes();
+    // Attacks that measure robustness at a budget (APGD, Square, auto) take the profile's.
     let attacks: Vec<AttackConfig> = options
         .attacks
         .iter()
-        .map(|&k| AttackConfig::new(k))
-        .collect();
+        .map(|&k| {
+            let config = AttackConfig::new(k);
+            match config.validate() {
+                Ok(()) => Ok(config),
+                Err(_) => config.with("budget", crate::attack::json_float(options.budget)),
+            }
+        })
+        .collect::<Result<_>>()?;
     let mut plan = Plan {
         models: Vec::new(),
         jobs: Vec::new(),
@@ -174,7 +182,6 @@ fn context(
         test,
         images: 0,
         batch_size: 1,
-        grad: QuantGrad::Ste,
         evaluation_images: None,
         load_as: None,
         training,

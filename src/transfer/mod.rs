@@ -1,7 +1,9 @@
 //! Transfer of adversarial examples: craft a set once per source model (batched on the
 //! device), evaluate it on any target, and measure each cell (adversarial accuracy, success
-//! rate, perturbation sizes). Sets are stored as float safetensors, never 8-bit images, so a
-//! perturbation below 1/255 survives the round trip.
+//! rate, perturbation sizes, indicators of attack failure). Sets are stored as float
+//! safetensors, never 8-bit images, so a perturbation below 1/255 survives the round trip.
+
+pub mod indicators;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -17,10 +19,69 @@ use rand::{Rng, SeedableRng};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::attack::{self, AttackConfig};
+use crate::attack::{self, AttackConfig, AttackKind, Batch, Target, View};
 use crate::data::Images;
-use crate::model::Classifier;
+use crate::kernels::QuantGrad;
+use crate::model::{Classifier, Compression};
 use crate::{Error, ModelRole, Result};
+
+pub use indicators::{Diagnostics, Indicators, UnboundedCheck, ZeroGradient};
+
+/// The gradient an attack followed through its source's quantisers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Gradient {
+    /// No quantiser on the way (a full or pruned model), or an attack that uses no gradient:
+    /// the gradient is the model's own.
+    #[default]
+    Exact,
+    /// Straight-through inside the quantisers' range, zero where they saturate.
+    Ste,
+    /// BPDA: the identity through every quantiser.
+    Identity,
+    /// Every estimator, the worst case over them (`auto`).
+    All,
+}
+
+impl Gradient {
+    pub fn name(self) -> &'static str {
+        match self {
+            Gradient::Exact => "exact",
+            Gradient::Ste => "ste",
+            Gradient::Identity => "identity",
+            Gradient::All => "ste+identity",
+        }
+    }
+
+    fn of(grad: QuantGrad) -> Self {
+        match grad {
+            QuantGrad::Ste => Gradient::Ste,
+            QuantGrad::Identity => Gradient::Identity,
+        }
+    }
+}
+
+impl fmt::Display for Gradient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl FromStr for Gradient {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Self> {
+        [
+            Gradient::Exact,
+            Gradient::Ste,
+            Gradient::Identity,
+            Gradient::All,
+        ]
+        .into_iter()
+        .find(|g| g.name() == text)
+        .ok_or_else(|| Error::usage(format!("unknown gradient '{text}'")))
+    }
+}
+
+serde_as_text!(Gradient);
 
 /// Adversarial images made on one source model, with the originals' labels.
 #[derive(Clone, Debug)]
@@ -33,6 +94,8 @@ pub struct AdversarialSet {
     pub labels: Vec<i64>,
     /// Attack iterations per image.
     pub iterations: Vec<usize>,
+    /// What crafting it showed about the attack (zero gradients, a cascade's stages).
+    pub diagnostics: Diagnostics,
     /// Seconds the attack took, and its throughput.
     pub seconds: f64,
 }
@@ -70,8 +133,65 @@ pub fn image_bar(images: usize, label: &str) -> ProgressBar {
     bar
 }
 
+/// The model an attack runs on, as the attack sees it: through its first estimator (the
+/// classifier's own `compression.grad`) and, for an attack that runs every estimator, through
+/// the other too, when the model quantises its activations (its weights are constants to an
+/// attack). The classifiers are frozen: weights compressed once.
+pub struct Views {
+    models: Vec<(QuantGrad, Classifier)>,
+}
+
+impl Views {
+    pub fn of(source: &Classifier, config: &AttackConfig) -> Self {
+        let frozen = source.frozen();
+        let first = frozen.compression.grad;
+        let mut grads = vec![first];
+        if config.kind().uses_all_estimators() && frozen.compression.activations.is_some() {
+            grads.push(match first {
+                QuantGrad::Ste => QuantGrad::Identity,
+                QuantGrad::Identity => QuantGrad::Ste,
+            });
+        }
+        let models = grads
+            .into_iter()
+            .map(|grad| {
+                let compression = Compression {
+                    grad,
+                    ..frozen.compression.clone()
+                };
+                let view = Classifier {
+                    network: frozen.network.clone(),
+                    compression,
+                };
+                (grad, view)
+            })
+            .collect();
+        Views { models }
+    }
+
+    pub fn target(&self) -> Target<'_> {
+        Target::with_views(
+            self.models
+                .iter()
+                .map(|(grad, model)| View { grad: *grad, model })
+                .collect(),
+        )
+    }
+
+    /// The gradient the attack follows.
+    fn gradient(&self, kind: AttackKind, quantised: bool) -> Gradient {
+        match (kind.uses_gradients(), quantised, self.models.len()) {
+            (false, _, _) | (_, false, _) => Gradient::Exact,
+            (true, true, 1) => Gradient::of(self.models[0].0),
+            (true, true, _) => Gradient::All,
+        }
+    }
+}
+
 /// Runs `config`'s attack on the first `limit` images of `originals` against `source`, in
-/// batches of `batch_size` on `device`, advancing `bar` by the images done.
+/// batches of `batch_size` on `device`, advancing `bar` by the images done. The source's
+/// quantisers pass gradients as its `compression.grad` says (an attack that runs every
+/// estimator also tries the other). A differential attack crafts on the pair with `reference`.
 #[allow(clippy::too_many_arguments)]
 pub fn craft(
     source: &Classifier,
@@ -85,12 +205,12 @@ pub fn craft(
     bar: &ProgressBar,
 ) -> Result<AdversarialSet> {
     config.validate()?;
-    if config.kind.needs_reference() && reference.is_none() {
+    let kind = config.kind();
+    if kind.needs_reference() && reference.is_none() {
         return Err(Error::invalid(
             "reference",
             format!(
-                "{} needs the full model the attacked (compressed) model must disagree with",
-                config.kind
+                "{kind} needs the full model the attacked (compressed) model must disagree with"
             ),
         ));
     }
@@ -104,14 +224,31 @@ pub fn craft(
     let indices: Vec<usize> = (0..n).collect();
     let start = Instant::now();
     // Weights compressed once for the whole set, not at every step.
-    let source = &source.frozen();
+    let views = Views::of(source, config);
     let reference = reference.map(Classifier::frozen);
-    let reference = reference.as_ref();
+    // Every logit the attack has its models compute is watched for NaN and infinities.
+    let watched: Vec<(QuantGrad, Watched)> = views
+        .models
+        .iter()
+        .map(|(grad, model)| (*grad, Watched::new(model, ModelRole::Source)))
+        .collect();
+    let reference = reference
+        .as_ref()
+        .map(|r| Watched::new(r, ModelRole::Reference));
+    let mut target = Target::with_views(
+        watched
+            .iter()
+            .map(|(grad, model)| View { grad: *grad, model })
+            .collect(),
+    );
+    if let Some(r) = &reference {
+        target = target.with_reference(r);
+    }
     let mut images = Vec::new();
     let mut labels = Vec::new();
     let mut iterations = Vec::new();
-    let source = Watched::new(source, ModelRole::Source);
-    let reference = reference.map(|r| Watched::new(r, ModelRole::Reference));
+    let mut stages = Vec::new();
+    let (mut zero_images, mut zero_pixels) = (0usize, 0usize);
     for chunk in indices.chunks(batch_size) {
         let (x, y) = originals.batch(chunk, device);
         labels.extend(
@@ -121,13 +258,21 @@ pub fn craft(
                 .try_to_vec::<i64>()
                 .expect("labels"),
         );
-        let out = match &reference {
-            Some(reference) => attack::attack_pair(&source, reference, x, y, config, chunk[0])?,
-            None => attack::attack(&source, x, y, config, chunk[0])?,
-        };
-        source.check(chunk[0], chunk.len())?;
-        if let Some(reference) = &reference {
-            reference.check(chunk[0], chunk.len())?;
+        if kind.uses_gradients() {
+            let (images, pixels) = zero_gradients(target.views(), &x, &y);
+            zero_images += images;
+            zero_pixels += pixels;
+        }
+        let out = config.run(
+            &target,
+            Batch {
+                images: x,
+                labels: y,
+                first_image: chunk[0],
+            },
+        )?;
+        for model in watched.iter().map(|(_, w)| w).chain(&reference) {
+            model.check(chunk[0], chunk.len())?;
         }
         let adversarial = host(out.adversarial);
         if let Some(i) = adversarial.iter().position(|v| !v.is_finite()) {
@@ -135,9 +280,8 @@ pub fn craft(
             return Err(Error::NonFinite {
                 role: ModelRole::Source,
                 problem: format!(
-                    "the {} attack on it made pixel {} of image {} {}; adversarial images are \
-                     finite numbers",
-                    config.kind,
+                    "the {kind} attack on it made pixel {} of image {} {}; adversarial images \
+                     are finite numbers",
                     i % per_image,
                     chunk[0] + i / per_image,
                     adversarial[i]
@@ -146,17 +290,53 @@ pub fn craft(
         }
         images.extend(adversarial);
         iterations.extend(out.iterations);
+        attack::add_kills(&mut stages, &out.stages);
         bar.inc(chunk.len() as u64);
     }
     let seconds = start.elapsed().as_secs_f64();
+    let per_image = originals.channels * originals.height * originals.width;
+    let quantised = source.compression.activations.is_some();
+    let diagnostics = Diagnostics {
+        gradient: views.gradient(kind, quantised),
+        zero_gradient: kind.uses_gradients().then(|| ZeroGradient {
+            images: zero_images as f64 / n as f64,
+            pixels: zero_pixels as f64 / (n * per_image) as f64,
+        }),
+        stages,
+    };
     Ok(AdversarialSet {
         description,
         images,
         shape: [n, originals.channels, originals.height, originals.width],
         labels,
         iterations,
+        diagnostics,
         seconds,
     })
+}
+
+/// Images of a batch whose cross-entropy gradient is exactly zero through every view the
+/// attack follows (an attack that tries both estimators is blind only where both are), and
+/// pixels likewise.
+fn zero_gradients(views: &[View], images: &Tensor<4>, labels: &Tensor<1, Int>) -> (usize, usize) {
+    let n = images.dims()[0].max(1);
+    let mut zero: Option<Vec<bool>> = None;
+    for view in views {
+        let grad = host(attack::loss_gradient(&view.model, images, labels));
+        let here = grad.iter().map(|g| *g == 0.0);
+        zero = Some(match zero {
+            None => here.collect(),
+            Some(before) => before.iter().zip(here).map(|(a, b)| *a && b).collect(),
+        });
+    }
+    let zero = zero.unwrap_or_default();
+    let per_image = zero.len() / n;
+    let pixels = zero.iter().filter(|z| **z).count();
+    let images = zero
+        .chunks(per_image.max(1))
+        .filter(|g| g.iter().all(|z| *z))
+        .count();
+    (images, pixels)
 }
 
 /// The paper's scenario a (source, target) cell belongs to, or the other cells of the matrix.
@@ -237,12 +417,36 @@ impl FromStr for Scenario {
 
 serde_as_text!(Scenario);
 
+/// One (attack, source, target) cell of one seed: the target's numbers on the source's set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    pub seed: u64,
+    pub attack: AttackKind,
+    /// The gradient the attack followed through the source's quantisers.
+    #[serde(default)]
+    pub gradient: Gradient,
+    /// The attack's total budget, when it has one.
+    #[serde(default)]
+    pub budget: Option<f32>,
+    pub source: String,
+    pub target: String,
+    pub scenario: Scenario,
+    pub metrics: CellMetrics,
+}
+
 /// A cache key for a set: FNV-1a over what identifies the source model (its checkpoint's
-/// bytes, or a key of everything it was made from), the attack config and the image count,
-/// so a set is reused only for exactly the same inputs.
-pub fn set_key(source: &[u8], config: &AttackConfig, images: usize) -> String {
+/// bytes, or a key of everything it was made from), the attack config, the estimator the
+/// source's quantisers pass gradients by and the image count, so a set is reused only for
+/// exactly the same inputs.
+pub fn set_key(source: &[u8], config: &AttackConfig, grad: QuantGrad, images: usize) -> String {
     let json = serde_json::to_string(config).expect("config serialises");
-    crate::stable_hash([source, json.as_bytes(), &images.to_le_bytes()])
+    let grad = grad.to_string();
+    crate::stable_hash([
+        source,
+        json.as_bytes(),
+        grad.as_bytes(),
+        &images.to_le_bytes(),
+    ])
 }
 
 /// Resamples of the bootstrap intervals over test images.
@@ -288,6 +492,12 @@ pub struct CellMetrics {
     pub linf: f64,
     /// Mean attack iterations per image (DeepFool: until the label flipped).
     pub mean_iterations: f64,
+    /// Signs that the attack failed rather than the model resisted (see [`indicators`]).
+    #[serde(default)]
+    pub indicators: Indicators,
+    /// Whether any indicator crossed its threshold.
+    #[serde(default)]
+    pub masking_suspected: bool,
 }
 
 /// `model`'s predicted class of each image; a [`Error::NonFinite`] of the target when a logit
@@ -536,6 +746,8 @@ pub fn evaluate_against(
         l2: l2 / n_f,
         linf,
         mean_iterations: set.iterations.iter().map(|&i| i as f64).sum::<f64>() / n_f,
+        indicators: Indicators::from_set(&set.diagnostics, n),
+        masking_suspected: Indicators::from_set(&set.diagnostics, n).masking_suspected(),
     })
 }
 
@@ -563,7 +775,13 @@ pub fn save(path: &Path, set: &AdversarialSet) -> Result<()> {
         ),
     ];
     // No timing in the file: the same attack on the same inputs gives the same bytes.
-    let metadata = BTreeMap::from([("description".to_string(), set.description.clone())]);
+    let metadata = BTreeMap::from([
+        ("description".to_string(), set.description.clone()),
+        (
+            "diagnostics".to_string(),
+            serde_json::to_string(&set.diagnostics).expect("diagnostics serialise"),
+        ),
+    ]);
     let views = views.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     let bytes = crate::files::safetensors_bytes(views, metadata)
         .map_err(|e| Error::io(path, std::io::Error::other(e)))?;
@@ -653,12 +871,18 @@ pub fn load(path: &Path, originals: &Images, count: usize) -> Result<Adversarial
         )));
     }
     let meta = header.metadata().clone().unwrap_or_default();
+    let diagnostics = match meta.get("diagnostics") {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| bad(format!("its diagnostics are not readable: {e}")))?,
+        None => Diagnostics::default(),
+    };
     Ok(AdversarialSet {
         description: meta.get("description").cloned().unwrap_or_default(),
         images: pixels,
         shape,
         labels,
         iterations: iterations.into_iter().map(|i| i as usize).collect(),
+        diagnostics,
         seconds: 0.0,
     })
 }

@@ -15,15 +15,92 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
+use serde::{Deserialize, Serialize};
 
-use super::{AttackConfig, AttackOutput, Differentiable};
+use super::{Attack, AttackOutput, Batch, Differentiable, Parameter, Reach, Target, check, parameters};
+use crate::Result;
 use crate::kernels::{self, StepRule, StepSettings};
+
+pub struct Diva;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub step: f32,
+    pub steps: usize,
+    pub budget: f32,
+    /// The weight c of the compressed model's term in `p_F(y) - c * p_C(y)`.
+    pub weight: f32,
+}
+
+impl Default for Settings {
+    /// PGD's step, steps and budget; c = 1.
+    fn default() -> Self {
+        Self {
+            step: 0.02,
+            steps: 12,
+            budget: 0.1,
+            weight: 1.0,
+        }
+    }
+}
+
+impl Attack for Diva {
+    type Settings = Settings;
+    const NAME: &'static str = "diva";
+    const ABOUT: &'static str =
+        "fools the compressed model while the full one stays right (probability form)";
+    const PARAMETERS: &'static [Parameter] = &[
+        parameters::STEP,
+        parameters::STEPS,
+        parameters::BUDGET,
+        Parameter {
+            name: "weight",
+            flag: "diva-weight",
+            help: "DIVA: weight c of the source's term in p_ref(y) - c * p_source(y) (default 1).",
+        },
+    ];
+    const NEEDS_REFERENCE: bool = true;
+
+    fn validate(s: &Settings) -> Result<()> {
+        check::positive("step", s.step)?;
+        check::count("steps", s.steps)?;
+        check::positive("budget", s.budget)?;
+        check::at_least_zero("weight", s.weight)
+    }
+
+    fn reach(s: &Settings) -> Reach {
+        super::ifgsm::reach(s.step, s.steps, Some(s.budget))
+    }
+
+    fn step(s: &Settings) -> Option<f32> {
+        Some(s.step)
+    }
+
+    fn steps(s: &Settings) -> usize {
+        s.steps
+    }
+
+    fn budget(s: &Settings) -> Option<f32> {
+        Some(s.budget)
+    }
+
+    /// Both models, forward and backward.
+    fn passes_per_image(s: &Settings, _: usize) -> f64 {
+        4.0 * s.steps as f64
+    }
+
+    fn run(s: &Settings, target: &Target, batch: Batch) -> Result<AttackOutput> {
+        let reference = target.reference().expect("checked by AttackConfig::run");
+        Ok(diva(target.model(), reference, batch.images, batch.labels, s))
+    }
+}
 
 /// The gradient of `sum_i p_F(y_i|x_i) - weight * p_C(y_i|x_i)` with respect to the images,
 /// and both models' predicted classes at `images`.
 pub fn differential_gradient(
-    compressed: &impl Differentiable,
-    reference: &impl Differentiable,
+    compressed: &(impl Differentiable + ?Sized),
+    reference: &(impl Differentiable + ?Sized),
     images: &Tensor<4>,
     labels: &Tensor<1, Int>,
     weight: f32,
@@ -52,12 +129,12 @@ pub fn differential_gradient(
 }
 
 /// Runs DIVA on one batch: `compressed` is attacked, `reference` must stay right.
-pub(super) fn diva(
-    compressed: &impl Differentiable,
-    reference: &impl Differentiable,
+fn diva(
+    compressed: &dyn Differentiable,
+    reference: &dyn Differentiable,
     images: Tensor<4>,
     labels: Tensor<1, Int>,
-    config: &AttackConfig,
+    config: &Settings,
 ) -> AttackOutput {
     let n = images.dims()[0];
     let device = images.device();
@@ -69,10 +146,10 @@ pub(super) fn diva(
         .expect("labels");
     let settings = StepSettings {
         rule: StepRule::Sign,
-        eps: config.eps,
-        budget: config.pgd_budget(),
+        eps: config.step,
+        budget: config.budget,
     };
-    let weight = config.weight.unwrap_or(1.0);
+    let weight = config.weight;
     let ones = Tensor::<1>::ones([n], &device);
     let mut x = images.clone();
     let mut iterations = vec![config.steps; n];
@@ -98,5 +175,6 @@ pub(super) fn diva(
     AttackOutput {
         adversarial: x,
         iterations,
+        stages: Vec::new(),
     }
 }
