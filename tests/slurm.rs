@@ -243,10 +243,10 @@ fn a_sweep_on_slurm_gives_the_results_of_a_local_run() {
         text
     };
     assert!(out.join("report.md").is_file(), "no report: {}", log_text());
-    // 1 + 4 + 31 + 1 array tasks, each with its own log.
+    // 1 + 4 + 54 + 1 array tasks, each with its own log.
     assert_eq!(
         std::fs::read_dir(&logs).unwrap().count(),
-        37,
+        60,
         "{}",
         log_text()
     );
@@ -283,7 +283,8 @@ fn a_dry_run_writes_one_chained_array_per_stage_and_submits_nothing() {
     let tasks = [
         ("baseline", 1),
         ("compress", 4),
-        ("attack", 31),
+        // 15 matrix rows, 6 through BPDA, 10 of `auto`, 7 unbounded checks, 16 Figure 3 points.
+        ("attack", 54),
         ("report", 1),
     ];
     for (stage, n) in tasks {

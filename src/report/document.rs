@@ -677,7 +677,7 @@ fn differential_blocks(view: &View) -> Vec<Block> {
     };
     let share = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.1}", 100.0 * v));
     let mut rows = Vec::new();
-    let (mut diva_sum, mut pgd_sum, mut n) = (0.0, 0.0, 0);
+    let (mut diva_sum, mut pgd_sum, mut n, mut beats) = (0.0, 0.0, 0, 0);
     // PGD's success on the compressed and on the full model, summed: whether its examples
     // carry over to the full model decides whether DIVA has anything to add.
     let (mut pgd_on_c, mut pgd_on_f) = (0.0, 0.0);
@@ -686,23 +686,35 @@ fn differential_blocks(view: &View) -> Vec<Block> {
         .flat_map(|f| view.family(*f))
         .filter(|m| m.seed == 1)
     {
-        let (diva, pgd) = (
+        let (diva, margin, pgd) = (
             find(AttackKind::Diva, &m.label),
+            find(AttackKind::DivaMargin, &m.label),
             find(AttackKind::Pgd, &m.label),
         );
-        if let (Some(d), Some(p)) = (diva, pgd) {
+        // The stronger of DIVA's two forms on this model.
+        let stronger = [(AttackKind::Diva, diva), (AttackKind::DivaMargin, margin)]
+            .into_iter()
+            .filter_map(|(k, d)| d.map(|d| (k, d)))
+            .max_by(|a, b| {
+                a.1.evasive_success_rate
+                    .total_cmp(&b.1.evasive_success_rate)
+            });
+        if let (Some((_, d)), Some(p)) = (stronger, pgd) {
             diva_sum += d.evasive_success_rate;
             pgd_sum += p.evasive_success_rate;
             pgd_on_c += p.success_rate_compressed;
             pgd_on_f += p.success_rate_reference;
+            beats += (d.evasive_success_rate > p.evasive_success_rate) as usize;
             n += 1;
         }
         rows.push(vec![
             m.label.clone(),
-            diva.map_or("-".into(), |d| d.both_correct.to_string()),
+            pgd.map_or("-".into(), |p| p.both_correct.to_string()),
             share(diva.map(|d| d.evasive_success_rate)),
+            share(margin.map(|d| d.evasive_success_rate)),
             share(pgd.map(|p| p.evasive_success_rate)),
-            share(diva.map(|d| d.success_rate_compressed)),
+            stronger.map_or("-".into(), |(k, _)| k.to_string()),
+            share(stronger.map(|(_, d)| d.success_rate_compressed)),
             share(pgd.map(|p| p.success_rate_compressed)),
             share(pgd.map(|p| p.success_rate_reference)),
         ]);
@@ -719,28 +731,20 @@ fn differential_blocks(view: &View) -> Vec<Block> {
     } else {
         format!(
             " Here PGD's examples fool F less often than C (on average {:.1}% of F's images \
-             against {:.1}% of C's): many of its successes are evasive already, and DIVA, which \
-             trades success on C for never fooling F, has less to add. DIVA gains most where \
-             PGD's examples carry over to the full model (larger budgets, bigger models).",
+             against {:.1}% of C's): many of its successes are evasive already.",
             100.0 * pgd_on_f / n as f64,
             100.0 * pgd_on_c / n as f64
         )
     };
     let verdict = if n == 0 {
         String::new()
-    } else if pgd_sum > 0.0 {
-        format!(
-            " Averaged over the {n} compressed models, DIVA's evasive success is {:.1}% against \
-             PGD's {:.1}%: {:.1} times as evasive.",
-            100.0 * diva_sum / n as f64,
-            100.0 * pgd_sum / n as f64,
-            diva_sum / pgd_sum
-        )
     } else {
         format!(
-            " Averaged over the {n} compressed models, DIVA's evasive success is {:.1}%; PGD's \
-             examples were never evasive.",
-            100.0 * diva_sum / n as f64
+            " The stronger form of DIVA is more evasive than PGD's examples on {beats} of the \
+             {n} compressed models; averaged over them its evasive success is {:.1}% against \
+             PGD's {:.1}%.",
+            100.0 * diva_sum / n as f64,
+            100.0 * pgd_sum / n as f64,
         )
     };
     vec![
@@ -750,8 +754,10 @@ fn differential_blocks(view: &View) -> Vec<Block> {
                 "model",
                 "both correct",
                 "DIVA evasive %",
+                "DIVA margin form evasive %",
                 "PGD evasive %",
-                "DIVA success on C %",
+                "stronger DIVA",
+                "its success on C %",
                 "PGD success on C %",
                 "PGD success on full %",
             ]
@@ -764,8 +770,10 @@ fn differential_blocks(view: &View) -> Vec<Block> {
              or in other products) notices an attack when the two disagree. DIVA (Hao et al., \
              MLSys 2022) is crafted on both: it fools C while F stays right; \"evasive\" counts, of \
              the images both classified correctly, those where afterwards C is wrong and F right. \
-             PGD, with the same step, steps and budget, is crafted on C alone.{carry_over}\
-             {verdict}"
+             DIVA's own form ascends p_F(y) - c p_C(y), softmax probabilities that saturate on \
+             confident models; its margin form ascends capped logit margins on APGD's schedule \
+             through every gradient estimator of C. PGD, with DIVA's step, steps and budget, is \
+             crafted on C alone.{carry_over}{verdict}"
         )),
     ]
 }

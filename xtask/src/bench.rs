@@ -1,16 +1,23 @@
 //! `cargo xtask bench`: advcomp's attacks and clean evaluation on LeNet5, side by side with
 //! the alternative a user would pick — the same work in a plain PyTorch loop
-//! (`bench/pytorch_lenet5.py`) on the same weights and images — alternating the two, so both
-//! see the same machine load. Prints images/s with batch size, backend and adapter, the
-//! ratio, the results of both (a disagreement fails the run), CPU time over wall time, and the
-//! load average. advcomp runs as `cargo run` builds it (the dev profile), as users run it.
+//! (`bench/pytorch_lenet5.py`), Foolbox's DeepFool, or torchattacks' APGD, Square and the
+//! AutoAttack cascade (`bench/reference_attacks.py`), on the same weights and images —
+//! alternating the two, so both see the same machine load. Prints images/s with batch size,
+//! backend and adapter, the ratio, the results of both (a disagreement fails the run), CPU time
+//! over wall time, and the load average. advcomp runs as `cargo run` builds it (the dev
+//! profile), as users run it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 
-const WORKS: [&str; 4] = ["eval", "ifgsm", "ifgm", "deepfool"];
+const WORKS: [&str; 8] = [
+    "eval", "ifgsm", "ifgm", "deepfool", "apgd-ce", "apgd-dlr", "square", "auto",
+];
+
+/// The works that measure robustness at a budget (compared with torchattacks).
+const BUDGETED: [&str; 4] = ["apgd-ce", "apgd-dlr", "square", "auto"];
 
 /// `cargo xtask bench` options.
 #[derive(clap::Parser)]
@@ -19,9 +26,14 @@ const WORKS: [&str; 4] = ["eval", "ifgsm", "ifgm", "deepfool"];
     about = "advcomp vs PyTorch on the same LeNet5 weights and images"
 )]
 struct Options {
-    /// What to time: eval, ifgsm, ifgm, deepfool.
+    /// What to time: eval, ifgsm, ifgm, deepfool (against PyTorch or Foolbox); apgd-ce,
+    /// apgd-dlr, square, auto (against torchattacks: APGD, Square, and APGD-CE, APGD-DLR,
+    /// Square as one cascade).
     #[arg(long, value_delimiter = ',', default_value = "eval,ifgsm,ifgm,deepfool", value_parser = WORKS)]
     works: Vec<String>,
+    /// L-inf budgets of apgd-ce, apgd-dlr, square and auto.
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.3")]
+    budgets: Vec<f32>,
     #[arg(long, value_delimiter = ',', default_value = "16,64,256,1024", value_parser = clap::value_parser!(u32).range(1..=65536))]
     batch_sizes: Vec<u32>,
     /// Images per IFGSM / IFGM run (at least one batch).
@@ -42,8 +54,9 @@ struct Options {
     /// advcomp alone, without installing or running PyTorch.
     #[arg(long)]
     no_pytorch: bool,
-    /// What to compare with: a plain PyTorch loop with advcomp's definitions, or Foolbox
-    /// 3.3.4's batched L2DeepFoolAttack on the same PyTorch model (deepfool only).
+    /// What to compare with: a plain PyTorch loop with advcomp's definitions, Foolbox 3.3.4's
+    /// batched L2DeepFoolAttack on the same PyTorch model (deepfool only), or torchattacks'
+    /// APGD and Square (apgd-ce, apgd-dlr, square, auto).
     #[arg(long, value_enum, default_value_t = Alternative::Pytorch)]
     alternative: Alternative,
 }
@@ -53,6 +66,7 @@ struct Options {
 enum Alternative {
     Pytorch,
     Foolbox,
+    Torchattacks,
 }
 
 impl Alternative {
@@ -60,6 +74,7 @@ impl Alternative {
         match self {
             Alternative::Pytorch => "PyTorch",
             Alternative::Foolbox => "Foolbox",
+            Alternative::Torchattacks => "torchattacks",
         }
     }
 
@@ -68,6 +83,25 @@ impl Alternative {
         match self {
             Alternative::Pytorch => &["torch", "safetensors", "numpy"],
             Alternative::Foolbox => &["torch", "safetensors", "numpy", "foolbox==3.3.4"],
+            Alternative::Torchattacks => &["torch", "safetensors", "numpy", "torchattacks==3.5.1"],
+        }
+    }
+
+    /// The import that proves it is installed.
+    fn import(self) -> &'static str {
+        match self {
+            Alternative::Pytorch => "import torch, safetensors, numpy",
+            Alternative::Foolbox => "import torch, safetensors, numpy, foolbox",
+            Alternative::Torchattacks => "import torch, safetensors, numpy, torchattacks",
+        }
+    }
+
+    /// Whether it runs `work`.
+    fn runs(self, work: &str) -> bool {
+        match self {
+            Alternative::Pytorch => !BUDGETED.contains(&work),
+            Alternative::Foolbox => work == "deepfool",
+            Alternative::Torchattacks => BUDGETED.contains(&work),
         }
     }
 }
@@ -91,9 +125,16 @@ fn parse(args: &[String]) -> Result<Options, String> {
     let mut options = Options::parse_from(
         std::iter::once("cargo xtask bench".to_string()).chain(args.iter().cloned()),
     );
-    if options.alternative == Alternative::Foolbox && options.works.iter().any(|w| w != "deepfool")
-    {
-        return Err("--alternative foolbox: Foolbox is compared on --works deepfool only".into());
+    let alternative = options.alternative;
+    if let Some(work) = options.works.iter().find(|w| !alternative.runs(w)) {
+        return Err(format!(
+            "--works {work}: {} does not run it (PyTorch: eval, ifgsm, ifgm, deepfool; \
+             Foolbox: deepfool; torchattacks: apgd-ce, apgd-dlr, square, auto)",
+            alternative.name()
+        ));
+    }
+    if let Some(b) = options.budgets.iter().find(|b| !(**b > 0.0 && **b <= 1.0)) {
+        return Err(format!("--budgets: {b} is not in (0, 1]"));
     }
     let weights = options
         .weights
@@ -112,10 +153,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
 fn pytorch_python(alternative: Alternative) -> Result<PathBuf, String> {
     let venv = root().join("target/bench-venv");
     let python = venv.join("bin/python");
-    let import = match alternative {
-        Alternative::Pytorch => "import torch, safetensors, numpy",
-        Alternative::Foolbox => "import torch, safetensors, numpy, foolbox",
-    };
+    let import = alternative.import();
     let has_torch = |python: &Path| {
         Command::new(python)
             .args(["-c", import])
@@ -201,17 +239,33 @@ fn timed(command: &mut Command) -> Result<Run, String> {
     })
 }
 
+/// One row's work: what is run, and at which budget.
+#[derive(Clone, Copy)]
+struct Work<'a> {
+    name: &'a str,
+    budget: Option<f32>,
+}
+
+impl Work<'_> {
+    fn label(&self) -> String {
+        match self.budget {
+            Some(b) => format!("{} at {b}", self.name),
+            None => self.name.to_string(),
+        }
+    }
+}
+
 fn advcomp_run(
     binary: &Path,
     options: &Options,
-    work: &str,
+    work: Work,
     batch: usize,
     images: usize,
 ) -> Result<Run, String> {
     let mut command = Command::new(binary);
     let weights = options.weights().to_str().unwrap();
     let batch = batch.to_string();
-    if work == "eval" {
+    if work.name == "eval" {
         command.args(["eval", "--checkpoint", weights, "--batch-size", &batch]);
     } else {
         let images = images.to_string();
@@ -219,35 +273,62 @@ fn advcomp_run(
             "attack",
             "--source",
             weights,
-            "--attack",
-            work,
             "--limit",
             &images,
             "--batch-size",
             &batch,
         ]);
+        // The attack alone: no reruns for the indicators of attack failure.
+        let attack: &[&str] = match work.name {
+            "apgd-ce" => &["--attack", "apgd", "--loss", "ce", "--no-checks"],
+            "apgd-dlr" => &["--attack", "apgd", "--loss", "dlr", "--no-checks"],
+            "square" | "auto" => &["--attack", work.name, "--no-checks"],
+            other => &["--attack", other],
+        };
+        command.args(attack);
+        if let Some(b) = work.budget {
+            command.args(["--budget", &b.to_string()]);
+        }
     }
     timed(command.args(["--backend", "cpu", "--json"]))
 }
 
-fn pytorch_run(
+fn python_run(
     python: &Path,
     options: &Options,
-    work: &str,
+    work: Work,
     batch: usize,
     images: usize,
     threads: usize,
 ) -> Result<Run, String> {
+    let mut command = Command::new(python);
+    match options.alternative {
+        Alternative::Torchattacks => {
+            // advcomp's `auto` on a model without quantisers is this cascade.
+            let name = if work.name == "auto" {
+                "cascade"
+            } else {
+                work.name
+            };
+            command
+                .arg(root().join("bench/reference_attacks.py"))
+                .args(["--work", name])
+                .args(["--eps", &work.budget.unwrap_or(0.1).to_string()]);
+        }
+        _ => {
+            command
+                .arg(root().join("bench/pytorch_lenet5.py"))
+                .args(["--work", work.name])
+                .args(["--library", &options.alternative.name().to_lowercase()]);
+        }
+    }
     timed(
-        Command::new(python)
-            .arg(root().join("bench/pytorch_lenet5.py"))
+        command
             .args(["--weights", options.weights().to_str().unwrap()])
             .args(["--mnist", root().join("assets/mnist").to_str().unwrap()])
-            .args(["--work", work])
             .args(["--images", &images.to_string()])
             .args(["--batch", &batch.to_string()])
-            .args(["--threads", &threads.to_string()])
-            .args(["--library", &options.alternative.name().to_lowercase()]),
+            .args(["--threads", &threads.to_string()]),
     )
 }
 
@@ -262,11 +343,22 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "n/a".into())
 }
 
-/// What a run found: accuracy (eval), or adversarial accuracy and mean L2 (attacks).
+/// What a run found: accuracy (eval), adversarial accuracy and mean L2 (attacks), or robust
+/// accuracy alone (the budgeted attacks: torchattacks returns the clean image where it fails,
+/// advcomp its best point, so their mean L2 differ by design).
 fn outcome(work: &str, json: &Value, advcomp: bool) -> (f64, Option<f64>) {
     let number = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     if work == "eval" {
         return (number(&json["accuracy"]), None);
+    }
+    if BUDGETED.contains(&work) {
+        return match advcomp {
+            true => (
+                number(&json["cells"][0]["metrics"]["adversarial_accuracy"]),
+                None,
+            ),
+            false => (number(&json["robust_accuracy"]), None),
+        };
     }
     if advcomp {
         let metrics = &json["cells"][0]["metrics"];
@@ -289,13 +381,23 @@ fn describe((accuracy, l2): (f64, Option<f64>)) -> String {
     }
 }
 
-/// Whether two tools' results agree: accuracy within 1 point, mean L2 within 5%.
-fn agree((a, a_l2): (f64, Option<f64>), (b, b_l2): (f64, Option<f64>)) -> bool {
+/// How far two tools' accuracies may lie apart: 1 point, 2 for the random searches (Square
+/// and the cascade ending in it draw their squares differently: per image here, per batch in
+/// torchattacks).
+fn tolerance(work: &str) -> f64 {
+    match work {
+        "square" | "auto" => 0.02,
+        _ => 0.01,
+    }
+}
+
+/// Whether two tools' results agree: accuracy within [`tolerance`], mean L2 within 5%.
+fn agree(work: &str, (a, a_l2): (f64, Option<f64>), (b, b_l2): (f64, Option<f64>)) -> bool {
     let l2 = match (a_l2, b_l2) {
         (Some(x), Some(y)) => (x / y - 1.0).abs() <= 0.05,
         _ => true,
     };
-    (a - b).abs() <= 0.01 && l2
+    (a - b).abs() <= tolerance(work) + 1e-9 && l2
 }
 
 pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
@@ -352,10 +454,25 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
     println!("|{}", " --- |".repeat(header.matches('|').count() - 1));
     let mut adapter = None;
     let mut disagreements = Vec::new();
-    for work in &options.works {
+    let works: Vec<Work> = options
+        .works
+        .iter()
+        .flat_map(|name| match BUDGETED.contains(&name.as_str()) {
+            true => options
+                .budgets
+                .iter()
+                .map(|&b| Work {
+                    name,
+                    budget: Some(b),
+                })
+                .collect::<Vec<_>>(),
+            false => vec![Work { name, budget: None }],
+        })
+        .collect();
+    for work in works {
         for &batch in &options.batch_sizes {
             let batch = batch as usize;
-            let images = match work.as_str() {
+            let images = match work.name {
                 "eval" => 10_000,
                 "deepfool" => (options.deepfool_images as usize).max(batch),
                 _ => (options.images as usize).max(batch),
@@ -367,7 +484,7 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
                 ours.push(advcomp_run(&binary, &options, work, batch, images)?);
                 if let Some(python) = &python {
                     for (i, &t) in options.threads.iter().enumerate() {
-                        theirs[i].push(pytorch_run(
+                        theirs[i].push(python_run(
                             python, &options, work, batch, images, t as usize,
                         )?);
                     }
@@ -382,7 +499,8 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
             };
             let ours_rate = rate(&ours);
             let mut row = format!(
-                "| {work} | {batch} | {images} | {ours_rate:.1} | {:.2} |",
+                "| {} | {batch} | {images} | {ours_rate:.1} | {:.2} |",
+                work.label(),
                 median(ours.iter().map(|r| r.cpu_over_wall).collect())
             );
             let mut best = f64::NAN;
@@ -395,16 +513,17 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
                     row.push_str(&format!(" {r:.1} |"));
                 }
             }
-            let ours_result = outcome(work, &ours[0].json, true);
+            let ours_result = outcome(work.name, &ours[0].json, true);
             let their_result = theirs
                 .iter()
                 .find_map(|runs| runs.first())
-                .map(|r| outcome(work, &r.json, false));
+                .map(|r| outcome(work.name, &r.json, false));
             if let Some(theirs) = their_result
-                && !agree(ours_result, theirs)
+                && !agree(work.name, ours_result, theirs)
             {
                 disagreements.push(format!(
-                    "{work} batch {batch}: advcomp {}, {alternative} {}",
+                    "{} batch {batch}: advcomp {}, {alternative} {}",
+                    work.label(),
                     describe(ours_result),
                     describe(theirs)
                 ));
@@ -432,12 +551,17 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
             (Some(_), Alternative::Foolbox) => {
                 "L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02), torch.set_num_threads(N)"
             }
+            (Some(_), Alternative::Torchattacks) => {
+                "torchattacks 3.5.1: APGD(steps=100, n_restarts=1, rho=0.75, seed=0), \
+                 Square(n_queries=5000, p_init=0.8), the cascade as MultiAttack; \
+                 torch.set_num_threads(N)"
+            }
         }
     );
     if !disagreements.is_empty() {
         return Err(format!(
-            "the two tools' results disagree (accuracy by more than 1 point or mean L2 by more \
-             than 5%): {}",
+            "the two tools' results disagree (accuracy by more than 1 point, 2 for square and \
+             auto, or mean L2 by more than 5%): {}",
             disagreements.join("; ")
         ));
     }
