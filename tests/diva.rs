@@ -4,6 +4,7 @@
 //! nothing is evasive, through the command line as a user runs it.
 
 mod common;
+use common::{D, SIDE, Threshold};
 
 use std::process::Command;
 
@@ -12,24 +13,6 @@ use advcomp::backend;
 use advcomp::kernels::FixedPoint;
 use advcomp::model::{Classifier, Compression, ModelKind};
 use burn::prelude::*;
-
-const SIDE: usize = 4;
-const D: usize = SIDE * SIDE;
-
-/// Two classes on 1 x 4 x 4 images: class 1 when the mean pixel exceeds `threshold` (logits
-/// [0, sharpness * (mean - threshold)]).
-struct Threshold {
-    threshold: f32,
-}
-
-impl Differentiable for Threshold {
-    fn logits(&self, images: Tensor<4>) -> Tensor<2> {
-        let n = images.dims()[0];
-        let mean = images.reshape([n, D]).mean_dim(1); // [n, 1]
-        let class1 = (mean - self.threshold) * 50.0;
-        Tensor::cat(vec![class1.zeros_like(), class1], 1)
-    }
-}
 
 fn host<const K: usize>(t: Tensor<K>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()

@@ -4,7 +4,7 @@
 //! failure saying when the STE blinds an attack, as a user runs it.
 
 mod common;
-use common::Scratch;
+use common::{D, SIDE, Scratch, Threshold};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,23 +13,6 @@ use advcomp::attack::{self, AttackConfig, AttackKind, Differentiable};
 use advcomp::backend;
 use burn::prelude::*;
 use serde_json::Value;
-
-const SIDE: usize = 4;
-const D: usize = SIDE * SIDE;
-
-/// Two classes on 1 x 4 x 4 images: class 1 when the mean pixel exceeds `threshold`.
-struct Threshold {
-    threshold: f32,
-}
-
-impl Differentiable for Threshold {
-    fn logits(&self, images: Tensor<4>) -> Tensor<2> {
-        let n = images.dims()[0];
-        let mean = images.reshape([n, D]).mean_dim(1);
-        let class1 = (mean - self.threshold) * 50.0;
-        Tensor::cat(vec![class1.zeros_like(), class1], 1)
-    }
-}
 
 /// Three classes on the same images: the mean pixel decides (below 0.45: 0, up to 0.55: 1,
 /// above: 2), so the DLR loss (which needs three classes) applies.

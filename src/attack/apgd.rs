@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::loss::{self, Loss};
 use super::{
-    Attack, AttackOutput, Batch, Differentiable, Norm, Parameter, Reach, Target, check,
+    Attack, AttackOutput, Batch, Differentiable, Norm, Parameter, Shape, Target, check,
     host_f32, image_rng, parameters,
 };
 use crate::Result;
@@ -80,16 +80,8 @@ impl Attack for Apgd {
         check::count("restarts", s.restarts)
     }
 
-    fn reach(s: &Settings) -> Reach {
-        Reach::of(s.norm, s.budget.unwrap_or(f32::NAN))
-    }
-
-    fn steps(s: &Settings) -> usize {
-        s.iterations * s.restarts
-    }
-
-    fn budget(s: &Settings) -> Option<f32> {
-        s.budget
+    fn shape(s: &Settings) -> Shape {
+        Shape::budgeted(s.norm, s.budget, s.iterations * s.restarts)
     }
 
     fn passes_per_image(s: &Settings, _: usize) -> f64 {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::apgd::{Schedule, SingleModel, rows_of};
 use super::loss::{self, Loss};
 use super::{
-    Attack, AttackOutput, Batch, Norm, Parameter, Reach, Stage, StageKills, Target, check,
+    Attack, AttackOutput, Batch, Norm, Parameter, Shape, Stage, StageKills, Target, check,
     host_f32, parameters,
 };
 use crate::Result;
@@ -76,16 +76,8 @@ impl Attack for Auto {
         super::square::check_p_init(s.p_init)
     }
 
-    fn reach(s: &Settings) -> Reach {
-        Reach::of(s.norm, s.budget.unwrap_or(f32::NAN))
-    }
-
-    fn steps(s: &Settings) -> usize {
-        s.iterations * s.restarts
-    }
-
-    fn budget(s: &Settings) -> Option<f32> {
-        s.budget
+    fn shape(s: &Settings) -> Shape {
+        Shape::budgeted(s.norm, s.budget, s.iterations * s.restarts)
     }
 
     /// The first stage on every image (the later ones see the few it leaves).

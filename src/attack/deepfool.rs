@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 use serde::{Deserialize, Serialize};
 
-use super::{Attack, AttackOutput, Batch, Differentiable, Parameter, Reach, Target, check};
+use super::{Attack, AttackOutput, Batch, Differentiable, Parameter, Reach, Shape, Target, check};
 use crate::{Error, Result};
 
 pub struct DeepFool;
@@ -71,13 +71,14 @@ impl Attack for DeepFool {
         Ok(())
     }
 
-    /// None: it stops at the decision boundary.
-    fn reach(_: &Settings) -> Reach {
-        Reach::default()
-    }
-
-    fn steps(s: &Settings) -> usize {
-        s.max_iterations
+    fn shape(s: &Settings) -> Shape {
+        Shape {
+            step: None,
+            steps: s.max_iterations,
+            budget: None,
+            // None: it stops at the decision boundary.
+            reach: Reach::default(),
+        }
     }
 
     /// A forward and a backward pass per candidate class and iteration, about 8 iterations on

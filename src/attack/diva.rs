@@ -17,7 +17,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use serde::{Deserialize, Serialize};
 
-use super::{Attack, AttackOutput, Batch, Differentiable, Parameter, Reach, Target, check, parameters};
+use super::{Attack, AttackOutput, Batch, Differentiable, Parameter, Shape, Target, check, parameters};
 use crate::Result;
 use crate::kernels::{self, StepRule, StepSettings};
 
@@ -69,20 +69,8 @@ impl Attack for Diva {
         check::at_least_zero("weight", s.weight)
     }
 
-    fn reach(s: &Settings) -> Reach {
-        super::ifgsm::reach(s.step, s.steps, Some(s.budget))
-    }
-
-    fn step(s: &Settings) -> Option<f32> {
-        Some(s.step)
-    }
-
-    fn steps(s: &Settings) -> usize {
-        s.steps
-    }
-
-    fn budget(s: &Settings) -> Option<f32> {
-        Some(s.budget)
+    fn shape(s: &Settings) -> Shape {
+        Shape::iterative(s.step, s.steps, Some(s.budget))
     }
 
     /// Both models, forward and backward.

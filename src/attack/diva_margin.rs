@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::apgd::{Evaluation, Objective, Schedule, rows_of};
 use super::loss::{correct, margin};
 use super::{
-    Attack, AttackOutput, Batch, Differentiable, Norm, Parameter, Reach, Target, check,
+    Attack, AttackOutput, Batch, Differentiable, Norm, Parameter, Shape, Target, check,
     host_f32, parameters,
 };
 use crate::Result;
@@ -74,16 +74,8 @@ impl Attack for DivaMargin {
         check::at_least_zero("kappa", s.kappa)
     }
 
-    fn reach(s: &Settings) -> Reach {
-        Reach::of(Norm::Linf, s.budget)
-    }
-
-    fn steps(s: &Settings) -> usize {
-        s.iterations
-    }
-
-    fn budget(s: &Settings) -> Option<f32> {
-        Some(s.budget)
+    fn shape(s: &Settings) -> Shape {
+        Shape::budgeted(Norm::Linf, Some(s.budget), s.iterations)
     }
 
     /// Both models, forward and backward, under one estimator (a second one sees the few

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::iterative::{GradNorm, Iterative};
-use super::{Attack, AttackOutput, Batch, Parameter, Reach, Target, check, parameters};
+use super::{Attack, AttackOutput, Batch, Parameter, Shape, Target, check, parameters};
 use crate::Result;
 use crate::kernels::StepRule;
 
@@ -47,20 +47,8 @@ impl Attack for Fgm {
         check::budget(s.budget)
     }
 
-    fn reach(s: &Settings) -> Reach {
-        Reach::of(super::Norm::Linf, s.budget.map_or(s.step, |b| b.min(s.step)))
-    }
-
-    fn step(s: &Settings) -> Option<f32> {
-        Some(s.step)
-    }
-
-    fn steps(_: &Settings) -> usize {
-        1
-    }
-
-    fn budget(s: &Settings) -> Option<f32> {
-        s.budget
+    fn shape(s: &Settings) -> Shape {
+        Shape::iterative(s.step, 1, s.budget)
     }
 
     fn passes_per_image(_: &Settings, _: usize) -> f64 {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fgm::GRAD_NORM;
 use super::iterative::{GradNorm, Iterative};
-use super::{Attack, AttackOutput, Batch, Parameter, Reach, Target, check, parameters};
+use super::{Attack, AttackOutput, Batch, Parameter, Shape, Target, check, parameters};
 use crate::Result;
 use crate::kernels::StepRule;
 
@@ -49,20 +49,8 @@ impl Attack for Ifgm {
         check::budget(s.budget)
     }
 
-    fn reach(s: &Settings) -> Reach {
-        super::ifgsm::reach(s.step, s.steps, s.budget)
-    }
-
-    fn step(s: &Settings) -> Option<f32> {
-        Some(s.step)
-    }
-
-    fn steps(s: &Settings) -> usize {
-        s.steps
-    }
-
-    fn budget(s: &Settings) -> Option<f32> {
-        s.budget
+    fn shape(s: &Settings) -> Shape {
+        Shape::iterative(s.step, s.steps, s.budget)
     }
 
     fn passes_per_image(s: &Settings, _: usize) -> f64 {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::iterative::{GradNorm, Iterative};
-use super::{Attack, AttackOutput, Batch, Parameter, Reach, Target, check, parameters};
+use super::{Attack, AttackOutput, Batch, Parameter, Shape, Target, check, parameters};
 use crate::Result;
 use crate::kernels::StepRule;
 
@@ -31,13 +31,6 @@ impl Default for Settings {
     }
 }
 
-/// `min(steps x step, budget)`: every step, sign or L2-scaled, is clipped to within `step` of
-/// the image before it.
-pub(super) fn reach(step: f32, steps: usize, budget: Option<f32>) -> Reach {
-    let reach = step * steps as f32;
-    Reach::of(super::Norm::Linf, budget.map_or(reach, |b| b.min(reach)))
-}
-
 impl Attack for Ifgsm {
     type Settings = Settings;
     const NAME: &'static str = "ifgsm";
@@ -51,20 +44,8 @@ impl Attack for Ifgsm {
         check::budget(s.budget)
     }
 
-    fn reach(s: &Settings) -> Reach {
-        reach(s.step, s.steps, s.budget)
-    }
-
-    fn step(s: &Settings) -> Option<f32> {
-        Some(s.step)
-    }
-
-    fn steps(s: &Settings) -> usize {
-        s.steps
-    }
-
-    fn budget(s: &Settings) -> Option<f32> {
-        s.budget
+    fn shape(s: &Settings) -> Shape {
+        Shape::iterative(s.step, s.steps, s.budget)
     }
 
     fn passes_per_image(s: &Settings, _: usize) -> f64 {

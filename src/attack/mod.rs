@@ -244,6 +244,43 @@ impl Reach {
     }
 }
 
+/// What an attack's settings amount to, in the terms result files use.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Shape {
+    /// The per-iteration step (`None` where there is none).
+    pub step: Option<f32>,
+    /// Iterations (or queries) at most.
+    pub steps: usize,
+    /// The total budget it projects onto, if any.
+    pub budget: Option<f32>,
+    /// How far it can move an image.
+    pub reach: Reach,
+}
+
+impl Shape {
+    /// `steps` steps of `step`, each clipped to within `step` of the image before it, and
+    /// optionally a total L-inf budget: the reach is `min(steps x step, budget)`.
+    pub fn iterative(step: f32, steps: usize, budget: Option<f32>) -> Self {
+        let reach = step * steps as f32;
+        Shape {
+            step: Some(step),
+            steps,
+            budget,
+            reach: Reach::of(Norm::Linf, budget.map_or(reach, |b| b.min(reach))),
+        }
+    }
+
+    /// A search within a budget of `norm` (required: NaN until validated), `steps` at most.
+    pub fn budgeted(norm: Norm, budget: Option<f32>, steps: usize) -> Self {
+        Shape {
+            step: None,
+            steps,
+            budget,
+            reach: Reach::of(norm, budget.unwrap_or(f32::NAN)),
+        }
+    }
+}
+
 /// A setting of an attack as the command line and the docs show it.
 #[derive(Clone, Copy, Debug)]
 pub struct Parameter {
@@ -347,18 +384,8 @@ pub trait Attack {
 
     /// Refuses settings that cannot run, naming the field.
     fn validate(settings: &Self::Settings) -> Result<()>;
-    /// How far it can move an image.
-    fn reach(settings: &Self::Settings) -> Reach;
-    /// The per-iteration step, for the result files (`None` where there is none).
-    fn step(_settings: &Self::Settings) -> Option<f32> {
-        None
-    }
-    /// Iterations (or queries) at most.
-    fn steps(settings: &Self::Settings) -> usize;
-    /// The total budget it projects onto, if any.
-    fn budget(_settings: &Self::Settings) -> Option<f32> {
-        None
-    }
+    /// Its step, steps, budget and reach.
+    fn shape(settings: &Self::Settings) -> Shape;
     /// Rough image passes (a forward or a backward pass of one image) per attacked image of a
     /// `classes`-class model, for progress estimates.
     fn passes_per_image(settings: &Self::Settings, classes: usize) -> f64;
@@ -565,30 +592,10 @@ macro_rules! registry {
                 }
             }
 
-            pub fn reach(&self) -> Reach {
+            /// Its step, steps, budget and reach.
+            pub fn shape(&self) -> Shape {
                 match self {
-                    $(AttackConfig::$kind(s) => <$module::$attack as Attack>::reach(s),)*
-                }
-            }
-
-            /// The per-iteration step, where there is one.
-            pub fn step(&self) -> Option<f32> {
-                match self {
-                    $(AttackConfig::$kind(s) => <$module::$attack as Attack>::step(s),)*
-                }
-            }
-
-            /// Iterations (or queries) at most.
-            pub fn steps(&self) -> usize {
-                match self {
-                    $(AttackConfig::$kind(s) => <$module::$attack as Attack>::steps(s),)*
-                }
-            }
-
-            /// The total budget the attack projects onto, if any.
-            pub fn budget(&self) -> Option<f32> {
-                match self {
-                    $(AttackConfig::$kind(s) => <$module::$attack as Attack>::budget(s),)*
+                    $(AttackConfig::$kind(s) => <$module::$attack as Attack>::shape(s),)*
                 }
             }
 
@@ -690,6 +697,25 @@ impl<'de> Deserialize<'de> for AttackConfig {
 }
 
 impl AttackConfig {
+    pub fn reach(&self) -> Reach {
+        self.shape().reach
+    }
+
+    /// The per-iteration step, where there is one.
+    pub fn step(&self) -> Option<f32> {
+        self.shape().step
+    }
+
+    /// Iterations (or queries) at most.
+    pub fn steps(&self) -> usize {
+        self.shape().steps
+    }
+
+    /// The total budget the attack projects onto, if any.
+    pub fn budget(&self) -> Option<f32> {
+        self.shape().budget
+    }
+
     /// The same attack with one setting changed (refused by name when the attack has no such
     /// setting or the value does not fit).
     pub fn with(self, name: &str, value: impl Into<Value>) -> Result<Self> {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::iterative::{GradNorm, Iterative};
-use super::{Attack, AttackOutput, Batch, Parameter, Reach, Target, check, parameters};
+use super::{Attack, AttackOutput, Batch, Parameter, Shape, Target, check, parameters};
 use crate::Result;
 use crate::kernels::StepRule;
 
@@ -47,20 +47,8 @@ impl Attack for Pgd {
         check::positive("budget", s.budget)
     }
 
-    fn reach(s: &Settings) -> Reach {
-        super::ifgsm::reach(s.step, s.steps, Some(s.budget))
-    }
-
-    fn step(s: &Settings) -> Option<f32> {
-        Some(s.step)
-    }
-
-    fn steps(s: &Settings) -> usize {
-        s.steps
-    }
-
-    fn budget(s: &Settings) -> Option<f32> {
-        Some(s.budget)
+    fn shape(s: &Settings) -> Shape {
+        Shape::iterative(s.step, s.steps, Some(s.budget))
     }
 
     fn passes_per_image(s: &Settings, _: usize) -> f64 {

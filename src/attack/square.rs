@@ -17,7 +17,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Attack, AttackOutput, Batch, Differentiable, Norm, Parameter, Reach, Target, check,
+    Attack, AttackOutput, Batch, Differentiable, Norm, Parameter, Shape, Target, check,
     host_f32, host_i64, image_rng, parameters,
 };
 use crate::{Error, Result};
@@ -64,16 +64,8 @@ impl Attack for Square {
         check_p_init(s.p_init)
     }
 
-    fn reach(s: &Settings) -> Reach {
-        Reach::of(Norm::Linf, s.budget.unwrap_or(f32::NAN))
-    }
-
-    fn steps(s: &Settings) -> usize {
-        s.queries
-    }
-
-    fn budget(s: &Settings) -> Option<f32> {
-        s.budget
+    fn shape(s: &Settings) -> Shape {
+        Shape::budgeted(Norm::Linf, s.budget, s.queries)
     }
 
     /// A forward pass per query (an upper bound: fooled images stop).

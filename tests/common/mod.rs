@@ -117,6 +117,26 @@ pub fn mnist_test_batch(
     test.batch(&(0..n).collect::<Vec<_>>(), device)
 }
 
+/// Side of the toy images of [`Threshold`].
+pub const SIDE: usize = 4;
+/// Pixels of a toy image.
+pub const D: usize = SIDE * SIDE;
+
+/// Two classes on 1 x 4 x 4 images: class 1 when the mean pixel exceeds `threshold` (logits
+/// [0, 50 * (mean - threshold)]): a model whose every adversarial example is known.
+pub struct Threshold {
+    pub threshold: f32,
+}
+
+impl advcomp::attack::Differentiable for Threshold {
+    fn logits(&self, images: burn::Tensor<4>) -> burn::Tensor<2> {
+        let n = images.dims()[0];
+        let mean = images.reshape([n, D]).mean_dim(1); // [n, 1]
+        let class1 = (mean - self.threshold) * 50.0;
+        burn::Tensor::cat(vec![class1.zeros_like(), class1], 1)
+    }
+}
+
 pub mod onnx;
 
 /// The address-space limit hostile inputs are run under, in KiB: `ulimit -v 8000000`. Under
