@@ -14,6 +14,9 @@ pub enum Judge {
     /// Each attack at its strongest: the lowest accuracy over its gradient estimators (STE,
     /// BPDA) and over `auto` at every budget within its L-inf reach.
     WorstCase,
+    /// Each attack through its strongest estimator, without `auto`: how the worst case judges
+    /// a claim that compares the attacks themselves (one attack cannot stand in for another).
+    AttackAtItsBest,
 }
 
 impl Judge {
@@ -21,6 +24,15 @@ impl Judge {
         match self {
             Judge::Paper => Run::Attack(attack),
             Judge::WorstCase => Run::Strongest(attack),
+            Judge::AttackAtItsBest => Run::Estimators(attack),
+        }
+    }
+
+    /// The judge of a claim about the attacks rather than the models.
+    fn comparing_attacks(self) -> Judge {
+        match self {
+            Judge::WorstCase => Judge::AttackAtItsBest,
+            other => other,
         }
     }
 }
@@ -191,7 +203,7 @@ pub(super) fn check(view: &View, judge: Judge) -> Vec<Claim> {
         "DeepFool, scenarios 1 and 3: accuracy at the lowest density < at the highest.",
         trend_claim(
             view,
-            judge,
+            judge.comparing_attacks(),
             Family::Pruned,
             &[(DeepFool, 0), (DeepFool, 2)],
             false,
@@ -204,7 +216,7 @@ pub(super) fn check(view: &View, judge: Judge) -> Vec<Claim> {
         "IFGSM and IFGM, scenarios 1 and 3: accuracy at the lowest density > at the highest.",
         trend_claim(
             view,
-            judge,
+            judge.comparing_attacks(),
             Family::Pruned,
             &[clipped[0], clipped[1], (Ifgsm, 2), (Ifgm, 2)],
             true,
@@ -237,7 +249,7 @@ pub(super) fn check(view: &View, judge: Judge) -> Vec<Claim> {
         "4.2",
         "In terms of classification accuracy, IFGSM transfers best.",
         "Mean accuracy over the scenario-2 and scenario-3 cells of the quantised models is lowest under IFGSM.",
-        ifgsm_transfers_best(view, judge),
+        ifgsm_transfers_best(view, judge.comparing_attacks()),
     );
     claims
 }

@@ -161,7 +161,8 @@ fn summary(view: &View, paper: &[Claim], worst: &[Claim]) -> Vec<Block> {
              models) it supports {} and {} are inconclusive (the numbers compared lie within \
              each other's 95% intervals); judged on the worst case (each attack at its \
              strongest: the lowest accuracy over its gradient estimators and over `auto` at \
-             every budget within its reach) it supports {} and {} are inconclusive. Each \
+             every budget within its L-inf reach; the claims that compare attacks take each \
+             through its strongest estimator only) it supports {} and {} are inconclusive. Each \
              claim, the comparison it was turned into, both verdicts and the numbers that \
              decide them (accuracies under attack, means over seeds):",
             paper.len(),

@@ -179,8 +179,11 @@ pub enum Run {
     Bpda(AttackKind),
     /// `auto` at one budget.
     Auto(f32),
+    /// The attack through its strongest gradient estimator: the lowest accuracy over them.
+    Estimators(AttackKind),
     /// The attack at its strongest: the lowest accuracy over its estimators and over `auto`
-    /// at every budget within its L-inf reach.
+    /// at every budget within its L-inf reach (none for DeepFool, which has no L-inf bound:
+    /// its threat model is the smallest L2 step to the boundary, not a budget).
     Strongest(AttackKind),
     /// The lowest accuracy of every attack and estimator run on the cell.
     WorstCase,
@@ -193,6 +196,7 @@ impl Run {
             Run::Attack(k) => k.name().to_uppercase(),
             Run::Bpda(k) => format!("{} (BPDA)", k.name().to_uppercase()),
             Run::Auto(b) => format!("AUTO at {b}"),
+            Run::Estimators(k) => format!("{} (strongest estimator)", k.name().to_uppercase()),
             Run::Strongest(k) => format!("{} at its strongest", k.name().to_uppercase()),
             Run::WorstCase => "WORST CASE".into(),
         }
@@ -204,6 +208,7 @@ impl Run {
             Run::Attack(k) => k.name().into(),
             Run::Bpda(k) => format!("{k}-bpda"),
             Run::Auto(b) => format!("auto-{b}"),
+            Run::Estimators(k) => format!("{k}-estimators"),
             Run::Strongest(k) => format!("{k}-strongest"),
             Run::WorstCase => "worst-case".into(),
         }
@@ -339,13 +344,13 @@ impl<'a> View<'a> {
             Run::Attack(k) => plain(k) && cell.gradient != Gradient::Identity,
             Run::Bpda(k) => plain(k) && cell.gradient != Gradient::Ste,
             Run::Auto(b) => cell.attack == AttackKind::Auto && cell.budget == Some(b),
+            Run::Estimators(k) => plain(k),
             Run::Strongest(k) => {
                 plain(k)
                     || (cell.attack == AttackKind::Auto
                         && match (self.reach(k), cell.budget) {
-                            (None, _) => true,
                             (Some(reach), Some(b)) => b <= reach + 1e-6,
-                            (Some(_), None) => false,
+                            _ => false,
                         })
             }
             Run::WorstCase => true,
