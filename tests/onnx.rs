@@ -293,18 +293,18 @@ fn onnx_files_advcomp_cannot_use_are_refused_by_name() {
         ("truncated.onnx", "not a readable ONNX model"),
         (
             "unsupported-op.onnx",
-            "node 'the_erf' (Erf): op Erf is not supported",
+            "node 'the_hardmax' (Hardmax): op Hardmax is not supported",
         ),
         (
             "auto-pad.onnx",
-            "node 'the_conv' (Conv): auto_pad SameUpper is not supported",
+            "node 'the_conv' (Conv): auto_pad SAME_UPPER is not supported",
         ),
         ("two-inputs.onnx", "the graph has 2 inputs (images, other)"),
         ("int-input.onnx", "a classifier takes float images"),
         ("not-logits.onnx", "a classifier's is [N, classes]"),
         (
             "shapes-do-not-fit.onnx",
-            "node 'fc' (Gemm): a [1, 784] matrix cannot be multiplied by a [100, 10] one",
+            "node 'fc' (Gemm): a [N, 784] matrix cannot be multiplied by a [100, 10] one",
         ),
     ];
     for (file, expected) in cases {
