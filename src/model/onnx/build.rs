@@ -804,6 +804,9 @@ impl Builder<'_> {
                     x: Operand::Value(x),
                 };
                 self.push(gelu, &out, n)?;
+                if let Some(step) = self.steps.last_mut() {
+                    step.kind = "Gelu".into();
+                }
                 Ok(true)
             }
             None => Ok(false),
