@@ -581,6 +581,73 @@ fn onnx_files_advcomp_cannot_use_are_refused_by_name() {
     );
 }
 
+/// Ops and attribute forms beyond the zoo's (tests/data/models/ops: elementwise functions and
+/// activations, reductions, slices, gathers, pads, windows, normalisations, Resize, an
+/// attention block; at opsets 13, 17 and 20) compute what ONNX Runtime computes, within 1e-5
+/// of the largest output, and their gradients to the pixels are those of central differences.
+#[test]
+fn every_op_computes_what_onnx_runtime_computes_with_gradients_to_the_pixels() {
+    let device = advcomp::backend::cpu().device;
+    let bytes = std::fs::read(models().join("ops/ops.golden.safetensors")).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let f32s =
+        |n: &str| -> Vec<f32> { bytemuck::pod_collect_to_vec(file.tensor(n).unwrap().data()) };
+    let pixels = f32s("x");
+    let images =
+        |p: &[f32]| Tensor::<4>::from_data(TensorData::new(p.to_vec(), [3, 2, 6, 6]), &device);
+    for name in [
+        "elementwise.opset17",
+        "shapes.opset13",
+        "windows.opset17",
+        "resize.opset20",
+        "attention.opset20",
+    ] {
+        let model = onnx::import(&models().join(format!("ops/{name}.onnx")), &device).unwrap();
+        let none = Compression::default();
+        let theirs = f32s(&name.replace('.', "_"));
+        let ours = host(model.forward(images(&pixels), &none));
+        let scale = theirs.iter().map(|v| v.abs()).fold(1.0, f32::max);
+        let diff = max_abs_diff(&ours, &theirs);
+        assert!(
+            diff <= 1e-5 * scale,
+            "{name}: outputs differ by {diff} (largest {scale})"
+        );
+        // L = sum of the outputs, each weighted: its gradient by autodiff and by differences.
+        let weights: Vec<f32> = (0..ours.len()).map(|i| (i as f32 * 0.7).sin()).collect();
+        let loss = |logits: Vec<f32>| -> f64 {
+            logits
+                .iter()
+                .zip(&weights)
+                .map(|(a, w)| f64::from(*a) * f64::from(*w))
+                .sum()
+        };
+        let x = images(&pixels).autodiff().require_grad();
+        let logits = model.forward(x.clone(), &none);
+        let [n, k] = logits.dims();
+        let w = Tensor::<2>::from_data(TensorData::new(weights.clone(), [n, k]), &device);
+        let grad = host(x.grad(&(logits * w.autodiff()).sum().backward()).unwrap());
+        // Pixels away from the kinks of Relu, Abs, Clip, Min and Max (multiples of 0.1).
+        let probes = (0..pixels.len())
+            .step_by(13)
+            .filter(|&i| ((pixels[i] * 10.0).fract() - 0.5).abs() < 0.4)
+            .take(8);
+        let h = 1e-3;
+        for i in probes {
+            let mut plus = pixels.clone();
+            plus[i] += h;
+            let mut minus = pixels.clone();
+            minus[i] -= h;
+            let f = |p: &[f32]| loss(host(model.forward(images(p), &none)));
+            let numeric = (f(&plus) - f(&minus)) / (2.0 * f64::from(h));
+            let exact = f64::from(grad[i]);
+            assert!(
+                (numeric - exact).abs() <= 2e-2 + 1e-2 * exact.abs(),
+                "{name}: pixel {i}: gradient {exact}, central difference {numeric}"
+            );
+        }
+    }
+}
+
 /// `advcomp ARGS --backend cpu` failed with exit code 2 and `error: model FILE: ...expected`.
 fn refused(args: &[&str], file: &std::path::Path, expected: &str) {
     let out = advcomp(&[args, &["--backend", "cpu"]].concat());

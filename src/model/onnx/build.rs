@@ -1472,7 +1472,7 @@ fn resize(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
     let policy = a.string("keep_aspect_ratio_policy", "stretch");
     let (scales, sizes) = match (scales, sizes) {
         (Some(s), _) => (Some(s.to_floats("scales")?), None),
-        (None, Some(s)) if policy == "stretch" => (None, Some(s.fixed_ints("sizes")?)),
+        (None, Some(s)) if policy == "stretch" => (None, Some(s.dims("sizes")?)),
         (None, Some(_)) => {
             return Err(format!(
                 "keep_aspect_ratio_policy '{policy}' is not supported"
@@ -1488,34 +1488,30 @@ fn resize(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
     }
     let mut interpolations = Vec::new();
     for (i, &axis) in axes.iter().enumerate() {
-        let (out, scale) = match (&scales, &sizes) {
-            (Some(s), _) => {
-                let input = shape[axis].known();
-                if s[i] == 1.0 {
-                    continue;
-                }
-                let input =
-                    input.ok_or("it resizes an axis whose length depends on the batch size")?;
-                if !(s[i] > 0.0 && s[i].is_finite()) {
-                    return Err(format!("scale {} is no positive number", s[i]));
-                }
-                ((input as f32 * s[i]).floor() as usize, s[i])
-            }
-            (_, Some(z)) => {
-                let input = shape[axis].known();
-                if input == Some(z[i]) {
-                    continue;
-                }
-                let input =
-                    input.ok_or("it resizes an axis whose length depends on the batch size")?;
-                if z[i] <= 0 || input == 0 {
-                    return Err(format!("size {} is no positive length", z[i]));
-                }
-                (z[i] as usize, z[i] as f32 / input as f32)
-            }
+        // Axes kept as they are (the batch's, the channels') are no work.
+        let same = match (&scales, &sizes) {
+            (Some(s), _) => s[i] == 1.0,
+            (_, Some(z)) => z[i] == shape[axis],
             _ => unreachable!("one of them is given"),
         };
-        let input = shape[axis].at(1);
+        if same {
+            continue;
+        }
+        let input = shape[axis]
+            .known()
+            .ok_or("it resizes an axis whose length depends on the batch size")?
+            as usize;
+        let (out, scale) = match (&scales, &sizes) {
+            (Some(s), _) if s[i] > 0.0 && s[i].is_finite() => {
+                ((input as f32 * s[i]).floor() as usize, s[i])
+            }
+            (Some(s), _) => return Err(format!("scale {} is no positive number", s[i])),
+            (_, Some(z)) => match z[i].known() {
+                Some(z) if z > 0 && input > 0 => (z as usize, z as f32 / input as f32),
+                _ => return Err(format!("size {} is no positive length", z[i])),
+            },
+            _ => unreachable!("one of them is given"),
+        };
         if out == 0 || out > 1 << 24 {
             return Err(format!("axis {axis} resized to {out}"));
         }
