@@ -1050,7 +1050,7 @@ fn documented_op_lists_are_the_importers() {
     let (run, folded): (Vec<_>, Vec<_>) = onnx::supported_ops()
         .into_iter()
         .partition(|(_, per_batch)| *per_batch);
-    let names = |ops: Vec<(&str, bool)>| ops.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    let names = |ops: Vec<(&'static str, bool)>| ops.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
     let expected = format!(
         "{}; on shapes and constants only: {}",
         names(run).join(", "),
