@@ -1,9 +1,13 @@
 """The alternative a user would pick, for `cargo xtask bench`: LeNet5 in a plain PyTorch loop
-on advcomp's weights (a safetensors checkpoint) and the same MNIST test images, running the
+on advcomp's weights (a safetensors checkpoint), or an ONNX model converted to PyTorch by
+onnx2torch, on the same test images (MNIST, or Fashion-MNIST: the same files), running the
 same attacks with advcomp's definitions (docs/design.md). Prints one JSON object.
 
     python pytorch_lenet5.py --weights W.safetensors --mnist assets/mnist --work ifgsm \
         --images 1024 --batch 256 --threads 2
+    python pytorch_lenet5.py --onnx resnet8-fmnist.onnx \
+        --mnist /usr/share/datasets/fashion-mnist --work ifgsm --images 1024 --batch 256 \
+        --threads 2
 """
 
 import argparse
@@ -126,7 +130,9 @@ def foolbox_deepfool(model, x, y):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--weights", required=True)
+    model_file = parser.add_mutually_exclusive_group(required=True)
+    model_file.add_argument("--weights", help="a LeNet5 checkpoint (safetensors)")
+    model_file.add_argument("--onnx", help="an ONNX classifier, converted by onnx2torch")
     parser.add_argument("--mnist", required=True)
     parser.add_argument("--work", choices=["eval", "ifgsm", "ifgm", "deepfool"], required=True)
     parser.add_argument("--images", type=int, required=True)
@@ -141,9 +147,15 @@ def main():
         parser.error("--library foolbox runs deepfool only")
     torch.set_num_threads(args.threads)
 
-    model = LeNet5()
-    state = {k: v for k, v in load_file(args.weights).items() if not k.endswith("_mask")}
-    model.load_state_dict(state)
+    if args.onnx:
+        import onnx
+        import onnx2torch
+
+        model = onnx2torch.convert(onnx.load(args.onnx))
+    else:
+        model = LeNet5()
+        state = {k: v for k, v in load_file(args.weights).items() if not k.endswith("_mask")}
+        model.load_state_dict(state)
     model.eval()
     mnist = Path(args.mnist)
     images = read_idx(mnist / "t10k-images-idx3-ubyte.gz")[: args.images]

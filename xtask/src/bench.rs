@@ -1,7 +1,8 @@
-//! `cargo xtask bench`: advcomp's attacks and clean evaluation on LeNet5, side by side with
-//! the alternative a user would pick — the same work in a plain PyTorch loop
-//! (`bench/pytorch_lenet5.py`), Foolbox's DeepFool, or torchattacks' APGD, Square and the
-//! AutoAttack cascade (`bench/reference_attacks.py`), on the same weights and images —
+//! `cargo xtask bench`: advcomp's attacks and clean evaluation on LeNet5 (or an ONNX model,
+//! `--model`), side by side with the alternative a user would pick — the same work in a plain
+//! PyTorch loop (`bench/pytorch_lenet5.py`; an ONNX model converted by onnx2torch), Foolbox's
+//! DeepFool, or torchattacks' APGD, Square and the AutoAttack cascade
+//! (`bench/reference_attacks.py`), on the same weights and images —
 //! alternating the two, so both see the same machine load. Prints images/s with batch size,
 //! backend and adapter, the ratio, the results of both (a disagreement fails the run), CPU time
 //! over wall time, and the load average. advcomp runs as `cargo run` builds it (the dev
@@ -23,7 +24,7 @@ const BUDGETED: [&str; 4] = ["apgd-ce", "apgd-dlr", "square", "auto"];
 #[derive(clap::Parser)]
 #[command(
     name = "cargo xtask bench",
-    about = "advcomp vs PyTorch on the same LeNet5 weights and images"
+    about = "advcomp vs PyTorch on the same weights (LeNet5, or an ONNX model) and images"
 )]
 struct Options {
     /// What to time: eval, ifgsm, ifgm, deepfool (against PyTorch or Foolbox); apgd-ce,
@@ -49,8 +50,15 @@ struct Options {
     #[arg(long, value_delimiter = ',', default_value = "1,2", value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Vec<u32>,
     /// A LeNet5 checkpoint (default: the vendored test model).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     weights: Option<PathBuf>,
+    /// An ONNX classifier instead of LeNet5: advcomp imports it, PyTorch runs it as onnx2torch
+    /// converts it (PyTorch only).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The test images: mnist (assets/mnist) or fashion-mnist (/usr/share/datasets/fashion-mnist).
+    #[arg(long, default_value = "mnist", value_parser = ["mnist", "fashion-mnist"])]
+    dataset: String,
     /// advcomp alone, without installing or running PyTorch.
     #[arg(long)]
     no_pytorch: bool,
@@ -78,22 +86,16 @@ impl Alternative {
         }
     }
 
-    /// The Python modules it needs, as pip installs them.
-    fn packages(self) -> &'static [&'static str] {
-        match self {
-            Alternative::Pytorch => &["torch", "safetensors", "numpy"],
-            Alternative::Foolbox => &["torch", "safetensors", "numpy", "foolbox==3.3.4"],
-            Alternative::Torchattacks => &["torch", "safetensors", "numpy", "torchattacks==3.5.1"],
-        }
-    }
-
-    /// The import that proves it is installed.
-    fn import(self) -> &'static str {
-        match self {
-            Alternative::Pytorch => "import torch, safetensors, numpy",
-            Alternative::Foolbox => "import torch, safetensors, numpy, foolbox",
-            Alternative::Torchattacks => "import torch, safetensors, numpy, torchattacks",
-        }
+    /// The Python modules it needs (with onnx2torch for an ONNX model), as pip installs them.
+    fn packages(self, onnx: bool) -> Vec<&'static str> {
+        let mut packages = vec!["torch", "safetensors", "numpy"];
+        packages.extend(match self {
+            Alternative::Pytorch if onnx => &["onnx", "onnx2torch"][..],
+            Alternative::Pytorch => &[],
+            Alternative::Foolbox => &["foolbox==3.3.4"],
+            Alternative::Torchattacks => &["torchattacks==3.5.1"],
+        });
+        packages
     }
 
     /// Whether it runs `work`.
@@ -114,8 +116,20 @@ fn root() -> PathBuf {
 }
 
 impl Options {
+    /// The model both tools run: the ONNX file, or the LeNet5 checkpoint.
     fn weights(&self) -> &Path {
-        self.weights.as_deref().expect("set by parse")
+        self.model
+            .as_deref()
+            .or(self.weights.as_deref())
+            .expect("set by parse")
+    }
+
+    /// The folder of the test images (the same file names for both datasets).
+    fn data(&self) -> PathBuf {
+        match self.dataset.as_str() {
+            "fashion-mnist" => PathBuf::from("/usr/share/datasets/fashion-mnist"),
+            _ => root().join("assets/mnist"),
+        }
     }
 }
 
@@ -136,6 +150,18 @@ fn parse(args: &[String]) -> Result<Options, String> {
     if let Some(b) = options.budgets.iter().find(|b| !(**b > 0.0 && **b <= 1.0)) {
         return Err(format!("--budgets: {b} is not in (0, 1]"));
     }
+    if let Some(model) = &options.model {
+        if alternative != Alternative::Pytorch {
+            return Err(format!(
+                "--model: {} runs LeNet5 only; an ONNX model is compared with PyTorch",
+                alternative.name()
+            ));
+        }
+        if !model.is_file() {
+            return Err(format!("--model {}: no such file", model.display()));
+        }
+        return Ok(options);
+    }
     let weights = options
         .weights
         .get_or_insert_with(|| root().join("tests/data/models/lenet5.safetensors"));
@@ -150,13 +176,18 @@ fn parse(args: &[String]) -> Result<Options, String> {
 
 /// The venv the benchmark keeps PyTorch (and Foolbox) in (`target/bench-venv`), made on
 /// first use.
-fn pytorch_python(alternative: Alternative) -> Result<PathBuf, String> {
+fn pytorch_python(alternative: Alternative, onnx: bool) -> Result<PathBuf, String> {
     let venv = root().join("target/bench-venv");
     let python = venv.join("bin/python");
-    let import = alternative.import();
+    let packages = alternative.packages(onnx);
+    let modules: Vec<&str> = packages
+        .iter()
+        .map(|p| p.split("==").next().unwrap_or(p))
+        .collect();
+    let import = format!("import {}", modules.join(", "));
     let has_torch = |python: &Path| {
         Command::new(python)
-            .args(["-c", import])
+            .args(["-c", &import])
             .output()
             .is_ok_and(|o| o.status.success())
     };
@@ -165,7 +196,7 @@ fn pytorch_python(alternative: Alternative) -> Result<PathBuf, String> {
     }
     eprintln!(
         "bench: installing {} into {} (once; a large download)",
-        alternative.packages().join(", "),
+        packages.join(", "),
         venv.display()
     );
     let run = |program: &Path, args: &[&str]| -> Result<(), String> {
@@ -190,7 +221,7 @@ fn pytorch_python(alternative: Alternative) -> Result<PathBuf, String> {
         )?;
     }
     let mut install = vec!["-m", "pip", "install", "--progress-bar", "on"];
-    install.extend(alternative.packages());
+    install.extend(&packages);
     run(&python, &install)?;
     if has_torch(&python) {
         Ok(python)
@@ -290,7 +321,7 @@ fn advcomp_run(
             command.args(["--budget", &b.to_string()]);
         }
     }
-    timed(command.args(["--backend", "cpu", "--json"]))
+    timed(command.args(["--dataset", &options.dataset, "--backend", "cpu", "--json"]))
 }
 
 fn python_run(
@@ -322,10 +353,14 @@ fn python_run(
                 .args(["--library", &options.alternative.name().to_lowercase()]);
         }
     }
+    let model = match options.model {
+        Some(_) => "--onnx",
+        None => "--weights",
+    };
     timed(
         command
-            .args(["--weights", options.weights().to_str().unwrap()])
-            .args(["--mnist", root().join("assets/mnist").to_str().unwrap()])
+            .args([model, options.weights().to_str().unwrap()])
+            .args(["--mnist", options.data().to_str().unwrap()])
             .args(["--images", &images.to_string()])
             .args(["--batch", &batch.to_string()])
             .args(["--threads", &threads.to_string()]),
@@ -416,7 +451,7 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
     let binary = target.join("debug/advcomp");
     let python = match options.no_pytorch {
         true => None,
-        false => match pytorch_python(options.alternative) {
+        false => match pytorch_python(options.alternative, options.model.is_some()) {
             Ok(python) => Some(python),
             Err(problem) => {
                 eprintln!(
@@ -438,9 +473,14 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "LeNet5 ({}), MNIST test images; advcomp backend cpu, {cores} cores ({cpu}); \
-         medians of {}; images/s",
+        "{} ({}), {} test images; advcomp backend cpu, {cores} cores ({cpu}); medians of {}; \
+         images/s",
+        match options.model {
+            Some(_) => "ONNX model",
+            None => "LeNet5",
+        },
         options.weights().display(),
+        options.dataset,
         options.repeats
     );
     let mut header = "| work | batch | images | advcomp | cpu/wall |".to_string();
@@ -547,6 +587,9 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
         adapter.unwrap_or_else(|| "?".into()),
         match (&python, options.alternative) {
             (None, _) => "not run",
+            (Some(_), Alternative::Pytorch) if options.model.is_some() => {
+                "the model as onnx2torch converts it, plain loop, torch.set_num_threads(N)"
+            }
             (Some(_), Alternative::Pytorch) => "plain loop, torch.set_num_threads(N)",
             (Some(_), Alternative::Foolbox) => {
                 "L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02), torch.set_num_threads(N)"
