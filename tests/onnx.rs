@@ -1050,7 +1050,8 @@ fn documented_op_lists_are_the_importers() {
     let (run, folded): (Vec<_>, Vec<_>) = onnx::supported_ops()
         .into_iter()
         .partition(|(_, per_batch)| *per_batch);
-    let names = |ops: Vec<(&'static str, bool)>| ops.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    let names =
+        |ops: Vec<(&'static str, bool)>| ops.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
     let expected = format!(
         "{}; on shapes and constants only: {}",
         names(run).join(", "),
@@ -1059,9 +1060,19 @@ fn documented_op_lists_are_the_importers() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     for doc in ["README.md", "docs/design.md"] {
         let text = std::fs::read_to_string(root.join(doc)).unwrap();
-        let start = text.find("<!-- ops -->").unwrap_or_else(|| panic!("{doc}: no <!-- ops -->"));
-        let end = text.find("<!-- /ops -->").unwrap_or_else(|| panic!("{doc}: no <!-- /ops -->"));
-        let listed = text[start + "<!-- ops -->".len()..end].split_whitespace().collect::<Vec<_>>();
-        assert_eq!(listed.join(" "), expected, "{doc}'s op list is not the importer's");
+        let start = text
+            .find("<!-- ops -->")
+            .unwrap_or_else(|| panic!("{doc}: no <!-- ops -->"));
+        let end = text
+            .find("<!-- /ops -->")
+            .unwrap_or_else(|| panic!("{doc}: no <!-- /ops -->"));
+        let listed = text[start + "<!-- ops -->".len()..end]
+            .split_whitespace()
+            .collect::<Vec<_>>();
+        assert_eq!(
+            listed.join(" "),
+            expected,
+            "{doc}'s op list is not the importer's"
+        );
     }
 }
