@@ -10,10 +10,11 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use advcomp::backend;
-use advcomp::compress::{self, CompressConfig, Pruner};
+use advcomp::compress::{self, CompressConfig};
 use advcomp::data::{self, DatasetKind, Split};
-use advcomp::kernels::FixedPoint;
 use advcomp::model::{self, CheckpointMeta, Compression, KeyMap, ModelKind};
+use advcomp::prune::{PruneConfig, PruneKind};
+use advcomp::quant::{FixedPoint, FixedPointSettings, QuantConfig};
 use advcomp::train::TrainConfig;
 use burn::prelude::*;
 use safetensors::SafeTensors;
@@ -93,7 +94,7 @@ fn dns_reaches_the_target_density_in_every_layer_and_pruned_weights_recover() {
     let base = baseline("dns-base.safetensors");
     let (one_shot, tuned) = (temp("dns0.safetensors"), temp("dns1.safetensors"));
     let mut c = config(0);
-    c.prune = Some((Pruner::Dns, 0.1));
+    c.prune = Some(PruneConfig::at(PruneKind::Dns, 0.1));
     let outcome = run(&base, &c, &one_shot);
     assert_eq!(outcome.record.density.len(), 4, "conv0, conv1, fc1, logits");
     for (layer, density) in &outcome.record.density {
@@ -105,8 +106,11 @@ fn dns_reaches_the_target_density_in_every_layer_and_pruned_weights_recover() {
     // pruned by the first mask come back (DNS's update reaches every weight).
     c.finetune.epochs = 1;
     c.finetune.learning_rate = 3e-3;
-    c.mask_interval = 1;
-    c.mask_freeze = 1.0;
+    c.prune = c.prune.map(|p| {
+        p.with("mask_interval", 1)
+            .and_then(|p| p.with("mask_freeze", 1.0))
+            .unwrap()
+    });
     run(&base, &c, &tuned);
     let (first, last) = (load(&one_shot), load(&tuned));
     let mut recovered = 0;
@@ -154,7 +158,7 @@ fn magnitude_pruning_keeps_the_largest_weights_and_never_regrows() {
     let base = baseline("mag-base.safetensors");
     let out = temp("mag.safetensors");
     let mut c = config(0);
-    c.prune = Some((Pruner::Magnitude, 0.25));
+    c.prune = Some(PruneConfig::at(PruneKind::Magnitude, 0.25));
     run(&base, &c, &out);
     let original = load(&base);
     let pruned = load(&out);
@@ -186,12 +190,15 @@ fn magnitude_pruning_keeps_the_largest_weights_and_never_regrows() {
     // Iterative: three rounds with fine-tuning between; each round's mask is inside the last.
     let iterative = temp("mag3.safetensors");
     c.finetune.epochs = 1;
-    c.magnitude_rounds = 3;
+    c.prune = c.prune.map(|p| p.with("rounds", 3).unwrap());
     let outcome = run(&base, &c, &iterative);
     let last = load(&iterative);
     let mut first_round = c.clone();
     first_round.finetune.epochs = 0;
-    first_round.prune = Some((Pruner::Magnitude, 0.25f64.powf(1.0 / 3.0)));
+    first_round.prune = Some(PruneConfig::at(
+        PruneKind::Magnitude,
+        0.25f64.powf(1.0 / 3.0),
+    ));
     let first_out = temp("mag-r1.safetensors");
     run(&base, &first_round, &first_out);
     let first = load(&first_out);
@@ -232,19 +239,20 @@ fn quantised_weights_lie_on_the_grid_and_4_bit_activations_take_at_most_16_value
     for bits in [4, 8] {
         let out = temp(&format!("q{bits}.safetensors"));
         let mut c = config(1);
-        c.weights = Some(FixedPoint::paper(bits).unwrap());
-        c.activations = c.weights;
+        let format = FixedPoint::paper(bits).unwrap();
+        c.quant = Some(QuantConfig::Fixed(FixedPointSettings::paper(bits).unwrap()));
         // Pruned and quantised together.
-        c.prune = Some((Pruner::Dns, 0.5));
+        c.prune = Some(PruneConfig::at(PruneKind::Dns, 0.5));
         let outcome = run(&base, &c, &out);
-        assert_on_grid(&out, c.weights.unwrap());
+        assert_on_grid(&out, format);
         assert!((outcome.record.overall_density - 0.5).abs() <= 0.005);
         let ckpt = load(&out);
-        assert_eq!(ckpt.compression.weights, c.weights);
-        assert_eq!(ckpt.compression.activations, c.activations);
+        assert_eq!(
+            ckpt.compression.quant.as_ref().map(|q| &q.config),
+            c.quant.as_ref()
+        );
 
         // A forward pass records every layer output: on the grid, at most 2^bits values.
-        let format = c.activations.unwrap();
         for (layer, values) in layer_outputs(&ckpt.network, &ckpt.compression) {
             assert!(
                 values.iter().all(|v| format.quantise(*v) == *v),
@@ -261,11 +269,10 @@ fn quantised_weights_lie_on_the_grid_and_4_bit_activations_take_at_most_16_value
     // With 8-bit weights (4-bit weights zero most of a fresh network's small weights, which
     // would make the check trivial), 4-bit activations use several of their 16 codes.
     let fresh = load(&base);
-    let compression = Compression {
-        weights: Some(FixedPoint::paper(8).unwrap()),
-        activations: Some(FixedPoint::paper(4).unwrap()),
-        ..Compression::default()
-    };
+    let compression = Compression::fixed_point(
+        Some(FixedPoint::paper(8).unwrap()),
+        Some(FixedPoint::paper(4).unwrap()),
+    );
     for (layer, values) in layer_outputs(&fresh.network, &compression) {
         let n = distinct(&values);
         assert!(
@@ -304,14 +311,17 @@ fn a_compressed_checkpoint_loads_back_with_the_same_masks_formats_and_outputs() 
     let base = baseline("rt-base.safetensors");
     let out = temp("rt.safetensors");
     let mut c = config(0);
-    c.prune = Some((Pruner::Magnitude, 0.3));
-    c.weights = Some(FixedPoint::new(6, 2).unwrap());
+    c.prune = Some(PruneConfig::at(PruneKind::Magnitude, 0.3));
+    c.quant = Some(QuantConfig::Fixed(FixedPointSettings {
+        weights: Some(FixedPoint::new(6, 2).unwrap()),
+        activations: None,
+    }));
     let outcome = run(&base, &c, &out);
     let ckpt = load(&out);
     let record = ckpt.record().expect("compression record in the metadata");
     assert_eq!(record, outcome.record);
-    assert_eq!(record.pruner, Some(compress::Pruner::Magnitude));
-    assert_eq!(ckpt.compression.activations, None);
+    assert_eq!(record.pruner, c.prune);
+    assert!(!ckpt.compression.quantises_activations());
 
     // The baked weights give the same logits with or without applying the compression again.
     let device = backend::cpu().device;
@@ -422,9 +432,8 @@ fn stats_writes_weight_and_activation_cdfs_and_info_shows_the_compression() {
     let base = baseline("stats-base.safetensors");
     let out = temp("stats-q4.safetensors");
     let mut c = config(0);
-    c.weights = Some(FixedPoint::paper(4).unwrap());
-    c.activations = c.weights;
-    c.prune = Some((Pruner::Dns, 0.2));
+    c.quant = Some(QuantConfig::Fixed(FixedPointSettings::paper(4).unwrap()));
+    c.prune = Some(PruneConfig::at(PruneKind::Dns, 0.2));
     run(&base, &c, &out);
     let csv = temp("stats.csv");
     let result = advcomp(&[

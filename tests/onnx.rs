@@ -391,9 +391,10 @@ impl Differentiable for Compressed {
 /// The built-in LeNet5 and its ONNX import agree: logits and input gradients, plain and
 /// through Q(8,2) / Q(4,1) (weights and activations), and the DNS masks at density 0.2.
 fn lenet5_equivalence(device: &Device, backend: &str) {
-    use advcomp::compress::{self, CompressConfig, Pruner};
+    use advcomp::compress::{self, CompressConfig};
     use advcomp::data::{self, DatasetKind, Split};
-    use advcomp::kernels::FixedPoint;
+    use advcomp::prune::{PruneConfig, PruneKind};
+    use advcomp::quant::FixedPoint;
     use advcomp::train::TrainConfig;
     let (builtin, imported) = lenet5_pair(device);
     let test = data::load(DatasetKind::Mnist, Split::Test, None).unwrap();
@@ -403,11 +404,7 @@ fn lenet5_equivalence(device: &Device, backend: &str) {
         Some(FixedPoint::new(8, 2).unwrap()),
         Some(FixedPoint::new(4, 1).unwrap()),
     ] {
-        let compression = Compression {
-            weights: format,
-            activations: format,
-            ..Compression::default()
-        };
+        let compression = Compression::fixed_point(format, format);
         let a = Compressed(builtin.clone(), compression.clone());
         let b = Compressed(imported.clone(), compression);
         let (la, lb) = (host(a.logits(x.clone())), host(b.logits(x.clone())));
@@ -426,7 +423,7 @@ fn lenet5_equivalence(device: &Device, backend: &str) {
     }
     // DNS to density 0.2 (no fine-tuning): the same weights kept in every layer.
     let config = CompressConfig {
-        prune: Some((Pruner::Dns, 0.2)),
+        prune: Some(PruneConfig::at(PruneKind::Dns, 0.2)),
         ..CompressConfig::new(TrainConfig {
             epochs: 0,
             ..TrainConfig::new("lenet5", "mnist")

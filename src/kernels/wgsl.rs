@@ -17,9 +17,9 @@ use cubecl::CubeCount;
 use cubecl::prelude::KernelId;
 use cubecl::server::KernelArguments;
 
-use super::{FixedPoint, KernelOps, QuantGrad, StepRule, StepSettings, burn_pool};
+use super::{KernelOps, QuantGrad, StepRule, StepSettings, Table, burn_pool};
 
-pub(super) const FIXED_POINT: &str = include_str!("../../shaders/fixed_point.wgsl");
+pub(super) const QUANTISE: &str = include_str!("../../shaders/quantise.wgsl");
 pub(super) const MASK: &str = include_str!("../../shaders/mask.wgsl");
 pub(super) const DNS_UPDATE: &str = include_str!("../../shaders/dns_update.wgsl");
 pub(super) const ATTACK_STEP: &str = include_str!("../../shaders/attack_step.wgsl");
@@ -69,11 +69,18 @@ fn dispatch(len: usize) -> CubeCount {
     CubeCount::Static(x as u32, y as u32, 1)
 }
 
-/// Launches `shader` with bindings `inputs..., output, params` and returns the output, shaped
-/// like the first input. `params` starts with the element count, which the caller leaves out.
-/// The first `same_size` inputs have the output's number of elements (the rest are smaller
-/// side tables, such as one factor per image).
-fn launch(shader: Wgsl, inputs: Vec<CubeTensor>, same_size: usize, params: &[u32]) -> CubeTensor {
+/// Launches `shader` with bindings `inputs..., tables..., output, params` and returns the
+/// output, shaped like the first input. `params` starts with the element count, which the
+/// caller leaves out. The first `same_size` inputs have the output's number of elements (the
+/// rest are smaller side tables, such as one factor per image); `tables` are host constants
+/// copied to the device (a quantiser's rows).
+fn launch(
+    shader: Wgsl,
+    inputs: Vec<CubeTensor>,
+    same_size: usize,
+    tables: &[&[f32]],
+    params: &[u32],
+) -> CubeTensor {
     let inputs: Vec<CubeTensor> = inputs.into_iter().map(into_contiguous).collect();
     let first = &inputs[0];
     assert!(
@@ -116,6 +123,10 @@ fn launch(shader: Wgsl, inputs: Vec<CubeTensor>, same_size: usize, params: &[u32
     for input in &inputs {
         arguments = arguments.with_buffer(input.handle.clone().binding());
     }
+    for table in tables {
+        let buffer = client.create_from_slice(bytemuck::cast_slice(table));
+        arguments = arguments.with_buffer(buffer.binding());
+    }
     let arguments = arguments
         .with_buffer(output.handle.clone().binding())
         .with_buffer(params.binding());
@@ -127,46 +138,49 @@ fn launch(shader: Wgsl, inputs: Vec<CubeTensor>, same_size: usize, params: &[u32
     output
 }
 
-/// The fixed-point shader's parameters after the length: mode, 2^F, 2^-F, lo, hi.
-fn fixed_point_params(mode: u32, format: FixedPoint) -> [u32; 5] {
-    let (lo, hi) = format.code_range();
-    [
-        mode,
-        format.scale().to_bits(),
-        (1.0 / format.scale()).to_bits(),
-        lo.to_bits(),
-        hi.to_bits(),
-    ]
+/// The quantiser's table as the shader reads it (rows of 1/s, s, lo, hi) and its parameters
+/// after the length: mode, channels, elements per channel run.
+fn quantise_bindings(x: &CubeTensor, mode: u32, table: &Table) -> (Vec<f32>, [u32; 3]) {
+    let (_, channels, inner) = table.layout(&x.shape());
+    let rows = table
+        .rows
+        .iter()
+        .flat_map(|c| [c.inv_scale, c.scale, c.lo, c.hi])
+        .collect();
+    (rows, [mode, channels as u32, inner.max(1) as u32])
 }
 
 impl KernelOps for CubeBackend {
-    fn fixed_point(
-        x: FloatTensor<Self>,
-        format: FixedPoint,
-        _grad: QuantGrad,
-    ) -> FloatTensor<Self> {
-        let shader = wgsl("fixed_point", FIXED_POINT);
+    fn quantise(x: FloatTensor<Self>, table: Table, _grad: QuantGrad) -> FloatTensor<Self> {
+        let (rows, params) = quantise_bindings(&x, 0, &table);
         // Mode 0 never reads `grad`; bind the input there too.
         launch(
-            shader,
+            wgsl("quantise", QUANTISE),
             vec![x.clone(), x],
             2,
-            &fixed_point_params(0, format),
+            &[&rows],
+            &params,
         )
     }
 
-    fn fixed_point_ste(
+    fn quantise_ste(
         x: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        format: FixedPoint,
+        table: Table,
     ) -> FloatTensor<Self> {
-        let shader = wgsl("fixed_point", FIXED_POINT);
-        launch(shader, vec![x, grad], 2, &fixed_point_params(1, format))
+        let (rows, params) = quantise_bindings(&x, 1, &table);
+        launch(
+            wgsl("quantise", QUANTISE),
+            vec![x, grad],
+            2,
+            &[&rows],
+            &params,
+        )
     }
 
     fn apply_mask(weight: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
         let shader = wgsl("mask", MASK);
-        launch(shader, vec![weight, mask], 2, &[])
+        launch(shader, vec![weight, mask], 2, &[], &[])
     }
 
     fn dns_update(
@@ -180,6 +194,7 @@ impl KernelOps for CubeBackend {
             shader,
             vec![weight, mask],
             2,
+            &[],
             &[t_low.to_bits(), t_high.to_bits()],
         )
     }
@@ -204,7 +219,7 @@ impl KernelOps for CubeBackend {
             step.eps.to_bits(),
             step.budget.to_bits(),
         ];
-        launch(shader, vec![x, x0, grad, factor], 3, &params)
+        launch(shader, vec![x, x0, grad, factor], 3, &[], &params)
     }
 
     fn conv(

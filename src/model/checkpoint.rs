@@ -531,10 +531,12 @@ pub fn load_checkpoint(
     let record = record.unwrap_or_default();
     let compression = Compression {
         masks,
-        weights: record.weights,
-        activations: record.activations,
+        quant: record.quantiser.map(|config| super::Quantisation {
+            config,
+            grids: record.grids,
+        }),
         grad: record.grad,
-        recorder: None,
+        ..Compression::default()
     };
     Ok(Checkpoint {
         network,

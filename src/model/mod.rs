@@ -20,7 +20,8 @@ pub use checkpoint::{
 };
 pub use cifarnet::CifarNet;
 pub use compression::{
-    Compression, CompressionRecord, Mask, Pruner, WeightLayer, bake, weight_layers,
+    ActivationLog, Compression, CompressionRecord, Mask, Quantisation, WeightLayer, bake,
+    weight_layers,
 };
 pub use lenet5::LeNet5;
 pub use onnx::OnnxModel;
@@ -339,14 +340,15 @@ impl Classifier {
     /// For attacks and evaluations, which never differentiate the weights.
     pub fn frozen(&self) -> Classifier {
         let compression = &self.compression;
-        if compression.masks.is_empty() && compression.weights.is_none() {
+        if compression.weights_baked || compression.masks.is_empty() && compression.quant.is_none()
+        {
             return self.clone();
         }
         Classifier {
             network: bake(self.network.clone(), compression),
             compression: Compression {
                 masks: Default::default(),
-                weights: None,
+                weights_baked: true,
                 ..compression.clone()
             },
         }

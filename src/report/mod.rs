@@ -52,8 +52,12 @@ pub struct ModelRow {
     pub family: Family,
     /// The pruning target (1 for unpruned models).
     pub density: f64,
-    /// Weight and activation bitwidth of a quantised model.
+    /// The width of a quantised model's weights (W of Q(W, P), 8 of int8).
     pub bits: Option<u32>,
+    /// A quantised model's scheme (`Q(W,P)`, `int, per channel`): the report draws one curve
+    /// against bits per scheme.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
     /// Clean accuracy on the whole test split (the paper's BASE ACC).
     pub clean_accuracy: f64,
     pub checkpoint: PathBuf,

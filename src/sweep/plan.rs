@@ -12,7 +12,7 @@ use std::str::FromStr;
 use crate::attack::{AttackConfig, AttackKind};
 use crate::compress::CompressConfig;
 use crate::data::DatasetKind;
-use crate::kernels::{FixedPoint, QuantGrad};
+use crate::kernels::QuantGrad;
 use crate::report::{self, Family};
 use crate::train::TrainConfig;
 use crate::transfer;
@@ -272,26 +272,22 @@ impl PlanInputs<'_> {
             grad: config.finetune.grad,
             // `new` sets its own fine-tuning defaults; the sweep's are the config's.
             finetune: finetune.clone(),
-            mask_interval: config.grid.mask_interval,
             ..CompressConfig::new(finetune)
         };
-        let pruner = config.grid.pruner;
         let mut out = Vec::new();
         for &density in &config.grid.densities {
             let config = CompressConfig {
-                prune: Some((pruner, density)),
+                prune: Some(config.grid.pruner_at(density)),
                 ..base.clone()
             };
-            out.push((format!("{pruner}{density}"), Family::Pruned, config));
+            out.push((config.label(), Family::Pruned, config));
         }
-        for &bits in &config.grid.bits {
-            let format = Some(FixedPoint::paper(bits)?);
+        for quant in config.grid.all_quantisers()? {
             let config = CompressConfig {
-                weights: format,
-                activations: format,
+                quant: Some(quant),
                 ..base.clone()
             };
-            out.push((format!("q{bits}"), Family::Quantised, config));
+            out.push((config.label(), Family::Quantised, config));
         }
         Ok(out)
     }
@@ -344,8 +340,8 @@ impl PlanInputs<'_> {
             let base_path = plan.models[base].path.clone();
             let mut figure3_densities = std::collections::BTreeMap::new();
             for (label, family, compress) in self.grid(seed)? {
-                if let Some((_, density)) = compress.prune {
-                    figure3_densities.insert(label.clone(), density);
+                if let Some(pruner) = &compress.prune {
+                    figure3_densities.insert(label.clone(), pruner.density());
                 }
                 let key = stable_hash([base_key.as_bytes(), compress.hash().as_bytes()]);
                 let path = self.path("models", format!("{label}-s{seed}-{key}.safetensors"));

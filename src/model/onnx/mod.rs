@@ -268,6 +268,23 @@ pub fn import(path: &Path, device: &Device) -> Result<OnnxModel> {
 }
 
 impl Graph {
+    /// The axis of a weight parameter's output channels: 1 where it is the [in, out] right
+    /// operand of a product (MatMul, Gemm without transB), else 0 ([out, in, kh, kw], [out, in]).
+    pub fn out_axis(&self, param: usize) -> usize {
+        let in_out = self.steps.iter().any(|step| match &step.op {
+            Op::Linear {
+                weight, transposed, ..
+            } => *weight == param && !transposed,
+            Op::Gemm {
+                b: Operand::Param(w),
+                trans_b,
+                ..
+            } => *w == param && !trans_b,
+            _ => false,
+        });
+        usize::from(in_out)
+    }
+
     /// The layer a parameter belongs to, as masks and densities name it: the initialiser's
     /// name without a trailing `.weight` / `.bias` (PyTorch's module name).
     pub fn layer(&self, param: usize) -> String {
@@ -351,6 +368,7 @@ impl OnnxModel {
                 name: self.graph.layer(i),
                 values: self.params[i].val().inner(),
                 shape: self.graph.params[i].1.clone(),
+                out_axis: self.graph.out_axis(i),
             })
             .collect()
     }
@@ -369,7 +387,8 @@ impl OnnxModel {
                     return p;
                 }
                 let layer = graph.layer(i);
-                p.map(|t| compression.flat_weight(&layer, masked, t.inner()))
+                let shape = &graph.params[i].1;
+                p.map(|t| compression.flat_weight(&layer, masked, shape, t.inner()))
             })
             .collect();
         OnnxModel { params, graph }

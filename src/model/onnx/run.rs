@@ -75,8 +75,16 @@ impl OnnxModel {
             compression.flat_weight(
                 &graph.layer(i),
                 graph.weights.contains(&i),
+                &graph.params[i].1,
                 self.params[i].val(),
             )
+        };
+        // A weight layer's input, quantised where the quantiser quantises layer inputs.
+        let input = |w: usize, x: Value| -> Value {
+            Value {
+                t: compression.layer_input(&graph.layer(w), x.t),
+                rank: x.rank,
+            }
         };
         for step in &graph.steps {
             let get = |o: Operand| -> Value {
@@ -103,7 +111,7 @@ impl OnnxModel {
                     let (_, shape) = &graph.params[*w];
                     let w4: Tensor<4> = weight(*w).reshape(padded(shape));
                     let b = bias.map(&weight);
-                    Value::image(conv2d(get(*x).t, w4, b, options.clone()))
+                    Value::image(conv2d(input(*w, get(*x)).t, w4, b, options.clone()))
                 }
                 Op::Linear {
                     x,
@@ -114,7 +122,7 @@ impl OnnxModel {
                     let (_, shape) = &graph.params[*w];
                     let w2: Tensor<2> = weight(*w).reshape([shape[0], shape[1]]);
                     let w2 = if *transposed { w2.transpose() } else { w2 };
-                    let mut y = matmul(get(*x).matrix(), w2);
+                    let mut y = matmul(input(*w, get(*x)).matrix(), w2);
                     if let Some(b) = bias {
                         y = y + weight(*b).unsqueeze::<2>();
                     }
@@ -129,7 +137,11 @@ impl OnnxModel {
                     trans_a,
                     trans_b,
                 } => {
-                    let a = get(*a).matrix();
+                    let a = match b {
+                        Operand::Param(w) => input(*w, get(*a)),
+                        _ => get(*a),
+                    };
+                    let a = a.matrix();
                     let b = match b {
                         Operand::Param(w) => {
                             let (_, shape) = &graph.params[*w];
