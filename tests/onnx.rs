@@ -507,10 +507,10 @@ fn the_whole_study_runs_on_an_imported_model() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    // The imported model is the baseline as given (not retrained), then compressed 4 ways.
+    // The imported model is the baseline as given (not retrained), then compressed 5 ways.
     let models = std::fs::read_to_string(out.join("models.csv")).unwrap();
     let rows: Vec<&str> = models.lines().skip(1).collect();
-    assert_eq!(rows.len(), 5, "{models}");
+    assert_eq!(rows.len(), 6, "{models}");
     assert!(
         rows[0].starts_with("1,full,full,")
             && rows[0].ends_with(&format!(
@@ -521,9 +521,9 @@ fn the_whole_study_runs_on_an_imported_model() {
     let cells = std::fs::read_to_string(out.join("cells.csv")).unwrap();
     assert_eq!(
         cells.lines().count(),
-        1 + (3 + 2) * 5 * 5 + 3 * 2 * 5,
-        "(3 attacks and auto at 2 budgets) x 5 sources x 5 targets, and 3 attacks through \
-         BPDA on the 2 quantised sources"
+        1 + (3 + 2) * 6 * 6 + 3 * 3 * 6,
+        "(3 attacks and auto at 2 budgets) x 6 sources x 6 targets, and 3 attacks through \
+         BPDA on the 3 quantised sources"
     );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(

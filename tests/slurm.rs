@@ -243,10 +243,10 @@ fn a_sweep_on_slurm_gives_the_results_of_a_local_run() {
         text
     };
     assert!(out.join("report.md").is_file(), "no report: {}", log_text());
-    // 1 + 4 + 54 + 1 array tasks, each with its own log.
+    // 1 + 5 + 64 + 1 array tasks, each with its own log.
     assert_eq!(
         std::fs::read_dir(&logs).unwrap().count(),
-        60,
+        71,
         "{}",
         log_text()
     );

@@ -59,7 +59,7 @@ pub(super) struct CompressArgs {
     calibration_images: usize,
     /// Affine: the upper percentile of --calibration percentile (the lower is 100 minus it).
     #[arg(long, requires = "quant", default_value_t = 99.99)]
-    percentile: f32,
+    percentile: f64,
     /// Quantiser gradient: ste (zero where clamped) or identity (BPDA).
     #[arg(long, default_value = "ste")]
     grad: QuantGrad,

@@ -154,7 +154,7 @@ pub struct AffineSettings {
     /// Training images the activations are calibrated on (drawn with `seed`).
     pub calibration_images: usize,
     /// Percentile calibration's upper percentile (its lower is 100 − it).
-    pub percentile: f32,
+    pub percentile: f64,
     pub seed: u64,
 }
 
@@ -209,7 +209,7 @@ fn range(samples: &[f32], s: &AffineSettings, t: IntType) -> Result<(f32, f32)> 
         Calibration::MinMax => (min, max),
         Calibration::Percentile => {
             let mut copy = samples.to_vec();
-            let p = s.percentile as f64 / 100.0;
+            let p = s.percentile / 100.0;
             (quantile(&mut copy, 1.0 - p), quantile(&mut copy, p))
         }
         Calibration::Mse => {
@@ -289,18 +289,20 @@ impl Quantiser for Affine {
         label
     }
 
+    /// `affine per channel`, with what differs from uint8 min-max activations appended
+    /// (`affine per channel uint4 act. mse`); no commas (it is a CSV field).
     fn scheme(s: &AffineSettings) -> String {
         let mut scheme = match s.per_channel {
-            true => "int, per channel".to_string(),
-            false => "int, per tensor".to_string(),
+            true => "affine per channel".to_string(),
+            false => "affine per tensor".to_string(),
         };
         match s.activations {
             Some(IntType::Uint8) => {}
-            Some(t) => scheme.push_str(&format!(", {t} act.")),
-            None => scheme.push_str(", float act."),
+            Some(t) => scheme.push_str(&format!(" {t} act.")),
+            None => scheme.push_str(" float act."),
         }
         if s.calibration != Calibration::MinMax {
-            scheme.push_str(&format!(", {}", s.calibration));
+            scheme.push_str(&format!(" {}", s.calibration));
         }
         scheme
     }

@@ -156,7 +156,7 @@ impl Quantiser for FixedPoint {
     }
 
     fn scheme(_: &FixedPointSettings) -> String {
-        "Q(W,P)".into()
+        "fixed point Q(W P)".into()
     }
 
     fn bits(s: &FixedPointSettings) -> Option<u32> {

@@ -74,8 +74,9 @@ pub trait Quantiser {
     /// A model's label in a sweep (`q8`, `int8-pc`): short, unique per settings the grid
     /// varies, fit for file names.
     fn label(settings: &Self::Settings) -> String;
-    /// The family of schemes it belongs to, as the report's legends name them (`Q(W,P)`,
-    /// `int, per channel`): one curve against bits per scheme.
+    /// The family of schemes it belongs to, as the report's legends name them (`fixed point
+    /// Q(W P)`, `affine per channel`): one curve against bits per scheme; no commas (it is a
+    /// CSV field).
     fn scheme(settings: &Self::Settings) -> String;
     /// The width of its weights (the report's x axis), `None` for float weights.
     fn bits(settings: &Self::Settings) -> Option<u32>;

@@ -520,8 +520,7 @@ fn predictions(
         );
         let logits = model.logits(Tensor::from_data(data, device));
         crate::model::check_logits(&logits, start, ModelRole::Target)?;
-        let predicted = logits.argmax(1).into_data().convert::<i64>();
-        out.extend(predicted.try_to_vec::<i64>().expect("predictions"));
+        out.extend(crate::model::predictions(logits));
     }
     Ok(out)
 }
