@@ -1,5 +1,5 @@
 //! What a sweep runs: the TOML presets in `assets/presets/` (embedded in the binary) or a
-//! user's file of the same shape. Every field has DESIGN.md's default, so a file names only
+//! user's file of the same shape. Every field has docs/design.md's default, so a file names only
 //! what it changes; an unknown field is refused by name.
 
 use std::collections::BTreeMap;
@@ -39,7 +39,7 @@ pub struct Training {
 }
 
 impl Training {
-    /// The training run this stands for (Adam, cosine decay, as DESIGN.md fixes).
+    /// The training run this stands for (Adam, cosine decay, as docs/design.md fixes).
     pub fn train_config(&self, model: &str, dataset: DatasetKind, seed: u64) -> TrainConfig {
         TrainConfig {
             epochs: self.epochs,
