@@ -109,6 +109,19 @@ pub(super) struct CompressArgs {
 }
 
 #[derive(Args)]
+pub(super) struct ExportArgs {
+    /// The model: a checkpoint (compressed or not) or an ONNX file.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The ONNX file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Rename tensors of the checkpoint: old=new,...
+    #[arg(long, default_value = "")]
+    map: KeyMap,
+}
+
+#[derive(Args)]
 pub(super) struct StatsArgs {
     /// The model whose weights (and activations) are described.
     #[arg(long)]
@@ -285,6 +298,21 @@ pub(super) fn compress_command(args: CompressArgs) -> Result<()> {
         record.overall_density,
         quantised(record.quantiser.as_ref()),
         outcome.seconds,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// The export runs on the CPU: it reads the weights once and writes a file.
+pub(super) fn export_command(args: ExportArgs) -> Result<()> {
+    advcomp::files::check_output_file("--out", &args.out, &[&args.checkpoint])?;
+    let device = advcomp::backend::cpu().device;
+    let ckpt = model::load(&args.checkpoint, None, &args.map, &device)?;
+    model::export_file(&ckpt.network, &ckpt.compression, &args.out)?;
+    println!(
+        "{} ({}) -> {}",
+        args.checkpoint.display(),
+        quantised(ckpt.compression.quant.as_ref().map(|q| &q.config)),
         args.out.display()
     );
     Ok(())

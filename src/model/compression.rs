@@ -60,11 +60,11 @@ impl Quantisation {
         }
     }
 
-    fn weight_grid(&self, layer: &str) -> Option<Grid> {
+    pub(crate) fn weight_grid(&self, layer: &str) -> Option<Grid> {
         (self.grids.weights.get(layer).cloned()).or_else(|| self.config.uniform_weight_grid())
     }
 
-    fn bias_grid(&self, layer: &str) -> Option<Grid> {
+    pub(crate) fn bias_grid(&self, layer: &str) -> Option<Grid> {
         match self.config.kind().data_dependent() {
             true => self.grids.biases.get(layer).cloned(),
             false => self.config.bias_grid(None, None),
@@ -72,7 +72,7 @@ impl Quantisation {
     }
 
     /// The grid of activation site `site` (`input`: the input of weight layer `site`).
-    fn activation_grid(&self, site: &str, input: bool) -> Option<Grid> {
+    pub(crate) fn activation_grid(&self, site: &str, input: bool) -> Option<Grid> {
         let key = match input {
             true => input_site(site),
             false => site.to_string(),

@@ -4,6 +4,7 @@
 mod checkpoint;
 mod cifarnet;
 mod compression;
+mod export;
 mod layers;
 mod lenet5;
 pub mod onnx;
@@ -23,6 +24,7 @@ pub use compression::{
     ActivationLog, Compression, CompressionRecord, Mask, Quantisation, WeightLayer, bake,
     weight_layers,
 };
+pub use export::{OnnxWriter, export, export_file};
 pub use lenet5::LeNet5;
 pub use onnx::OnnxModel;
 
@@ -52,6 +54,10 @@ pub trait BuiltIn: Sized {
     fn forward(&self, images: Tensor<4>, compression: &Compression) -> Tensor<2>;
     /// Sets the probability of every dropout layer.
     fn set_dropout(&mut self, prob: f64);
+    /// Its inference graph as ONNX nodes from [`OnnxWriter::INPUT`], the parameters by their
+    /// checkpoint names; returns the logits' name. The nonlinearities and weight layers must
+    /// be where [`BuiltIn::forward`] quantises (the export places QDQ nodes by them).
+    fn to_onnx(writer: &mut OnnxWriter) -> String;
 }
 
 /// Declares the built-in architectures: [`ModelKind`] and [`Network`]'s variants, and the
@@ -153,6 +159,14 @@ macro_rules! builtin_models {
                 match self {
                     $(Network::$kind(m) => BuiltIn::forward(m, images, compression),)+
                     Network::Onnx(m) => m.forward(images, compression),
+                }
+            }
+
+            /// A built-in network's inference graph (see [`BuiltIn::to_onnx`]).
+            pub(crate) fn to_onnx(&self, writer: &mut OnnxWriter) -> Result<String> {
+                match self {
+                    $(Network::$kind(_) => Ok(<$kind as BuiltIn>::to_onnx(writer)),)+
+                    Network::Onnx(m) => Err(Error::model(&m.graph.file, "has its own graph")),
                 }
             }
 

@@ -106,7 +106,22 @@ impl Alternative {
     }
 }
 
-fn root() -> PathBuf {
+/// advcomp built as `cargo run` builds it (the dev profile); its path.
+pub(crate) fn advcomp_binary() -> Result<PathBuf, String> {
+    let status = Command::new(super::cargo())
+        .args(["build", "--package", "advcomp", "--bin", "advcomp"])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("building advcomp failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    Ok(target.join("debug/advcomp"))
+}
+
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
@@ -151,21 +166,30 @@ fn parse(args: &[String]) -> Result<Options, String> {
 /// The venv the benchmark keeps PyTorch (and Foolbox) in (`target/bench-venv`), made on
 /// first use.
 fn pytorch_python(alternative: Alternative) -> Result<PathBuf, String> {
+    venv_python(
+        alternative.packages(),
+        alternative.import(),
+        alternative.name(),
+    )
+}
+
+/// The Python of `target/bench-venv` with `packages` installed (`import` proves they are),
+/// made and installed on first use.
+pub(crate) fn venv_python(packages: &[&str], import: &str, what: &str) -> Result<PathBuf, String> {
     let venv = root().join("target/bench-venv");
     let python = venv.join("bin/python");
-    let import = alternative.import();
-    let has_torch = |python: &Path| {
+    let has_them = |python: &Path| {
         Command::new(python)
             .args(["-c", import])
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if has_torch(&python) {
+    if has_them(&python) {
         return Ok(python);
     }
     eprintln!(
-        "bench: installing {} into {} (once; a large download)",
-        alternative.packages().join(", "),
+        "installing {} into {} (once; a large download)",
+        packages.join(", "),
         venv.display()
     );
     let run = |program: &Path, args: &[&str]| -> Result<(), String> {
@@ -190,15 +214,12 @@ fn pytorch_python(alternative: Alternative) -> Result<PathBuf, String> {
         )?;
     }
     let mut install = vec!["-m", "pip", "install", "--progress-bar", "on"];
-    install.extend(alternative.packages());
+    install.extend(packages);
     run(&python, &install)?;
-    if has_torch(&python) {
+    if has_them(&python) {
         Ok(python)
     } else {
-        Err(format!(
-            "{} installed but does not import",
-            alternative.name()
-        ))
+        Err(format!("{what} installed but does not import"))
     }
 }
 
@@ -403,17 +424,7 @@ fn agree(work: &str, (a, a_l2): (f64, Option<f64>), (b, b_l2): (f64, Option<f64>
 pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
     let options = parse(args)?;
     let alternative = options.alternative.name();
-    let status = Command::new(super::cargo())
-        .args(["build", "--package", "advcomp", "--bin", "advcomp"])
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err("building advcomp failed".into());
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let binary = target.join("debug/advcomp");
+    let binary = advcomp_binary()?;
     let python = match options.no_pytorch {
         true => None,
         false => match pytorch_python(options.alternative) {
