@@ -136,7 +136,7 @@ pub mod limits {
     /// Bytes of one data file once decompressed (16 GiB), and of a checkpoint.
     pub const MAX_DATA_BYTES: usize = 1 << 34;
     /// Bytes of an ONNX file: protobuf's own limit (2 GiB); larger models keep their weights
-    /// in external data files, which advcomp does not read.
+    /// in external data files beside it (each read within [`MAX_DATA_BYTES`]).
     pub const MAX_MODEL_BYTES: usize = 1 << 31;
     /// Bytes of a sweep config (TOML) and of a result file advcomp reads back (JSON).
     pub const MAX_TEXT_BYTES: usize = 1 << 26;

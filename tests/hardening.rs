@@ -1023,13 +1023,13 @@ fn onnx_shapes_beyond_memory_are_refused_before_the_dry_run_allocates_them() {
         (
             "dim-2e31.onnx",
             proto::classifier(1, 1 << 31, 1, &pooled("images"), &[], 1),
-            "input 'images' has shape [1, 1, 2147483648, 1]: for one image the graph's values \
+            "input 'images' has shape [N, 1, 2147483648, 1]: for one image the graph's values \
              would hold more than 268435456 numbers (1 GiB)",
         ),
         (
             "elements-2e40.onnx",
             proto::classifier(1, 1 << 20, 1 << 20, &pooled("images"), &[], 1),
-            "input 'images' has shape [1, 1, 1048576, 1048576]",
+            "input 'images' has shape [N, 1, 1048576, 1048576]",
         ),
         (
             "pads-2e40.onnx",
@@ -1040,7 +1040,7 @@ fn onnx_shapes_beyond_memory_are_refused_before_the_dry_run_allocates_them() {
         (
             "pads-2e20.onnx",
             proto::classifier(1, 28, 28, &conv(1 << 20), std::slice::from_ref(&w), 1),
-            "node 'conv' (Conv): its output has shape [1, 1, 2097178, 2097178]: for one image",
+            "node 'conv' (Conv): its output has shape [N, 1, 2097178, 2097178]: for one image",
         ),
     ];
     for (name, bytes, expected) in cases {

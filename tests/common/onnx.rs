@@ -103,6 +103,29 @@ pub fn tensor_of(name: &str, shape: &[i64], raw: &[u8]) -> Message {
     t.int(2, 1).text(8, name).bytes(9, raw)
 }
 
+/// A float initialiser `name` of `shape` whose values are `length` bytes at `offset` of the
+/// external data file `location` (relative to the model's folder, as ONNX says).
+pub fn external_tensor(
+    name: &str,
+    shape: &[i64],
+    location: &str,
+    offset: u64,
+    length: u64,
+) -> Message {
+    let entry = |key: &str, value: &str| Message::default().text(1, key).text(2, value);
+    let mut t = Message::default();
+    for d in shape {
+        t = t.int(1, *d);
+    }
+    // TensorProto: external_data = 13, data_location = 14 (EXTERNAL = 1).
+    t.int(2, 1)
+        .text(8, name)
+        .message(13, &entry("location", location))
+        .message(13, &entry("offset", &offset.to_string()))
+        .message(13, &entry("length", &length.to_string()))
+        .int(14, 1)
+}
+
 /// A float tensor value `name` with `shape` (`None`: a named dynamic dim, the batch).
 pub fn value(name: &str, shape: &[Option<i64>]) -> Message {
     let mut dims = Message::default();

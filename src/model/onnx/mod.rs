@@ -1,14 +1,19 @@
-//! Classifiers imported at run time from an ONNX file (e.g. `torch.onnx.export`).
+//! Classifiers imported at run time from an ONNX file (e.g. `torch.onnx.export`, either
+//! exporter).
 //!
-//! The file is parsed with `onnx-ir` (burn's own ONNX front end: typed nodes, attributes,
-//! initialisers); this module turns its graph into a list of [`Step`]s over burn tensor ops,
-//! run by [`OnnxModel::forward`] on any backend, with autodiff reaching the input images. The
-//! weights and biases of Conv / Gemm / MatMul (`Linear`) and BatchNormalization's scale and
-//! shift are parameters (trainable, stored flat with their ONNX shape); everything else the
-//! graph holds (batch-norm running statistics, constants of Sub / Div, ...) is a constant.
+//! The file is read with the protobuf bindings of `onnx-ir` (burn's ONNX front end), its
+//! external data files beside it ([`proto`]); this module turns its graph into a list of
+//! [`Step`]s over burn tensor ops ([`build`]), run by [`OnnxModel::forward`] on any backend,
+//! with autodiff reaching the input images ([`run`]). What follows only from the input's shape
+//! and the file's constants (a graph reading its own shape to reshape, masks, scales) is
+//! computed once at import with the batch size left free ([`fold`]); each step's output shape
+//! is inferred and checked there too ([`shapes`]). The weights and biases of Conv / Gemm /
+//! MatMul (`Linear`) and the scale and shift of BatchNormalization and LayerNormalization are
+//! parameters (trainable, stored flat with their ONNX shape); everything else the graph holds
+//! (batch-norm running statistics, constants of Sub / Div, ...) is a constant.
 //!
-//! Values between steps are rank-4 tensors padded with leading 1s plus their ONNX rank, so
-//! one tensor type carries every rank up to 4 and NumPy-style broadcasting is burn's own.
+//! Values between steps are rank-6 tensors padded with leading 1s plus their ONNX rank, so
+//! one tensor type carries every rank up to 6 and NumPy-style broadcasting is burn's own.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,8 +23,13 @@ use burn::prelude::*;
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 
 mod build;
+mod fold;
+mod proto;
 mod run;
 mod shapes;
+
+pub use build::supported_ops;
+use fold::Dim;
 
 use super::Compression;
 use crate::{Error, Result};
@@ -33,7 +43,7 @@ pub struct Initialiser {
 }
 
 /// Where a step reads a value from.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Operand {
     /// The output of an earlier step (or the input, slot 0).
     Value(usize),
@@ -43,12 +53,67 @@ enum Operand {
     Const(usize),
 }
 
+/// Elementwise functions of two inputs, with NumPy broadcasting.
 #[derive(Clone, Copy, Debug)]
 enum Binary {
     Add,
     Sub,
     Mul,
     Div,
+    Pow,
+    Min,
+    Max,
+}
+
+/// Elementwise functions of one input.
+#[derive(Clone, Copy, Debug)]
+enum Unary {
+    Relu,
+    LeakyRelu(f32),
+    Sigmoid,
+    Tanh,
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    HardSwish,
+    /// GELU, exact (erf) or its tanh approximation.
+    Gelu {
+        tanh: bool,
+    },
+    Elu(f32),
+    Selu {
+        alpha: f32,
+        gamma: f32,
+    },
+    Softplus,
+    Erf,
+    Exp,
+    Log,
+    Sqrt,
+    Neg,
+    Abs,
+    Reciprocal,
+}
+
+/// Reductions over axes.
+#[derive(Clone, Copy, Debug)]
+enum Reduce {
+    Mean,
+    Sum,
+    Max,
+}
+
+/// One input axis of a Resize: each output position along `axis` is the weighted sum of the
+/// input at the taps' indices (one tap for nearest, two for linear).
+#[derive(Clone, Debug)]
+struct Interpolation {
+    axis: usize,
+    taps: Vec<(Vec<usize>, Vec<f32>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -59,7 +124,8 @@ enum Op {
         bias: Option<usize>,
         options: ConvOptions<2>,
     },
-    /// x · Wᵀ + b with W in ONNX's [out, in] layout (`transposed`) or [in, out].
+    /// x · Wᵀ + b on the last axis, with W in ONNX's [out, in] layout (`transposed`, Gemm's)
+    /// or [in, out] (MatMul's).
     Linear {
         x: Operand,
         weight: usize,
@@ -76,6 +142,7 @@ enum Op {
         trans_a: bool,
         trans_b: bool,
     },
+    /// NumPy's matmul of two computed values (attention's products), batched.
     MatMul {
         a: Operand,
         b: Operand,
@@ -85,14 +152,9 @@ enum Op {
         a: Operand,
         b: Operand,
     },
-    Relu(Operand),
-    LeakyRelu(Operand, f64),
-    Sigmoid(Operand),
-    Tanh(Operand),
-    Clip {
+    Unary {
+        kind: Unary,
         x: Operand,
-        min: f32,
-        max: f32,
     },
     MaxPool {
         x: Operand,
@@ -102,7 +164,6 @@ enum Op {
         x: Operand,
         options: AvgPoolOptions<2>,
     },
-    GlobalAvgPool(Operand),
     BatchNorm {
         x: Operand,
         scale: Operand,
@@ -111,18 +172,69 @@ enum Op {
         var: Operand,
         epsilon: f64,
     },
-    Flatten {
+    /// Normalised over the axes from `axis` on, then scaled and shifted.
+    LayerNorm {
+        x: Operand,
+        scale: Operand,
+        bias: Option<Operand>,
+        axis: usize,
+        epsilon: f64,
+    },
+    Softmax {
         x: Operand,
         axis: usize,
+        log: bool,
     },
+    Reduce {
+        kind: Reduce,
+        x: Operand,
+        axes: Vec<usize>,
+        keep: bool,
+    },
+    /// Reshape, Flatten, Squeeze, Unsqueeze: the output's lengths, resolved at import.
     Reshape {
         x: Operand,
-        shape: Vec<i64>,
+        shape: Vec<Dim>,
     },
-    Identity(Operand),
+    Transpose {
+        x: Operand,
+        perm: Vec<usize>,
+    },
+    /// (axis, start, end, step) per sliced axis, clamped at import.
+    Slice {
+        x: Operand,
+        ranges: Vec<(usize, i64, i64, i64)>,
+    },
     Concat {
         inputs: Vec<Operand>,
         axis: usize,
+    },
+    Expand {
+        x: Operand,
+        shape: Vec<Dim>,
+    },
+    /// Constant padding (before, after) per axis.
+    Pad {
+        x: Operand,
+        pads: Vec<(usize, usize)>,
+        value: f32,
+    },
+    /// Constant indices (of shape `shape`) along `axis`.
+    Gather {
+        x: Operand,
+        axis: usize,
+        indices: Vec<usize>,
+        shape: Vec<usize>,
+    },
+    /// `a` where the constant condition (1 or 0) holds, else `b`.
+    Where {
+        condition: Operand,
+        a: Operand,
+        b: Operand,
+    },
+    Resize {
+        x: Operand,
+        axes: Vec<Interpolation>,
     },
 }
 
@@ -131,27 +243,76 @@ impl Op {
     /// activations are (the rule that makes an imported LeNet5 quantise where the built-in
     /// one does).
     fn is_activation(&self) -> bool {
-        matches!(
-            self,
-            Op::Relu(_) | Op::LeakyRelu(..) | Op::Sigmoid(_) | Op::Tanh(_) | Op::Clip { .. }
-        )
+        match self {
+            Op::Unary { kind, .. } => !matches!(
+                kind,
+                Unary::Erf
+                    | Unary::Exp
+                    | Unary::Log
+                    | Unary::Sqrt
+                    | Unary::Neg
+                    | Unary::Abs
+                    | Unary::Reciprocal
+            ),
+            Op::Softmax { log, .. } => !log,
+            _ => false,
+        }
+    }
+
+    /// The operands the op reads.
+    fn operands(&self) -> Vec<Operand> {
+        match self {
+            Op::Conv { x, .. } | Op::Linear { x, .. } => vec![*x],
+            Op::Gemm { a, b, c, .. } => [Some(*a), Some(*b), *c].into_iter().flatten().collect(),
+            Op::MatMul { a, b } | Op::Binary { a, b, .. } => vec![*a, *b],
+            Op::BatchNorm {
+                x,
+                scale,
+                shift,
+                mean,
+                var,
+                ..
+            } => vec![*x, *scale, *shift, *mean, *var],
+            Op::LayerNorm { x, scale, bias, .. } => [Some(*x), Some(*scale), *bias]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Op::Concat { inputs, .. } => inputs.clone(),
+            Op::Where { condition, a, b } => vec![*condition, *a, *b],
+            Op::Unary { x, .. }
+            | Op::MaxPool { x, .. }
+            | Op::AvgPool { x, .. }
+            | Op::Softmax { x, .. }
+            | Op::Reduce { x, .. }
+            | Op::Reshape { x, .. }
+            | Op::Transpose { x, .. }
+            | Op::Slice { x, .. }
+            | Op::Expand { x, .. }
+            | Op::Pad { x, .. }
+            | Op::Gather { x, .. }
+            | Op::Resize { x, .. } => vec![*x],
+        }
     }
 }
 
 /// One step of the graph: the op, the node it came from, where its output goes.
 #[derive(Clone, Debug)]
 struct Step {
+    /// The node's name in the file (or its position and op type, when it has none).
     node: String,
+    /// The node's ONNX op type.
+    kind: String,
     op: Op,
     out: usize,
-    /// The output's shape without the batch axis (0 where the file does not say).
-    shape: Vec<usize>,
+    /// The output's shape, the batch size N left free.
+    shape: Vec<Dim>,
 }
 
 /// Everything about an imported graph except its trainable parameters' values.
 #[derive(Clone, Debug)]
 pub struct Graph {
-    /// The ONNX file and the SHA-256 of its bytes.
+    /// The ONNX file, and the SHA-256 of its bytes followed by those of its external data
+    /// files (in the order its initialisers first name them).
     pub file: PathBuf,
     pub sha256: String,
     /// Input image shape (channels, height, width); the batch axis is dynamic.
@@ -179,18 +340,11 @@ pub struct OnnxModel {
     pub graph: Arc<Graph>,
 }
 
-/// Builds the model and its graph from an ONNX file.
+/// Builds the model and its graph from an ONNX file (and the external data files it names).
 pub fn import(path: &Path, device: &Device) -> Result<OnnxModel> {
-    // The file, the parser's copy of it, the weights as numbers and as tensors: about four
-    // times its size at the peak.
-    let bytes =
-        crate::files::read_input(path, crate::limits::MAX_MODEL_BYTES as u64, 4, Error::model)?;
-    let sha256 = crate::files::sha256_hex(&bytes);
-    build::defined_once(&bytes).map_err(|why| Error::model(path, why))?;
-    let graph = onnx_ir::OnnxGraphBuilder::new()
-        .parse_bytes(&bytes)
-        .map_err(|e| Error::model(path, format!("not a readable ONNX model: {e}")))?;
-    let parsed = build::parse(path, &bytes, &graph)?;
+    let file = proto::read(path)?;
+    let sha256 = file.sha256.clone();
+    let parsed = build::parse(path, file)?;
     // The dry run below holds every value of one image at once (twice over, for what burn
     // allocates beside them): refused here rather than aborted on by the allocator.
     let probe_bytes = (parsed.elements as u64).saturating_mul(8);
@@ -305,36 +459,32 @@ impl OnnxModel {
             .steps
             .iter()
             .map(|step| {
-                let params: usize = match &step.op {
+                let own = match &step.op {
                     Op::Conv { weight, bias, .. } | Op::Linear { weight, bias, .. } => {
                         size(*weight) + bias.map_or(0, size)
                     }
-                    Op::Gemm { b, c, .. } => [Some(*b), *c]
-                        .into_iter()
-                        .flatten()
-                        .map(|o| match o {
-                            Operand::Param(i) => size(i),
-                            _ => 0,
-                        })
-                        .sum(),
-                    Op::BatchNorm { scale, shift, .. } => [scale, shift]
-                        .into_iter()
-                        .map(|o| match o {
-                            Operand::Param(i) => size(*i),
-                            _ => 0,
-                        })
-                        .sum(),
                     _ => 0,
                 };
+                let read: usize = step
+                    .op
+                    .operands()
+                    .into_iter()
+                    .map(|o| match o {
+                        Operand::Param(i) => size(i),
+                        _ => 0,
+                    })
+                    .sum();
+                // One image's output: the batch axis left out, the first three lengths.
                 let mut output = [1; 3];
-                for (o, d) in output.iter_mut().zip(&step.shape) {
-                    *o = *d;
+                let per_image = step.shape.iter().filter(|&&d| d != Dim::BATCH);
+                for (o, d) in output.iter_mut().zip(per_image) {
+                    *o = d.at(1);
                 }
                 super::LayerInfo {
                     name: step.node.clone(),
-                    kind: op_name(&step.op).into(),
+                    kind: step.kind.clone(),
                     output,
-                    params,
+                    params: own + read,
                 }
             })
             .collect()
@@ -438,34 +588,5 @@ impl OnnxModel {
             .iter()
             .map(|(_, s)| s.iter().product::<usize>())
             .sum()
-    }
-}
-
-/// An op's ONNX name, for the layer table.
-fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::Conv { .. } => "Conv",
-        Op::Linear { .. } => "Gemm / MatMul",
-        Op::Gemm { .. } => "Gemm",
-        Op::MatMul { .. } => "MatMul",
-        Op::Binary { kind, .. } => match kind {
-            Binary::Add => "Add",
-            Binary::Sub => "Sub",
-            Binary::Mul => "Mul",
-            Binary::Div => "Div",
-        },
-        Op::Relu(_) => "Relu",
-        Op::LeakyRelu(..) => "LeakyRelu",
-        Op::Sigmoid(_) => "Sigmoid",
-        Op::Tanh(_) => "Tanh",
-        Op::Clip { .. } => "Clip",
-        Op::MaxPool { .. } => "MaxPool",
-        Op::AvgPool { .. } => "AveragePool",
-        Op::GlobalAvgPool(_) => "GlobalAveragePool",
-        Op::BatchNorm { .. } => "BatchNormalization",
-        Op::Flatten { .. } => "Flatten",
-        Op::Reshape { .. } => "Reshape",
-        Op::Identity(_) => "Identity",
-        Op::Concat { .. } => "Concat",
     }
 }

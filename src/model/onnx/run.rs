@@ -1,60 +1,68 @@
 //! Running the steps: burn tensor ops on any backend, with autodiff to the images.
 
 use burn::prelude::*;
-use burn::tensor::activation::{leaky_relu, relu, sigmoid, tanh};
+use burn::tensor::activation::{leaky_relu, log_softmax, relu, sigmoid, softmax, tanh};
 use burn::tensor::module::avg_pool2d;
+use burn::tensor::ops::PadMode;
 
 use crate::kernels::{conv2d, matmul, max_pool2d};
 
-use super::{Binary, Compression, OnnxModel, Op, Operand};
+use super::shapes::MAX_RANK;
+use super::{Binary, Compression, OnnxModel, Op, Operand, Reduce, Unary};
 
-/// A value between steps: a rank-4 tensor padded with leading 1s, and its ONNX rank.
+/// A value between steps: a rank-6 tensor padded with leading 1s, and its ONNX rank.
 #[derive(Clone)]
 struct Value {
-    t: Tensor<4>,
+    t: Tensor<MAX_RANK>,
     rank: usize,
 }
 
 impl Value {
-    fn from_shape(t: Tensor<1>, shape: &[usize]) -> Self {
-        let rank = shape.len();
+    fn new<const D: usize>(t: Tensor<D>) -> Self {
+        let dims = t.dims();
         Value {
-            t: t.reshape(padded(shape)),
-            rank,
+            t: t.reshape(padded(&dims)),
+            rank: D,
+        }
+    }
+
+    fn of_shape(t: Tensor<MAX_RANK>, dims: &[usize]) -> Self {
+        Value {
+            t: t.reshape(padded(dims)),
+            rank: dims.len(),
         }
     }
 
     fn dims(&self) -> Vec<usize> {
-        self.t.dims()[4 - self.rank..].to_vec()
+        self.t.dims()[MAX_RANK - self.rank..].to_vec()
     }
 
-    fn matrix(&self) -> Tensor<2> {
-        let d = self.dims();
-        let [rows, cols] = match d.as_slice() {
-            [r, c] => [*r, *c],
-            [c] => [1, *c],
-            _ => unreachable!("checked at import"),
-        };
-        self.t.clone().reshape([rows, cols])
+    /// The value as a tensor of rank `D` (its own rank, or fewer leading axes merged).
+    fn as_rank<const D: usize>(&self) -> Tensor<D> {
+        let dims = self.t.dims();
+        let mut out = [1; D];
+        out.copy_from_slice(&dims[MAX_RANK - D..]);
+        out[0] = dims[..=MAX_RANK - D].iter().product();
+        self.t.clone().reshape(out)
     }
 
-    fn of_matrix(t: Tensor<2>) -> Self {
-        let [r, c] = t.dims();
+    /// The tensor axis of ONNX axis `axis`.
+    fn axis(&self, axis: usize) -> usize {
+        MAX_RANK - self.rank + axis
+    }
+
+    fn map(self, f: impl FnOnce(Tensor<MAX_RANK>) -> Tensor<MAX_RANK>) -> Self {
         Value {
-            t: t.reshape([1, 1, r, c]),
-            rank: 2,
+            t: f(self.t),
+            rank: self.rank,
         }
-    }
-
-    fn image(t: Tensor<4>) -> Self {
-        Value { t, rank: 4 }
     }
 }
 
-/// `shape` left-padded with 1s to rank 4.
-fn padded(shape: &[usize]) -> [usize; 4] {
-    let mut out = [1; 4];
-    out[4 - shape.len()..].copy_from_slice(shape);
+/// `shape` left-padded with 1s to rank 6.
+fn padded(shape: &[usize]) -> [usize; MAX_RANK] {
+    let mut out = [1; MAX_RANK];
+    out[MAX_RANK - shape.len()..].copy_from_slice(shape);
     out
 }
 
@@ -65,11 +73,17 @@ impl OnnxModel {
     pub fn forward(&self, images: Tensor<4>, compression: &Compression) -> Tensor<2> {
         let graph = &self.graph;
         let device = images.device();
+        let batch = images.dims()[0];
         let mut values: Vec<Option<Value>> = vec![None; graph.slots];
-        values[0] = Some(Value::image(images));
+        values[0] = Some(Value::new(images));
         let param = |i: usize| -> Value {
             let (_, shape) = &graph.params[i];
-            Value::from_shape(self.params[i].val(), shape)
+            Value::of_shape(
+                self.params[i]
+                    .val()
+                    .reshape(padded(&[shape.iter().product()])),
+                shape,
+            )
         };
         let weight = |i: usize| -> Tensor<1> {
             compression.flat_weight(
@@ -93,11 +107,11 @@ impl OnnxModel {
                     Operand::Param(i) => param(i),
                     Operand::Const(i) => {
                         let c = &graph.consts[i];
-                        let t = Tensor::from_data(
+                        let t: Tensor<1> = Tensor::from_data(
                             TensorData::new(c.values.clone(), [c.values.len()]),
                             &device,
                         );
-                        Value::from_shape(t, &c.shape)
+                        Value::of_shape(t.reshape(padded(&[c.values.len()])), &c.shape)
                     }
                 }
             };
@@ -109,9 +123,11 @@ impl OnnxModel {
                     options,
                 } => {
                     let (_, shape) = &graph.params[*w];
-                    let w4: Tensor<4> = weight(*w).reshape(padded(shape));
+                    let w4: Tensor<4> =
+                        weight(*w).reshape([shape[0], shape[1], shape[2], shape[3]]);
                     let b = bias.map(&weight);
-                    Value::image(conv2d(input(*w, get(*x)).t, w4, b, options.clone()))
+                    let x = input(*w, get(*x)).as_rank::<4>();
+                    Value::new(conv2d(x, w4, b, options.clone()))
                 }
                 Op::Linear {
                     x,
@@ -119,14 +135,19 @@ impl OnnxModel {
                     bias,
                     transposed,
                 } => {
+                    let x = input(*w, get(*x));
                     let (_, shape) = &graph.params[*w];
                     let w2: Tensor<2> = weight(*w).reshape([shape[0], shape[1]]);
                     let w2 = if *transposed { w2.transpose() } else { w2 };
-                    let mut y = matmul(input(*w, get(*x)).matrix(), w2);
+                    let mut dims = x.dims();
+                    let mut y = matmul(x.as_rank::<2>(), w2);
                     if let Some(b) = bias {
                         y = y + weight(*b).unsqueeze::<2>();
                     }
-                    Value::of_matrix(y)
+                    let [rows, columns] = y.dims();
+                    let last = dims.len() - 1;
+                    dims[last] = columns;
+                    Value::of_shape(y.reshape(padded(&[rows * columns])), &dims)
                 }
                 Op::Gemm {
                     a,
@@ -141,13 +162,13 @@ impl OnnxModel {
                         Operand::Param(w) => input(*w, get(*a)),
                         _ => get(*a),
                     };
-                    let a = a.matrix();
+                    let a = a.as_rank::<2>();
                     let b = match b {
                         Operand::Param(w) => {
                             let (_, shape) = &graph.params[*w];
                             weight(*w).reshape([shape[0], shape[1]])
                         }
-                        other => get(*other).matrix(),
+                        other => get(*other).as_rank::<2>(),
                     };
                     let a = if *trans_a { a.transpose() } else { a };
                     let b = if *trans_b { b.transpose() } else { b };
@@ -157,15 +178,21 @@ impl OnnxModel {
                     }
                     if let Some(c) = c {
                         let c = match c {
-                            Operand::Param(i) => Value::from_shape(weight(*i), &graph.params[*i].1),
+                            Operand::Param(i) => {
+                                let t = weight(*i);
+                                Value::of_shape(
+                                    t.reshape(padded(&[graph.params[*i].1.iter().product()])),
+                                    &graph.params[*i].1,
+                                )
+                            }
                             other => get(*other),
                         };
-                        let c: Tensor<2> = c.t.squeeze_dims(&[0, 1]);
+                        let c: Tensor<2> = c.t.squeeze_dims(&[0, 1, 2, 3]);
                         y = y + c * *beta;
                     }
-                    Value::of_matrix(y)
+                    Value::new(y)
                 }
-                Op::MatMul { a, b } => Value::of_matrix(matmul(get(*a).matrix(), get(*b).matrix())),
+                Op::MatMul { a, b } => batched_matmul(get(*a), get(*b)),
                 Op::Binary { kind, a, b } => {
                     let (a, b) = (get(*a), get(*b));
                     let rank = a.rank.max(b.rank);
@@ -174,19 +201,27 @@ impl OnnxModel {
                         Binary::Sub => a.t - b.t,
                         Binary::Mul => a.t * b.t,
                         Binary::Div => a.t / b.t,
+                        Binary::Pow => {
+                            let shape = broadcast_dims(&a.t.dims(), &b.t.dims());
+                            a.t.expand(shape).powf(b.t.expand(shape))
+                        }
+                        Binary::Min | Binary::Max => {
+                            let shape = broadcast_dims(&a.t.dims(), &b.t.dims());
+                            let (a, b) = (a.t.expand(shape), b.t.expand(shape));
+                            match kind {
+                                Binary::Min => a.min_pair(b),
+                                _ => a.max_pair(b),
+                            }
+                        }
                     };
                     Value { t, rank }
                 }
-                Op::Relu(x) => map(get(*x), relu),
-                Op::LeakyRelu(x, alpha) => map(get(*x), |t| leaky_relu(t, *alpha)),
-                Op::Sigmoid(x) => map(get(*x), sigmoid),
-                Op::Tanh(x) => map(get(*x), tanh),
-                Op::Clip { x, min, max } => map(get(*x), |t| t.clamp(*min, *max)),
-                Op::MaxPool { x, options } => Value::image(max_pool2d(get(*x).t, options.clone())),
-                Op::AvgPool { x, options } => Value::image(avg_pool2d(get(*x).t, options.clone())),
-                Op::GlobalAvgPool(x) => {
-                    let t = get(*x).t;
-                    Value::image(t.mean_dim(3).mean_dim(2))
+                Op::Unary { kind, x } => get(*x).map(|t| unary(*kind, t)),
+                Op::MaxPool { x, options } => {
+                    Value::new(max_pool2d(get(*x).as_rank::<4>(), options.clone()))
+                }
+                Op::AvgPool { x, options } => {
+                    Value::new(avg_pool2d(get(*x).as_rank::<4>(), options.clone()))
                 }
                 Op::BatchNorm {
                     x,
@@ -196,45 +231,209 @@ impl OnnxModel {
                     var,
                     epsilon,
                 } => {
-                    let x = get(*x).t;
-                    let channels = x.dims()[1];
-                    let per_channel = |v: Value| v.t.reshape([1, channels, 1, 1]);
+                    let x = get(*x);
+                    let mut channel = vec![1; x.rank];
+                    channel[1] = x.dims()[1];
+                    let per_channel = |v: Value| v.t.reshape(padded(&channel));
                     let (scale, shift) = (per_channel(get(*scale)), per_channel(get(*shift)));
                     let (mean, var) = (per_channel(get(*mean)), per_channel(get(*var)));
                     let inv = (var + *epsilon as f32).sqrt().recip();
-                    Value::image((x - mean) * inv * scale + shift)
+                    x.map(|t| (t - mean) * inv * scale + shift)
                 }
-                Op::Flatten { x, axis } => {
+                Op::LayerNorm {
+                    x,
+                    scale,
+                    bias,
+                    axis,
+                    epsilon,
+                } => {
                     let x = get(*x);
-                    let d = x.dims();
-                    let rows: usize = d[..*axis].iter().product();
-                    let cols: usize = d[*axis..].iter().product();
-                    Value {
-                        t: x.t.reshape([1, 1, rows, cols]),
-                        rank: 2,
+                    let dims = x.dims();
+                    let rows: usize = dims[..*axis].iter().product();
+                    let columns: usize = dims[*axis..].iter().product();
+                    let m: Tensor<2> = x.t.reshape([rows, columns]);
+                    let centred = m.clone() - m.mean_dim(1);
+                    let var = centred.clone().powi_scalar(2).mean_dim(1);
+                    let normed = centred / (var + *epsilon as f32).sqrt();
+                    let mut t = Value::of_shape(normed.reshape(padded(&[rows * columns])), &dims).t;
+                    t = t * get(*scale).t;
+                    if let Some(b) = bias {
+                        t = t + get(*b).t;
                     }
-                }
-                Op::Reshape { x, shape } => {
-                    let x = get(*x);
-                    let dims = reshaped(&x.dims(), shape);
                     Value {
-                        t: x.t.reshape(padded(&dims)),
+                        t,
                         rank: dims.len(),
                     }
                 }
-                Op::Identity(x) => get(*x),
+                Op::Softmax { x, axis, log } => {
+                    let x = get(*x);
+                    let a = x.axis(*axis);
+                    x.map(|t| {
+                        if *log {
+                            log_softmax(t, a)
+                        } else {
+                            softmax(t, a)
+                        }
+                    })
+                }
+                Op::Reduce {
+                    kind,
+                    x,
+                    axes,
+                    keep,
+                } => {
+                    let x = get(*x);
+                    let dims = x.dims();
+                    let mut t = x.t.clone();
+                    for &a in axes {
+                        let a = x.axis(a);
+                        t = match kind {
+                            Reduce::Mean => t.mean_dim(a),
+                            Reduce::Sum => t.sum_dim(a),
+                            Reduce::Max => t.max_dim(a),
+                        };
+                    }
+                    let out: Vec<usize> = dims
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, &d)| match (axes.contains(&i), keep) {
+                            (false, _) => Some(d),
+                            (true, true) => Some(1),
+                            (true, false) => None,
+                        })
+                        .collect();
+                    Value::of_shape(t, &out)
+                }
+                Op::Reshape { x, shape } => {
+                    let dims: Vec<usize> = shape.iter().map(|d| d.at(batch)).collect();
+                    Value::of_shape(get(*x).t, &dims)
+                }
+                Op::Transpose { x, perm } => {
+                    let x = get(*x);
+                    let offset = MAX_RANK - x.rank;
+                    let mut axes: [usize; MAX_RANK] = std::array::from_fn(|i| i);
+                    for (i, &p) in perm.iter().enumerate() {
+                        axes[offset + i] = offset + p;
+                    }
+                    x.map(|t| t.permute(axes))
+                }
+                Op::Slice { x, ranges } => {
+                    let x = get(*x);
+                    let mut slices: Vec<burn::tensor::Slice> =
+                        x.t.dims()
+                            .iter()
+                            .map(|&d| burn::tensor::Slice::new(0, Some(d as isize), 1))
+                            .collect();
+                    for &(axis, start, end, step) in ranges {
+                        slices[x.axis(axis)] = if step > 0 {
+                            burn::tensor::Slice::new(
+                                start as isize,
+                                Some(end as isize),
+                                step as isize,
+                            )
+                        } else {
+                            // ONNX's start..end backwards, as burn's slice of end+1..start+1
+                            // taken from its end.
+                            burn::tensor::Slice::new(
+                                (end + 1) as isize,
+                                Some((start + 1) as isize),
+                                step as isize,
+                            )
+                        };
+                    }
+                    let rank = x.rank;
+                    Value {
+                        t: x.t.slice(slices.as_slice()),
+                        rank,
+                    }
+                }
                 Op::Concat { inputs, axis } => {
                     let parts: Vec<Value> = inputs.iter().map(|o| get(*o)).collect();
                     let rank = parts[0].rank;
-                    let t = Tensor::cat(parts.into_iter().map(|v| v.t).collect(), axis + 4 - rank);
-                    Value { t, rank }
+                    let a = parts[0].axis(*axis);
+                    Value {
+                        t: Tensor::cat(parts.into_iter().map(|v| v.t).collect(), a),
+                        rank,
+                    }
+                }
+                Op::Expand { x, shape } => {
+                    let x = get(*x);
+                    let target: Vec<usize> = shape.iter().map(|d| d.at(batch)).collect();
+                    let rank = x.rank.max(target.len());
+                    let out = broadcast_dims(&x.t.dims(), &padded(&target));
+                    Value {
+                        t: x.t.expand(out),
+                        rank,
+                    }
+                }
+                Op::Pad { x, pads, value } => {
+                    let x = get(*x);
+                    let mut all = [(0, 0); MAX_RANK];
+                    all[MAX_RANK - pads.len()..].copy_from_slice(pads);
+                    x.map(|t| t.pad(all, PadMode::Constant(*value)))
+                }
+                Op::Gather {
+                    x,
+                    axis,
+                    indices,
+                    shape,
+                } => {
+                    let x = get(*x);
+                    let mut dims = x.dims();
+                    let index: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+                    let index = Tensor::<1, Int>::from_data(
+                        TensorData::new(index, [indices.len()]),
+                        &device,
+                    );
+                    let t = x.t.clone().select(x.axis(*axis), index);
+                    dims.splice(*axis..=*axis, shape.iter().copied());
+                    Value::of_shape(t, &dims)
+                }
+                Op::Where { condition, a, b } => {
+                    let (c, a, b) = (get(*condition), get(*a), get(*b));
+                    let rank = c.rank.max(a.rank).max(b.rank);
+                    let shape =
+                        broadcast_dims(&broadcast_dims(&c.t.dims(), &a.t.dims()), &b.t.dims());
+                    let mask = c.t.expand(shape).greater_elem(0.5);
+                    Value {
+                        t: b.t.expand(shape).mask_where(mask, a.t.expand(shape)),
+                        rank,
+                    }
+                }
+                Op::Resize { x, axes } => {
+                    let mut x = get(*x);
+                    for interpolation in axes {
+                        let a = x.axis(interpolation.axis);
+                        let mut sum: Option<Tensor<MAX_RANK>> = None;
+                        for (indices, weights) in &interpolation.taps {
+                            let n = indices.len();
+                            let index = Tensor::<1, Int>::from_data(
+                                TensorData::new(
+                                    indices.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                                    [n],
+                                ),
+                                &device,
+                            );
+                            let mut along = [1; MAX_RANK];
+                            along[a] = n;
+                            let w: Tensor<1> =
+                                Tensor::from_data(TensorData::new(weights.clone(), [n]), &device);
+                            let term = x.t.clone().select(a, index) * w.reshape(along);
+                            sum = Some(match sum {
+                                Some(s) => s + term,
+                                None => term,
+                            });
+                        }
+                        x = Value {
+                            t: sum.expect("one tap at least"),
+                            rank: x.rank,
+                        };
+                    }
+                    x
                 }
             };
             let out = if step.op.is_activation() {
-                Value {
-                    t: compression.activation(&step.node, out.t),
-                    rank: out.rank,
-                }
+                out.map(|t| compression.activation(&step.node, t))
             } else {
                 out
             };
@@ -243,40 +442,105 @@ impl OnnxModel {
         let logits = values[graph.output]
             .clone()
             .expect("the output is computed")
-            .matrix();
+            .as_rank::<2>();
         compression.activation("logits", logits)
     }
 }
 
-/// `f` applied to a value's tensor, keeping its rank.
-fn map(v: Value, f: impl FnOnce(Tensor<4>) -> Tensor<4>) -> Value {
-    Value {
-        t: f(v.t),
-        rank: v.rank,
+/// NumPy broadcasting of two rank-6 shapes.
+fn broadcast_dims(a: &[usize], b: &[usize]) -> [usize; MAX_RANK] {
+    std::array::from_fn(|i| a[i].max(b[i]))
+}
+
+fn unary(kind: Unary, t: Tensor<MAX_RANK>) -> Tensor<MAX_RANK> {
+    match kind {
+        Unary::Relu => relu(t),
+        Unary::LeakyRelu(alpha) => leaky_relu(t, f64::from(alpha)),
+        Unary::Sigmoid => sigmoid(t),
+        Unary::Tanh => tanh(t),
+        Unary::Clip { min, max } => t.clamp(min, max),
+        Unary::HardSigmoid { alpha, beta } => (t * alpha + beta).clamp(0.0, 1.0),
+        Unary::HardSwish => t.clone() * (t / 6.0 + 0.5).clamp(0.0, 1.0),
+        Unary::Gelu { tanh: false } => {
+            t.clone() * ((t / std::f32::consts::SQRT_2).erf() + 1.0) * 0.5
+        }
+        Unary::Gelu { tanh: true } => {
+            let inner = (t.clone() + t.clone().powi_scalar(3) * 0.044_715)
+                * (2.0 / std::f32::consts::PI).sqrt();
+            t * (inner.tanh() + 1.0) * 0.5
+        }
+        Unary::Elu(alpha) => {
+            let negative = (t.clone().exp() - 1.0) * alpha;
+            let mask = t.clone().lower_equal_elem(0.0);
+            t.mask_where(mask, negative)
+        }
+        Unary::Selu { alpha, gamma } => {
+            let negative = (t.clone().exp() - 1.0) * alpha;
+            let mask = t.clone().lower_equal_elem(0.0);
+            t.mask_where(mask, negative) * gamma
+        }
+        // log(1 + e^x), stable for large |x|.
+        Unary::Softplus => relu(t.clone()) + (t.abs().neg().exp() + 1.0).log(),
+        Unary::Erf => t.erf(),
+        Unary::Exp => t.exp(),
+        Unary::Log => t.log(),
+        Unary::Sqrt => t.sqrt(),
+        Unary::Neg => t.neg(),
+        Unary::Abs => t.abs(),
+        Unary::Reciprocal => t.recip(),
     }
 }
 
-/// ONNX Reshape's target dims for input dims `from`: 0 copies the input's dim, -1 takes what
-/// is left.
-fn reshaped(from: &[usize], shape: &[i64]) -> Vec<usize> {
-    let total: usize = from.iter().product();
-    let mut dims: Vec<usize> = shape
-        .iter()
-        .enumerate()
-        .map(|(i, &s)| match s {
-            0 => from.get(i).copied().unwrap_or(1),
-            s if s > 0 => s as usize,
-            _ => 1,
-        })
-        .collect();
-    if let Some(i) = shape.iter().position(|&s| s == -1) {
-        let known: usize = dims
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, d)| *d)
-            .product();
-        dims[i] = total / known.max(1);
+/// NumPy's matmul of two values: batch axes broadcast, rank-1 operands promoted.
+fn batched_matmul(a: Value, b: Value) -> Value {
+    let (mut da, mut db) = (a.dims(), b.dims());
+    let (a_vector, b_vector) = (da.len() == 1, db.len() == 1);
+    if a_vector {
+        da.insert(0, 1);
     }
-    dims
+    if b_vector {
+        db.push(1);
+    }
+    let (m, k, n) = (da[da.len() - 2], da[da.len() - 1], db[db.len() - 1]);
+    let (ba, bb) = (&da[..da.len() - 2], &db[..db.len() - 2]);
+    let rank = ba.len().max(bb.len());
+    let pad = |s: &[usize]| {
+        let mut v = vec![1; rank - s.len()];
+        v.extend_from_slice(s);
+        v
+    };
+    let (ba, bb) = (pad(ba), pad(bb));
+    let batch: Vec<usize> = ba.iter().zip(&bb).map(|(x, y)| *x.max(y)).collect();
+    let count: usize = batch.iter().product();
+    let mut out = batch.clone();
+    let product: Tensor<3> = if bb.iter().all(|&d| d == 1) {
+        // One right-hand matrix for every batch: one GEMM over all rows.
+        let rows: usize = ba.iter().product::<usize>() * m;
+        let a2: Tensor<2> = a.t.reshape([rows, k]);
+        let b2: Tensor<2> = b.t.reshape([k, n]);
+        let y = matmul(a2, b2);
+        let y: Tensor<3> = y.reshape([rows / m, m, n]);
+        if rows / m == count {
+            y
+        } else {
+            y.expand([count, m, n])
+        }
+    } else {
+        let full = |t: Tensor<MAX_RANK>, s: &[usize], r: usize, c: usize| -> Tensor<3> {
+            let mut shape = s.to_vec();
+            shape.extend([r, c]);
+            let t = t.reshape(padded(&shape));
+            let mut target = batch.clone();
+            target.extend([r, c]);
+            t.expand(padded(&target)).reshape([count, r, c])
+        };
+        full(a.t, &ba, m, k).matmul(full(b.t, &bb, k, n))
+    };
+    if !a_vector {
+        out.push(m);
+    }
+    if !b_vector {
+        out.push(n);
+    }
+    Value::of_shape(product.reshape(padded(&[count * m * n])), &out)
 }

@@ -27,9 +27,9 @@ weight = numpy_helper.from_array(np.full((10, 784), 0.01, np.float32), "fc.weigh
 flatten = helper.make_node("Flatten", ["images"], ["flat"], name="flatten", axis=1)
 gemm = helper.make_node("Gemm", ["flat", "fc.weight"], ["logits"], name="fc", transB=1)
 
-# An op advcomp does not run (Erf).
+# An op advcomp does not run (Hardmax: a one-hot argmax, no gradient to follow).
 save("unsupported-op",
-     [flatten, helper.make_node("Erf", ["flat"], ["e"], name="the_erf"),
+     [flatten, helper.make_node("Hardmax", ["flat"], ["e"], name="the_hardmax"),
       helper.make_node("Gemm", ["e", "fc.weight"], ["logits"], name="fc", transB=1)],
      [image()], [logits()], [weight])
 
