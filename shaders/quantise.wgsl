@@ -1,7 +1,7 @@
 // Fake quantisation on a grid (DESIGN.md "Fixed-point quantisation" and "Affine integer
 // quantisation"), per tensor or per channel, and its straight-through gradient.
 //
-// Element i is in channel c = (i / inner) % channels, whose row of `table` holds
+// Element i is in channel c = (i / inner) % channels, whose row of the parameters holds
 // (1/s, s, lo, hi): the host-computed f32 reciprocal of the scale, the scale, and the code
 // range less the zero point (lo = qmin - z, hi = qmax - z, integer-valued).
 //
@@ -19,13 +19,6 @@
 // software Vulkan); the dispatch may be two-dimensional (more than 65535 workgroups): the
 // first element is (flattened workgroup index * 256 + local index) * 4.
 
-struct Params {
-    len: u32,
-    mode: u32,
-    channels: u32,
-    inner: u32,
-}
-
 struct Row {
     inv_scale: f32,
     scale: f32,
@@ -33,14 +26,29 @@ struct Row {
     hi: f32,
 }
 
+struct Sizes {
+    len: u32,
+    mode: u32,
+    channels: u32,
+    inner: u32,
+}
+
+// One upload per launch: the sizes, then a row per channel.
+struct Params {
+    len: u32,
+    mode: u32,
+    channels: u32,
+    inner: u32,
+    rows: array<Row>,
+}
+
 // Every binding is read_write although inputs are only read: cubecl sub-allocates tensors
 // from shared wgpu buffers, and wgpu refuses one buffer bound read-only and read-write
 // in the same dispatch.
 @group(0) @binding(0) var<storage, read_write> input: array<f32>;
 @group(0) @binding(1) var<storage, read_write> grad: array<f32>;
-@group(0) @binding(2) var<storage, read_write> table: array<Row>;
-@group(0) @binding(3) var<storage, read_write> output: array<f32>;
-@group(0) @binding(4) var<storage, read_write> params: Params;
+@group(0) @binding(2) var<storage, read_write> output: array<f32>;
+@group(0) @binding(3) var<storage, read_write> params: Params;
 
 // Bit test: compilers may assume that `x != x` is false.
 fn is_nan(x: f32) -> bool {
@@ -55,16 +63,34 @@ fn main(
 ) {
     // Read the parameters once: every binding is read_write, so the compiler may not assume
     // that writes to `output` leave `params` unchanged.
-    let p = params;
+    let p = Sizes(params.len, params.mode, params.channels, params.inner);
     let first = ((group.y * groups.x + group.x) * 256u + local) * 4u;
-    for (var i = first; i < min(first + 4u, p.len); i++) {
-        quantise(i, p);
+    let end = min(first + 4u, p.len);
+    if (p.channels == 1u) {
+        let row = params.rows[0];
+        for (var i = first; i < end; i++) {
+            quantise(i, p, row);
+        }
+        return;
+    }
+    // Per channel: the first element's channel, then stepped along (two integer divisions
+    // per invocation, not one per element: they are slow on software Vulkan).
+    var channel = (first / p.inner) % p.channels;
+    var offset = first % p.inner;
+    var row = params.rows[channel];
+    for (var i = first; i < end; i++) {
+        quantise(i, p, row);
+        offset += 1u;
+        if (offset == p.inner) {
+            offset = 0u;
+            channel = (channel + 1u) % p.channels;
+            row = params.rows[channel];
+        }
     }
 }
 
-fn quantise(i: u32, p: Params) {
+fn quantise(i: u32, p: Sizes, row: Row) {
     let x = input[i];
-    let row = table[(i / p.inner) % p.channels];
     let scaled = x * row.inv_scale;
     if (p.mode == 0u) {
         if (is_nan(x)) {

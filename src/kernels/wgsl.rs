@@ -69,18 +69,11 @@ fn dispatch(len: usize) -> CubeCount {
     CubeCount::Static(x as u32, y as u32, 1)
 }
 
-/// Launches `shader` with bindings `inputs..., tables..., output, params` and returns the
-/// output, shaped like the first input. `params` starts with the element count, which the
-/// caller leaves out. The first `same_size` inputs have the output's number of elements (the
-/// rest are smaller side tables, such as one factor per image); `tables` are host constants
-/// copied to the device (a quantiser's rows).
-fn launch(
-    shader: Wgsl,
-    inputs: Vec<CubeTensor>,
-    same_size: usize,
-    tables: &[&[f32]],
-    params: &[u32],
-) -> CubeTensor {
+/// Launches `shader` with bindings `inputs..., output, params` and returns the output, shaped
+/// like the first input. `params` starts with the element count, which the caller leaves out.
+/// The first `same_size` inputs have the output's number of elements (the rest are smaller
+/// side tables, such as one factor per image).
+fn launch(shader: Wgsl, inputs: Vec<CubeTensor>, same_size: usize, params: &[u32]) -> CubeTensor {
     let inputs: Vec<CubeTensor> = inputs.into_iter().map(into_contiguous).collect();
     let first = &inputs[0];
     assert!(
@@ -123,10 +116,6 @@ fn launch(
     for input in &inputs {
         arguments = arguments.with_buffer(input.handle.clone().binding());
     }
-    for table in tables {
-        let buffer = client.create_from_slice(bytemuck::cast_slice(table));
-        arguments = arguments.with_buffer(buffer.binding());
-    }
     let arguments = arguments
         .with_buffer(output.handle.clone().binding())
         .with_buffer(params.binding());
@@ -138,29 +127,22 @@ fn launch(
     output
 }
 
-/// The quantiser's table as the shader reads it (rows of 1/s, s, lo, hi) and its parameters
-/// after the length: mode, channels, elements per channel run.
-fn quantise_bindings(x: &CubeTensor, mode: u32, table: &Table) -> (Vec<f32>, [u32; 3]) {
+/// The quantiser shader's parameters after the length: mode, channels, elements per channel
+/// run, then each channel's row (1/s, s, lo, hi).
+fn quantise_params(x: &CubeTensor, mode: u32, table: &Table) -> Vec<u32> {
     let (_, channels, inner) = table.layout(&x.shape());
-    let rows = table
-        .rows
-        .iter()
-        .flat_map(|c| [c.inv_scale, c.scale, c.lo, c.hi])
-        .collect();
-    (rows, [mode, channels as u32, inner.max(1) as u32])
+    let mut params = vec![mode, channels as u32, inner.max(1) as u32];
+    for c in table.rows.iter() {
+        params.extend([c.inv_scale, c.scale, c.lo, c.hi].map(f32::to_bits));
+    }
+    params
 }
 
 impl KernelOps for CubeBackend {
     fn quantise(x: FloatTensor<Self>, table: Table, _grad: QuantGrad) -> FloatTensor<Self> {
-        let (rows, params) = quantise_bindings(&x, 0, &table);
+        let params = quantise_params(&x, 0, &table);
         // Mode 0 never reads `grad`; bind the input there too.
-        launch(
-            wgsl("quantise", QUANTISE),
-            vec![x.clone(), x],
-            2,
-            &[&rows],
-            &params,
-        )
+        launch(wgsl("quantise", QUANTISE), vec![x.clone(), x], 2, &params)
     }
 
     fn quantise_ste(
@@ -168,19 +150,13 @@ impl KernelOps for CubeBackend {
         grad: FloatTensor<Self>,
         table: Table,
     ) -> FloatTensor<Self> {
-        let (rows, params) = quantise_bindings(&x, 1, &table);
-        launch(
-            wgsl("quantise", QUANTISE),
-            vec![x, grad],
-            2,
-            &[&rows],
-            &params,
-        )
+        let params = quantise_params(&x, 1, &table);
+        launch(wgsl("quantise", QUANTISE), vec![x, grad], 2, &params)
     }
 
     fn apply_mask(weight: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
         let shader = wgsl("mask", MASK);
-        launch(shader, vec![weight, mask], 2, &[], &[])
+        launch(shader, vec![weight, mask], 2, &[])
     }
 
     fn dns_update(
@@ -194,7 +170,6 @@ impl KernelOps for CubeBackend {
             shader,
             vec![weight, mask],
             2,
-            &[],
             &[t_low.to_bits(), t_high.to_bits()],
         )
     }
@@ -219,7 +194,7 @@ impl KernelOps for CubeBackend {
             step.eps.to_bits(),
             step.budget.to_bits(),
         ];
-        launch(shader, vec![x, x0, grad, factor], 3, &[], &params)
+        launch(shader, vec![x, x0, grad, factor], 3, &params)
     }
 
     fn conv(
