@@ -110,6 +110,9 @@ pub enum Calibration {
     /// The range [α·min, α·max] (α from 1 down to 0.2 in steps of 0.01) whose grid
     /// quantises the samples with the least squared error.
     Mse,
+    /// The grids an imported QDQ file holds (its activations were calibrated by whatever made
+    /// it); advcomp does not calibrate them again.
+    File,
 }
 
 impl fmt::Display for Calibration {
@@ -118,6 +121,7 @@ impl fmt::Display for Calibration {
             Calibration::MinMax => "minmax",
             Calibration::Percentile => "percentile",
             Calibration::Mse => "mse",
+            Calibration::File => "file",
         })
     }
 }
@@ -207,6 +211,12 @@ fn range(samples: &[f32], s: &AffineSettings, t: IntType) -> Result<(f32, f32)> 
     let max = samples.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     Ok(match s.calibration {
         Calibration::MinMax => (min, max),
+        Calibration::File => {
+            return Err(Error::usage(
+                "the activations of an imported QDQ model keep the file's grids; they are not \
+                 calibrated again",
+            ));
+        }
         Calibration::Percentile => {
             let mut copy = samples.to_vec();
             let p = s.percentile / 100.0;
@@ -285,6 +295,7 @@ impl Quantiser for Affine {
             Calibration::MinMax => {}
             Calibration::Percentile => label.push_str(&format!("-p{}", s.percentile)),
             Calibration::Mse => label.push_str("-mse"),
+            Calibration::File => label.push_str("-qdq"),
         }
         label
     }
@@ -325,14 +336,18 @@ impl Quantiser for Affine {
         };
         let activations = match s.activations {
             Some(t) => format!(
-                "activations {t} asymmetric per tensor ({} calibration on {} training images, \
-                 seed {})",
+                "activations {t} asymmetric per tensor ({})",
                 match s.calibration {
-                    Calibration::Percentile => format!("{}th-percentile", s.percentile),
-                    other => other.to_string(),
-                },
-                s.calibration_images,
-                s.seed
+                    Calibration::File => "calibrated by the QDQ file's maker".to_string(),
+                    Calibration::Percentile => format!(
+                        "{}th-percentile calibration on {} training images, seed {}",
+                        s.percentile, s.calibration_images, s.seed
+                    ),
+                    other => format!(
+                        "{other} calibration on {} training images, seed {}",
+                        s.calibration_images, s.seed
+                    ),
+                }
             ),
             None => "activations float".into(),
         };

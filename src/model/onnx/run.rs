@@ -400,6 +400,18 @@ impl OnnxModel {
                         rank,
                     }
                 }
+                Op::Quantise { x, site, relu: r } => {
+                    let x = get(*x);
+                    let quantised = compression
+                        .quant
+                        .as_ref()
+                        .is_some_and(|q| q.activation_grid(site, false).is_some());
+                    match (quantised, *r) {
+                        (true, _) => x.map(|t| compression.activation(site, t)),
+                        (false, true) => x.map(relu),
+                        (false, false) => x,
+                    }
+                }
                 Op::Resize { x, axes } => {
                     let mut x = get(*x);
                     for interpolation in axes {

@@ -1,0 +1,217 @@
+//! Quantised ONNX in: QDQ files made by ONNX Runtime's static quantiser
+//! (tests/data/models/qdq, with the script that made them and ONNX Runtime's logits) import as
+//! a compressed model whose integer arithmetic is emulated (logits within one step of the
+//! output's grid of ONNX Runtime's, the same predictions, ties to the lowest class), and as a
+//! full model (the graph with its QuantizeLinear/DequantizeLinear pairs removed, a ReLU where a
+//! removed QuantizeLinear's zero point was its type's minimum); malformed QDQ files that ONNX
+//! Runtime runs silently are refused naming the file and the node, exit code 2.
+
+mod common;
+
+use std::path::PathBuf;
+
+use advcomp::backend;
+use advcomp::model::{self, Compression, KeyMap, Network};
+use burn::prelude::*;
+use safetensors::SafeTensors;
+
+fn qdq() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/qdq")
+}
+
+struct Golden {
+    x: Tensor<4>,
+    y: Vec<i64>,
+    /// ONNX Runtime, optimisations disabled (the graph as written).
+    ort: Vec<f32>,
+    /// ONNX Runtime on the float model the file was quantised from.
+    float: Vec<f32>,
+}
+
+fn golden(name: &str, device: &Device) -> Golden {
+    let bytes = std::fs::read(qdq().join(format!("{name}.golden.safetensors"))).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let f32s =
+        |n: &str| -> Vec<f32> { bytemuck::pod_collect_to_vec(file.tensor(n).unwrap().data()) };
+    let y: Vec<i64> = bytemuck::pod_collect_to_vec(file.tensor("y").unwrap().data());
+    Golden {
+        x: Tensor::from_data(TensorData::new(f32s("x"), [y.len(), 1, 28, 28]), device),
+        y,
+        ort: f32s("logits_ort"),
+        float: f32s("logits_float"),
+    }
+}
+
+fn host(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+/// The lowest-index argmax of each row of 10.
+fn argmax(logits: &[f32]) -> Vec<usize> {
+    logits
+        .chunks(10)
+        .map(|row| {
+            let mut best = 0;
+            for (i, v) in row.iter().enumerate() {
+                if *v > row[best] {
+                    best = i;
+                }
+            }
+            best
+        })
+        .collect()
+}
+
+/// `step`: the scale of the graph's output DequantizeLinear (the logits' grid, README.md).
+fn check_file(name: &str, step: f32, device: &Device) {
+    let path = qdq().join(format!("{name}.onnx"));
+    let checkpoint = model::load(&path, None, &KeyMap::default(), device).unwrap();
+    let g = golden(name, device);
+    // The compressed model: the file's grids, per channel for the weights.
+    let quant = checkpoint
+        .compression
+        .quant
+        .as_ref()
+        .expect("a QDQ file is quantised");
+    assert!(!quant.grids.weights.is_empty() && !quant.grids.activations.is_empty());
+    assert!(quant.grids.weights.values().all(|g| g.axis == Some(0)));
+    let ours = host(
+        checkpoint
+            .network
+            .forward_compressed(g.x.clone(), &checkpoint.compression),
+    );
+    let mut equal = 0;
+    for (a, b) in ours.iter().zip(&g.ort) {
+        let steps = (a - b).abs() / step;
+        assert!(
+            steps < 1.01,
+            "{name}: logit {a} against ONNX Runtime's {b} ({steps} steps of {step})"
+        );
+        equal += usize::from(a == b);
+    }
+    assert!(
+        equal * 100 >= 95 * ours.len(),
+        "{name}: only {equal} of {} logits equal ONNX Runtime's",
+        ours.len()
+    );
+    assert_eq!(argmax(&ours), argmax(&g.ort), "{name}: predictions");
+    // The full model: no quantiser runs; a ReLU where the quantiser deleted one. Its logits
+    // are the float model's with int8 weights: close to them, and nowhere on the grid alone.
+    let full = host(
+        checkpoint
+            .network
+            .forward_compressed(g.x.clone(), &Compression::default()),
+    );
+    let largest = g.float.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = full
+        .iter()
+        .zip(&g.float)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 0.1 * largest,
+        "{name}: the full model's logits are {worst} from the float model's (largest {largest})"
+    );
+    let right = argmax(&full)
+        .iter()
+        .zip(&g.y)
+        .filter(|(p, y)| **p as i64 == **y)
+        .count();
+    let float_right = argmax(&g.float)
+        .iter()
+        .zip(&g.y)
+        .filter(|(p, y)| **p as i64 == **y)
+        .count();
+    assert!(
+        right + 1 >= float_right,
+        "{name}: the full model gets {right} of 16 right, the float model {float_right}"
+    );
+    assert!(matches!(checkpoint.network, Network::Onnx(_)));
+}
+
+#[test]
+fn onnx_runtimes_int8_models_import_and_compute_what_onnx_runtime_computes() {
+    let device = backend::cpu().device;
+    for (name, step) in [
+        ("resnet8-fmnist.int8", 0.0980),
+        ("resnet8-fmnist.int8-s8act", 0.0980),
+        ("lenet5.int8", 0.1058),
+        ("lenet5.int8-s8act", 0.1058),
+    ] {
+        check_file(name, step, &device);
+    }
+}
+
+fn advcomp(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_advcomp"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `advcomp info` on each malformed file: exit code 2, an error naming the file, the node and
+/// what is wrong.
+#[test]
+fn malformed_qdq_files_are_refused_naming_the_file_and_the_node() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("zero-scale", "QuantizeLinear", "is 0e0"),
+        (
+            "zero-scale-weight",
+            "DequantizeLinear",
+            "is 0e0 (element 1)",
+        ),
+        (
+            "zero-point-out-of-range",
+            "QuantizeLinear",
+            "is 300 (element 0), outside uint8's range [0, 255]",
+        ),
+        (
+            "zero-point-out-of-range-weight",
+            "DequantizeLinear",
+            "is -200 (element 1), outside int8's range [-128, 127]",
+        ),
+        (
+            "per-axis-wrong-length",
+            "DequantizeLinear",
+            "has 3 elements, but axis 0 of the input has length 4",
+        ),
+        (
+            "per-axis-bad-axis",
+            "DequantizeLinear",
+            "axis 4 is outside the input's 4 axes",
+        ),
+        ("int16", "QuantizeLinear", "int16"),
+        ("uint16", "QuantizeLinear", "uint16"),
+        ("int4-weight", "DequantizeLinear", "4-bit integer"),
+        ("float8", "QuantizeLinear", "float8"),
+        (
+            "int32-weight",
+            "Conv",
+            "is int32; advcomp emulates int8 weights",
+        ),
+    ];
+    let bad = qdq().join("bad");
+    for (file, op, what) in cases {
+        let path = bad.join(format!("{file}.onnx"));
+        let out = advcomp(&[
+            "info",
+            "--backend",
+            "cpu",
+            "--model",
+            path.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file}: {stderr}");
+        let error = stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or("");
+        assert!(
+            error.contains(&format!("{file}.onnx"))
+                && error.contains(&format!("({op})"))
+                && error.contains(what),
+            "{file}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{file}: wrote {:?}", out.stdout);
+    }
+}
