@@ -215,3 +215,75 @@ fn malformed_qdq_files_are_refused_naming_the_file_and_the_node() {
         assert!(out.stdout.is_empty(), "{file}: wrote {:?}", out.stdout);
     }
 }
+
+/// `advcomp sweep --model my-int8.onnx`: the study on the pair (the graph without its
+/// quantisers as the full model, or the float file given with `--reference`; the file as
+/// quantised) with no compression step.
+#[test]
+fn the_study_runs_on_a_qdq_file_and_its_reference() {
+    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-sweep.toml");
+    let model = qdq().join("lenet5.int8.onnx");
+    let float = qdq().join("../lenet5.onnx");
+    for reference in [None, Some(&float)] {
+        let out = common::Scratch::path("qdq-sweep");
+        let mut args = vec![
+            "sweep",
+            "--config",
+            tiny,
+            "--model",
+            model.to_str().unwrap(),
+            "--dataset",
+            "mnist",
+            "--backend",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if let Some(r) = reference {
+            args.extend(["--reference", r.to_str().unwrap()]);
+        }
+        let run = advcomp(&args);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let models = std::fs::read_to_string(out.join("models.csv")).unwrap();
+        let rows: Vec<&str> = models.lines().skip(1).collect();
+        assert_eq!(rows.len(), 2, "{models}");
+        let full_file = reference.unwrap_or(&model).to_str().unwrap().to_string();
+        assert!(
+            rows[0].starts_with("1,full,full,") && rows[0].contains(&format!(",{full_file},")),
+            "{models}"
+        );
+        assert!(
+            rows[1].starts_with("1,int8-pc-qdq,quantised,1.0,8,affine per channel (QDQ file),"),
+            "{models}"
+        );
+        let cells = std::fs::read_to_string(out.join("cells.csv")).unwrap();
+        assert_eq!(
+            cells.lines().count(),
+            1 + (3 + 2) * 2 * 2 + 3 * 2,
+            "(3 attacks and auto at 2 budgets) x 2 sources x 2 targets, and 3 attacks through \
+             BPDA on the quantised source"
+        );
+    }
+    // --reference names the float model of a QDQ file only.
+    let run = advcomp(&[
+        "sweep",
+        "--config",
+        tiny,
+        "--model",
+        float.to_str().unwrap(),
+        "--reference",
+        float.to_str().unwrap(),
+        "--dataset",
+        "mnist",
+        "--backend",
+        "cpu",
+        "--out",
+        common::Scratch::path("qdq-sweep-refused").to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("is not a quantised (QDQ) ONNX file"));
+}

@@ -312,8 +312,10 @@ impl Quantiser for Affine {
             Some(t) => scheme.push_str(&format!(" {t} act.")),
             None => scheme.push_str(" float act."),
         }
-        if s.calibration != Calibration::MinMax {
-            scheme.push_str(&format!(" {}", s.calibration));
+        match s.calibration {
+            Calibration::MinMax => {}
+            Calibration::File => scheme.push_str(" (QDQ file)"),
+            other => scheme.push_str(&format!(" {other}")),
         }
         scheme
     }

@@ -320,12 +320,18 @@ impl<'a> Executor<'a> {
         if let Some(m) = self.loaded.borrow().get(&index) {
             return Ok(m.clone());
         }
-        let checkpoint = model::load(
+        let mut checkpoint = model::load(
             &self.spec(index).path,
             self.context.load_as.clone(),
             &KeyMap::default(),
             self.device(),
         )?;
+        // A full model runs uncompressed: a QDQ file as its own full model, its quantisers
+        // removed.
+        if self.spec(index).family == Some(Family::Full) {
+            checkpoint.compression = model::Compression::default();
+            checkpoint.meta.compression = "none".into();
+        }
         let loaded = Rc::new(Loaded::new(checkpoint));
         self.loaded.borrow_mut().insert(index, loaded.clone());
         Ok(loaded)

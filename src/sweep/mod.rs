@@ -104,19 +104,61 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         Some(sha) => format!("onnx-{}", &sha[..16]),
         None => kind.to_string(),
     };
+    let key_of = |path: &Path| -> Result<String> {
+        let bytes = crate::files::read_input(
+            path,
+            crate::limits::MAX_DATA_BYTES as u64,
+            1,
+            Error::checkpoint,
+        )?;
+        Ok(stable_hash([bytes.as_slice()]))
+    };
+    // A QDQ file is the study's one compressed model, as the file quantises it; its full model
+    // is the reference (`--reference`, a float ONNX) or the same graph run without its
+    // quantisers (the executor runs a full model uncompressed).
+    let quantised = match (&kind, &network) {
+        (ModelRef::Onnx(path), model::Network::Onnx(m)) if m.graph.qdq.is_some() => {
+            let config = &m.graph.qdq.as_ref().expect("checked").config;
+            Some((path.clone(), key_of(path)?, config.label()))
+        }
+        _ => None,
+    };
+    if let (Some(reference), Some(_)) = (&options.baseline, &quantised) {
+        let full = model::load(
+            reference,
+            None,
+            &model::KeyMap::default(),
+            &options.backend.device,
+        )?;
+        if full.network.input_shape() != network.input_shape()
+            || full.network.classes() != network.classes()
+        {
+            return Err(Error::checkpoint(
+                reference,
+                format!(
+                    "takes images {:?} and gives {} classes; the quantised model {} takes {:?} \
+                     and gives {}",
+                    full.network.input_shape(),
+                    full.network.classes(),
+                    kind,
+                    network.input_shape(),
+                    network.classes()
+                ),
+            ));
+        }
+    }
     let baseline = options.baseline.clone().or(match &kind {
         ModelRef::Onnx(path) => Some(path.clone()),
         ModelRef::BuiltIn(_) => None,
     });
     let baseline = match baseline {
+        // The QDQ file as its own full model: another model than the file's compressed one.
+        Some(path) if quantised.as_ref().is_some_and(|(q, _, _)| *q == path) => {
+            let key = stable_hash([key_of(&path)?.as_bytes(), b"without its quantisers"]);
+            Some((path, key))
+        }
         Some(path) => {
-            let bytes = crate::files::read_input(
-                &path,
-                crate::limits::MAX_DATA_BYTES as u64,
-                1,
-                Error::checkpoint,
-            )?;
-            let key = stable_hash([bytes.as_slice()]);
+            let key = key_of(&path)?;
             Some((path, key))
         }
         None => None,
@@ -165,6 +207,7 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         root: &options.out,
         model_name: &model_name,
         baseline,
+        quantised,
         dataset,
         images,
         images_available: test.len(),

@@ -237,6 +237,9 @@ pub(super) struct PlanInputs<'a> {
     pub model_name: &'a str,
     /// A baseline file (`--baseline`, or an ONNX model's own file) and the hash of its bytes.
     pub baseline: Option<(PathBuf, String)>,
+    /// A quantised (QDQ) ONNX file, its key and label: the one compressed model, in place of
+    /// the grid's.
+    pub quantised: Option<(PathBuf, String, String)>,
     pub dataset: DatasetKind,
     /// Attacked test images per source model.
     pub images: usize,
@@ -267,6 +270,9 @@ impl PlanInputs<'_> {
     /// The compressed models of one seed: (label, family, config).
     fn grid(&self, seed: u64) -> Result<Vec<(String, Family, CompressConfig)>> {
         let config = self.config;
+        if self.quantised.is_some() {
+            return Ok(Vec::new());
+        }
         let finetune = self.train_config(&config.finetune, seed);
         let base = CompressConfig {
             grad: config.finetune.grad,
@@ -365,6 +371,15 @@ impl PlanInputs<'_> {
                     needs: vec![base_path.clone()],
                     writes: vec![path],
                     name: format!("seed {seed}: {label}"),
+                });
+            }
+            if let Some((path, key, label)) = &self.quantised {
+                plan.models.push(ModelSpec {
+                    seed,
+                    label: label.clone(),
+                    family: Some(Family::Quantised),
+                    key: key.clone(),
+                    path: path.clone(),
                 });
             }
             let seed_models: Vec<usize> = (base..plan.models.len()).collect();

@@ -127,6 +127,8 @@ pub fn supported_ops() -> Vec<(&'static str, bool)> {
             ops.push((name, false));
         }
     }
+    // A QDQ graph's quantisers (src/model/onnx/qdq.rs).
+    ops.extend([("DequantizeLinear", true), ("QuantizeLinear", true)]);
     ops.sort_unstable();
     ops
 }
