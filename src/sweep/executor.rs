@@ -326,9 +326,9 @@ impl<'a> Executor<'a> {
             &KeyMap::default(),
             self.device(),
         )?;
-        // A full model runs uncompressed: a QDQ file as its own full model, its quantisers
-        // removed.
-        if self.spec(index).family == Some(Family::Full) {
+        // A QDQ file as its own full model: its quantisers removed.
+        let qdq = matches!(&checkpoint.network, model::Network::Onnx(m) if m.graph.qdq.is_some());
+        if qdq && self.spec(index).family == Some(Family::Full) {
             checkpoint.compression = model::Compression::default();
             checkpoint.meta.compression = "none".into();
         }

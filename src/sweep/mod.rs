@@ -115,7 +115,7 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
     };
     // A QDQ file is the study's one compressed model, as the file quantises it; its full model
     // is the reference (`--reference`, a float ONNX) or the same graph run without its
-    // quantisers (the executor runs a full model uncompressed).
+    // quantisers (the executor strips them from the full model).
     let quantised = match (&kind, &network) {
         (ModelRef::Onnx(path), model::Network::Onnx(m)) if m.graph.qdq.is_some() => {
             let config = &m.graph.qdq.as_ref().expect("checked").config;

@@ -161,8 +161,12 @@ pub fn judge(args: &[String]) -> Result<ExitCode, String> {
     if let Some(d) = &o.data_dir {
         judge.args(["--data-dir", &s(d)]);
     }
+    let verdict_text = run(&mut judge)?;
     let verdict: Value =
-        serde_json::from_str(&run(&mut judge)?).map_err(|e| format!("judge JSON: {e}"))?;
+        serde_json::from_str(&verdict_text).map_err(|e| format!("judge JSON: {e}"))?;
+    // Every image where they differ, for the record.
+    std::fs::write(file("verdict.json"), &verdict_text)
+        .map_err(|e| format!("{}: {e}", file("verdict.json").display()))?;
     let mut pass = true;
     println!(
         "ONNX Runtime {} on {} ({dataset}), {} on {} images by advcomp:",
@@ -187,9 +191,11 @@ pub fn judge(args: &[String]) -> Result<ExitCode, String> {
                 100.0 * theirs,
                 v["tied_top_logits"]
             );
+            // In whole images: 1 point of 200 images is 2 images, not 0.0100000001.
+            let images = v["images"].as_f64().unwrap_or(0.0);
             let bad = match set {
                 "clean" => agree < AGREEMENT,
-                _ => (ours - theirs).abs() > ACCURACY_GAP,
+                _ => ((ours - theirs).abs() * images).round() > ACCURACY_GAP * images,
             };
             if v["disagreement_count"].as_u64().unwrap_or(0) > 0 {
                 println!(
@@ -202,6 +208,10 @@ pub fn judge(args: &[String]) -> Result<ExitCode, String> {
             }
         }
     }
+    println!(
+        "  (ONNX Runtime's verdict, with the first 20 images where the two differ: {})",
+        file("verdict.json").display()
+    );
     if pass {
         println!(
             "judge: advcomp's emulation agrees with ONNX Runtime (>= {}% of clean predictions, adversarial accuracy within {} point)",

@@ -107,6 +107,8 @@ pub struct Quantised {
     pub slot: usize,
     pub grid: Grid,
     pub qtype: QType,
+    /// Its ONNX type number.
+    pub onnx_type: i32,
 }
 
 /// A Q or DQ node's scale, zero point and axis, checked against the shape of the tensor it
@@ -148,17 +150,7 @@ fn grid_of(
                     scale_host.shape
                 ));
             }
-            if let Some((i, v)) = values
-                .iter()
-                .enumerate()
-                .find(|(_, v)| !(qmin..=qmax).contains(*v))
-            {
-                return Err(format!(
-                    "zero point '{}' is {v} (element {i}), outside {}'s range [{qmin}, {qmax}]",
-                    n.name(2),
-                    qtype.name()
-                ));
-            }
+            in_range(&values, qtype, &format!("zero point '{}' is", n.name(2)))?;
             values
         }
         None => vec![0; scale.len()],
@@ -200,6 +192,22 @@ fn grid_of(
     Grid::new(axis, scale, zero, qmin, qmax).map_err(|e| e.to_string())
 }
 
+/// Refuses a value outside `qtype`'s range: "`what` V (element I), outside T's range".
+fn in_range(values: &[i64], qtype: QType, what: &str) -> std::result::Result<(), String> {
+    let (qmin, qmax) = qtype.range();
+    match values
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(qmin..=qmax).contains(*v))
+    {
+        Some((i, v)) => Err(format!(
+            "{what} {v} (element {i}), outside {}'s range [{qmin}, {qmax}]",
+            qtype.name()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The type of input `i` when the file says it (an initialiser or a Constant).
 fn declared_type(b: &Builder, n: &Node, i: usize) -> Option<i32> {
     b.types.get(n.name(i)).copied()
@@ -224,7 +232,11 @@ pub(super) fn node(b: &mut Builder, n: &Node) -> std::result::Result<(), String>
             0 => 2,
             t => t as i32,
         },
-        (_, true) => declared_type(b, n, 0).unwrap_or(2),
+        (_, true) => match b.quantised.get(n.name(0)) {
+            Some(q) => q.onnx_type,
+            None => declared_type(b, n, 0)
+                .ok_or_else(|| format!("the integer type of input '{}' is not known", n.name(0)))?,
+        },
     };
     let qtype = QType::from_onnx(onnx_type)?;
     match (dequantise, input) {
@@ -242,18 +254,7 @@ pub(super) fn node(b: &mut Builder, n: &Node) -> std::result::Result<(), String>
             let host = b.known[k].clone();
             let grid = grid_of(b, n, &super::fold::fixed_shape(&host.shape), qtype)?;
             let codes = host.fixed_ints(&format!("input '{}'", n.name(0)))?;
-            let (qmin, qmax) = qtype.range();
-            if let Some((i, v)) = codes
-                .iter()
-                .enumerate()
-                .find(|(_, v)| !(qmin..=qmax).contains(*v))
-            {
-                return Err(format!(
-                    "input '{}' holds {v} (element {i}), outside {}'s range",
-                    n.name(0),
-                    qtype.name()
-                ));
-            }
+            in_range(&codes, qtype, &format!("input '{}' holds", n.name(0)))?;
             let values = dequantised_values(&codes, &host.shape, &grid);
             let k = b.bind_known(&out, Host::floats(host.shape.clone(), values));
             b.dequantised.insert(k, Dequantised { grid, qtype });
@@ -322,7 +323,15 @@ pub(super) fn node(b: &mut Builder, n: &Node) -> std::result::Result<(), String>
             let slot = b.shapes.len() - 1;
             b.qdq.activations.insert(site, grid.clone());
             b.activation_types.insert(qtype);
-            b.quantised.insert(out, Quantised { slot, grid, qtype });
+            b.quantised.insert(
+                out,
+                Quantised {
+                    slot,
+                    grid,
+                    qtype,
+                    onnx_type,
+                },
+            );
             Ok(())
         }
         (_, Value::Tainted(by)) => Err(format!(
