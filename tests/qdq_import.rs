@@ -287,3 +287,24 @@ fn the_study_runs_on_a_qdq_file_and_its_reference() {
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("is not a quantised (QDQ) ONNX file"));
 }
+
+/// A QDQ file is not exported again: ONNX Runtime runs it as it is.
+#[test]
+fn a_qdq_file_is_not_exported_again() {
+    let out = common::Scratch::path("qdq-export.onnx");
+    let model = qdq().join("lenet5.int8.onnx");
+    let run = advcomp(&[
+        "export",
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("lenet5.int8.onnx: is a quantised (QDQ) ONNX file already"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}

@@ -201,6 +201,11 @@ fn float_model(network: &Network) -> Result<(ModelProto, Vec<FileLayer>)> {
         .map(|t| (t.name, (t.shape, t.values)))
         .collect();
     match network {
+        Network::Onnx(m) if m.graph.qdq.is_some() => Err(Error::model(
+            &m.graph.file,
+            "is a quantised (QDQ) ONNX file already: ONNX Runtime runs it as it is (advcomp \
+             exports the models it compresses)",
+        )),
         Network::Onnx(m) => {
             let path = &m.graph.file;
             let bytes = crate::files::read_input(
