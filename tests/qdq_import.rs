@@ -7,6 +7,7 @@
 //! Runtime runs silently are refused naming the file and the node, exit code 2.
 
 mod common;
+use common::onnx as proto;
 
 use std::path::PathBuf;
 
@@ -267,6 +268,11 @@ fn the_study_runs_on_a_qdq_file_and_its_reference() {
             "(3 attacks and auto at 2 budgets) x 2 sources x 2 targets, and 3 attacks through \
              BPDA on the quantised source"
         );
+        let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(
+            report.contains("no compression step"),
+            "the report's scope says so"
+        );
     }
     // --reference names the float model of a QDQ file only.
     let run = advcomp(&[
@@ -307,4 +313,107 @@ fn a_qdq_file_is_not_exported_again() {
         "{stderr}"
     );
     assert!(!out.exists());
+}
+
+/// An integer initialiser: ONNX type `dtype` (2 uint8, 3 int8), one byte per value.
+fn int8_tensor(name: &str, shape: &[i64], dtype: i64, values: &[i8]) -> proto::Message {
+    let mut t = proto::Message::default();
+    for d in shape {
+        t = t.int(1, *d);
+    }
+    let raw: Vec<u8> = values.iter().map(|&v| v as u8).collect();
+    t.int(2, dtype).text(8, name).bytes(9, &raw)
+}
+
+/// PyTorch's and Brevitas' form: a float weight behind QuantizeLinear → DequantizeLinear
+/// (per channel), computed at import as ONNX defines QuantizeLinear (round half to even,
+/// saturate, zero point); the input image quantised per tensor with a uint8 zero point.
+#[test]
+fn a_float_weight_behind_quantize_linear_is_quantised_at_import() {
+    use proto::{Attr, node};
+    // Channel 0 (scale 0.5, zero point 0): ties at 0.5, 1.5, 2.5 codes, saturation both ways.
+    // Channel 1 (scale 0.25, zero point 3).
+    let w0 = [0.25f32, 0.75, 1.25, -0.25, -0.75, 100.0, -100.0, 0.0, 0.5];
+    let w1 = [0.125f32, 0.375, -0.125, 50.0, -50.0, 0.0, 0.3, -0.3, 1.0];
+    let weights: Vec<u8> = w0.iter().chain(&w1).flat_map(|v| v.to_le_bytes()).collect();
+    let scales: Vec<u8> = [0.5f32, 0.25]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let body = [
+        node(
+            "QuantizeLinear",
+            "q_in",
+            &["images", "s_in", "z_in"],
+            &["x_q"],
+            &[],
+        ),
+        node(
+            "DequantizeLinear",
+            "dq_in",
+            &["x_q", "s_in", "z_in"],
+            &["x"],
+            &[],
+        ),
+        node(
+            "QuantizeLinear",
+            "q_w",
+            &["w", "s_w", "z_w"],
+            &["w_q"],
+            &[("axis", Attr::Int(0))],
+        ),
+        node(
+            "DequantizeLinear",
+            "dq_w",
+            &["w_q", "s_w", "z_w"],
+            &["w_dq"],
+            &[("axis", Attr::Int(0))],
+        ),
+        node("Conv", "conv", &["x", "w_dq"], &["y"], &[]),
+        node("Flatten", "flatten", &["y"], &["features"], &[]),
+    ];
+    let inits = [
+        proto::tensor_of("w", &[2, 1, 3, 3], &weights),
+        proto::tensor_of("s_w", &[2], &scales),
+        int8_tensor("z_w", &[2], 3, &[0, 3]),
+        proto::tensor("s_in", &[], 1.0 / 255.0),
+        int8_tensor("z_in", &[], 2, &[0]),
+    ];
+    let file = common::Scratch::path("qdq-float-weight.onnx");
+    std::fs::write(
+        &file,
+        proto::classifier(1, 28, 28, &body, &inits, 2 * 26 * 26),
+    )
+    .unwrap();
+    let device = backend::cpu().device;
+    let checkpoint = model::load(&file, None, &KeyMap::default(), &device).unwrap();
+    let Network::Onnx(m) = &checkpoint.network else {
+        panic!("an ONNX model")
+    };
+    let i = m
+        .graph
+        .params
+        .iter()
+        .position(|(n, _)| n == "conv.weight")
+        .unwrap();
+    let values: Vec<f32> = m.params[i].val().into_data().to_vec::<f32>().unwrap();
+    let codes0 = [0i64, 2, 2, 0, -2, 127, -128, 0, 1];
+    let codes1 = [3i64, 5, 3, 127, -128, 3, 4, 2, 7];
+    let expected: Vec<f32> = codes0
+        .iter()
+        .map(|&q| q as f32 * 0.5)
+        .chain(codes1.iter().map(|&q| (q - 3) as f32 * 0.25))
+        .collect();
+    assert_eq!(values, expected);
+    let quant = checkpoint.compression.quant.as_ref().unwrap();
+    let grid = &quant.grids.weights["conv"];
+    assert_eq!(
+        (grid.axis, grid.zero.clone(), grid.qmin, grid.qmax),
+        (Some(0), vec![0, 3], -128, 127)
+    );
+    assert_eq!(
+        quant.grids.activations.len(),
+        1,
+        "the input's QuantizeLinear"
+    );
 }

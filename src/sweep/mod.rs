@@ -199,6 +199,7 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
             config,
             images,
             network.model_sha256().is_some() || baseline.is_some(),
+            quantised.is_some(),
         ),
     };
     let plan = PlanInputs {
@@ -227,13 +228,17 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
 }
 
 /// What a sweep of `config` can and cannot say, for the report's summary.
-fn scope(config: &SweepConfig, images: usize, given_baseline: bool) -> String {
+fn scope(config: &SweepConfig, images: usize, given_baseline: bool, qdq: bool) -> String {
     let limit = |t: &config::Training| {
         t.train_limit
             .map_or(String::new(), |n| format!(" on {n} training images"))
     };
     let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-    let baseline = if given_baseline {
+    let baseline = if qdq {
+        "a quantised (QDQ) ONNX file as quantised, against its full model (its graph without the \
+         quantisers, or the given float reference)"
+            .to_string()
+    } else if given_baseline {
         "the given baseline".to_string()
     } else {
         format!(
@@ -244,12 +249,18 @@ fn scope(config: &SweepConfig, images: usize, given_baseline: bool) -> String {
     };
     // Half the width of a 95% interval of an accuracy near 50% measured on `images` images.
     let noise = 100.0 * 1.96 * (0.25 / images.max(1) as f64).sqrt();
+    let compressed = match qdq {
+        true => "no compression step".to_string(),
+        false => format!(
+            "compressed models fine-tuned for {}{}",
+            plural(config.finetune.epochs, "epoch"),
+            limit(&config.finetune)
+        ),
+    };
     format!(
-        "{baseline}; compressed models fine-tuned for {}{}; {} attacked per source; {}. \
+        "{baseline}; {compressed}; {} attacked per source; {}. \
          With {images} images an accuracy near 50% is known to about ±{noise:.0} points (95%), \
          so smaller differences are noise{}.",
-        plural(config.finetune.epochs, "epoch"),
-        limit(&config.finetune),
         plural(images, "test image"),
         plural(config.seeds as usize, "seed"),
         if config.seeds < 2 {

@@ -158,6 +158,13 @@ fn one(op: Op) -> std::result::Result<Built, String> {
     Ok(Built::Steps(vec![op]))
 }
 
+/// What a parameter of a weight layer is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Weight,
+    Bias,
+}
+
 /// A value of the graph as the import knows it.
 #[derive(Clone, Debug)]
 pub(super) enum Value {
@@ -757,7 +764,7 @@ impl Builder<'_> {
 
     /// Input `i` as a weight: a parameter that pruning masks and quantisation rounds.
     fn weight(&mut self, n: &Node, i: usize) -> std::result::Result<usize, String> {
-        let w = self.quantised_param(n, i, "weight")?;
+        let w = self.quantised_param(n, i, Role::Weight)?;
         if !self.weights.contains(&w) {
             self.weights.push(w);
         }
@@ -769,21 +776,21 @@ impl Builder<'_> {
         if !matches!(n.inputs.get(i), Some(Some(_))) {
             return Ok(None);
         }
-        let b = self.quantised_param(n, i, "bias")?;
+        let b = self.quantised_param(n, i, Role::Bias)?;
         if !self.biases.contains(&b) {
             self.biases.push(b);
         }
         Ok(Some(b))
     }
 
-    /// Input `i` as a weight layer's `role` (weight or bias): when a DequantizeLinear made it,
-    /// a parameter named after the layer's node (a weight and its bias share the layer name
+    /// Input `i` as a weight layer's weight or bias: when a DequantizeLinear made it, a
+    /// parameter named after the layer's node (a weight and its bias share the layer name
     /// their grids are recorded under), its grid recorded.
     fn quantised_param(
         &mut self,
         n: &Node,
         i: usize,
-        role: &str,
+        role: Role,
     ) -> std::result::Result<usize, String> {
         let dequantised = match n.inputs.get(i) {
             Some(Some(Value::Known(k))) => self.dequantised.get(k).cloned(),
@@ -796,9 +803,13 @@ impl Builder<'_> {
             "" => n.label.clone(),
             name => name.to_string(),
         };
-        let p = self.param_named(n, i, format!("{node}.{role}"))?;
+        let suffix = match role {
+            Role::Weight => "weight",
+            Role::Bias => "bias",
+        };
+        let p = self.param_named(n, i, format!("{node}.{suffix}"))?;
         let layer = node;
-        if role == "weight" {
+        if role == Role::Weight {
             if d.qtype != qdq::QType::Int8 {
                 return Err(format!(
                     "its weight '{}' is {}; advcomp emulates int8 weights (uint8 for \
