@@ -1,7 +1,8 @@
 //! Quantised ONNX in: QDQ files made by ONNX Runtime's static quantiser
 //! (tests/data/models/qdq, with the script that made them and ONNX Runtime's logits) import as
 //! a compressed model whose integer arithmetic is emulated (logits within one step of the
-//! output's grid of ONNX Runtime's, the same predictions, ties to the lowest class), and as a
+//! output's grid of ONNX Runtime's, the same predictions, ties to the lowest class; on cpu and
+//! on wgpu), and as a
 //! full model (the graph with its QuantizeLinear/DequantizeLinear pairs removed, a ReLU where a
 //! removed QuantizeLinear's zero point was its type's minimum); malformed QDQ files that ONNX
 //! Runtime runs silently are refused naming the file and the node, exit code 2.
@@ -132,14 +133,21 @@ fn check_file(name: &str, step: f32, device: &Device) {
 
 #[test]
 fn onnx_runtimes_int8_models_import_and_compute_what_onnx_runtime_computes() {
-    let device = backend::cpu().device;
+    let devices =
+        std::iter::once(backend::cpu().device).chain(common::wgpu_or_skip().map(|g| g.device));
+    for device in devices {
+        check_files(&device);
+    }
+}
+
+fn check_files(device: &Device) {
     for (name, step) in [
         ("resnet8-fmnist.int8", 0.0980),
         ("resnet8-fmnist.int8-s8act", 0.0980),
         ("lenet5.int8", 0.1058),
         ("lenet5.int8-s8act", 0.1058),
     ] {
-        check_file(name, step, &device);
+        check_file(name, step, device);
     }
 }
 
