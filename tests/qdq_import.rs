@@ -2,10 +2,10 @@
 //! (tests/data/models/qdq, with the script that made them and ONNX Runtime's logits) import as
 //! a compressed model whose integer arithmetic is emulated (logits within one step of the
 //! output's grid of ONNX Runtime's, the same predictions, ties to the lowest class; on cpu and
-//! on wgpu), and as a
-//! full model (the graph with its QuantizeLinear/DequantizeLinear pairs removed, a ReLU where a
-//! removed QuantizeLinear's zero point was its type's minimum); malformed QDQ files that ONNX
-//! Runtime runs silently are refused naming the file and the node, exit code 2.
+//! on wgpu), and as a full model (the graph with its QuantizeLinear/DequantizeLinear pairs
+//! removed, a ReLU where a removed QuantizeLinear's zero point was its type's minimum);
+//! malformed QDQ files that ONNX Runtime runs silently are refused naming the file and the
+//! node, exit code 2.
 
 mod common;
 use common::onnx as proto;
