@@ -75,6 +75,9 @@ fn check_file(name: &str, step: f32, device: &Device) {
         .quant
         .as_ref()
         .expect("a QDQ file is quantised");
+    // Its record reads back (calibration `file`: the grids are the file's).
+    let record = checkpoint.record().expect("the record reads back");
+    assert_eq!(record.quantiser.as_ref(), Some(&quant.config));
     assert!(!quant.grids.weights.is_empty() && !quant.grids.activations.is_empty());
     assert!(quant.grids.weights.values().all(|g| g.axis == Some(0)));
     let ours = host(
@@ -424,4 +427,56 @@ fn a_float_weight_behind_quantize_linear_is_quantised_at_import() {
         1,
         "the input's QuantizeLinear"
     );
+}
+
+/// `calibration = file` stands for a QDQ file's grids: advcomp does not make them, so neither
+/// `compress` nor a sweep's grid takes it (exit code 2, nothing written).
+#[test]
+fn file_calibration_is_refused_where_advcomp_would_calibrate() {
+    let out = common::Scratch::path("qdq-file-calibration.safetensors");
+    let base =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/lenet5.safetensors");
+    let run = advcomp(&[
+        "compress",
+        "--backend",
+        "cpu",
+        "--checkpoint",
+        base.to_str().unwrap(),
+        "--quant",
+        "int8",
+        "--calibration",
+        "file",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("error: --calibration: file: the grids of an imported QDQ model"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    let config = common::Scratch::path("qdq-file-calibration.toml");
+    std::fs::write(
+        &config,
+        "[[grid.quantisers]]\nkind = \"affine\"\ncalibration = \"file\"\n",
+    )
+    .unwrap();
+    let folder = common::Scratch::path("qdq-file-calibration-sweep");
+    let run = advcomp(&[
+        "sweep",
+        "--config",
+        config.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--out",
+        folder.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("grid.quantisers.calibration: file"),
+        "{stderr}"
+    );
+    assert!(!folder.exists());
 }

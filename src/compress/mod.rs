@@ -41,6 +41,19 @@ pub struct CompressConfig {
     pub finetune: TrainConfig,
 }
 
+/// Refuses a quantiser that stands for a QDQ file's grids (calibration `file`): advcomp
+/// does not make them.
+pub fn refuse_imported(q: &QuantConfig) -> Result<()> {
+    match q.imported() {
+        true => Err(Error::invalid(
+            "calibration",
+            "file: the grids of an imported QDQ model, which advcomp does not make (calibrate \
+             with minmax, percentile or mse)",
+        )),
+        false => Ok(()),
+    }
+}
+
 impl CompressConfig {
     /// Defaults: no pruning, no quantisation (set at least one), STE, 3 epochs of Adam at
     /// lr 1e-3 with cosine decay.
@@ -64,6 +77,7 @@ impl CompressConfig {
         }
         if let Some(q) = &self.quant {
             q.validate()?;
+            refuse_imported(q)?;
         }
         if self.prune.is_none() && self.quant.is_none() {
             return Err(Error::usage(

@@ -133,6 +133,7 @@ impl FromStr for Calibration {
             "minmax" => Ok(Calibration::MinMax),
             "percentile" => Ok(Calibration::Percentile),
             "mse" => Ok(Calibration::Mse),
+            "file" => Ok(Calibration::File),
             _ => Err(Error::usage(format!(
                 "unknown calibration '{s}' (expected minmax, percentile or mse)"
             ))),
@@ -354,6 +355,10 @@ impl Quantiser for Affine {
             None => "activations float".into(),
         };
         format!("{weights}, {activations}")
+    }
+
+    fn imported(s: &AffineSettings) -> bool {
+        s.calibration == Calibration::File
     }
 
     fn sites(_: &AffineSettings) -> Sites {

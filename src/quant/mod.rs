@@ -100,6 +100,11 @@ pub trait Quantiser {
     /// The grid of an activation site, from its calibration samples (empty when the
     /// quantiser needs none).
     fn activation_grid(settings: &Self::Settings, samples: &[f32]) -> Result<Option<Grid>>;
+    /// Whether the settings stand for grids imported from a file (a QDQ model), which the
+    /// quantiser does not make: such a quantiser compresses nothing.
+    fn imported(_settings: &Self::Settings) -> bool {
+        false
+    }
 }
 
 /// Every grid of a quantised model that is not the same for every layer: by weight layer, by
@@ -256,6 +261,12 @@ macro_rules! registry {
                 match self {
                     $(QuantConfig::$kind(s) =>
                         <$module::$quantiser as Quantiser>::bias_grid(s, weight, input),)*
+                }
+            }
+
+            pub fn imported(&self) -> bool {
+                match self {
+                    $(QuantConfig::$kind(s) => <$module::$quantiser as Quantiser>::imported(s),)*
                 }
             }
 

@@ -443,6 +443,7 @@ impl SweepConfig {
         }
         for q in &self.grid.quantisers {
             q.validate()
+                .and_then(|_| crate::compress::refuse_imported(q))
                 .map_err(|e| e.in_section("grid.quantisers", &[]))?;
         }
         let labels: Vec<String> = self
