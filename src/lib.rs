@@ -32,6 +32,53 @@ macro_rules! serde_as_text {
     };
 }
 
+/// Serde for a kind with its settings (a quantiser, a pruner): `{"kind": NAME, ...its
+/// settings}`, the kind first; read back through the config's `from_settings`, which refuses
+/// unknown settings by name.
+macro_rules! kind_with_settings_serde {
+    ($config:ty, $kind:ty) => {
+        impl serde::Serialize for $config {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let settings = self.settings();
+                let mut out = s.serialize_map(Some(settings.len() + 1))?;
+                out.serialize_entry("kind", self.kind().name())?;
+                for (k, v) in &settings {
+                    out.serialize_entry(k, v)?;
+                }
+                out.end()
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $config {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                use serde::de::Error as _;
+                let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+                let kind: $kind = match map.remove("kind") {
+                    Some(serde_json::Value::String(name)) => {
+                        name.parse().map_err(D::Error::custom)?
+                    }
+                    _ => {
+                        return Err(D::Error::custom(format!(
+                            "names no kind (kind = {})",
+                            <$kind>::ALL
+                                .iter()
+                                .map(|k| format!("\"{}\"", k.name()))
+                                .collect::<Vec<_>>()
+                                .join(" or ")
+                        )));
+                    }
+                };
+                <$config>::from_settings(kind, map).map_err(D::Error::custom)
+            }
+        }
+    };
+}
+
 pub mod attack;
 pub mod backend;
 pub mod compress;
@@ -41,6 +88,8 @@ pub mod files;
 pub mod kernels;
 pub mod model;
 pub mod profile;
+pub mod prune;
+pub mod quant;
 pub mod report;
 pub mod sweep;
 pub mod train;

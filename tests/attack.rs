@@ -7,8 +7,8 @@ use common::Scratch;
 
 use advcomp::attack::{self, AttackConfig, AttackKind, Differentiable, GradNorm};
 use advcomp::backend;
-use advcomp::kernels::FixedPoint;
 use advcomp::model::{Classifier, Compression, ModelKind};
+use advcomp::quant::FixedPoint;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use rand::rngs::StdRng;
@@ -277,11 +277,10 @@ fn attacks_on_a_quantised_model_follow_ste_gradients() {
     let (images, labels) = common::mnist_test_batch(8, &device);
     let quantised = Classifier {
         network,
-        compression: Compression {
-            weights: Some(FixedPoint::paper(8).unwrap()),
-            activations: Some(FixedPoint::paper(8).unwrap()),
-            ..Compression::default()
-        },
+        compression: Compression::fixed_point(
+            Some(FixedPoint::paper(8).unwrap()),
+            Some(FixedPoint::paper(8).unwrap()),
+        ),
     };
     // A quantiser's forward is a step function: its true derivative is zero almost everywhere,
     // so FGSM with detached or true gradients would not move. Through the STE it does.
@@ -408,13 +407,11 @@ fn a_frozen_classifier_gives_the_same_logits_and_image_gradients_bit_for_bit() {
                 },
             )]
             .into(),
-            weights: Some(q),
-            activations: Some(q),
-            ..Compression::default()
+            ..Compression::fixed_point(Some(q), Some(q))
         },
     };
     let frozen = classifier.frozen();
-    assert!(frozen.compression.masks.is_empty() && frozen.compression.weights.is_none());
+    assert!(frozen.compression.masks.is_empty() && frozen.compression.weights_baked);
     let (images, labels) = common::mnist_test_batch(32, &device);
     let logits = |c: &Classifier| host(c.logits(images.clone()).reshape([32 * 10, 1, 1, 1]));
     assert_eq!(logits(&frozen), logits(&classifier));

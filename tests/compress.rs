@@ -1,6 +1,8 @@
 //! Compression: DNS and magnitude pruning reach their density (counted from the masks),
 //! quantised weights lie on the fixed-point grid, 4-bit activations take at most 16 values,
-//! compressed checkpoints keep masks and formats, and bad options are refused.
+//! affine int8 per-channel quantisation keeps a trained LeNet5's accuracy with every weight on
+//! its channel's grid, compressed checkpoints keep masks, formats and grids, and bad options
+//! are refused.
 
 mod common;
 use common::Scratch;
@@ -10,10 +12,11 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use advcomp::backend;
-use advcomp::compress::{self, CompressConfig, Pruner};
+use advcomp::compress::{self, CompressConfig};
 use advcomp::data::{self, DatasetKind, Split};
-use advcomp::kernels::FixedPoint;
 use advcomp::model::{self, CheckpointMeta, Compression, KeyMap, ModelKind};
+use advcomp::prune::{PruneConfig, PruneKind};
+use advcomp::quant::{FixedPoint, FixedPointSettings, QuantConfig};
 use advcomp::train::TrainConfig;
 use burn::prelude::*;
 use safetensors::SafeTensors;
@@ -93,7 +96,7 @@ fn dns_reaches_the_target_density_in_every_layer_and_pruned_weights_recover() {
     let base = baseline("dns-base.safetensors");
     let (one_shot, tuned) = (temp("dns0.safetensors"), temp("dns1.safetensors"));
     let mut c = config(0);
-    c.prune = Some((Pruner::Dns, 0.1));
+    c.prune = Some(PruneConfig::at(PruneKind::Dns, 0.1));
     let outcome = run(&base, &c, &one_shot);
     assert_eq!(outcome.record.density.len(), 4, "conv0, conv1, fc1, logits");
     for (layer, density) in &outcome.record.density {
@@ -105,8 +108,11 @@ fn dns_reaches_the_target_density_in_every_layer_and_pruned_weights_recover() {
     // pruned by the first mask come back (DNS's update reaches every weight).
     c.finetune.epochs = 1;
     c.finetune.learning_rate = 3e-3;
-    c.mask_interval = 1;
-    c.mask_freeze = 1.0;
+    c.prune = c.prune.map(|p| {
+        p.with("mask_interval", 1)
+            .and_then(|p| p.with("mask_freeze", 1.0))
+            .unwrap()
+    });
     run(&base, &c, &tuned);
     let (first, last) = (load(&one_shot), load(&tuned));
     let mut recovered = 0;
@@ -154,7 +160,7 @@ fn magnitude_pruning_keeps_the_largest_weights_and_never_regrows() {
     let base = baseline("mag-base.safetensors");
     let out = temp("mag.safetensors");
     let mut c = config(0);
-    c.prune = Some((Pruner::Magnitude, 0.25));
+    c.prune = Some(PruneConfig::at(PruneKind::Magnitude, 0.25));
     run(&base, &c, &out);
     let original = load(&base);
     let pruned = load(&out);
@@ -186,12 +192,15 @@ fn magnitude_pruning_keeps_the_largest_weights_and_never_regrows() {
     // Iterative: three rounds with fine-tuning between; each round's mask is inside the last.
     let iterative = temp("mag3.safetensors");
     c.finetune.epochs = 1;
-    c.magnitude_rounds = 3;
+    c.prune = c.prune.map(|p| p.with("rounds", 3).unwrap());
     let outcome = run(&base, &c, &iterative);
     let last = load(&iterative);
     let mut first_round = c.clone();
     first_round.finetune.epochs = 0;
-    first_round.prune = Some((Pruner::Magnitude, 0.25f64.powf(1.0 / 3.0)));
+    first_round.prune = Some(PruneConfig::at(
+        PruneKind::Magnitude,
+        0.25f64.powf(1.0 / 3.0),
+    ));
     let first_out = temp("mag-r1.safetensors");
     run(&base, &first_round, &first_out);
     let first = load(&first_out);
@@ -232,19 +241,20 @@ fn quantised_weights_lie_on_the_grid_and_4_bit_activations_take_at_most_16_value
     for bits in [4, 8] {
         let out = temp(&format!("q{bits}.safetensors"));
         let mut c = config(1);
-        c.weights = Some(FixedPoint::paper(bits).unwrap());
-        c.activations = c.weights;
+        let format = FixedPoint::paper(bits).unwrap();
+        c.quant = Some(QuantConfig::Fixed(FixedPointSettings::paper(bits).unwrap()));
         // Pruned and quantised together.
-        c.prune = Some((Pruner::Dns, 0.5));
+        c.prune = Some(PruneConfig::at(PruneKind::Dns, 0.5));
         let outcome = run(&base, &c, &out);
-        assert_on_grid(&out, c.weights.unwrap());
+        assert_on_grid(&out, format);
         assert!((outcome.record.overall_density - 0.5).abs() <= 0.005);
         let ckpt = load(&out);
-        assert_eq!(ckpt.compression.weights, c.weights);
-        assert_eq!(ckpt.compression.activations, c.activations);
+        assert_eq!(
+            ckpt.compression.quant.as_ref().map(|q| &q.config),
+            c.quant.as_ref()
+        );
 
         // A forward pass records every layer output: on the grid, at most 2^bits values.
-        let format = c.activations.unwrap();
         for (layer, values) in layer_outputs(&ckpt.network, &ckpt.compression) {
             assert!(
                 values.iter().all(|v| format.quantise(*v) == *v),
@@ -261,11 +271,10 @@ fn quantised_weights_lie_on_the_grid_and_4_bit_activations_take_at_most_16_value
     // With 8-bit weights (4-bit weights zero most of a fresh network's small weights, which
     // would make the check trivial), 4-bit activations use several of their 16 codes.
     let fresh = load(&base);
-    let compression = Compression {
-        weights: Some(FixedPoint::paper(8).unwrap()),
-        activations: Some(FixedPoint::paper(4).unwrap()),
-        ..Compression::default()
-    };
+    let compression = Compression::fixed_point(
+        Some(FixedPoint::paper(8).unwrap()),
+        Some(FixedPoint::paper(4).unwrap()),
+    );
     for (layer, values) in layer_outputs(&fresh.network, &compression) {
         let n = distinct(&values);
         assert!(
@@ -304,14 +313,17 @@ fn a_compressed_checkpoint_loads_back_with_the_same_masks_formats_and_outputs() 
     let base = baseline("rt-base.safetensors");
     let out = temp("rt.safetensors");
     let mut c = config(0);
-    c.prune = Some((Pruner::Magnitude, 0.3));
-    c.weights = Some(FixedPoint::new(6, 2).unwrap());
+    c.prune = Some(PruneConfig::at(PruneKind::Magnitude, 0.3));
+    c.quant = Some(QuantConfig::Fixed(FixedPointSettings {
+        weights: Some(FixedPoint::new(6, 2).unwrap()),
+        activations: None,
+    }));
     let outcome = run(&base, &c, &out);
     let ckpt = load(&out);
     let record = ckpt.record().expect("compression record in the metadata");
     assert_eq!(record, outcome.record);
-    assert_eq!(record.pruner, Some(compress::Pruner::Magnitude));
-    assert_eq!(ckpt.compression.activations, None);
+    assert_eq!(record.pruner, c.prune);
+    assert!(!ckpt.compression.quantises_activations());
 
     // The baked weights give the same logits with or without applying the compression again.
     let device = backend::cpu().device;
@@ -353,7 +365,7 @@ fn impossible_compression_options_are_refused_and_write_nothing() {
     let base = base.to_str().unwrap();
     let out = temp("never.safetensors");
     let out_str = out.to_str().unwrap();
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 13] = [
         (&["--density", "0"], "must lie in (0, 1]"),
         (&["--density", "1.5"], "must lie in (0, 1]"),
         (&["--prune", "dns"], "needs --density"),
@@ -372,6 +384,10 @@ fn impossible_compression_options_are_refused_and_write_nothing() {
             &["--prune", "snip", "--density", "0.5"],
             "unknown pruner 'snip'",
         ),
+        (&["--per-channel"], "--quant"),
+        (&["--quant", "int8", "--bits", "8"], "cannot be used with"),
+        (&["--quant", "uint8"], "weights are quantised symmetrically"),
+        (&["--quant", "int16"], "unknown integer type 'int16'"),
     ];
     for (extra, expected) in cases {
         let mut args = vec![
@@ -422,9 +438,8 @@ fn stats_writes_weight_and_activation_cdfs_and_info_shows_the_compression() {
     let base = baseline("stats-base.safetensors");
     let out = temp("stats-q4.safetensors");
     let mut c = config(0);
-    c.weights = Some(FixedPoint::paper(4).unwrap());
-    c.activations = c.weights;
-    c.prune = Some((Pruner::Dns, 0.2));
+    c.quant = Some(QuantConfig::Fixed(FixedPointSettings::paper(4).unwrap()));
+    c.prune = Some(PruneConfig::at(PruneKind::Dns, 0.2));
     run(&base, &c, &out);
     let csv = temp("stats.csv");
     let result = advcomp(&[
@@ -494,4 +509,114 @@ fn stats_writes_weight_and_activation_cdfs_and_info_shows_the_compression() {
         let density: f64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
         assert!(density <= 0.2 + 1e-9, "{layer}: {row}");
     }
+}
+
+#[test]
+fn affine_int8_per_channel_keeps_a_trained_lenet5_and_puts_every_weight_on_its_grid() {
+    use advcomp::quant::{AffineSettings, IntType};
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/lenet5.safetensors");
+    let out = temp("int8-pc.safetensors");
+    let mut c = config(0);
+    c.quant = Some(QuantConfig::Affine(AffineSettings {
+        weights: Some(IntType::Int8),
+        activations: Some(IntType::Uint8),
+        per_channel: true,
+        calibration_images: 300,
+        ..AffineSettings::default()
+    }));
+    let device = backend::cpu().device;
+    let outcome = compress::compress_checkpoint(
+        &base,
+        &advcomp::data::DataChoice::default(),
+        &c,
+        Some(1000),
+        &device,
+        &out,
+        |_| {},
+    )
+    .unwrap();
+    // Post-training quantisation alone (no fine-tuning) stays within 3 of 1,000 images.
+    let drop = outcome.base_accuracy - outcome.test_accuracy;
+    assert!(
+        drop.abs() <= 0.003,
+        "accuracy {} -> {}",
+        outcome.base_accuracy,
+        outcome.test_accuracy
+    );
+
+    let ckpt = load(&out);
+    let quant = ckpt.compression.quant.clone().expect("quantised");
+    let grids = &quant.grids;
+    // One scale per output channel: conv weights [out, in, kh, kw] along 0, burn's linear
+    // weights [in, out] along 1.
+    let expected = [
+        ("conv0", 0, 20),
+        ("conv1", 0, 50),
+        ("fc1", 1, 500),
+        ("logits", 1, 10),
+    ];
+    for (layer, axis, channels) in expected {
+        let grid = &grids.weights[layer];
+        assert_eq!(
+            (grid.axis, grid.channels()),
+            (Some(axis), channels),
+            "{layer}"
+        );
+        assert_eq!((grid.qmin, grid.qmax), (-127, 127), "{layer}");
+        // Every stored weight is its channel's scale times an integer code, and each channel
+        // uses its largest code (scale = max |w| / 127). The file has PyTorch's layouts, the
+        // output channel first.
+        let (_, shape, values) = stored(&out)
+            .into_iter()
+            .find(|(n, ..)| *n == format!("{layer}.weight"))
+            .unwrap();
+        assert_eq!(shape[0], channels);
+        let inner: usize = shape[1..].iter().product();
+        let mut top = vec![0i64; channels];
+        for (i, w) in values.iter().enumerate() {
+            let ch = (i / inner) % channels;
+            let code = grid.code(*w, ch);
+            assert!(code.abs() <= 127, "{layer}: code {code}");
+            assert_eq!(
+                (code as f32 * grid.scale[ch]).to_bits(),
+                w.to_bits(),
+                "{layer}: {w} is off its channel's grid"
+            );
+            top[ch] = top[ch].max(code.abs());
+        }
+        assert!(top.iter().all(|t| *t == 127), "{layer}: {top:?}");
+        // Biases: int32 codes of scale input scale x weight scale, as ONNX Runtime's.
+        let input = &grids.activations[&format!("{layer}:input")];
+        let bias = &grids.biases[layer];
+        for (b, w) in bias.scale.iter().zip(&grid.scale) {
+            assert_eq!(b.to_bits(), (input.scale[0] * w).to_bits(), "{layer}");
+        }
+    }
+    // Activations: uint8 with a zero point at the input of every layer and at the logits.
+    let mut sites: Vec<&str> = grids.activations.keys().map(String::as_str).collect();
+    sites.sort();
+    assert_eq!(
+        sites,
+        [
+            "conv0:input",
+            "conv1:input",
+            "fc1:input",
+            "logits",
+            "logits:input"
+        ]
+    );
+    for grid in grids.activations.values() {
+        assert_eq!((grid.axis, grid.qmin, grid.qmax), (None, 0, 255));
+    }
+    // The image input (2x - 1 in [-1, 1]) takes a middle code as its zero point.
+    let zero = grids.activations["conv0:input"].zero[0];
+    assert!((127..=128).contains(&zero), "{zero}");
+
+    // The checkpoint runs as it was made: the weights baked once or quantised again give the
+    // same logits, on 256 grid values at most.
+    let (images, _) = common::mnist_test_batch(64, &device);
+    let classifier = ckpt.classifier();
+    let logits = host(classifier.logits(images.clone()));
+    assert_eq!(logits, host(classifier.frozen().logits(images)));
+    assert!(distinct(&logits) <= 256);
 }

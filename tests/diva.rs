@@ -10,8 +10,8 @@ use std::process::Command;
 
 use advcomp::attack::{self, AttackConfig, AttackKind, Differentiable};
 use advcomp::backend;
-use advcomp::kernels::FixedPoint;
 use advcomp::model::{Classifier, Compression, ModelKind};
+use advcomp::quant::FixedPoint;
 use burn::prelude::*;
 
 fn host<const K: usize>(t: Tensor<K>) -> Vec<f32> {
@@ -103,11 +103,7 @@ fn the_compressed_models_term_reaches_the_images_through_its_ste_quantisers() {
     let format = Some(FixedPoint::paper(4).unwrap());
     let quantised = Classifier {
         network,
-        compression: Compression {
-            weights: format,
-            activations: format,
-            ..Compression::default()
-        },
+        compression: Compression::fixed_point(format, format),
     };
     // weight 0: F's term alone; weight 1 adds C's. Their difference is C's gradient, which is
     // zero almost everywhere through a true step function and non-zero through the STE.

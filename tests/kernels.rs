@@ -1,14 +1,16 @@
 //! The compression kernels: every WGSL file validates with naga; on wgpu (lavapipe in CI) each
 //! kernel equals the CPU reference bit for bit (NaN compared as "both NaN"), on ties at .5,
 //! values beyond the range, +-0, NaN, +-Inf, tensors needing a 2D dispatch and non-contiguous
-//! views; gradients through the STE equal the reference's. The CPU kernels (fused quantiser,
+//! views, for fixed-point grids and affine ones (per tensor with a zero point, per channel
+//! along any axis, int32 bias ranges); gradients through the STE equal the reference's. The CPU kernels (fused quantiser,
 //! im2col + GEMM convolution, max pooling) equal the reference and burn's own ops, forward and
 //! backward, on every geometry, and do not depend on the number of threads.
 
 mod common;
 
 use advcomp::backend;
-use advcomp::kernels::{self, FixedPoint, QuantGrad, StepRule, StepSettings};
+use advcomp::kernels::{self, Grid, QuantGrad, StepRule, StepSettings};
+use advcomp::quant::FixedPoint;
 use burn::prelude::*;
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use rand::rngs::StdRng;
@@ -139,9 +141,9 @@ fn the_reference_quantiser_is_the_designs_formula() {
     ];
     let input: Vec<f32> = cases.iter().map(|c| c.0).collect();
     let expected: Vec<f32> = cases.iter().map(|c| c.1).collect();
-    let got = values(kernels::fixed_point(
+    let got = values(kernels::quantise(
         tensor(&input, &cpu),
-        q4,
+        &q4.grid(),
         QuantGrad::Ste,
     ));
     same_bits("Q(4,1) on cpu", &got, &expected);
@@ -159,20 +161,20 @@ fn the_reference_quantiser_is_the_designs_formula() {
         let f = format(bits, int_bits);
         let input = probe_values(f, 4096, bits as u64);
         let grad = probe_values(f, input.len(), 11);
-        let got = values(kernels::fixed_point(
+        let got = values(kernels::quantise(
             tensor(&input, &cpu),
-            f,
+            &f.grid(),
             QuantGrad::Ste,
         ));
-        let reference = values(kernels::fixed_point_reference(tensor(&input, &cpu), f));
+        let reference = values(kernels::quantise_reference(tensor(&input, &cpu), &f.grid()));
         same_bits(&format!("{f} cpu kernel vs reference"), &got, &reference);
         let host: Vec<f32> = input.iter().map(|&x| f.quantise(x)).collect();
         same_bits(&format!("{f} reference vs host"), &reference, &host);
         let ste = |kernel: bool| {
             let (x, g) = (tensor(&input, &cpu), tensor(&grad, &cpu));
             values(match kernel {
-                true => kernels::fixed_point_ste(x, g, f),
-                false => kernels::fixed_point_ste_reference(x, g, f),
+                true => kernels::quantise_ste(x, g, &f.grid()),
+                false => kernels::quantise_ste_reference(x, g, &f.grid()),
             })
         };
         same_bits(
@@ -195,8 +197,9 @@ fn wgsl_kernels_equal_the_reference_bit_for_bit() {
         let input = probe_values(f, 20_000, 100 + bits as u64);
         let grad: Vec<f32> = probe_values(f, input.len(), 7);
         let on = |device: &Device| {
-            let q = kernels::fixed_point(tensor(&input, device), f, QuantGrad::Ste);
-            let ste = kernels::fixed_point_ste(tensor(&input, device), tensor(&grad, device), f);
+            let q = kernels::quantise(tensor(&input, device), &f.grid(), QuantGrad::Ste);
+            let ste =
+                kernels::quantise_ste(tensor(&input, device), tensor(&grad, device), &f.grid());
             (values(q), values(ste))
         };
         let (q_gpu, ste_gpu) = on(&gpu);
@@ -239,6 +242,236 @@ fn wgsl_kernels_equal_the_reference_bit_for_bit() {
     }
 }
 
+/// Affine grids and the shapes they quantise: per tensor with a zero point (uint8, int4
+/// activations), per channel along the first axis (a conv weight), along the last (burn's
+/// [in, out] linear weight: every element changes channel), along a middle one, and an int32
+/// bias range (codes beyond 2^22: the CPU's exact rounding path).
+fn affine_cases() -> Vec<(&'static str, Grid, Vec<usize>)> {
+    let channels = |n: usize, base: f32| (0..n).map(|c| base * (1.0 + 0.37 * c as f32)).collect();
+    vec![
+        (
+            "uint8 per tensor",
+            Grid::per_tensor(0.0371, 37, 0, 255).unwrap(),
+            vec![4, 3, 7, 5],
+        ),
+        (
+            "int4 per tensor",
+            Grid::per_tensor(0.21, -3, -8, 7).unwrap(),
+            vec![1000],
+        ),
+        (
+            "int8 per channel, axis 0",
+            Grid::new(Some(0), channels(6, 0.013), vec![0; 6], -127, 127).unwrap(),
+            vec![6, 3, 5, 5],
+        ),
+        (
+            "int8 per channel, last axis",
+            Grid::new(Some(1), channels(7, 0.02), vec![0; 7], -127, 127).unwrap(),
+            vec![300, 7],
+        ),
+        (
+            "uint8 per channel, middle axis, zero points",
+            Grid::new(Some(1), channels(3, 0.05), vec![0, 128, 255], 0, 255).unwrap(),
+            vec![5, 3, 64],
+        ),
+        (
+            "int32 bias per channel",
+            Grid::new(
+                Some(0),
+                channels(500, 1e-7),
+                vec![0; 500],
+                i32::MIN as i64,
+                i32::MAX as i64,
+            )
+            .unwrap(),
+            vec![500],
+        ),
+    ]
+}
+
+/// Values for `grid`: the fixed-point probes at its first channel's step (ties between codes,
+/// the range's ends, NaN, ±Inf, ±0, subnormals), repeated to `n`.
+fn affine_probes(grid: &Grid, n: usize, seed: u64) -> Vec<f32> {
+    let c = grid.table()[0];
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut values = vec![
+        0.0,
+        -0.0,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        c.lo * c.scale,
+        c.hi * c.scale,
+        (c.lo - 1.0) * c.scale,
+        (c.hi + 1.0) * c.scale,
+        0.5 * c.scale,
+        -0.5 * c.scale,
+        2.5 * c.scale,
+        1e-40,
+        f32::MAX,
+    ];
+    let reach = c.hi.abs().max(c.lo.abs()).min(1e6) * c.scale;
+    while values.len() < n {
+        let v = match rng.random_range(0..3) {
+            0 => (2 * rng.random_range(-300i32..300) + 1) as f32 * 0.5 * c.scale,
+            1 => rng.random_range(-1.5 * reach..1.5 * reach),
+            _ => rng.random_range(-4.0f32..4.0),
+        };
+        values.push(v);
+    }
+    values.truncate(n);
+    values
+}
+
+/// q of every element of a tensor of `shape` on the host, channel by channel.
+fn host_quantise(grid: &Grid, shape: &[usize], values: &[f32]) -> Vec<f32> {
+    let (channels, inner) = match grid.axis {
+        None => (1, values.len()),
+        Some(a) => (shape[a], shape[a + 1..].iter().product()),
+    };
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| grid.quantise(x, (i / inner) % channels))
+        .collect()
+}
+
+#[test]
+fn affine_grids_quantise_as_onnx_defines_it_on_every_backend() {
+    let cpu = backend::cpu().device;
+    // uint8, scale 0.1, zero point 3: x / s rounds half to even, the zero point shifts the
+    // code, saturation is at the type's codes, q = (code - z) * s.
+    let grid = Grid::per_tensor(0.1, 3, 0, 255).unwrap();
+    let cases: [(f32, f32); 6] = [
+        (0.25, 0.2),  // 2.5 -> 2 (even), code 5, (5 - 3) * 0.1
+        (0.35, 0.4),  // 3.5 -> 4
+        (-0.5, -0.3), // code -2 saturates at 0: (0 - 3) * 0.1
+        (30.0, 25.2), // code 303 saturates at 255
+        (-0.04, 0.0), // rounds to the zero point: +0
+        (f32::NAN, f32::NAN),
+    ];
+    let input: Vec<f32> = cases.iter().map(|c| c.0).collect();
+    let got = values(kernels::quantise(
+        tensor(&input, &cpu),
+        &grid,
+        QuantGrad::Ste,
+    ));
+    for ((x, want), got) in cases.iter().zip(&got) {
+        let close = (got - want).abs() <= 1e-6 || (got.is_nan() && want.is_nan());
+        assert!(close, "q({x}) = {got}, expected {want}");
+    }
+    assert_eq!(got[4].to_bits(), 0, "a zero result is +0");
+    assert_eq!(
+        (grid.code(0.25, 0), grid.code(-0.5, 0), grid.code(30.0, 0)),
+        (5, 0, 255)
+    );
+
+    // A multiply by the host's f32 reciprocal, as ONNX's x / s except near ties: wherever the
+    // two give different codes, x / s lies within a few ulps of a half-integer.
+    let onnx = |x: f32, s: f32| (x / s).round_ties_even();
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut differ = 0;
+    for _ in 0..200_000 {
+        let s = rng.random_range(1e-4f32..1.0);
+        let x = rng.random_range(-100.0f32..100.0) * s;
+        let ours = (x * (1.0 / s)).round_ties_even();
+        if ours != onnx(x, s) {
+            differ += 1;
+            let tie = ((x / s).abs().fract() - 0.5).abs();
+            assert!(
+                tie < 1e-5 * (x / s).abs().max(1.0),
+                "x {x} s {s}: not at a tie"
+            );
+        }
+    }
+    assert!(differ < 200, "{differ} of 200,000 codes differ from x / s");
+
+    // Fixed point is the grid of scale 2^-F: its kernel results are unchanged (held to the
+    // reference above); here every affine grid, per tensor and per channel on any axis: the
+    // fused CPU kernel, the reference's tensor ops and the host formula, q and its STE.
+    let gpu = common::wgpu_or_skip().map(|g| g.device);
+    for (name, grid, shape) in affine_cases() {
+        let n: usize = shape.iter().product();
+        let input = affine_probes(&grid, n, 21);
+        let grad = affine_probes(&grid, n, 22);
+        let shaped = |v: &[f32], device: &Device| -> Tensor<4> {
+            let mut dims = [1; 4];
+            dims[4 - shape.len()..].copy_from_slice(&shape);
+            tensor(v, device).reshape(dims)
+        };
+        // The grid's axis is the shape's, so the rank-4 view shifts it.
+        let lifted = Grid {
+            axis: grid.axis.map(|a| a + 4 - shape.len()),
+            ..grid.clone()
+        };
+        let on = |device: &Device| {
+            let q = values(kernels::quantise(
+                shaped(&input, device),
+                &lifted,
+                QuantGrad::Ste,
+            ));
+            let ste = values(kernels::quantise_ste(
+                shaped(&input, device),
+                shaped(&grad, device),
+                &lifted,
+            ));
+            (q, ste)
+        };
+        let (q, ste) = on(&cpu);
+        let reference = values(kernels::quantise_reference(shaped(&input, &cpu), &lifted));
+        same_bits(&format!("{name}: cpu kernel vs reference"), &q, &reference);
+        same_bits(
+            &format!("{name}: reference vs host"),
+            &reference,
+            &host_quantise(&grid, &shape, &input),
+        );
+        let ste_reference = values(kernels::quantise_ste_reference(
+            shaped(&input, &cpu),
+            shaped(&grad, &cpu),
+            &lifted,
+        ));
+        same_bits(
+            &format!("{name}: STE cpu vs reference"),
+            &ste,
+            &ste_reference,
+        );
+        assert!(ste.contains(&0.0) && ste.iter().any(|g| *g != 0.0));
+        if let Some(gpu) = &gpu {
+            let (q_gpu, ste_gpu) = on(gpu);
+            same_bits(&format!("{name}: on wgpu"), &q_gpu, &q);
+            same_bits(&format!("{name}: STE on wgpu"), &ste_gpu, &ste);
+        }
+    }
+
+    // What no kernel can compute is refused when the grid is made.
+    for (scale, zero, what) in [
+        (0.0, 0, "scale 0"),
+        (-1.0, 0, "scale -1"),
+        (f32::NAN, 0, "scale NaN"),
+        (1e-45, 0, "reciprocal"),
+        (0.1, 256, "zero point 256"),
+        (0.1, -1, "zero point -1"),
+    ] {
+        let e = Grid::per_tensor(scale, zero, 0, 255)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(what.split(' ').next().unwrap()), "{what}: {e}");
+    }
+    assert!(Grid::new(Some(0), vec![0.1; 3], vec![0; 2], -127, 127).is_err());
+    let grid = Grid::new(Some(0), vec![0.1; 3], vec![0; 3], -127, 127).unwrap();
+    assert!(grid.fits(&[3, 4]).is_ok());
+    assert!(grid.fits(&[4, 3]).unwrap_err().contains("3 scales"));
+    assert!(
+        grid.fits(&[3]).is_ok()
+            && Grid {
+                axis: Some(2),
+                ..grid
+            }
+            .fits(&[3, 4])
+            .is_err()
+    );
+}
+
 #[test]
 fn wgsl_kernels_tile_large_dispatches_and_read_strided_views() {
     let Some(gpu) = common::wgpu_or_skip() else {
@@ -256,9 +489,9 @@ fn wgsl_kernels_tile_large_dispatches_and_read_strided_views() {
     let mut rng = StdRng::seed_from_u64(11);
     let input: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect();
     let quantised = |device: &Device| {
-        values(kernels::fixed_point(
+        values(kernels::quantise(
             tensor(&input, device),
-            f,
+            &f.grid(),
             QuantGrad::Ste,
         ))
     };
@@ -284,7 +517,7 @@ fn wgsl_kernels_tile_large_dispatches_and_read_strided_views() {
         Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), device).swap_dims(0, 1)
     };
     let run = |device: &Device| {
-        let q = kernels::fixed_point(strided(device, &data), f, QuantGrad::Ste);
+        let q = kernels::quantise(strided(device, &data), &f.grid(), QuantGrad::Ste);
         let m = kernels::apply_mask(strided(device, &data), strided(device, &mask));
         let d = kernels::dns_update(strided(device, &data), strided(device, &mask), 0.5, 0.7);
         assert_eq!(q.dims(), [cols, rows]);
@@ -307,7 +540,7 @@ fn gradients(device: &Device, x: &[f32], mask: &[f32], grad: QuantGrad) -> (Vec<
     let weights: Vec<f32> = (0..x.len()).map(|i| i as f32 * 0.25 + 1.0).collect();
     let c = tensor(&weights, &device);
     let input = tensor(x, &device).require_grad();
-    let loss = (kernels::fixed_point(input.clone(), f, grad) * c.clone()).sum();
+    let loss = (kernels::quantise(input.clone(), &f.grid(), grad) * c.clone()).sum();
     let dx = values(input.grad(&loss.backward()).expect("gradient of x"));
 
     let w = tensor(x, &device).require_grad();
@@ -751,8 +984,8 @@ fn cpu_kernels_compiled_for_avx512_and_for_baseline_x86_give_the_same_bits() {
         for f in formats {
             let input = probe_values(f, 4096, 3);
             let x = || tensor(&input, &cpu);
-            parts.push(values(kernels::fixed_point(x(), f, QuantGrad::Ste)));
-            parts.push(values(kernels::fixed_point_ste(x(), x() * 0.5, f)));
+            parts.push(values(kernels::quantise(x(), &f.grid(), QuantGrad::Ste)));
+            parts.push(values(kernels::quantise_ste(x(), x() * 0.5, &f.grid())));
         }
         parts
     };

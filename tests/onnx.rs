@@ -884,9 +884,10 @@ impl Differentiable for Compressed {
 /// The built-in LeNet5 and its ONNX import agree: logits and input gradients, plain and
 /// through Q(8,2) / Q(4,1) (weights and activations), and the DNS masks at density 0.2.
 fn lenet5_equivalence(device: &Device, backend: &str) {
-    use advcomp::compress::{self, CompressConfig, Pruner};
+    use advcomp::compress::{self, CompressConfig};
     use advcomp::data::{self, DatasetKind, Split};
-    use advcomp::kernels::FixedPoint;
+    use advcomp::prune::{PruneConfig, PruneKind};
+    use advcomp::quant::FixedPoint;
     use advcomp::train::TrainConfig;
     let (builtin, imported) = lenet5_pair(device);
     let test = data::load(DatasetKind::Mnist, Split::Test, None).unwrap();
@@ -896,11 +897,7 @@ fn lenet5_equivalence(device: &Device, backend: &str) {
         Some(FixedPoint::new(8, 2).unwrap()),
         Some(FixedPoint::new(4, 1).unwrap()),
     ] {
-        let compression = Compression {
-            weights: format,
-            activations: format,
-            ..Compression::default()
-        };
+        let compression = Compression::fixed_point(format, format);
         let a = Compressed(builtin.clone(), compression.clone());
         let b = Compressed(imported.clone(), compression);
         let (la, lb) = (host(a.logits(x.clone())), host(b.logits(x.clone())));
@@ -919,7 +916,7 @@ fn lenet5_equivalence(device: &Device, backend: &str) {
     }
     // DNS to density 0.2 (no fine-tuning): the same weights kept in every layer.
     let config = CompressConfig {
-        prune: Some((Pruner::Dns, 0.2)),
+        prune: Some(PruneConfig::at(PruneKind::Dns, 0.2)),
         ..CompressConfig::new(TrainConfig {
             epochs: 0,
             ..TrainConfig::new("lenet5", "mnist")
@@ -1003,10 +1000,10 @@ fn the_whole_study_runs_on_an_imported_model() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    // The imported model is the baseline as given (not retrained), then compressed 4 ways.
+    // The imported model is the baseline as given (not retrained), then compressed 5 ways.
     let models = std::fs::read_to_string(out.join("models.csv")).unwrap();
     let rows: Vec<&str> = models.lines().skip(1).collect();
-    assert_eq!(rows.len(), 5, "{models}");
+    assert_eq!(rows.len(), 6, "{models}");
     assert!(
         rows[0].starts_with("1,full,full,")
             && rows[0].ends_with(&format!(
@@ -1017,9 +1014,9 @@ fn the_whole_study_runs_on_an_imported_model() {
     let cells = std::fs::read_to_string(out.join("cells.csv")).unwrap();
     assert_eq!(
         cells.lines().count(),
-        1 + (3 + 2) * 5 * 5 + 3 * 2 * 5,
-        "(3 attacks and auto at 2 budgets) x 5 sources x 5 targets, and 3 attacks through \
-         BPDA on the 2 quantised sources"
+        1 + (3 + 2) * 6 * 6 + 3 * 3 * 6,
+        "(3 attacks and auto at 2 budgets) x 6 sources x 6 targets, and 3 attacks through \
+         BPDA on the 3 quantised sources"
     );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(

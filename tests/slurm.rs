@@ -243,10 +243,10 @@ fn a_sweep_on_slurm_gives_the_results_of_a_local_run() {
         text
     };
     assert!(out.join("report.md").is_file(), "no report: {}", log_text());
-    // 1 + 4 + 54 + 1 array tasks, each with its own log.
+    // 1 + 5 + 64 + 1 array tasks, each with its own log.
     assert_eq!(
         std::fs::read_dir(&logs).unwrap().count(),
-        60,
+        71,
         "{}",
         log_text()
     );
@@ -282,9 +282,10 @@ fn a_dry_run_writes_one_chained_array_per_stage_and_submits_nothing() {
     assert!(stdout.contains("nothing submitted"), "{stdout}");
     let tasks = [
         ("baseline", 1),
-        ("compress", 4),
-        // 15 matrix rows, 6 through BPDA, 10 of `auto`, 7 unbounded checks, 16 Figure 3 points.
-        ("attack", 54),
+        // DNS 0.5 and 0.1, Q(8,2), Q(4,1) and int8 per channel.
+        ("compress", 5),
+        // 18 matrix rows, 9 through BPDA, 12 of `auto`, 9 unbounded checks, 16 Figure 3 points.
+        ("attack", 64),
         ("report", 1),
     ];
     for (stage, n) in tasks {

@@ -95,6 +95,8 @@ fn killed_and_resumed_sweeps_give_the_results_of_an_uninterrupted_one() {
         "fig2-density",
         "fig3-eps-steps",
         "fig4-bits",
+        // Q(W,P) beside the affine int8 per-channel model.
+        "fig4b-schemes",
         "fig5-cdf",
         "fig6-perturbation",
         "matrix-ifgsm",
@@ -157,13 +159,13 @@ fn killed_and_resumed_sweeps_give_the_results_of_an_uninterrupted_one() {
         "the config as TOML"
     );
     assert!(html.contains("<nav>") && html.contains("href=\"#summary\""));
-    // 5 models x 5 models x (3 attacks + `auto` at 2 budgets), and the 2 quantised sources x
-    // 5 targets x 3 attacks through BPDA; Figure 3: 2 sources (the baseline and dns0.1) x 2
-    // attacks x 2 eps x 2 step counts.
+    // 6 models x 6 models x (3 attacks + `auto` at 2 budgets), and the 3 quantised sources
+    // (q8, q4, int8-pc) x 6 targets x 3 attacks through BPDA; Figure 3: 2 sources (the
+    // baseline and dns0.1) x 2 attacks x 2 eps x 2 step counts.
     let cells = std::fs::read_to_string(whole.join("cells.csv")).unwrap();
-    assert_eq!(cells.lines().count(), 1 + 125 + 30);
-    // Each compressed model on itself: 4 x (3 + 2), and the 2 quantised ones through BPDA.
-    assert_eq!(cells.matches(",1,1 COMP->COMP,").count(), 20 + 6);
+    assert_eq!(cells.lines().count(), 1 + 180 + 54);
+    // Each compressed model on itself: 5 x (3 + 2), and the 3 quantised ones through BPDA.
+    assert_eq!(cells.matches(",1,1 COMP->COMP,").count(), 25 + 9);
     let eps_steps = std::fs::read_to_string(whole.join("eps-steps.csv")).unwrap();
     assert_eq!(eps_steps.lines().count(), 1 + 16);
     assert_eq!(eps_steps.matches(",dns0.1,").count(), 8, "{eps_steps}");
@@ -173,7 +175,7 @@ fn killed_and_resumed_sweeps_give_the_results_of_an_uninterrupted_one() {
     let mut hashes = std::collections::BTreeMap::new();
     for row in models.lines().skip(1) {
         let fields: Vec<&str> = row.split(',').collect();
-        let (label, path, sha) = (fields[1], fields[6], fields[7]);
+        let (label, path, sha) = (fields[1], fields[7], fields[8]);
         assert!(
             path.starts_with("models/") && whole.join(path).is_file(),
             "{row}"
@@ -330,10 +332,13 @@ fn sharded_stages_in_any_order_give_the_results_of_one_process() {
         if name.starts_with("full-") || name.contains(".tmp-") {
             continue;
         }
+        // The safetensors header: its length, then the JSON with the metadata.
         let bytes = std::fs::read(entry.path()).unwrap();
-        let header = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).into_owned();
+        let length = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = String::from_utf8_lossy(&bytes[8..8 + length]).into_owned();
         assert!(
-            header.contains(r#"\"finetune_epochs\":1}"#),
+            header.contains(r#"\"finetune_epochs\":1}"#)
+                || header.contains(r#"\"finetune_epochs\":1,"#),
             "{name}: {header}"
         );
     }
@@ -344,7 +349,7 @@ fn sharded_stages_in_any_order_give_the_results_of_one_process() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("stage attack: 5 input file(s) missing") && stderr.contains("full-s1-"),
+        stderr.contains("stage attack: 6 input file(s) missing") && stderr.contains("full-s1-"),
         "{stderr}"
     );
     assert!(!early.exists(), "nothing written");
@@ -377,11 +382,11 @@ fn sharded_stages_in_any_order_give_the_results_of_one_process() {
                 }
             }
         }
-        // 1 baseline + 4 compressed + 21 matrix rows (3 attacks on 5 sources, and through
-        // BPDA on the 2 quantised ones) + 10 of `auto` (2 budgets on 5 sources) + 7 unbounded
-        // checks (5 sources, 2 through BPDA) + 16 figure 3 points (the baseline and dns0.1) +
+        // 1 baseline + 5 compressed + 27 matrix rows (3 attacks on 6 sources, and through
+        // BPDA on the 3 quantised ones) + 12 of `auto` (2 budgets on 6 sources) + 9 unbounded
+        // checks (6 sources, 3 through BPDA) + 16 figure 3 points (the baseline and dns0.1) +
         // the report, each run exactly once over all shards.
-        assert_eq!(ran, 60, "{n} shards (rng seed {seed})");
+        assert_eq!(ran, 71, "{n} shards (rng seed {seed})");
         let got = results(&out);
         assert_eq!(got.len(), expected.len());
         for ((name, x), (_, y)) in expected.iter().zip(&got) {
@@ -407,8 +412,8 @@ fn the_differential_stage_compares_diva_with_pgd_on_every_compressed_model() {
         .skip(1)
         .map(|l| l.split(',').collect())
         .collect();
-    // 4 compressed models x (DIVA, DIVA's margin form, PGD).
-    assert_eq!(rows.len(), 12, "{csv}");
+    // 5 compressed models x (DIVA, DIVA's margin form, PGD).
+    assert_eq!(rows.len(), 15, "{csv}");
     for triple in rows.chunks(3) {
         let (diva, margin, pgd) = (&triple[0], &triple[1], &triple[2]);
         assert_eq!(

@@ -10,8 +10,8 @@ use std::process::Command;
 use advcomp::attack::{AttackConfig, AttackKind};
 use advcomp::backend;
 use advcomp::data::{self, DatasetKind, Split};
-use advcomp::kernels::FixedPoint;
 use advcomp::model::{self, CheckpointMeta, Classifier, Compression, KeyMap, ModelKind};
+use advcomp::quant::FixedPoint;
 use advcomp::transfer;
 
 fn temp(name: &str) -> Scratch {
@@ -126,11 +126,10 @@ fn attack_and_transfer_commands_run_and_refuse_bad_options() {
     let quantised = checkpoint(
         "q8.safetensors",
         2,
-        &Compression {
-            weights: Some(FixedPoint::paper(8).unwrap()),
-            activations: Some(FixedPoint::paper(8).unwrap()),
-            ..Compression::default()
-        },
+        &Compression::fixed_point(
+            Some(FixedPoint::paper(8).unwrap()),
+            Some(FixedPoint::paper(8).unwrap()),
+        ),
     );
     let (full, quantised) = (full.to_str().unwrap(), quantised.to_str().unwrap());
     let both = format!("{full},{quantised}");

@@ -164,13 +164,7 @@ fn deepfool(
         let rows = index(&active);
         let x = place(&total).select(0, rows.clone());
         let (logits, grads) = class_gradients(model, &x, classes);
-        let predicted: Vec<i64> = logits
-            .clone()
-            .argmax(1)
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .unwrap();
+        let predicted = crate::model::predictions(logits.clone());
         let excluded = excluded
             .get_or_insert_with(|| {
                 let own = label_index

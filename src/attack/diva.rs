@@ -98,16 +98,7 @@ pub fn differential_gradient(
     let index = labels.clone().reshape([n, 1]);
     let logits_c = compressed.logits(x.clone());
     let logits_f = reference.logits(x.clone());
-    let predicted = |logits: &Tensor<2>| -> Vec<i64> {
-        logits
-            .clone()
-            .inner()
-            .argmax(1)
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .expect("predictions")
-    };
+    let predicted = |logits: &Tensor<2>| crate::model::predictions(logits.clone());
     let (pred_c, pred_f) = (predicted(&logits_c), predicted(&logits_f));
     let p_c = softmax(logits_c, 1).gather(1, index.clone());
     let p_f = softmax(logits_f, 1).gather(1, index);

@@ -107,7 +107,7 @@ pub(super) fn margin(logits: Tensor<2>, labels: &Tensor<1, Int>) -> Tensor<1> {
 
 /// Whether each row's prediction (argmax of `logits`) equals its label.
 pub(super) fn correct(logits: Tensor<2>, labels: &Tensor<1, Int>) -> Vec<bool> {
-    let predicted = host_i64(logits.argmax(1));
+    let predicted = crate::model::predictions(logits);
     predicted
         .iter()
         .zip(host_i64(labels.clone()))

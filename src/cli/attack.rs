@@ -189,7 +189,7 @@ impl Loaded {
 
     /// Whether its activations are quantised: only then do gradient estimators differ.
     fn quantised(&self) -> bool {
-        self.classifier.compression.activations.is_some()
+        self.classifier.compression.quantises_activations()
     }
 }
 

@@ -2,10 +2,14 @@
 
 use std::path::PathBuf;
 
-use advcomp::compress::{self, CompressConfig, LayerSummary, Pruner};
+use advcomp::compress::{self, CompressConfig, LayerSummary};
 use advcomp::data::Split;
-use advcomp::kernels::{FixedPoint, QuantGrad};
+use advcomp::kernels::QuantGrad;
 use advcomp::model::{self, Checkpoint, KeyMap};
+use advcomp::prune::{PruneConfig, PruneKind};
+use advcomp::quant::{
+    AffineSettings, Calibration, FixedPoint, FixedPointSettings, IntType, QuantConfig,
+};
 use advcomp::train::{Optimizer, Schedule, TrainConfig};
 use advcomp::{Error, Result};
 use clap::Args;
@@ -20,7 +24,7 @@ pub(super) struct CompressArgs {
     checkpoint: PathBuf,
     /// Pruner: dns (dynamic network surgery) or magnitude. Default dns when --density is given.
     #[arg(long)]
-    prune: Option<Pruner>,
+    prune: Option<PruneKind>,
     /// Target density (kept / all weights) of every weight layer, in (0, 1].
     #[arg(long)]
     density: Option<f64>,
@@ -36,6 +40,26 @@ pub(super) struct CompressArgs {
     /// Width of the activations only (overrides --bits for them).
     #[arg(long)]
     activation_bits: Option<u32>,
+    /// Affine integer quantisation of the weights (symmetric; instead of fixed point): int8
+    /// or int4, with calibrated activations (--activation-type).
+    #[arg(long, conflicts_with_all = ["bits", "int_bits", "weight_bits", "activation_bits"])]
+    quant: Option<IntType>,
+    /// Affine: one scale per output channel (else one per tensor).
+    #[arg(long, requires = "quant")]
+    per_channel: bool,
+    /// Affine: the activations' type (asymmetric, per tensor): uint8, int8, uint4, int4, or
+    /// float (not quantised).
+    #[arg(long, requires = "quant", default_value = "uint8")]
+    activation_type: ActivationType,
+    /// Affine: how the activations' ranges are calibrated: minmax, percentile or mse.
+    #[arg(long, requires = "quant", default_value = "minmax")]
+    calibration: Calibration,
+    /// Affine: training images the activations are calibrated on (drawn with --seed).
+    #[arg(long, requires = "quant", default_value_t = 1000, value_parser = super::image_count)]
+    calibration_images: usize,
+    /// Affine: the upper percentile of --calibration percentile (the lower is 100 minus it).
+    #[arg(long, requires = "quant", default_value_t = 99.99)]
+    percentile: f64,
     /// Quantiser gradient: ste (zero where clamped) or identity (BPDA).
     #[arg(long, default_value = "ste")]
     grad: QuantGrad,
@@ -85,6 +109,19 @@ pub(super) struct CompressArgs {
 }
 
 #[derive(Args)]
+pub(super) struct ExportArgs {
+    /// The model: a checkpoint (compressed or not) or an ONNX file.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The ONNX file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Rename tensors of the checkpoint: old=new,...
+    #[arg(long, default_value = "")]
+    map: KeyMap,
+}
+
+#[derive(Args)]
 pub(super) struct StatsArgs {
     /// The model whose weights (and activations) are described.
     #[arg(long)]
@@ -104,6 +141,20 @@ pub(super) struct StatsArgs {
     common: Common,
 }
 
+/// An activation type, or `float`.
+#[derive(Clone, Copy)]
+struct ActivationType(Option<IntType>);
+
+impl std::str::FromStr for ActivationType {
+    type Err = advcomp::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "float" => Ok(Self(None)),
+            other => other.parse().map(|t| Self(Some(t))),
+        }
+    }
+}
+
 fn format(bits: Option<u32>, int_bits: Option<u32>) -> Result<Option<FixedPoint>> {
     match (bits, int_bits) {
         (Some(w), Some(p)) => FixedPoint::new(w, p).map(Some),
@@ -115,7 +166,7 @@ fn format(bits: Option<u32>, int_bits: Option<u32>) -> Result<Option<FixedPoint>
 fn config(args: &CompressArgs, model: &str, dataset: &str) -> Result<CompressConfig> {
     let prune = match (args.prune, args.density) {
         (Some(p), Some(d)) => Some((p, d)),
-        (None, Some(d)) => Some((Pruner::Dns, d)),
+        (None, Some(d)) => Some((PruneKind::Dns, d)),
         (Some(p), None) => {
             return Err(Error::usage(format!(
                 "--prune {p} needs --density (kept fraction of weights, e.g. --density 0.1)"
@@ -139,16 +190,49 @@ fn config(args: &CompressArgs, model: &str, dataset: &str) -> Result<CompressCon
         ..TrainConfig::new(model, dataset)
     };
     let mut config = CompressConfig::new(base);
-    config.prune = prune;
-    config.weights = format(args.weight_bits.or(args.bits), args.int_bits)?;
-    config.activations = format(args.activation_bits.or(args.bits), args.int_bits)?;
+    config.prune = match prune {
+        None => None,
+        Some((kind, density)) => {
+            let pruner = PruneConfig::at(kind, density);
+            // Each pruner takes its own settings; the other's flags keep their defaults.
+            let own: &[(&str, serde_json::Value)] = match kind {
+                PruneKind::Dns => &[
+                    ("mask_interval", args.mask_interval.into()),
+                    ("mask_freeze", args.mask_freeze.into()),
+                    ("density_ramp", args.density_ramp.into()),
+                ],
+                PruneKind::Magnitude => &[("rounds", args.rounds.into())],
+            };
+            let mut pruner = pruner;
+            for (name, value) in own {
+                pruner = pruner.with(name, value.clone())?;
+            }
+            Some(pruner)
+        }
+    };
+    let weights = format(args.weight_bits.or(args.bits), args.int_bits)?;
+    let activations = format(args.activation_bits.or(args.bits), args.int_bits)?;
+    config.quant = match args.quant {
+        Some(t) => Some(QuantConfig::Affine(AffineSettings {
+            weights: Some(t),
+            activations: args.activation_type.0,
+            per_channel: args.per_channel,
+            calibration: args.calibration,
+            calibration_images: args.calibration_images,
+            percentile: args.percentile,
+            seed: args.seed,
+        })),
+        None if weights.is_some() || activations.is_some() => {
+            Some(QuantConfig::Fixed(FixedPointSettings {
+                weights,
+                activations,
+            }))
+        }
+        None => None,
+    };
     config.grad = args.grad;
     config.finetune.epochs = args.finetune_epochs;
     config.finetune.learning_rate = args.lr;
-    config.mask_interval = args.mask_interval;
-    config.mask_freeze = args.mask_freeze;
-    config.density_ramp = args.density_ramp;
-    config.magnitude_rounds = args.rounds;
     config.validate()?;
     Ok(config)
 }
@@ -166,13 +250,17 @@ pub(super) fn compress_command(args: CompressArgs) -> Result<()> {
     let config = config(&args, &kind.to_string(), &dataset.to_string())?;
     drop(base);
     eprintln!(
-        "compressing {} ({kind} on {dataset}): prune {}, weights {}, activations {}, {} fine-tuning epochs",
+        "compressing {} ({kind} on {dataset}): prune {}, quantise {}, {} fine-tuning epochs",
         args.checkpoint.display(),
+        config.prune.as_ref().map_or("none".into(), |p| format!(
+            "{} to density {}",
+            p.kind(),
+            p.density()
+        )),
         config
-            .prune
-            .map_or("none".into(), |(p, d)| format!("{p} to density {d}")),
-        config.weights.map_or("float".into(), |f| f.to_string()),
-        config.activations.map_or("float".into(), |f| f.to_string()),
+            .quant
+            .as_ref()
+            .map_or("none".into(), |q| format!("{}: {q}", q.kind())),
         config.finetune.epochs
     );
     let outcome = compress::compress_checkpoint(
@@ -203,14 +291,28 @@ pub(super) fn compress_command(args: CompressArgs) -> Result<()> {
         println!("  {layer:<8} density {:.4}{alpha}", density);
     }
     println!(
-        "{}: test accuracy {:.2}% (baseline {:.2}%), overall density {:.4}, weights {}, activations {} ({:.0} s); checkpoint {}",
+        "{}: test accuracy {:.2}% (baseline {:.2}%), overall density {:.4}, {} ({:.0} s); checkpoint {}",
         kind,
         100.0 * outcome.test_accuracy,
         100.0 * outcome.base_accuracy,
         record.overall_density,
-        record.weights.map_or("float".into(), |f| f.to_string()),
-        record.activations.map_or("float".into(), |f| f.to_string()),
+        quantised(record.quantiser.as_ref()),
         outcome.seconds,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// The export runs on the CPU: it reads the weights once and writes a file.
+pub(super) fn export_command(args: ExportArgs) -> Result<()> {
+    advcomp::files::check_output_file("--out", &args.out, &[&args.checkpoint])?;
+    let device = advcomp::backend::cpu().device;
+    let ckpt = model::load(&args.checkpoint, None, &args.map, &device)?;
+    model::export_file(&ckpt.network, &ckpt.compression, &args.out)?;
+    println!(
+        "{} ({}) -> {}",
+        args.checkpoint.display(),
+        quantised(ckpt.compression.quant.as_ref().map(|q| &q.config)),
         args.out.display()
     );
     Ok(())
@@ -255,19 +357,16 @@ pub(super) fn compression_report(ckpt: &Checkpoint) -> (serde_json::Value, Vec<L
     let summary = compress::weight_summary(&ckpt.network, &ckpt.compression);
     let record = json!({
         "record": ckpt.record(),
-        "weights": ckpt.compression.weights,
-        "activations": ckpt.compression.activations,
+        "quantiser": ckpt.compression.quant.as_ref().map(|q| &q.config),
         "overall_density": ckpt.compression.overall_density(&ckpt.network),
     });
     (record, summary)
 }
 
 pub(super) fn print_compression(ckpt: &Checkpoint, summary: &[LayerSummary]) {
-    let name = |f: Option<FixedPoint>| f.map_or("float32".to_string(), |f| f.to_string());
     println!(
-        "compression: weights {}, activations {}, overall density {:.4}",
-        name(ckpt.compression.weights),
-        name(ckpt.compression.activations),
+        "compression: {}, overall density {:.4}",
+        quantised(ckpt.compression.quant.as_ref().map(|q| &q.config)),
         ckpt.compression.overall_density(&ckpt.network)
     );
     println!(
@@ -288,4 +387,9 @@ pub(super) fn print_compression(ckpt: &Checkpoint, summary: &[LayerSummary]) {
             s.histogram
         );
     }
+}
+
+/// `weights Q(8,2), activations Q(8,2)`, or `weights and activations float32`.
+fn quantised(config: Option<&QuantConfig>) -> String {
+    config.map_or("weights and activations float32".into(), |q| q.describe())
 }

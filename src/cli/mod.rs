@@ -40,6 +40,9 @@ enum Command {
     Compress(compress::CompressArgs),
     /// CDF data (CSV) of a checkpoint's weights and of its activations on test images.
     Stats(compress::StatsArgs),
+    /// Write a model (compressed or not) as an ONNX file ONNX Runtime runs: quantised weights,
+    /// biases and activations as QuantizeLinear / DequantizeLinear (QDQ) nodes.
+    Export(compress::ExportArgs),
     /// Craft adversarial examples on a source model and evaluate them on target models.
     Attack(attack::AttackArgs),
     /// The any-to-any transfer matrix of a list of models under one attack.
@@ -182,6 +185,10 @@ struct EvalArgs {
     /// Test images per forward pass.
     #[arg(long, default_value_t = 500, value_parser = batch_size)]
     batch_size: usize,
+    /// Also write each image's prediction here (CSV: image, label, predicted; a tie between
+    /// top logits goes to the lowest class, as NumPy's argmax).
+    #[arg(long)]
+    predictions: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
 }
@@ -226,6 +233,7 @@ pub fn run() -> i32 {
         Command::Eval(args) => eval(args),
         Command::Compress(args) => compress::compress_command(args),
         Command::Stats(args) => compress::stats_command(args),
+        Command::Export(args) => compress::export_command(args),
         Command::Attack(args) => attack::attack_command(args),
         Command::Transfer(args) => attack::transfer_command(args),
         Command::Sweep(args) => study::sweep_command(args),
@@ -459,6 +467,11 @@ fn train_command(args: TrainArgs) -> Result<()> {
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
+    if let Some(out) = &args.predictions {
+        let mut inputs = args.data.inputs();
+        inputs.extend(args.checkpoint.iter().map(PathBuf::as_path));
+        advcomp::files::check_output_file("--predictions", out, &inputs)?;
+    }
     let backend = open_backend(args.common.backend)?;
     let ckpt = eval_model(&args, &backend.device)?;
     let kind = ckpt.network.model_ref();
@@ -480,6 +493,20 @@ fn eval(args: EvalArgs) -> Result<()> {
     )
     .map_err(|e| e.naming(advcomp::ModelRole::Target, &named))?;
     let seconds = start.elapsed().as_secs_f64();
+    if let Some(out) = &args.predictions {
+        let predicted = advcomp::transfer::clean_predictions(
+            &ckpt.classifier(),
+            &test_set,
+            n,
+            args.batch_size,
+            &backend.device,
+        )?;
+        let mut csv = String::from("image,label,predicted\n");
+        for (i, p) in predicted.iter().enumerate() {
+            csv.push_str(&format!("{i},{},{p}\n", test_set.labels[i]));
+        }
+        advcomp::write_atomically(out, csv.as_bytes())?;
+    }
     if args.common.json {
         print_json(json!({
             "checkpoint": args.checkpoint,

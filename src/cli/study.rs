@@ -41,6 +41,10 @@ pub(super) struct SweepArgs {
     /// Start from this baseline checkpoint instead of training one.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// With a quantised (QDQ) ONNX --model: the float ONNX model it was quantised from, the
+    /// study's full model (default: the QDQ graph with its quantisers removed).
+    #[arg(long, conflicts_with = "baseline")]
+    reference: Option<PathBuf>,
     /// Where non-embedded datasets live.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -117,11 +121,26 @@ pub(super) fn sweep_command(args: SweepArgs) -> Result<()> {
     } else {
         open_backend(args.common.backend)?
     };
+    if let Some(reference) = &args.reference {
+        let quantised = match config.model.load(&backend.device)? {
+            advcomp::model::Network::Onnx(m) => m.graph.qdq.is_some(),
+            _ => false,
+        };
+        if !quantised {
+            return Err(Error::usage(format!(
+                "--reference {}: the model {} is not a quantised (QDQ) ONNX file; --reference \
+                 names the float model of one",
+                reference.display(),
+                config.model
+            )));
+        }
+    }
     let options = SweepOptions {
         config,
         out: args.out.clone(),
         backend: &backend,
-        baseline: args.baseline.clone(),
+        // A QDQ model's reference is the sweep's given full model.
+        baseline: args.baseline.clone().or(args.reference.clone()),
         data_dir: args.data_dir.clone(),
         stage: args.stage,
         shard: args.shard.unwrap_or(Shard::WHOLE),

@@ -1,11 +1,11 @@
-//! Compression of a trained network: pruning (DNS or magnitude, every weight layer to the same
-//! density), fixed-point quantisation of weights and activations, and fine-tuning through the
-//! compression (masks and STE quantisers in the forward pass) from the baseline's weights.
+//! Compression of a trained network: a pruner (`prune`: DNS or magnitude, every weight layer
+//! to the same density) and a quantiser (`quant`: fixed point or affine integer, its
+//! activations calibrated on training images where it needs them), then fine-tuning through
+//! the compression (masks and STE quantisers in the forward pass) from the baseline's weights.
 
-mod prune;
+mod calibrate;
 mod stats;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,11 +16,13 @@ use serde::Serialize;
 pub use stats::{Cdf, LayerSummary, cdf_rows, weight_summary};
 
 use crate::data::{DataChoice, Images, Split};
-use crate::kernels::{FixedPoint, QuantGrad};
-pub use crate::model::Pruner;
+use crate::kernels::QuantGrad;
 use crate::model::{
-    self, CheckpointMeta, Compression, CompressionRecord, KeyMap, Mask, Network, weight_layers,
+    self, CheckpointMeta, Compression, CompressionRecord, KeyMap, Mask, Network, Quantisation,
+    weight_layers,
 };
+use crate::prune::PruneConfig;
+use crate::quant::QuantConfig;
 use crate::train::{self, EpochReport, StepInfo, TrainConfig};
 use crate::{Error, ModelRole, Result};
 
@@ -30,97 +32,56 @@ const BASE_DROPOUT: f64 = 0.5;
 /// Everything a compression run depends on.
 #[derive(Clone, Debug, Serialize)]
 pub struct CompressConfig {
-    /// The pruner and its target density in (0, 1], or no pruning.
-    pub prune: Option<(Pruner, f64)>,
-    pub weights: Option<FixedPoint>,
-    pub activations: Option<FixedPoint>,
+    /// The pruner with its settings (its target density among them), or no pruning.
+    pub prune: Option<PruneConfig>,
+    /// The quantiser with its settings, or no quantisation.
+    pub quant: Option<QuantConfig>,
     pub grad: QuantGrad,
     /// Fine-tuning run (epochs may be 0: compress without fine-tuning).
     pub finetune: TrainConfig,
-    /// DNS: fine-tuning steps between mask updates.
-    pub mask_interval: usize,
-    /// DNS: masks stop changing after this fraction of fine-tuning, so the last part tunes the
-    /// final mask.
-    pub mask_freeze: f64,
-    /// DNS: the fraction of fine-tuning over which the density falls from 1 to the target,
-    /// cubically (Zhu & Gupta 2017); 0 prunes to the target at once.
-    pub density_ramp: f64,
-    /// Magnitude: pruning rounds (1 = one-shot); density falls geometrically from round to
-    /// round, each followed by an equal share of fine-tuning.
-    pub magnitude_rounds: usize,
+}
+
+/// Refuses a quantiser that stands for a QDQ file's grids (calibration `file`): advcomp
+/// does not make them.
+pub fn refuse_imported(q: &QuantConfig) -> Result<()> {
+    match q.imported() {
+        true => Err(Error::invalid(
+            "calibration",
+            "file: the grids of an imported QDQ model, which advcomp does not make (calibrate \
+             with minmax, percentile or mse)",
+        )),
+        false => Ok(()),
+    }
 }
 
 impl CompressConfig {
     /// Defaults: no pruning, no quantisation (set at least one), STE, 3 epochs of Adam at
-    /// lr 1e-3 with cosine decay; DNS density falling to the target over the first 34% of
-    /// fine-tuning, masks updated every 50 steps until 75%; one-shot magnitude pruning.
+    /// lr 1e-3 with cosine decay.
     pub fn new(finetune: TrainConfig) -> Self {
         Self {
             prune: None,
-            weights: None,
-            activations: None,
+            quant: None,
             grad: QuantGrad::Ste,
             finetune: TrainConfig {
                 epochs: 3,
                 learning_rate: 1e-3,
                 ..finetune
             },
-            mask_interval: 50,
-            mask_freeze: 0.75,
-            density_ramp: 0.34,
-            magnitude_rounds: 1,
         }
     }
 
     /// Refuses settings that cannot run, naming the field.
     pub fn validate(&self) -> Result<()> {
-        if let Some((_, density)) = self.prune
-            && !(density > 0.0 && density <= 1.0)
-        {
-            return Err(Error::invalid(
-                "density",
-                format!("must lie in (0, 1] (got {density})"),
-            ));
+        if let Some(p) = &self.prune {
+            p.validate()?;
         }
-        if self.prune.is_none() && self.weights.is_none() && self.activations.is_none() {
+        if let Some(q) = &self.quant {
+            q.validate()?;
+            refuse_imported(q)?;
+        }
+        if self.prune.is_none() && self.quant.is_none() {
             return Err(Error::usage(
-                "nothing to compress: give --prune dns|magnitude with --density, or --bits",
-            ));
-        }
-        if self.mask_interval == 0 {
-            return Err(Error::invalid(
-                "mask_interval",
-                "must be at least 1 (got 0)",
-            ));
-        }
-        for (field, value) in [
-            ("mask_freeze", self.mask_freeze),
-            ("density_ramp", self.density_ramp),
-        ] {
-            if !(0.0..=1.0).contains(&value) {
-                return Err(Error::invalid(
-                    field,
-                    format!("must lie in [0, 1] (got {value})"),
-                ));
-            }
-        }
-        if self.mask_freeze < self.density_ramp {
-            return Err(Error::invalid(
-                "mask_freeze",
-                format!(
-                    "{} comes before the end of the density ramp {}: masks would freeze above the target density",
-                    self.mask_freeze, self.density_ramp
-                ),
-            ));
-        }
-        if !(1..=crate::limits::MAX_EPOCHS).contains(&self.magnitude_rounds) {
-            return Err(Error::invalid(
-                "magnitude_rounds",
-                format!(
-                    "must be between 1 and {} (got {})",
-                    crate::limits::MAX_EPOCHS,
-                    self.magnitude_rounds
-                ),
+                "nothing to compress: give --prune dns|magnitude with --density, --bits or --quant",
             ));
         }
         if self.finetune.epochs > 0 {
@@ -135,28 +96,16 @@ impl CompressConfig {
         crate::stable_hash([json.as_bytes()])
     }
 
-    /// The fine-tuning step at which DNS's density reaches the target: the first step at or
-    /// after `density_ramp` of the run (and at the latest the last step, so short runs reach
-    /// it too).
-    fn ramp_end(&self, total: usize) -> usize {
-        ((self.density_ramp * total as f64).ceil() as usize).min(total.saturating_sub(1))
-    }
-
-    /// DNS's density before `step` of `total`: 1 - (1 - target)(1 - (1 - step / end)^3) until
-    /// the ramp's end (Zhu & Gupta 2017's cubic schedule), the target from then on (and
-    /// always without fine-tuning).
-    fn dns_density(&self, target: f64, step: usize, total: usize) -> f64 {
-        let end = self.ramp_end(total);
-        if self.finetune.epochs == 0 || step >= end {
-            return target;
-        }
-        let left = 1.0 - step as f64 / end as f64;
-        target + (1.0 - target) * left.powi(3)
-    }
-
-    /// Magnitude pruning's density after round `r` of `rounds` (1-based): target^(r/rounds).
-    fn round_density(&self, target: f64, r: usize) -> f64 {
-        target.powf(r as f64 / self.magnitude_rounds as f64)
+    /// The model's label in a sweep: the pruner's and the quantiser's, joined.
+    pub fn label(&self) -> String {
+        let parts: Vec<String> = [
+            self.prune.as_ref().map(PruneConfig::label),
+            self.quant.as_ref().map(QuantConfig::label),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        parts.join("-")
     }
 }
 
@@ -173,35 +122,35 @@ pub struct Compressed {
     pub alphas: Vec<(String, f64)>,
 }
 
-/// New masks for every weight layer, and DNS's alpha per layer (empty for magnitude).
-struct Pruned {
-    masks: BTreeMap<String, Mask>,
-    alphas: Vec<(String, f64)>,
-}
-
-/// Masks for every weight layer of `network` at `density`, updated from `current`.
-fn prune_all(pruner: Pruner, network: &Network, current: &Compression, density: f64) -> Pruned {
-    let mut pruned = Pruned {
-        masks: BTreeMap::new(),
-        alphas: Vec::new(),
-    };
+/// Masks for every weight layer of `network` at `density`, updated from `current`'s; and the
+/// pruner's threshold parameter per layer where it has one.
+fn prune_all(
+    pruner: &PruneConfig,
+    network: &Network,
+    current: &Compression,
+    density: f64,
+) -> (std::collections::BTreeMap<String, Mask>, Vec<(String, f64)>) {
+    let mut masks = std::collections::BTreeMap::new();
+    let mut alphas = Vec::new();
     for layer in weight_layers(network) {
-        let now = current.masks.get(&layer.name);
-        let mask = match pruner {
-            Pruner::Dns => {
-                let (mask, alpha) = prune::dns_mask(&layer, now, density);
-                pruned.alphas.push((layer.name.clone(), alpha));
-                mask
-            }
-            Pruner::Magnitude => prune::magnitude_mask(&layer, now, density),
+        let now = current.masks.get(&layer.name).map(|m| &m.values);
+        let (values, alpha) = pruner.mask(&layer.values, now, density);
+        if let Some(alpha) = alpha {
+            alphas.push((layer.name.clone(), alpha));
+        }
+        let mask = Mask {
+            values,
+            shape: layer.shape,
         };
-        pruned.masks.insert(layer.name, mask);
+        masks.insert(layer.name, mask);
     }
-    pruned
+    (masks, alphas)
 }
 
 /// Compresses `base` (a trained network, without autodiff, on `device`) as `config` says and
-/// fine-tunes it on `train`, evaluating on `test` after each epoch.
+/// fine-tunes it on `train`, evaluating on `test` after each epoch. A quantiser whose grids
+/// depend on the data is calibrated on `train` first (after pruning), and its weight grids
+/// follow the weights while they are fine-tuned.
 pub fn compress(
     base: &Network,
     config: &CompressConfig,
@@ -212,27 +161,39 @@ pub fn compress(
 ) -> Result<Compressed> {
     config.validate()?;
     let mut compression = Compression {
-        masks: Default::default(),
-        weights: config.weights,
-        activations: config.activations,
         grad: config.grad,
-        recorder: None,
+        ..Compression::default()
+    };
+    let total = match config.finetune.epochs {
+        0 => 0,
+        epochs => epochs * steps_per_epoch(&config.finetune, train_set),
     };
     let mut alphas = Vec::new();
-    if let Some((pruner, target)) = config.prune {
-        // Magnitude pruning in rounds needs fine-tuning between them.
-        let first = match pruner {
-            Pruner::Magnitude if config.finetune.epochs > 0 => config.round_density(target, 1),
-            Pruner::Magnitude => target,
-            Pruner::Dns => {
-                let total = config.finetune.epochs * steps_per_epoch(&config.finetune, train_set);
-                config.dns_density(target, 0, total)
-            }
-        };
-        let pruned = prune_all(pruner, base, &compression, first);
-        compression.masks = pruned.masks;
-        alphas = pruned.alphas;
+    if let Some(pruner) = &config.prune {
+        let density = pruner
+            .density_at(0, total)
+            .expect("masks are set at step 0");
+        let (masks, a) = prune_all(pruner, base, &compression, density);
+        (compression.masks, alphas) = (masks, a);
     }
+    if let Some(quant) = &config.quant {
+        let mut grids = crate::quant::Grids::default();
+        if let Some(calibration) = quant.calibration() {
+            grids.activations =
+                calibrate::activations(base, &compression, quant, calibration, train_set, device)?;
+        }
+        compression.quant = Some(Quantisation {
+            config: quant.clone(),
+            grids,
+        });
+        if quant.kind().data_dependent() {
+            calibrate::refresh_weights(base, &mut compression);
+        }
+    }
+    let data_dependent = config
+        .quant
+        .as_ref()
+        .is_some_and(|q| q.kind().data_dependent());
 
     let (network, epochs) = if config.finetune.epochs == 0 {
         (base.clone(), Vec::new())
@@ -242,8 +203,8 @@ pub fn compress(
         let mut network = base.clone().to_device(&ad_device).train();
         // A pruned layer has fewer weights to co-adapt: Han et al. (2015) scale dropout by
         // sqrt(kept fraction) when retraining, which here is the target density.
-        if let Some((_, density)) = config.prune {
-            network.set_dropout(BASE_DROPOUT * density.sqrt());
+        if let Some(pruner) = &config.prune {
+            network.set_dropout(BASE_DROPOUT * pruner.density().sqrt());
         }
         train::fit(
             network,
@@ -253,26 +214,29 @@ pub fn compress(
             train_set,
             test,
             |step, network, compression| {
-                if let Some((pruner, density)) = mask_update_due(config, step) {
-                    let pruned = prune_all(pruner, network, compression, density);
-                    compression.masks = pruned.masks;
-                    if !pruned.alphas.is_empty() {
-                        alphas = pruned.alphas;
+                if let Some(density) = mask_update_due(config, step) {
+                    let pruner = config.prune.as_ref().expect("due only when pruning");
+                    let (masks, a) = prune_all(pruner, network, compression, density);
+                    compression.masks = masks;
+                    if !a.is_empty() {
+                        alphas = a;
                     }
+                }
+                // The weights' scales follow the weights (as PyTorch's QAT observers do).
+                if data_dependent {
+                    calibrate::refresh_weights(network, compression);
                 }
                 Ok(())
             },
             on_epoch,
         )?
     };
+    if data_dependent {
+        calibrate::refresh_weights(&network, &mut compression);
+    }
     let network = model::bake(network, &compression);
     let test_accuracy = train::evaluate(&network, &compression, test, device, 500, None)?;
-    let record = compression.record(
-        &network,
-        config.prune.map(|(p, _)| p),
-        config.prune.map(|(_, d)| d),
-        config.finetune.epochs,
-    );
+    let record = compression.record(&network, config.prune.clone(), config.finetune.epochs);
     Ok(Compressed {
         network,
         compression,
@@ -289,28 +253,12 @@ fn steps_per_epoch(config: &TrainConfig, images: &Images) -> usize {
     n.div_ceil(config.batch_size.max(1))
 }
 
-/// Whether fine-tuning changes the masks before step `at`, and to which density: DNS every
-/// `mask_interval` steps until `mask_freeze` of the run (following the density ramp) and
-/// always at the ramp's end; magnitude at the start of each of its later rounds (round r of
-/// R starts at step (r - 1) * total / R).
-fn mask_update_due(config: &CompressConfig, at: StepInfo) -> Option<(Pruner, f64)> {
-    let (pruner, target) = config.prune?;
-    if at.step == 0 {
-        return None;
-    }
-    match pruner {
-        Pruner::Dns => {
-            let frozen = at.step as f64 >= config.mask_freeze * at.total as f64;
-            let due = at.step.is_multiple_of(config.mask_interval) && !frozen;
-            (due || at.step == config.ramp_end(at.total))
-                .then(|| (pruner, config.dns_density(target, at.step, at.total)))
-        }
-        Pruner::Magnitude => {
-            let rounds = config.magnitude_rounds;
-            (2..=rounds)
-                .find(|r| at.step == (r - 1) * at.total / rounds)
-                .map(|r| (pruner, config.round_density(target, r)))
-        }
+/// The density the masks change to before fine-tuning step `at` (after the first), if they
+/// change then.
+fn mask_update_due(config: &CompressConfig, at: StepInfo) -> Option<f64> {
+    match at.step {
+        0 => None,
+        step => config.prune.as_ref()?.density_at(step, at.total),
     }
 }
 

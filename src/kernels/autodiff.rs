@@ -1,13 +1,13 @@
 //! Backward passes for the compression ops, on any backend that implements them.
 //!
-//! - `fixed_point`: STE multiplies the incoming gradient by 1 inside the representable range
+//! - `quantise`: STE multiplies the incoming gradient by 1 inside the representable range
 //!   and 0 where q clamps (it keeps the input for that test); `identity` (BPDA) passes the
 //!   gradient unchanged.
 //! - `apply_mask`: the gradient of the masked weight goes to the dense weight unchanged, so
 //!   pruned weights keep learning and can come back (DNS); the mask gets none.
 //! - `conv2d`, `matmul` and `max_pool2d`: the gradient of each tracked input only (an attack's model
 //!   weights are not tracked, so an attack computes no weight gradients).
-//! - `dns_update`, `fixed_point_ste`, `attack_step` and the convolution's and pooling's own
+//! - `dns_update`, `quantise_ste`, `attack_step` and the convolution's and pooling's own
 //!   backward ops are not differentiated (their outputs are constants).
 
 use burn::backend::Autodiff;
@@ -19,10 +19,10 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 
-use super::{FixedPoint, KernelOps, QuantGrad, StepSettings};
+use super::{KernelOps, QuantGrad, StepSettings, Table};
 
 #[derive(Debug)]
-struct Ste(FixedPoint);
+struct Ste(Table);
 
 impl<B: Backend + KernelOps> Backward<B, 1> for Ste {
     type State = B::FloatTensorPrimitive;
@@ -30,7 +30,7 @@ impl<B: Backend + KernelOps> Backward<B, 1> for Ste {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let x = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-            B::fixed_point_ste(x, grad, self.0)
+            B::quantise_ste(x, grad, self.0)
         });
     }
 }
@@ -127,19 +127,19 @@ impl<B: Backend + KernelOps> Backward<B, 1> for MaxPoolBackward {
 }
 
 impl<B: Backend + KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C> {
-    fn fixed_point(x: FloatTensor<Self>, format: FixedPoint, grad: QuantGrad) -> FloatTensor<Self> {
+    fn quantise(x: FloatTensor<Self>, table: Table, grad: QuantGrad) -> FloatTensor<Self> {
         match grad {
-            QuantGrad::Ste => match Ste(format)
+            QuantGrad::Ste => match Ste(table.clone())
                 .prepare::<C>([x.node()])
                 .compute_bound()
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
                     let input = x.into_primitive();
-                    prep.finish(input.clone(), B::fixed_point(input, format, grad))
+                    prep.finish(input.clone(), B::quantise(input, table, grad))
                 }
                 OpsKind::UnTracked(prep) => {
-                    prep.finish(B::fixed_point(x.into_primitive(), format, grad))
+                    prep.finish(B::quantise(x.into_primitive(), table, grad))
                 }
             },
             QuantGrad::Identity => {
@@ -147,20 +147,20 @@ impl<B: Backend + KernelOps, C: CheckpointStrategy> KernelOps for Autodiff<B, C>
                 PassThrough
                     .prepare::<C>([node])
                     .compute_bound()
-                    .stateless(B::fixed_point(input, format, grad))
+                    .stateless(B::quantise(input, table, grad))
             }
         }
     }
 
-    fn fixed_point_ste(
+    fn quantise_ste(
         x: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        format: FixedPoint,
+        table: Table,
     ) -> FloatTensor<Self> {
-        FloatTensor::<Self>::new(B::fixed_point_ste(
+        FloatTensor::<Self>::new(B::quantise_ste(
             x.into_primitive(),
             grad.into_primitive(),
-            format,
+            table,
         ))
     }
 

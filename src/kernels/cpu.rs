@@ -23,7 +23,7 @@ use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{FixedPoint, KernelOps, QuantGrad, StepSettings, burn_pool, reference};
+use super::{Channel, KernelOps, QuantGrad, StepSettings, Table, burn_pool, reference};
 
 /// Images per chunk of the weight gradient's sum: fixed, so the summation order is too.
 const IMAGES_PER_CHUNK: usize = 16;
@@ -877,33 +877,7 @@ pub(super) fn matmul(a: &FlexTensor, b: &FlexTensor) -> Option<FlexTensor> {
 /// Elements per rayon task of the elementwise ops.
 const ELEMENTS_PER_TASK: usize = 1 << 15;
 
-/// `f` applied to every element of `x` (and `y`, when given), in one pass over rayon's pool.
-fn map_f32(
-    x: &FlexTensor,
-    y: Option<&FlexTensor>,
-    f: impl Fn(f32, f32) -> f32 + Sync,
-) -> FlexTensor {
-    let x = contiguous(x);
-    let y = y.map(contiguous);
-    let xv = values(&x);
-    let yv = y.as_ref().map_or(xv, values);
-    assert_eq!(xv.len(), yv.len(), "elementwise operands of one size");
-    // Written straight into the output's spare capacity (no zero-filled buffer first), in
-    // chunks whose inner loop vectorises.
-    let mut out: Vec<f32> = Vec::with_capacity(xv.len());
-    out.spare_capacity_mut()
-        .par_chunks_mut(ELEMENTS_PER_TASK)
-        .zip(
-            xv.par_chunks(ELEMENTS_PER_TASK)
-                .zip(yv.par_chunks(ELEMENTS_PER_TASK)),
-        )
-        .for_each(|(out, (x, y))| map_chunk(out, x, y, &f));
-    // SAFETY: the chunks above cover the whole spare capacity, each element written once.
-    unsafe { out.set_len(xv.len()) };
-    f32_tensor(out, x.layout().shape())
-}
-
-/// One chunk of [`map_f32`], compiled for AVX-512 where the CPU has it (as
+/// One run of [`map_channels`], compiled for AVX-512 where the CPU has it (as
 /// `avx512_or_baseline!`).
 fn map_chunk<F: Fn(f32, f32) -> f32>(
     out: &mut [std::mem::MaybeUninit<f32>],
@@ -939,32 +913,78 @@ fn map_chunk<F: Fn(f32, f32) -> f32>(
     any(out, x, y, f)
 }
 
-impl KernelOps for Flex {
-    /// One pass of [`FixedPoint::quantiser`] (the tests hold it to the reference's tensor ops,
-    /// bit for bit).
-    fn fixed_point(
-        x: FloatTensor<Self>,
-        format: FixedPoint,
-        _grad: QuantGrad,
-    ) -> FloatTensor<Self> {
-        match x.dtype() {
-            DType::F32 => {
-                let q = format.quantiser();
-                map_f32(&x, None, move |x, _| q(x))
+/// `f(row)` applied to every element of `x` (and `y`, when given) with the row of its channel,
+/// in one pass over rayon's pool: runs of one channel go through [`map_chunk`], whose loop
+/// vectorises; a channel axis that is the last (a [in, out] matrix per output) goes element by
+/// element.
+fn map_channels<F: Fn(f32, f32) -> f32 + Sync>(
+    x: &FlexTensor,
+    y: Option<&FlexTensor>,
+    table: &Table,
+    f: impl Fn(Channel) -> F + Sync,
+) -> FlexTensor {
+    let x = contiguous(x);
+    let y = y.map(contiguous);
+    let xv = values(&x);
+    let yv = y.as_ref().map_or(xv, values);
+    assert_eq!(xv.len(), yv.len(), "elementwise operands of one size");
+    let (_, channels, inner) = table.layout(x.layout().shape());
+    let fs: Vec<F> = table.rows.iter().map(|&row| f(row)).collect();
+    let mut out: Vec<f32> = Vec::with_capacity(xv.len());
+    out.spare_capacity_mut()
+        .par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(
+            xv.par_chunks(ELEMENTS_PER_TASK)
+                .zip(yv.par_chunks(ELEMENTS_PER_TASK)),
+        )
+        .enumerate()
+        .for_each(|(task, (out, (x, y)))| {
+            let mut at = task * ELEMENTS_PER_TASK;
+            let (mut out, mut x, mut y) = (out, x, y);
+            while !x.is_empty() {
+                let channel = (at / inner.max(1)) % channels;
+                let run = (inner.max(1) - at % inner.max(1)).min(x.len());
+                let (o, rest_o) = out.split_at_mut(run);
+                let ((xs, rest_x), (ys, rest_y)) = (x.split_at(run), y.split_at(run));
+                match run {
+                    1 => {
+                        o[0].write(fs[channel](xs[0], ys[0]));
+                    }
+                    _ => map_chunk(o, xs, ys, &fs[channel]),
+                }
+                (out, x, y) = (rest_o, rest_x, rest_y);
+                at += run;
             }
-            _ => reference::fixed_point::<Self>(x, format),
+        });
+    // SAFETY: the chunks above cover the whole spare capacity, each element written once.
+    unsafe { out.set_len(xv.len()) };
+    f32_tensor(out, x.layout().shape())
+}
+
+impl KernelOps for Flex {
+    /// One pass of each channel's [`Channel::quantiser`] (the tests hold it to the reference's
+    /// tensor ops, bit for bit).
+    fn quantise(x: FloatTensor<Self>, table: Table, _grad: QuantGrad) -> FloatTensor<Self> {
+        match x.dtype() {
+            DType::F32 => map_channels(&x, None, &table, |row| {
+                let q = row.quantiser();
+                move |x, _| q(x)
+            }),
+            _ => reference::quantise::<Self>(x, &table),
         }
     }
-    fn fixed_point_ste(
+    fn quantise_ste(
         x: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        format: FixedPoint,
+        table: Table,
     ) -> FloatTensor<Self> {
         if x.dtype() != DType::F32 || grad.dtype() != DType::F32 {
-            return reference::fixed_point_ste::<Self>(x, grad, format);
+            return reference::quantise_ste::<Self>(x, grad, &table);
         }
-        let passes = format.ste_passes();
-        map_f32(&x, Some(&grad), move |x, g| if passes(x) { g } else { 0.0 })
+        map_channels(&x, Some(&grad), &table, |row| {
+            let passes = row.ste_passes();
+            move |x, g| if passes(x) { g } else { 0.0 }
+        })
     }
     fn apply_mask(weight: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
         reference::apply_mask::<Self>(weight, mask)

@@ -1,5 +1,5 @@
-//! advcomp's kernels as a burn backend extension: fixed-point fake quantisation, the pruning
-//! mask, the DNS mask update, the fused step of the iterative attacks, and the convolution,
+//! advcomp's kernels as a burn backend extension: fake quantisation on a [`Grid`] (affine,
+//! per tensor or per channel; fixed point is one case of it), the pruning mask, the DNS mask update, the fused step of the iterative attacks, and the convolution,
 //! matrix product and max pooling every model runs through.
 //!
 //! One trait, [`KernelOps`], with three implementations:
@@ -9,8 +9,8 @@
 //!   definition the WGSL is tested against, bit for bit, and its own im2col + GEMM convolution,
 //!   matrix product and max pooling (`cpu.rs`: Flex's are several times slower at these
 //!   shapes);
-//! - `Autodiff<B>` adds the backward passes (`autodiff.rs`): straight-through (STE) or identity
-//!   (BPDA) for the quantiser, identity to the dense weights for the mask (DNS lets pruned
+//! - `Autodiff<B>` adds the backward passes (`autodiff.rs`): straight-through (STE: the
+//!   gradient where qmin <= code <= qmax, zero elsewhere) or identity (BPDA) for the quantiser, identity to the dense weights for the mask (DNS lets pruned
 //!   weights recover), none for the mask update and the attack step; convolution and pooling
 //!   compute only the gradients of tracked inputs (an attack never pays for weight gradients).
 //!
@@ -19,20 +19,21 @@
 mod autodiff;
 mod burn_pool;
 mod cpu;
+mod grid;
 mod reference;
 mod wgsl;
 
+pub use grid::{Channel, Grid};
+
+use crate::{Error, Result};
 use burn::Tensor;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, backend_extension};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
-use serde::{Deserialize, Serialize};
-
-use crate::{Error, Result};
 
 /// The WGSL sources, by file name (for validation and for the record).
 pub const SHADERS: [(&str, &str); 4] = [
-    ("fixed_point.wgsl", wgsl::FIXED_POINT),
+    ("quantise.wgsl", wgsl::QUANTISE),
     ("mask.wgsl", wgsl::MASK),
     ("dns_update.wgsl", wgsl::DNS_UPDATE),
     ("attack_step.wgsl", wgsl::ATTACK_STEP),
@@ -57,136 +58,43 @@ pub struct StepSettings {
     pub budget: f32,
 }
 
-/// A fixed-point format: `bits` total (W), `int_bits` integer bits including the sign (P), so
-/// F = W - P fraction bits and the range is [-2^(P-1), 2^(P-1) - 2^-F].
-/// Deserialised through [`FixedPoint::new`], so a format read from a file or config is as
-/// valid as one built in code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "UncheckedFixedPoint")]
-pub struct FixedPoint {
-    pub bits: u32,
-    pub int_bits: u32,
+/// A grid's constants as the kernels take them: one row per channel along `axis` (one row
+/// for the whole tensor when `axis` is `None`).
+#[derive(Clone, Debug)]
+pub struct Table {
+    axis: Option<usize>,
+    rows: std::sync::Arc<[Channel]>,
 }
 
-/// A format as read, before [`FixedPoint::new`] checks it.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UncheckedFixedPoint {
-    bits: u32,
-    int_bits: u32,
-}
-
-impl TryFrom<UncheckedFixedPoint> for FixedPoint {
-    type Error = String;
-    fn try_from(f: UncheckedFixedPoint) -> std::result::Result<Self, String> {
-        FixedPoint::new(f.bits, f.int_bits).map_err(|e| e.to_string())
-    }
-}
-
-impl FixedPoint {
-    /// A format with W = `bits` and P = `int_bits`; refuses W outside 2..=32 and P outside 1..=W.
-    pub fn new(bits: u32, int_bits: u32) -> Result<Self> {
-        if !(2..=32).contains(&bits) {
-            return Err(Error::usage(format!(
-                "bits {bits}: a fixed-point width must be between 2 and 32"
-            )));
-        }
-        if !(1..=bits).contains(&int_bits) {
-            return Err(Error::usage(format!(
-                "int bits {int_bits}: must be between 1 (the sign bit) and the width {bits}"
-            )));
-        }
-        Ok(Self { bits, int_bits })
-    }
-
-    /// The paper's rule for the integer bits: W=4 -> P=1, W=8 -> P=2, any other W -> P=4
-    /// (P capped at W for widths below 4).
-    pub fn paper(bits: u32) -> Result<Self> {
-        let int_bits = match bits {
-            4 => 1,
-            8 => 2,
-            _ => 4.min(bits),
-        };
-        Self::new(bits, int_bits)
-    }
-
-    pub fn frac_bits(self) -> u32 {
-        self.bits - self.int_bits
-    }
-
-    /// 2^F, exact in f32 (F <= 31).
-    pub fn scale(self) -> f32 {
-        2f32.powi(self.frac_bits() as i32)
-    }
-
-    /// The smallest and largest integer code, as f32: -2^(W-1) and 2^(W-1) - 1. Above 24 bits
-    /// the top code is not an f32; the largest f32 below it is used, so saturation never
-    /// rounds a value up past the range.
-    pub fn code_range(self) -> (f32, f32) {
-        let half = 2f32.powi(self.bits as i32 - 1);
-        let top = if self.bits <= 24 {
-            half - 1.0
-        } else {
-            f32::from_bits(half.to_bits() - 1)
-        };
-        (-half, top)
-    }
-
-    /// The representable range [min, max] of values.
-    pub fn value_range(self) -> (f32, f32) {
-        let (lo, hi) = self.code_range();
-        let inv = 1.0 / self.scale();
-        (lo * inv, hi * inv)
-    }
-
-    /// q(x) on one value, on the host: the same formula as the kernels, for checks.
-    pub fn quantise(self, x: f32) -> f32 {
-        self.quantiser()(x)
-    }
-
-    /// q as a function with its constants worked out once: what the CPU kernel applies to every
-    /// element. The same formula as the reference's tensor ops, bit for bit.
-    pub fn quantiser(self) -> impl Fn(f32) -> f32 + Copy + Send + Sync {
-        let (lo, hi) = self.code_range();
-        let (scale, inverse) = (self.scale(), 1.0 / self.scale());
-        // Codes of up to 22 bits round exactly with the 1.5 * 2^23 trick (see `round_ties_even`).
-        let small = self.bits <= 22;
-        // Clamping before rounding gives the same code as after (the bounds are integers), and
-        // keeps the trick's argument small. Selects, not branches, so the loop vectorises.
-        move |x: f32| {
-            let clamped = (x * scale).clamp(lo, hi);
-            let code = match small {
-                true => round_ties_even_small(clamped),
-                false => clamped.round_ties_even(),
-            };
-            let q = if code == 0.0 { 0.0 } else { code * inverse };
-            if x.is_nan() { x } else { q }
+impl Table {
+    pub fn of(grid: &Grid) -> Self {
+        Self {
+            axis: grid.axis,
+            rows: grid.table().into(),
         }
     }
 
-    /// Whether the STE passes the gradient at `x`: lo <= x * 2^F <= hi (never for NaN).
-    pub fn ste_passes(self) -> impl Fn(f32) -> bool + Copy + Send + Sync {
-        let (lo, hi) = self.code_range();
-        let scale = self.scale();
-        move |x: f32| {
-            let code = x * scale;
-            code >= lo && code <= hi
+    /// (outer, channels, inner) of a tensor of `shape`: element i is in channel
+    /// (i / inner) % channels. Panics when the grid does not fit (callers check with
+    /// [`Grid::fits`]).
+    fn layout(&self, shape: &[usize]) -> (usize, usize, usize) {
+        let len: usize = shape.iter().product();
+        match self.axis {
+            None => (1, 1, len),
+            Some(axis) => {
+                assert!(
+                    axis < shape.len() && shape[axis] == self.rows.len(),
+                    "a grid of {} channels along axis {axis} does not fit shape {shape:?}",
+                    self.rows.len()
+                );
+                let inner: usize = shape[axis + 1..].iter().product();
+                (
+                    len / (inner * self.rows.len()).max(1),
+                    self.rows.len(),
+                    inner,
+                )
+            }
         }
-    }
-}
-
-/// `x` rounded to the nearest integer, ties to even, for |x| <= 2^22: `f32::round_ties_even` is
-/// a libm call per element on x86-64's baseline (no SSE4.1); adding and subtracting 1.5 * 2^23
-/// rounds in the default rounding mode (ties to even) instead, and vectorises. Only the sign
-/// of a zero result can differ, and q maps every zero code to +0.
-fn round_ties_even_small(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
-    (x + MAGIC) - MAGIC
-}
-
-impl std::fmt::Display for FixedPoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Q({},{})", self.bits, self.int_bits)
     }
 }
 
@@ -228,13 +136,13 @@ impl std::fmt::Display for QuantGrad {
 /// have the weight's number of elements.
 #[backend_extension(Cube, Flex, Autodiff)]
 pub trait KernelOps: Backend {
-    /// q(x), with `grad` deciding its backward pass.
-    fn fixed_point(x: FloatTensor<Self>, format: FixedPoint, grad: QuantGrad) -> FloatTensor<Self>;
-    /// The STE backward of q: `grad` where x lies in the range, 0 elsewhere.
-    fn fixed_point_ste(
+    /// q(x) on a grid's table, with `grad` deciding its backward pass.
+    fn quantise(x: FloatTensor<Self>, table: Table, grad: QuantGrad) -> FloatTensor<Self>;
+    /// The STE backward of q: `grad` where x / s lies in [qmin − z, qmax − z], 0 elsewhere.
+    fn quantise_ste(
         x: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        format: FixedPoint,
+        table: Table,
     ) -> FloatTensor<Self>;
     /// `weight` where `mask` != 0, +0 elsewhere.
     fn apply_mask(weight: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -335,11 +243,12 @@ pub fn max_pool2d(x: Tensor<4>, options: MaxPoolOptions<2>) -> Tensor<4> {
     ))
 }
 
-/// q(x) elementwise (see [`FixedPoint`]), differentiable as `grad` says.
-pub fn fixed_point<const D: usize>(x: Tensor<D>, format: FixedPoint, grad: QuantGrad) -> Tensor<D> {
-    Tensor::from_dispatch(<burn::backend::Dispatch as KernelOps>::fixed_point(
+/// q(x) elementwise on `grid` (see [`Grid`]), differentiable as `grad` says. Panics when the
+/// grid does not fit the tensor's shape (see [`Grid::fits`]).
+pub fn quantise<const D: usize>(x: Tensor<D>, grid: &Grid, grad: QuantGrad) -> Tensor<D> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as KernelOps>::quantise(
         x.into_dispatch(),
-        format,
+        Table::of(grid),
         grad,
     ))
 }
@@ -418,38 +327,34 @@ pub fn allow_avx512(allowed: bool) -> bool {
 
 #[doc(hidden)]
 /// The STE backward as a tensor function, for tests that compare backends.
-pub fn fixed_point_ste<const D: usize>(
-    x: Tensor<D>,
-    grad: Tensor<D>,
-    format: FixedPoint,
-) -> Tensor<D> {
-    Tensor::from_dispatch(<burn::backend::Dispatch as KernelOps>::fixed_point_ste(
+pub fn quantise_ste<const D: usize>(x: Tensor<D>, grad: Tensor<D>, grid: &Grid) -> Tensor<D> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as KernelOps>::quantise_ste(
         x.into_dispatch(),
         grad.into_dispatch(),
-        format,
+        Table::of(grid),
     ))
 }
 
 #[doc(hidden)]
 /// The reference's q (ordinary tensor ops, `reference.rs`), for tests that hold the fused CPU
 /// kernel to it.
-pub fn fixed_point_reference<const D: usize>(x: Tensor<D>, format: FixedPoint) -> Tensor<D> {
-    Tensor::from_dispatch(reference::fixed_point::<burn::backend::Dispatch>(
+pub fn quantise_reference<const D: usize>(x: Tensor<D>, grid: &Grid) -> Tensor<D> {
+    Tensor::from_dispatch(reference::quantise::<burn::backend::Dispatch>(
         x.into_dispatch(),
-        format,
+        &Table::of(grid),
     ))
 }
 
 #[doc(hidden)]
 /// The reference's STE backward, for the same tests.
-pub fn fixed_point_ste_reference<const D: usize>(
+pub fn quantise_ste_reference<const D: usize>(
     x: Tensor<D>,
     grad: Tensor<D>,
-    format: FixedPoint,
+    grid: &Grid,
 ) -> Tensor<D> {
-    Tensor::from_dispatch(reference::fixed_point_ste::<burn::backend::Dispatch>(
+    Tensor::from_dispatch(reference::quantise_ste::<burn::backend::Dispatch>(
         x.into_dispatch(),
         grad.into_dispatch(),
-        format,
+        &Table::of(grid),
     ))
 }

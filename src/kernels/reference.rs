@@ -2,42 +2,75 @@
 //! tensor ops. It is what the Flex CPU backend runs and the definition the WGSL kernels are held
 //! to, bit for bit.
 
+use burn::backend::Shape;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, FloatDType, TensorMetadata, get_or_init_device_settings};
+use burn::tensor::TensorData;
 
-use burn::backend::Shape;
-
-use super::{FixedPoint, StepRule, StepSettings};
+use super::{Channel, StepRule, StepSettings, Table};
 
 fn bool_dtype<B: Backend>(x: &FloatTensor<B>) -> burn::backend::BoolDType {
     get_or_init_device_settings::<B>(&x.device()).bool_dtype
 }
 
-/// q(x) = clamp(round_half_even(x * 2^F), lo, hi) * 2^-F; a zero result is +0, NaN stays NaN.
-pub(super) fn fixed_point<B: Backend>(x: FloatTensor<B>, format: FixedPoint) -> FloatTensor<B> {
-    let (lo, hi) = format.code_range();
-    let dtype = bool_dtype::<B>(&x);
-    let nan = B::float_is_nan(x.clone(), dtype);
-    let code = B::float_round(B::float_mul_scalar(x.clone(), format.scale().into()));
-    let code = B::float_clamp(code, lo.into(), hi.into());
-    let zero = B::float_equal_elem(code.clone(), 0f32.into(), dtype);
-    let q = B::float_mul_scalar(code, (1.0 / format.scale()).into());
-    let q = B::float_mask_fill(q, zero, 0f32.into());
-    B::float_mask_where(q, nan, x)
+/// `x` viewed as [outer, channels, inner] and each of the table's columns (picked by `column`)
+/// expanded to that shape: the per-channel constants beside every element.
+fn per_channel<B: Backend>(
+    x: FloatTensor<B>,
+    table: &Table,
+    columns: &[fn(&Channel) -> f32],
+) -> (FloatTensor<B>, Vec<FloatTensor<B>>) {
+    let shape = x.shape();
+    let (outer, channels, inner) = table.layout(&shape);
+    let device = x.device();
+    let full = Shape::new([outer, channels, inner]);
+    let columns = columns
+        .iter()
+        .map(|column| {
+            let values: Vec<f32> = table.rows.iter().map(column).collect();
+            let t = B::float_from_data(TensorData::new(values, [1, channels, 1]), &device);
+            B::float_expand(t, full.clone())
+        })
+        .collect();
+    (B::float_reshape(x, full), columns)
 }
 
-/// `grad` where lo <= x * 2^F <= hi (never for NaN), 0 elsewhere.
-pub(super) fn fixed_point_ste<B: Backend>(
+/// q(x) = clamp(round_half_even(x * (1/s)), lo, hi) * s per channel; a zero result is +0, NaN
+/// stays NaN.
+pub(super) fn quantise<B: Backend>(x: FloatTensor<B>, table: &Table) -> FloatTensor<B> {
+    let shape = x.shape();
+    let dtype = bool_dtype::<B>(&x);
+    let (x3, constants) = per_channel::<B>(
+        x,
+        table,
+        &[|c| c.inv_scale, |c| c.scale, |c| c.lo, |c| c.hi],
+    );
+    let [inv_scale, scale, lo, hi]: [FloatTensor<B>; 4] =
+        constants.try_into().expect("four columns");
+    let nan = B::float_is_nan(x3.clone(), dtype);
+    let code = B::float_round(B::float_mul(x3.clone(), inv_scale));
+    let code = clamp_between::<B>(code, lo, hi);
+    let zero = B::float_equal_elem(code.clone(), 0f32.into(), dtype);
+    let q = B::float_mul(code, scale);
+    let q = B::float_mask_fill(q, zero, 0f32.into());
+    B::float_reshape(B::float_mask_where(q, nan, x3), shape)
+}
+
+/// `grad` where lo <= x * (1/s) <= hi (never for NaN), 0 elsewhere.
+pub(super) fn quantise_ste<B: Backend>(
     x: FloatTensor<B>,
     grad: FloatTensor<B>,
-    format: FixedPoint,
+    table: &Table,
 ) -> FloatTensor<B> {
-    let (lo, hi) = format.code_range();
+    let shape = x.shape();
     let dtype = bool_dtype::<B>(&x);
-    let scaled = B::float_mul_scalar(x, format.scale().into());
-    let above_lo = B::float_greater_equal_elem(scaled.clone(), lo.into(), dtype);
-    let below_hi = B::float_lower_equal_elem(scaled, hi.into(), dtype);
+    let (x3, constants) = per_channel::<B>(x, table, &[|c| c.inv_scale, |c| c.lo, |c| c.hi]);
+    let [inv_scale, lo, hi]: [FloatTensor<B>; 3] = constants.try_into().expect("three columns");
+    let scaled = B::float_mul(x3, inv_scale);
+    let above_lo = B::float_greater_equal(scaled.clone(), lo, dtype);
+    let below_hi = B::float_lower_equal(scaled, hi, dtype);
     let outside = B::bool_not(B::bool_and(above_lo, below_hi));
+    let outside = B::bool_reshape(outside, shape);
     B::float_mask_fill(grad, outside, 0f32.into())
 }
 

@@ -17,9 +17,9 @@ use cubecl::CubeCount;
 use cubecl::prelude::KernelId;
 use cubecl::server::KernelArguments;
 
-use super::{FixedPoint, KernelOps, QuantGrad, StepRule, StepSettings, burn_pool};
+use super::{KernelOps, QuantGrad, StepRule, StepSettings, Table, burn_pool};
 
-pub(super) const FIXED_POINT: &str = include_str!("../../shaders/fixed_point.wgsl");
+pub(super) const QUANTISE: &str = include_str!("../../shaders/quantise.wgsl");
 pub(super) const MASK: &str = include_str!("../../shaders/mask.wgsl");
 pub(super) const DNS_UPDATE: &str = include_str!("../../shaders/dns_update.wgsl");
 pub(super) const ATTACK_STEP: &str = include_str!("../../shaders/attack_step.wgsl");
@@ -127,41 +127,31 @@ fn launch(shader: Wgsl, inputs: Vec<CubeTensor>, same_size: usize, params: &[u32
     output
 }
 
-/// The fixed-point shader's parameters after the length: mode, 2^F, 2^-F, lo, hi.
-fn fixed_point_params(mode: u32, format: FixedPoint) -> [u32; 5] {
-    let (lo, hi) = format.code_range();
-    [
-        mode,
-        format.scale().to_bits(),
-        (1.0 / format.scale()).to_bits(),
-        lo.to_bits(),
-        hi.to_bits(),
-    ]
+/// The quantiser shader's parameters after the length: mode, channels, elements per channel
+/// run, then each channel's row (1/s, s, lo, hi).
+fn quantise_params(x: &CubeTensor, mode: u32, table: &Table) -> Vec<u32> {
+    let (_, channels, inner) = table.layout(&x.shape());
+    let mut params = vec![mode, channels as u32, inner.max(1) as u32];
+    for c in table.rows.iter() {
+        params.extend([c.inv_scale, c.scale, c.lo, c.hi].map(f32::to_bits));
+    }
+    params
 }
 
 impl KernelOps for CubeBackend {
-    fn fixed_point(
-        x: FloatTensor<Self>,
-        format: FixedPoint,
-        _grad: QuantGrad,
-    ) -> FloatTensor<Self> {
-        let shader = wgsl("fixed_point", FIXED_POINT);
+    fn quantise(x: FloatTensor<Self>, table: Table, _grad: QuantGrad) -> FloatTensor<Self> {
+        let params = quantise_params(&x, 0, &table);
         // Mode 0 never reads `grad`; bind the input there too.
-        launch(
-            shader,
-            vec![x.clone(), x],
-            2,
-            &fixed_point_params(0, format),
-        )
+        launch(wgsl("quantise", QUANTISE), vec![x.clone(), x], 2, &params)
     }
 
-    fn fixed_point_ste(
+    fn quantise_ste(
         x: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        format: FixedPoint,
+        table: Table,
     ) -> FloatTensor<Self> {
-        let shader = wgsl("fixed_point", FIXED_POINT);
-        launch(shader, vec![x, grad], 2, &fixed_point_params(1, format))
+        let params = quantise_params(&x, 1, &table);
+        launch(wgsl("quantise", QUANTISE), vec![x, grad], 2, &params)
     }
 
     fn apply_mask(weight: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {

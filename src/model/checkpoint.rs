@@ -531,10 +531,12 @@ pub fn load_checkpoint(
     let record = record.unwrap_or_default();
     let compression = Compression {
         masks,
-        weights: record.weights,
-        activations: record.activations,
+        quant: record.quantiser.map(|config| super::Quantisation {
+            config,
+            grids: record.grids,
+        }),
         grad: record.grad,
-        recorder: None,
+        ..Compression::default()
     };
     Ok(Checkpoint {
         network,
@@ -543,8 +545,8 @@ pub fn load_checkpoint(
     })
 }
 
-/// Reads a model file: an ONNX file (imported with its own weights, uncompressed) or a
-/// checkpoint (see [`load_checkpoint`]).
+/// Reads a model file: an ONNX file (imported with its own weights: uncompressed, or a QDQ
+/// graph as the file quantises it) or a checkpoint (see [`load_checkpoint`]).
 pub fn load(
     path: &Path,
     model: Option<ModelRef>,
@@ -553,15 +555,30 @@ pub fn load(
 ) -> Result<Checkpoint> {
     if ModelRef::names_onnx(path) {
         let network = ModelRef::Onnx(path.to_path_buf()).load(device)?;
+        let quant = match &network {
+            Network::Onnx(m) => m.graph.qdq.as_ref().map(|q| super::Quantisation {
+                config: q.config.clone(),
+                grids: q.grids.clone(),
+            }),
+            _ => None,
+        };
+        let compression = Compression {
+            quant,
+            ..Compression::default()
+        };
         let meta = CheckpointMeta {
             model: network.model_ref().to_string(),
-            compression: "none".into(),
+            compression: match &compression.quant {
+                Some(_) => serde_json::to_string(&compression.record(&network, None, 0))
+                    .expect("a record serialises"),
+                None => "none".into(),
+            },
             model_sha256: network.model_sha256(),
             ..CheckpointMeta::default()
         };
         return Ok(Checkpoint {
             network,
-            compression: Compression::default(),
+            compression,
             meta,
         });
     }

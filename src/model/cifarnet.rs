@@ -4,7 +4,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, PaddingConfig
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::{BuiltIn, Compression, LayerInfo};
+use super::export::{int, ints};
+use super::{BuiltIn, Compression, LayerInfo, OnnxWriter};
 use crate::data::DatasetKind;
 
 /// (input channels, output channels, stride, padded) of conv0..conv7.
@@ -132,6 +133,57 @@ impl BuiltIn for CifarNet {
 
     fn set_dropout(&mut self, prob: f64) {
         self.dropout.prob = prob;
+    }
+
+    fn to_onnx(w: &mut OnnxWriter) -> String {
+        // Per-image standardisation: (x - mean) / max(std, 1/sqrt(N)).
+        let all = || ints("axes", &[1, 2, 3]);
+        let [c, h, wd] = Self::INPUT_SHAPE;
+        let mean = w.node("ReduceMean", &[OnnxWriter::INPUT], vec![all()]);
+        let centred = w.node("Sub", &[OnnxWriter::INPUT, &mean], vec![]);
+        let square = w.node("Mul", &[&centred, &centred], vec![]);
+        let var = w.node("ReduceMean", &[&square], vec![all()]);
+        let std = w.node("Sqrt", &[&var], vec![]);
+        let floor = w.scalar(1.0 / ((c * h * wd) as f32).sqrt());
+        let std = w.node("Max", &[&std, &floor], vec![]);
+        let mut x = w.node("Div", &[&centred, &std], vec![]);
+        for (i, &(_, _, stride, padded)) in CONVS.iter().enumerate() {
+            let weight = w.param(&format!("conv{i}.weight"));
+            let pad = i64::from(padded);
+            x = w.node(
+                "Conv",
+                &[&x, &weight],
+                vec![
+                    ints("kernel_shape", &[3, 3]),
+                    ints("strides", &[stride as i64; 2]),
+                    ints("pads", &[pad; 4]),
+                ],
+            );
+            let bn: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
+                .iter()
+                .map(|p| w.param(&format!("bn{i}.{p}")))
+                .collect();
+            let mut attrs = vec![];
+            let mut epsilon = onnx_ir::AttributeProto::new();
+            epsilon.name = "epsilon".into();
+            epsilon.type_ = onnx_ir::AttributeType::FLOAT.into();
+            epsilon.f = 1e-3;
+            attrs.push(epsilon);
+            x = w.node(
+                "BatchNormalization",
+                &[&x, &bn[0], &bn[1], &bn[2], &bn[3]],
+                attrs,
+            );
+            x = w.node("Relu", &[&x], vec![]);
+        }
+        let x = w.node("AveragePool", &[&x], vec![ints("kernel_shape", &[8, 8])]);
+        let (weight, bias) = (w.param("logits.weight"), w.param("logits.bias"));
+        let x = w.node(
+            "Conv",
+            &[&x, &weight, &bias],
+            vec![ints("kernel_shape", &[1, 1])],
+        );
+        w.node("Flatten", &[&x], vec![int("axis", 1)])
     }
 
     fn layers() -> Vec<LayerInfo> {

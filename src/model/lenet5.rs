@@ -4,8 +4,9 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use super::export::{int, ints};
 use super::layers::max_pool;
-use super::{BuiltIn, Compression, LayerInfo};
+use super::{BuiltIn, Compression, LayerInfo, OnnxWriter};
 use crate::data::DatasetKind;
 
 /// LeNet5 as in Mayo (431,080 parameters): conv 5x5 1->20 + ReLU, maxpool 2/2, conv 5x5 20->50
@@ -55,6 +56,42 @@ impl BuiltIn for LeNet5 {
 
     fn set_dropout(&mut self, prob: f64) {
         self.dropout.prob = prob;
+    }
+
+    fn to_onnx(w: &mut OnnxWriter) -> String {
+        let (two, one) = (w.scalar(2.0), w.scalar(1.0));
+        let x = w.node("Mul", &[OnnxWriter::INPUT, &two], vec![]);
+        let x = w.node("Sub", &[&x, &one], vec![]);
+        let conv = |w: &mut OnnxWriter, x: &str, layer: &str| {
+            let (weight, bias) = (
+                w.param(&format!("{layer}.weight")),
+                w.param(&format!("{layer}.bias")),
+            );
+            let y = w.node(
+                "Conv",
+                &[x, &weight, &bias],
+                vec![ints("kernel_shape", &[5, 5])],
+            );
+            let y = w.node("Relu", &[&y], vec![]);
+            w.node(
+                "MaxPool",
+                &[&y],
+                vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+            )
+        };
+        let gemm = |w: &mut OnnxWriter, x: &str, layer: &str| {
+            let (weight, bias) = (
+                w.param(&format!("{layer}.weight")),
+                w.param(&format!("{layer}.bias")),
+            );
+            w.node("Gemm", &[x, &weight, &bias], vec![int("transB", 1)])
+        };
+        let x = conv(w, &x, "conv0");
+        let x = conv(w, &x, "conv1");
+        let x = w.node("Flatten", &[&x], vec![int("axis", 1)]);
+        let x = gemm(w, &x, "fc1");
+        let x = w.node("Relu", &[&x], vec![]);
+        gemm(w, &x, "logits")
     }
 
     fn layers() -> Vec<LayerInfo> {

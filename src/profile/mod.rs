@@ -12,10 +12,12 @@ use serde::Serialize;
 use crate::Result;
 use crate::attack::{self, AttackConfig, AttackKind};
 use crate::backend::Backend;
-use crate::compress::{self, CompressConfig, Pruner};
+use crate::compress::{self, CompressConfig};
 use crate::data::Images;
-use crate::kernels::{self, FixedPoint, QuantGrad, StepRule, StepSettings};
+use crate::kernels::{self, QuantGrad, StepRule, StepSettings};
 use crate::model::{Classifier, Compression, Network, weight_layers};
+use crate::prune::{PruneConfig, PruneKind};
+use crate::quant::{FixedPoint, Grid};
 use crate::report::{Categories, LineFigure, Panel, Point, Series};
 use crate::train::TrainConfig;
 
@@ -38,20 +40,21 @@ fn median(mut samples: Vec<f64>) -> f64 {
 /// A kernel to time: name, bytes moved per call, the call.
 type Case<'a> = (&'static str, usize, Box<dyn FnMut() -> Tensor<1> + 'a>);
 
-/// q(x) written as a chain of stock burn tensor ops: what the fixed-point kernel replaces.
-fn fixed_point_with_stock_ops(x: Tensor<1>, format: FixedPoint) -> Tensor<1> {
-    let (lo, hi) = format.code_range();
-    let code = (x.clone() * format.scale()).round().clamp(lo, hi);
+/// q(x) on a per-tensor grid written as a chain of stock burn tensor ops: what the quantiser
+/// kernel replaces.
+fn quantise_with_stock_ops(x: Tensor<1>, grid: &Grid) -> Tensor<1> {
+    let c = grid.table()[0];
+    let code = (x.clone() * c.inv_scale).round().clamp(c.lo, c.hi);
     let zero = code.clone().equal_elem(0.0);
-    let q = (code * (1.0 / format.scale())).mask_fill(zero, 0.0);
+    let q = (code * c.scale).mask_fill(zero, 0.0);
     q.mask_where(x.clone().is_nan(), x)
 }
 
 /// Throughput of the compression kernels on `elements` random values on `device`: the
-/// fixed-point quantiser (and the same formula as stock burn ops), its STE backward, the mask
-/// and the DNS update.
+/// quantiser on Q(8,2)'s grid (and the same formula as stock burn ops), its STE backward, the
+/// mask and the DNS update.
 pub fn kernel_throughput(device: &Device, elements: usize, repeats: usize) -> Vec<KernelTiming> {
-    let format = FixedPoint::paper(8).expect("valid format");
+    let grid = FixedPoint::paper(8).expect("valid format").grid();
     let x: Tensor<1> = Tensor::random(
         [elements],
         burn::tensor::Distribution::Uniform(-3.0, 3.0),
@@ -66,14 +69,14 @@ pub fn kernel_throughput(device: &Device, elements: usize, repeats: usize) -> Ve
     let f32s = elements * size_of::<f32>();
     let cases: Vec<Case> = vec![
         (
-            "fixed_point (q, Q(8,2))",
+            "quantise (q, Q(8,2))",
             2 * f32s,
-            Box::new(|| kernels::fixed_point(x.clone(), format, QuantGrad::Ste)),
+            Box::new(|| kernels::quantise(x.clone(), &grid, QuantGrad::Ste)),
         ),
         (
-            "fixed_point as stock burn ops",
+            "quantise as stock burn ops",
             2 * f32s,
-            Box::new(|| fixed_point_with_stock_ops(x.clone(), format)),
+            Box::new(|| quantise_with_stock_ops(x.clone(), &grid)),
         ),
         (
             "one stock op (x * 2), for scale",
@@ -81,9 +84,9 @@ pub fn kernel_throughput(device: &Device, elements: usize, repeats: usize) -> Ve
             Box::new(|| x.clone() * 2.0),
         ),
         (
-            "fixed_point_ste (backward)",
+            "quantise_ste (backward)",
             3 * f32s,
-            Box::new(|| kernels::fixed_point_ste(x.clone(), g.clone(), format)),
+            Box::new(|| kernels::quantise_ste(x.clone(), g.clone(), &grid)),
         ),
         (
             "mask",
@@ -151,17 +154,13 @@ pub fn variants(
             density: 1.0,
             classifier: Classifier {
                 network: base.clone(),
-                compression: Compression {
-                    weights: format,
-                    activations: format,
-                    ..Compression::default()
-                },
+                compression: Compression::fixed_point(format, format),
             },
         });
     }
     for &d in densities {
         let config = CompressConfig {
-            prune: Some((Pruner::Magnitude, d)),
+            prune: Some(PruneConfig::at(PruneKind::Magnitude, d)),
             finetune: no_finetune.clone(),
             ..CompressConfig::new(no_finetune.clone())
         };
@@ -298,30 +297,15 @@ pub fn time_split(
         ..model.compression.clone()
     };
     let _ = model.network.forward_compressed(x.clone(), &recording);
-    let outputs: Vec<Tensor<1>> = match model.compression.activations {
-        Some(_) => std::mem::take(&mut *log.lock().expect("activation log"))
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect(),
-        None => Vec::new(),
-    };
+    let outputs = std::mem::take(&mut *log.lock().expect("activation log"));
     let layers = weight_layers(&model.network);
     let compression = &model.compression;
     let compression_kernels = median_time(device, 1, repeats, || {
         for layer in &layers {
-            let mut w = layer.values.clone();
-            if let Some(mask) = compression.masks.get(&layer.name) {
-                w = kernels::apply_mask(w, mask.values.clone());
-            }
-            if let Some(format) = compression.weights {
-                w = kernels::fixed_point(w, format, compression.grad);
-            }
-            drop(w);
+            drop(compression.weight(&layer.name, &layer.shape, layer.values.clone()));
         }
-        if let Some(format) = compression.activations {
-            for out in &outputs {
-                let _ = kernels::fixed_point(out.clone(), format, compression.grad);
-            }
+        for (site, out) in &outputs {
+            drop(compression.activation(site, out.clone()));
         }
     });
     let grad = attack::loss_gradient(model, &x, &y);

@@ -82,7 +82,7 @@ fn trend_points(
     attack: AttackKind,
     scenario: usize,
 ) -> Option<(Point, Point)> {
-    let models = view.family(family);
+    let models = view.paper_family(family);
     if models.len() < 2 {
         return None;
     }
@@ -302,7 +302,7 @@ fn marginal(
 
 fn high_precision_flat(view: &View, judge: Judge) -> (Verdict, String) {
     let models: Vec<_> = view
-        .family(Family::Quantised)
+        .paper_family(Family::Quantised)
         .into_iter()
         .filter(|m| m.bits.unwrap_or(0) > 8)
         .collect();
@@ -380,7 +380,7 @@ fn same_effect_as_pruning(view: &View, judge: Judge) -> (Verdict, String) {
 }
 
 fn ifgsm_transfers_best(view: &View, judge: Judge) -> (Verdict, String) {
-    let models = view.family(Family::Quantised);
+    let models = view.paper_family(Family::Quantised);
     let mean = |attack: AttackKind| {
         let values: Vec<f64> = models
             .iter()

@@ -393,7 +393,9 @@ fn blocks(view: &View, figures: &[Figure], paper: &[Claim], worst: &[Claim]) -> 
             .map(|m| {
                 vec![
                     m.label.clone(),
-                    m.family.name().into(),
+                    m.scheme
+                        .as_ref()
+                        .map_or(m.family.name().into(), |s| format!("quantised: {s}")),
                     format!("{}", m.density),
                     m.bits.map_or("32-bit float".into(), |b| b.to_string()),
                     pct(view.base_accuracy(&m.label)),

@@ -739,7 +739,7 @@ fn scenario_series(
 /// The x axis of a family: density or bitwidth as categories, with the baseline (dense, 32-bit
 /// float) as a last category of its own when `with_baseline`; and the axis title.
 fn family_axis(view: &View, family: Family, with_baseline: bool) -> (Categories, &'static str) {
-    let models = view.family(family);
+    let models = view.paper_family(family);
     let (axis, title, baseline) = match family {
         Family::Quantised => (
             Categories::new(models.iter().map(|m| m.bits.unwrap_or(32) as f64), |b| {
@@ -773,7 +773,7 @@ fn family_x(axis: &Categories, family: Family, m: &super::ModelRow) -> f64 {
 
 /// The family's models and, at the end of the axis, the baseline.
 fn with_baseline<'a>(view: &View<'a>, family: Family) -> Vec<&'a super::ModelRow> {
-    let mut models = view.family(family);
+    let mut models = view.paper_family(family);
     models.extend(view.family(Family::Full).into_iter().take(1));
     models
 }
@@ -813,6 +813,60 @@ fn scenario_figure(view: &View, family: Family, title: &str, footer: &str) -> Li
     LineFigure {
         title: title.into(),
         columns: panels.len(),
+        panels,
+        footer: footer.into(),
+    }
+}
+
+/// Beside Figure 4: every quantisation scheme of the sweep (fixed point Q(W,P), affine integer
+/// per channel, ...) against the width of its weights, one line per scheme ending at the
+/// baseline; a panel per attack as the report shows it (the paper's attacks, `auto` at each
+/// budget, the worst case) and scenario, then BASE ACC.
+fn schemes_figure(view: &View, footer: &str) -> LineFigure {
+    let quantised = view.family(Family::Quantised);
+    let full = view.family(Family::Full).into_iter().take(1);
+    let axis = Categories::new(quantised.iter().map(|m| m.bits.unwrap_or(32) as f64), |b| {
+        format!("{b}")
+    })
+    .with_baseline("float32");
+    let x = |m: &super::ModelRow| family_x(&axis, Family::Quantised, m);
+    let lines = |value: &dyn Fn(&super::ModelRow) -> Point| -> Vec<Series> {
+        view.schemes()
+            .into_iter()
+            .map(|scheme| {
+                let models = view.scheme(scheme).into_iter().chain(full.clone());
+                Series::new(scheme, models.map(|m| (x(m), value(m))).collect())
+            })
+            .collect()
+    };
+    let panel = |title: String, series: Vec<Series>| Panel {
+        title,
+        x_axis: axis.axis(),
+        x_label: "bitwidth of the weights".into(),
+        y_label: "accuracy".into(),
+        series,
+        y_range: Some((0.0, 1.02)),
+        cdf: false,
+    };
+    let mut panels = Vec::new();
+    for run in view.runs(false) {
+        for (name, pair) in SCENARIOS {
+            panels.push(panel(
+                format!("{}, scenario {name}", run.title()),
+                lines(&|m| {
+                    let (s, t) = pair(&m.label);
+                    view.cell(run, s, t, adversarial_accuracy)
+                }),
+            ));
+        }
+    }
+    panels.push(panel(
+        "BASE ACC (no attack)".into(),
+        lines(&|m| view.base_accuracy(&m.label)),
+    ));
+    LineFigure {
+        title: "Figure 4b: quantisation schemes against bitwidth".into(),
+        columns: 3,
         panels,
         footer: footer.into(),
     }
@@ -982,7 +1036,7 @@ fn differential_figure(view: &View, footer: &str) -> LineFigure {
     let evasive = |m: &DifferentialMetrics| m.evasive_success_rate;
     let success = |m: &DifferentialMetrics| m.success_rate_compressed;
     let panel = |family: Family| {
-        let models = view.family(family);
+        let models = view.paper_family(family);
         let (axis, x_label) = family_axis(view, family, false);
         let series = [
             (
@@ -1086,17 +1140,27 @@ pub(super) fn draw_all(
             dir,
             "fig4-bits",
             format!(
-                "Figure 4: accuracy against bitwidth (weights and activations quantised to \
-                 fixed point) under each attack, in the three scenarios and BASE ACC. \
-                 {SCENARIO_LOOK}"
+                "Figure 4: accuracy against bitwidth (weights and activations quantised: {}) \
+                 under each attack, in the three scenarios and BASE ACC. {SCENARIO_LOOK}",
+                view.schemes().first().copied().unwrap_or_default()
             ),
-            &scenario_figure(
-                view,
-                Family::Quantised,
-                "Figure 4: fixed-point quantisation",
-                footer,
-            ),
+            &scenario_figure(view, Family::Quantised, "Figure 4: quantisation", footer),
         )?);
+        if view.schemes().len() > 1 {
+            out.push(save_lines(
+                dir,
+                "fig4b-schemes",
+                format!(
+                    "Figure 4b (beyond the paper): accuracy against the width of the weights for \
+                     every quantisation scheme of the sweep ({}), one line per scheme ending at \
+                     the baseline, per attack and scenario (1: examples made on the quantised \
+                     model, tested on itself; 2: made on the baseline; 3: made on the quantised \
+                     model, tested on the baseline), and BASE ACC. Bands are 95% intervals.",
+                    view.schemes().join("; ")
+                ),
+                &schemes_figure(view, footer),
+            )?);
+        }
         out.push(save_lines(
             dir,
             "fig5-cdf",

@@ -52,8 +52,12 @@ pub struct ModelRow {
     pub family: Family,
     /// The pruning target (1 for unpruned models).
     pub density: f64,
-    /// Weight and activation bitwidth of a quantised model.
+    /// The width of a quantised model's weights (W of Q(W, P), 8 of int8).
     pub bits: Option<u32>,
+    /// A quantised model's scheme (`fixed point Q(W P)`, `affine per channel`): the report
+    /// draws one curve against bits per scheme.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
     /// Clean accuracy on the whole test split (the paper's BASE ACC).
     pub clean_accuracy: f64,
     pub checkpoint: PathBuf,
@@ -263,9 +267,14 @@ impl<'a> View<'a> {
         self.models.get(label).copied()
     }
 
-    /// Labels of one family in grid order: pruned by falling density, quantised by falling
-    /// bitwidth.
+    /// Labels of one family in grid order: pruned by falling density, quantised by scheme (in
+    /// grid order) and falling bitwidth.
     pub fn family(&self, family: Family) -> Vec<&'a ModelRow> {
+        let schemes = self.schemes();
+        let rank = |m: &ModelRow| {
+            let scheme = m.scheme.as_deref();
+            schemes.iter().position(|s| Some(*s) == scheme)
+        };
         let mut rows: Vec<_> = self
             .models
             .values()
@@ -273,11 +282,43 @@ impl<'a> View<'a> {
             .filter(|m| m.family == family)
             .collect();
         rows.sort_by(|a, b| {
-            b.density
-                .total_cmp(&a.density)
+            (rank(a).cmp(&rank(b)))
+                .then(b.density.total_cmp(&a.density))
                 .then(b.bits.unwrap_or(99).cmp(&a.bits.unwrap_or(99)))
         });
         rows
+    }
+
+    /// The quantisation schemes of the sweep, in grid order (the order models appear in).
+    pub fn schemes(&self) -> Vec<&'a str> {
+        let mut out: Vec<&str> = Vec::new();
+        for m in &self.results.models {
+            if let Some(s) = m.scheme.as_deref()
+                && !out.contains(&s)
+            {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// The models one of the paper's figures or claims compares: the pruned ones, or the
+    /// quantised ones of the grid's first scheme (fixed point Q(W,P) in the presets, as in the
+    /// paper). The other schemes have a figure of their own beside it.
+    pub fn paper_family(&self, family: Family) -> Vec<&'a ModelRow> {
+        let first = self.schemes().first().copied();
+        self.family(family)
+            .into_iter()
+            .filter(|m| family != Family::Quantised || m.scheme.as_deref() == first)
+            .collect()
+    }
+
+    /// The quantised models of one scheme, by falling bitwidth.
+    pub fn scheme(&self, scheme: &str) -> Vec<&'a ModelRow> {
+        self.family(Family::Quantised)
+            .into_iter()
+            .filter(|m| m.scheme.as_deref() == Some(scheme))
+            .collect()
     }
 
     /// The attacks of the matrix in the sweep's order (`auto` apart: [`View::runs`]).
@@ -689,7 +730,7 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
         )?;
     }
     let mut models =
-        String::from("seed,label,family,density,bits,clean_acc_frac,checkpoint,sha256\n");
+        String::from("seed,label,family,density,bits,scheme,clean_acc_frac,checkpoint,sha256\n");
     for m in &results.models {
         // Relative to the output folder, so the folder can be moved or shared as it is.
         let path = m.checkpoint.strip_prefix(out).unwrap_or(&m.checkpoint);
@@ -699,6 +740,7 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
             m.family.name().into(),
             m.density.into(),
             m.bits.into(),
+            m.scheme.clone().into(),
             m.clean_accuracy.into(),
             path.display().to_string().into(),
             facts.hashes[&(m.seed, m.label.as_str())].clone().into(),

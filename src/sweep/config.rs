@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::attack::{AttackConfig, AttackKind};
-use crate::compress::Pruner;
 use crate::data::DatasetKind;
-use crate::kernels::{FixedPoint, QuantGrad};
+use crate::kernels::QuantGrad;
 use crate::model::ModelRef;
+use crate::prune::{PruneConfig, PruneKind};
+use crate::quant::{FixedPoint, FixedPointSettings, QuantConfig};
 use crate::train::{Optimizer, Schedule, TrainConfig};
 use crate::{Error, Result};
 
@@ -69,26 +70,57 @@ impl Default for Training {
     }
 }
 
-/// The compressed models: one per density (pruned) and one per bitwidth (weights and
-/// activations quantised with the paper's P rule).
+/// The compressed models: one per density (pruned), one per bitwidth (weights and
+/// activations in fixed point with the paper's P rule), and one per quantiser listed (any
+/// quantiser with its own settings: `[[grid.quantisers]] kind = "affine" ...`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Grid {
-    pub pruner: Pruner,
+    pub pruner: PruneKind,
     pub densities: Vec<f64>,
     pub bits: Vec<u32>,
-    /// DNS: fine-tuning steps between mask updates (short fine-tuning needs short intervals).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quantisers: Vec<QuantConfig>,
+    /// Fine-tuning steps between mask updates, for a pruner that has the setting (DNS; short
+    /// fine-tuning needs short intervals).
     pub mask_interval: usize,
 }
 
 impl Default for Grid {
     fn default() -> Self {
         Self {
-            pruner: Pruner::Dns,
+            pruner: PruneKind::Dns,
             densities: vec![1.0, 0.8, 0.6, 0.4, 0.3, 0.2, 0.1, 0.05],
             bits: vec![32, 24, 16, 12, 10, 8, 6, 4],
+            quantisers: Vec::new(),
             mask_interval: 50,
         }
+    }
+}
+
+impl Grid {
+    /// The pruner at `density` with this grid's settings.
+    pub fn pruner_at(&self, density: f64) -> PruneConfig {
+        let pruner = PruneConfig::at(self.pruner, density);
+        match pruner.settings().contains_key("mask_interval") {
+            true => pruner
+                .with("mask_interval", self.mask_interval)
+                .unwrap_or(pruner),
+            false => pruner,
+        }
+    }
+
+    /// Every quantiser of the grid: fixed point at each of `bits` (the paper's P rule), then
+    /// `quantisers`.
+    pub fn all_quantisers(&self) -> Result<Vec<QuantConfig>> {
+        let mut out = Vec::new();
+        for &bits in &self.bits {
+            let settings = FixedPointSettings::paper(bits)
+                .map_err(|e| Error::invalid("grid.bits", e.to_string()))?;
+            out.push(QuantConfig::Fixed(settings));
+        }
+        out.extend(self.quantisers.iter().cloned());
+        Ok(out)
     }
 }
 
@@ -409,11 +441,28 @@ impl SweepConfig {
         for &bits in &self.grid.bits {
             FixedPoint::paper(bits).map_err(|e| Error::invalid("grid.bits", e.to_string()))?;
         }
+        for q in &self.grid.quantisers {
+            q.validate()
+                .and_then(|_| crate::compress::refuse_imported(q))
+                .map_err(|e| e.in_section("grid.quantisers", &[]))?;
+        }
+        let labels: Vec<String> = self
+            .grid
+            .all_quantisers()?
+            .iter()
+            .map(QuantConfig::label)
+            .collect();
+        if let Some(label) = repeated(&labels) {
+            return fail(
+                "grid.quantisers",
+                format!("two quantisers are both {label} (the same model twice)"),
+            );
+        }
         count("grid.mask_interval", self.grid.mask_interval, MAX_STEPS)?;
-        if self.grid.densities.is_empty() && self.grid.bits.is_empty() {
+        if self.grid.densities.is_empty() && labels.is_empty() {
             return fail(
                 "grid",
-                "no compressed model (densities and bits both empty)".into(),
+                "no compressed model (densities, bits and quantisers all empty)".into(),
             );
         }
         if self.attack.names.is_empty() {

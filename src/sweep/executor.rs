@@ -53,10 +53,7 @@ pub(super) struct Loaded {
 impl Loaded {
     /// `checkpoint`'s classifier (each job chooses the gradient its quantisers pass back).
     pub fn new(checkpoint: model::Checkpoint) -> Self {
-        let density = checkpoint
-            .record()
-            .and_then(|r| r.target_density)
-            .unwrap_or(1.0);
+        let density = checkpoint.record().map_or(1.0, |r| r.target_density());
         let recorded_accuracy = checkpoint.meta.accuracy;
         let classifier = checkpoint.classifier();
         Loaded {
@@ -69,7 +66,7 @@ impl Loaded {
     /// A classifier loaded by the caller (its gradient already chosen).
     pub fn from_classifier(classifier: Classifier) -> Self {
         let compression = &classifier.compression;
-        let family = if compression.weights.is_some() || compression.activations.is_some() {
+        let family = if compression.quant.is_some() {
             Family::Quantised
         } else if compression.is_none() {
             Family::Full
@@ -323,12 +320,18 @@ impl<'a> Executor<'a> {
         if let Some(m) = self.loaded.borrow().get(&index) {
             return Ok(m.clone());
         }
-        let checkpoint = model::load(
+        let mut checkpoint = model::load(
             &self.spec(index).path,
             self.context.load_as.clone(),
             &KeyMap::default(),
             self.device(),
         )?;
+        // A QDQ file as its own full model: its quantisers removed.
+        let qdq = matches!(&checkpoint.network, model::Network::Onnx(m) if m.graph.qdq.is_some());
+        if qdq && self.spec(index).family == Some(Family::Full) {
+            checkpoint.compression = model::Compression::default();
+            checkpoint.meta.compression = "none".into();
+        }
         let loaded = Rc::new(Loaded::new(checkpoint));
         self.loaded.borrow_mut().insert(index, loaded.clone());
         Ok(loaded)
@@ -675,8 +678,7 @@ impl<'a> Executor<'a> {
             .model(index)?
             .classifier
             .compression
-            .activations
-            .is_some();
+            .quantises_activations();
         Ok(match (kind.uses_gradients(), quantised) {
             (false, _) | (_, false) => Gradient::Exact,
             _ if kind.uses_all_estimators() => Gradient::All,
@@ -690,6 +692,7 @@ impl<'a> Executor<'a> {
     fn row(&self, index: usize) -> Result<ModelRow> {
         let spec = self.spec(index);
         let m = self.model(index)?;
+        let quantiser = m.classifier.compression.quant.as_ref().map(|q| &q.config);
         let clean_accuracy = match m.recorded_accuracy {
             Some(a) => a,
             None => train::evaluate(
@@ -707,7 +710,8 @@ impl<'a> Executor<'a> {
             label: spec.label.clone(),
             family: spec.family.unwrap_or(m.family),
             density: m.density,
-            bits: m.classifier.compression.weights.map(|f| f.bits),
+            bits: quantiser.and_then(|q| q.bits()),
+            scheme: quantiser.map(|q| q.scheme()),
             clean_accuracy,
             checkpoint: spec.path.clone(),
         })

@@ -104,19 +104,61 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         Some(sha) => format!("onnx-{}", &sha[..16]),
         None => kind.to_string(),
     };
+    let key_of = |path: &Path| -> Result<String> {
+        let bytes = crate::files::read_input(
+            path,
+            crate::limits::MAX_DATA_BYTES as u64,
+            1,
+            Error::checkpoint,
+        )?;
+        Ok(stable_hash([bytes.as_slice()]))
+    };
+    // A QDQ file is the study's one compressed model, as the file quantises it; its full model
+    // is the reference (`--reference`, a float ONNX) or the same graph run without its
+    // quantisers (the executor strips them from the full model).
+    let quantised = match (&kind, &network) {
+        (ModelRef::Onnx(path), model::Network::Onnx(m)) if m.graph.qdq.is_some() => {
+            let config = &m.graph.qdq.as_ref().expect("checked").config;
+            Some((path.clone(), key_of(path)?, config.label()))
+        }
+        _ => None,
+    };
+    if let (Some(reference), Some(_)) = (&options.baseline, &quantised) {
+        let full = model::load(
+            reference,
+            None,
+            &model::KeyMap::default(),
+            &options.backend.device,
+        )?;
+        if full.network.input_shape() != network.input_shape()
+            || full.network.classes() != network.classes()
+        {
+            return Err(Error::checkpoint(
+                reference,
+                format!(
+                    "takes images {:?} and gives {} classes; the quantised model {} takes {:?} \
+                     and gives {}",
+                    full.network.input_shape(),
+                    full.network.classes(),
+                    kind,
+                    network.input_shape(),
+                    network.classes()
+                ),
+            ));
+        }
+    }
     let baseline = options.baseline.clone().or(match &kind {
         ModelRef::Onnx(path) => Some(path.clone()),
         ModelRef::BuiltIn(_) => None,
     });
     let baseline = match baseline {
+        // The QDQ file as its own full model: another model than the file's compressed one.
+        Some(path) if quantised.as_ref().is_some_and(|(q, _, _)| *q == path) => {
+            let key = stable_hash([key_of(&path)?.as_bytes(), b"without its quantisers"]);
+            Some((path, key))
+        }
         Some(path) => {
-            let bytes = crate::files::read_input(
-                &path,
-                crate::limits::MAX_DATA_BYTES as u64,
-                1,
-                Error::checkpoint,
-            )?;
-            let key = stable_hash([bytes.as_slice()]);
+            let key = key_of(&path)?;
             Some((path, key))
         }
         None => None,
@@ -157,6 +199,7 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
             config,
             images,
             network.model_sha256().is_some() || baseline.is_some(),
+            quantised.is_some(),
         ),
     };
     let plan = PlanInputs {
@@ -165,6 +208,7 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         root: &options.out,
         model_name: &model_name,
         baseline,
+        quantised,
         dataset,
         images,
         images_available: test.len(),
@@ -184,13 +228,17 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
 }
 
 /// What a sweep of `config` can and cannot say, for the report's summary.
-fn scope(config: &SweepConfig, images: usize, given_baseline: bool) -> String {
+fn scope(config: &SweepConfig, images: usize, given_baseline: bool, qdq: bool) -> String {
     let limit = |t: &config::Training| {
         t.train_limit
             .map_or(String::new(), |n| format!(" on {n} training images"))
     };
     let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-    let baseline = if given_baseline {
+    let baseline = if qdq {
+        "a quantised (QDQ) ONNX file as quantised, against its full model (its graph without the \
+         quantisers, or the given float reference)"
+            .to_string()
+    } else if given_baseline {
         "the given baseline".to_string()
     } else {
         format!(
@@ -201,12 +249,18 @@ fn scope(config: &SweepConfig, images: usize, given_baseline: bool) -> String {
     };
     // Half the width of a 95% interval of an accuracy near 50% measured on `images` images.
     let noise = 100.0 * 1.96 * (0.25 / images.max(1) as f64).sqrt();
+    let compressed = match qdq {
+        true => "no compression step".to_string(),
+        false => format!(
+            "compressed models fine-tuned for {}{}",
+            plural(config.finetune.epochs, "epoch"),
+            limit(&config.finetune)
+        ),
+    };
     format!(
-        "{baseline}; compressed models fine-tuned for {}{}; {} attacked per source; {}. \
+        "{baseline}; {compressed}; {} attacked per source; {}. \
          With {images} images an accuracy near 50% is known to about ±{noise:.0} points (95%), \
          so smaller differences are noise{}.",
-        plural(config.finetune.epochs, "epoch"),
-        limit(&config.finetune),
         plural(images, "test image"),
         plural(config.seeds as usize, "seed"),
         if config.seeds < 2 {

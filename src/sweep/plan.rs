@@ -12,7 +12,7 @@ use std::str::FromStr;
 use crate::attack::{AttackConfig, AttackKind};
 use crate::compress::CompressConfig;
 use crate::data::DatasetKind;
-use crate::kernels::{FixedPoint, QuantGrad};
+use crate::kernels::QuantGrad;
 use crate::report::{self, Family};
 use crate::train::TrainConfig;
 use crate::transfer;
@@ -237,6 +237,9 @@ pub(super) struct PlanInputs<'a> {
     pub model_name: &'a str,
     /// A baseline file (`--baseline`, or an ONNX model's own file) and the hash of its bytes.
     pub baseline: Option<(PathBuf, String)>,
+    /// A quantised (QDQ) ONNX file, its key and label: the one compressed model, in place of
+    /// the grid's.
+    pub quantised: Option<(PathBuf, String, String)>,
     pub dataset: DatasetKind,
     /// Attacked test images per source model.
     pub images: usize,
@@ -267,31 +270,30 @@ impl PlanInputs<'_> {
     /// The compressed models of one seed: (label, family, config).
     fn grid(&self, seed: u64) -> Result<Vec<(String, Family, CompressConfig)>> {
         let config = self.config;
+        if self.quantised.is_some() {
+            return Ok(Vec::new());
+        }
         let finetune = self.train_config(&config.finetune, seed);
         let base = CompressConfig {
             grad: config.finetune.grad,
             // `new` sets its own fine-tuning defaults; the sweep's are the config's.
             finetune: finetune.clone(),
-            mask_interval: config.grid.mask_interval,
             ..CompressConfig::new(finetune)
         };
-        let pruner = config.grid.pruner;
         let mut out = Vec::new();
         for &density in &config.grid.densities {
             let config = CompressConfig {
-                prune: Some((pruner, density)),
+                prune: Some(config.grid.pruner_at(density)),
                 ..base.clone()
             };
-            out.push((format!("{pruner}{density}"), Family::Pruned, config));
+            out.push((config.label(), Family::Pruned, config));
         }
-        for &bits in &config.grid.bits {
-            let format = Some(FixedPoint::paper(bits)?);
+        for quant in config.grid.all_quantisers()? {
             let config = CompressConfig {
-                weights: format,
-                activations: format,
+                quant: Some(quant),
                 ..base.clone()
             };
-            out.push((format!("q{bits}"), Family::Quantised, config));
+            out.push((config.label(), Family::Quantised, config));
         }
         Ok(out)
     }
@@ -344,8 +346,8 @@ impl PlanInputs<'_> {
             let base_path = plan.models[base].path.clone();
             let mut figure3_densities = std::collections::BTreeMap::new();
             for (label, family, compress) in self.grid(seed)? {
-                if let Some((_, density)) = compress.prune {
-                    figure3_densities.insert(label.clone(), density);
+                if let Some(pruner) = &compress.prune {
+                    figure3_densities.insert(label.clone(), pruner.density());
                 }
                 let key = stable_hash([base_key.as_bytes(), compress.hash().as_bytes()]);
                 let path = self.path("models", format!("{label}-s{seed}-{key}.safetensors"));
@@ -369,6 +371,15 @@ impl PlanInputs<'_> {
                     needs: vec![base_path.clone()],
                     writes: vec![path],
                     name: format!("seed {seed}: {label}"),
+                });
+            }
+            if let Some((path, key, label)) = &self.quantised {
+                plan.models.push(ModelSpec {
+                    seed,
+                    label: label.clone(),
+                    family: Some(Family::Quantised),
+                    key: key.clone(),
+                    path: path.clone(),
                 });
             }
             let seed_models: Vec<usize> = (base..plan.models.len()).collect();

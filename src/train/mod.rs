@@ -350,7 +350,17 @@ pub fn evaluate(
         let (x, y) = images.batch(chunk, device);
         let logits = network.forward_compressed(x, compression);
         crate::model::check_logits(&logits, chunk[0], crate::ModelRole::Target)?;
-        correct += count_correct(logits, y);
+        let labels = y
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .expect("labels");
+        let predicted = crate::model::predictions(logits);
+        correct += predicted
+            .iter()
+            .zip(labels)
+            .filter(|(p, y)| **p == *y)
+            .count();
     }
     Ok(correct as f64 / n as f64)
 }

@@ -146,7 +146,7 @@ impl Views {
         let frozen = source.frozen();
         let first = frozen.compression.grad;
         let mut grads = vec![first];
-        if config.kind().uses_all_estimators() && frozen.compression.activations.is_some() {
+        if config.kind().uses_all_estimators() && frozen.compression.quantises_activations() {
             grads.push(match first {
                 QuantGrad::Ste => QuantGrad::Identity,
                 QuantGrad::Identity => QuantGrad::Ste,
@@ -295,7 +295,7 @@ pub fn craft(
     }
     let seconds = start.elapsed().as_secs_f64();
     let per_image = originals.channels * originals.height * originals.width;
-    let quantised = source.compression.activations.is_some();
+    let quantised = source.compression.quantises_activations();
     let diagnostics = Diagnostics {
         gradient: views.gradient(kind, quantised),
         zero_gradient: kind.uses_gradients().then(|| ZeroGradient {
@@ -520,8 +520,7 @@ fn predictions(
         );
         let logits = model.logits(Tensor::from_data(data, device));
         crate::model::check_logits(&logits, start, ModelRole::Target)?;
-        let predicted = logits.argmax(1).into_data().convert::<i64>();
-        out.extend(predicted.try_to_vec::<i64>().expect("predictions"));
+        out.extend(crate::model::predictions(logits));
     }
     Ok(out)
 }

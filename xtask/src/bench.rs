@@ -108,7 +108,22 @@ impl Alternative {
     }
 }
 
-fn root() -> PathBuf {
+/// advcomp built as `cargo run` builds it (the dev profile); its path.
+pub(crate) fn advcomp_binary() -> Result<PathBuf, String> {
+    let status = Command::new(super::cargo())
+        .args(["build", "--package", "advcomp", "--bin", "advcomp"])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("building advcomp failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    Ok(target.join("debug/advcomp"))
+}
+
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
@@ -177,25 +192,34 @@ fn parse(args: &[String]) -> Result<Options, String> {
 /// The venv the benchmark keeps PyTorch (and Foolbox) in (`target/bench-venv`), made on
 /// first use.
 fn pytorch_python(alternative: Alternative, onnx: bool) -> Result<PathBuf, String> {
-    let venv = root().join("target/bench-venv");
-    let python = venv.join("bin/python");
     let packages = alternative.packages(onnx);
     let modules: Vec<&str> = packages
         .iter()
         .map(|p| p.split("==").next().unwrap_or(p))
         .collect();
-    let import = format!("import {}", modules.join(", "));
-    let has_torch = |python: &Path| {
+    venv_python(
+        &packages,
+        &format!("import {}", modules.join(", ")),
+        alternative.name(),
+    )
+}
+
+/// The Python of `target/bench-venv` with `packages` installed (`import` proves they are),
+/// made and installed on first use.
+pub(crate) fn venv_python(packages: &[&str], import: &str, what: &str) -> Result<PathBuf, String> {
+    let venv = root().join("target/bench-venv");
+    let python = venv.join("bin/python");
+    let has_them = |python: &Path| {
         Command::new(python)
-            .args(["-c", &import])
+            .args(["-c", import])
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if has_torch(&python) {
+    if has_them(&python) {
         return Ok(python);
     }
     eprintln!(
-        "bench: installing {} into {} (once; a large download)",
+        "installing {} into {} (once; a large download)",
         packages.join(", "),
         venv.display()
     );
@@ -221,15 +245,12 @@ fn pytorch_python(alternative: Alternative, onnx: bool) -> Result<PathBuf, Strin
         )?;
     }
     let mut install = vec!["-m", "pip", "install", "--progress-bar", "on"];
-    install.extend(&packages);
+    install.extend(packages);
     run(&python, &install)?;
-    if has_torch(&python) {
+    if has_them(&python) {
         Ok(python)
     } else {
-        Err(format!(
-            "{} installed but does not import",
-            alternative.name()
-        ))
+        Err(format!("{what} installed but does not import"))
     }
 }
 
@@ -438,17 +459,7 @@ fn agree(work: &str, (a, a_l2): (f64, Option<f64>), (b, b_l2): (f64, Option<f64>
 pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
     let options = parse(args)?;
     let alternative = options.alternative.name();
-    let status = Command::new(super::cargo())
-        .args(["build", "--package", "advcomp", "--bin", "advcomp"])
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err("building advcomp failed".into());
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let binary = target.join("debug/advcomp");
+    let binary = advcomp_binary()?;
     let python = match options.no_pytorch {
         true => None,
         false => match pytorch_python(options.alternative, options.model.is_some()) {

@@ -6,11 +6,14 @@
 //!   `--kernels`).
 //! - `bench`: advcomp vs a plain PyTorch loop on the same LeNet5 weights and images (IFGSM,
 //!   IFGM, DeepFool, clean evaluation), alternating, in images/s (see bench.rs).
+//! - `judge`: ONNX Runtime runs the exported (or given QDQ) model on the clean images and on
+//!   advcomp's adversarial set, and judges advcomp's emulation of it (see judge.rs).
 //! - `test`: set-up (a Vulkan driver so the WGSL/wgpu tests run, lavapipe where there is no
 //!   GPU; Fashion-MNIST for the imported ResNet8), then the whole test suite with the GPU
 //!   tests required.
 
 mod bench;
+mod judge;
 
 use std::process::{Command, ExitCode};
 
@@ -22,6 +25,7 @@ const USAGE: &str = "usage:
   cargo xtask profile --kernels [--backend B] [--elements N] [--repeats R]
   cargo xtask test [-- extra cargo test args]
   cargo xtask bench [--works eval,ifgsm,ifgm,deepfool] [--batch-sizes 16,64,256,1024] [--repeats 1] [--threads 1,2] [--no-pytorch] (--help for all)
+  cargo xtask judge --model CHECKPOINT|FILE.onnx [--dataset D] [--images 10000] [--attack ifgsm] [--attack-images 1000] [--out target/judge]
 (`cargo run --bin advcomp -- sweep --help` lists every option)";
 
 fn main() -> ExitCode {
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
         Some(command @ ("sweep" | "profile")) => advcomp(command, &args[1..]),
         Some("test") => test(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
+        Some("judge") => judge::judge(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     match result {

@@ -3,7 +3,7 @@
 //! on: attributes that became inputs read from either); what follows only from shapes and
 //! constants computed at import ([`fold`]); what cannot run refused by name.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
@@ -11,7 +11,10 @@ use onnx_ir::NodeProto;
 
 use super::fold::{self, Data, Dim, FOLDED, Host, shape_text};
 use super::proto::{Attrs, DataType, ModelFile};
-use super::{Binary, Initialiser, Interpolation, Op, Operand, Reduce, Step, Unary, shapes};
+use super::{
+    Binary, Initialiser, Interpolation, Op, Operand, Qdq, Reduce, Step, Unary, qdq, shapes,
+};
+use crate::quant::{AffineSettings, Grids, QuantConfig};
 use crate::{Error, Result};
 
 /// What the file's graph becomes: everything [`super::Graph`] holds but its file and hash.
@@ -28,6 +31,8 @@ pub(super) struct Parsed {
     pub consts: Vec<Initialiser>,
     pub weights: Vec<usize>,
     pub biases: Vec<usize>,
+    /// The quantisation a QDQ graph holds.
+    pub qdq: Option<Qdq>,
 }
 
 /// How a node's inputs resolve into ops, per batch.
@@ -122,6 +127,8 @@ pub fn supported_ops() -> Vec<(&'static str, bool)> {
             ops.push((name, false));
         }
     }
+    // A QDQ graph's quantisers (src/model/onnx/qdq.rs).
+    ops.extend([("DequantizeLinear", true), ("QuantizeLinear", true)]);
     ops.sort_unstable();
     ops
 }
@@ -151,9 +158,16 @@ fn one(op: Op) -> std::result::Result<Built, String> {
     Ok(Built::Steps(vec![op]))
 }
 
+/// What a parameter of a weight layer is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Weight,
+    Bias,
+}
+
 /// A value of the graph as the import knows it.
 #[derive(Clone, Debug)]
-enum Value {
+pub(super) enum Value {
     /// Known at import: an index into [`Builder::known`].
     Known(usize),
     /// Computed per batch from the images: a slot.
@@ -163,15 +177,15 @@ enum Value {
 }
 
 /// A node being converted: the file's node, its attributes, its inputs resolved.
-struct Node<'a> {
-    proto: &'a NodeProto,
-    label: String,
-    attrs: Attrs<'a>,
-    inputs: Vec<Option<Value>>,
+pub(super) struct Node<'a> {
+    pub proto: &'a NodeProto,
+    pub label: String,
+    pub attrs: Attrs<'a>,
+    pub inputs: Vec<Option<Value>>,
 }
 
 impl Node<'_> {
-    fn name(&self, i: usize) -> &str {
+    pub fn name(&self, i: usize) -> &str {
         self.proto.input.get(i).map_or("", String::as_str)
     }
 }
@@ -212,6 +226,12 @@ pub(super) fn parse(path: &Path, file: ModelFile) -> Result<Parsed> {
         biases: Vec::new(),
         steps: Vec::new(),
         stripped: None,
+        types: file.types,
+        dequantised: HashMap::new(),
+        quantised: HashMap::new(),
+        qdq: Grids::default(),
+        activation_types: BTreeSet::new(),
+        weight_types: BTreeSet::new(),
     };
     for (name, host) in file.initialisers {
         builder.bind_known(&name, host);
@@ -228,6 +248,7 @@ pub(super) fn parse(path: &Path, file: ModelFile) -> Result<Parsed> {
     }
     let (output, classes) = builder.output(graph)?;
     builder.drop_dead_steps(output);
+    let qdq = builder.qdq_config();
     Ok(Parsed {
         input_shape,
         classes,
@@ -240,20 +261,21 @@ pub(super) fn parse(path: &Path, file: ModelFile) -> Result<Parsed> {
         consts: builder.consts,
         weights: builder.weights,
         biases: builder.biases,
+        qdq,
     })
 }
 
-struct Builder<'a> {
+pub(super) struct Builder<'a> {
     path: &'a Path,
     opset: i64,
     /// Every value defined so far, by name.
-    values: HashMap<String, Value>,
-    known: Vec<Host>,
+    pub values: HashMap<String, Value>,
+    pub known: Vec<Host>,
     /// How many node inputs (and graph outputs) read each value: fusions need one reader.
     readers: HashMap<String, usize>,
     output_name: Option<String>,
     /// Per slot: shape, the name of the value, the step that computes it.
-    shapes: Vec<Vec<Dim>>,
+    pub shapes: Vec<Vec<Dim>>,
     slot_names: Vec<String>,
     producer: Vec<Option<usize>>,
     /// Elements of every value so far (and the largest workspace) for one image: what the
@@ -268,6 +290,17 @@ struct Builder<'a> {
     biases: Vec<usize>,
     steps: Vec<Step>,
     stripped: Option<String>,
+    /// The ONNX element type of each initialiser and Constant, by name (and of each stored
+    /// tensor quantised at import): what a QDQ node's integer type is read from.
+    pub types: HashMap<String, i32>,
+    /// Known values dequantised at import, with their grids.
+    pub dequantised: HashMap<usize, qdq::Dequantised>,
+    /// QuantizeLinear outputs computed from the images: read only by DequantizeLinear.
+    pub quantised: HashMap<String, qdq::Quantised>,
+    /// A QDQ graph's grids: weights and biases by layer, activations by site.
+    pub qdq: Grids,
+    pub activation_types: BTreeSet<qdq::QType>,
+    pub weight_types: BTreeSet<qdq::QType>,
 }
 
 impl Builder<'_> {
@@ -275,10 +308,11 @@ impl Builder<'_> {
         Error::model(self.path, problem)
     }
 
-    fn bind_known(&mut self, name: &str, host: Host) {
+    pub fn bind_known(&mut self, name: &str, host: Host) -> usize {
         self.known.push(host);
         self.values
             .insert(name.to_string(), Value::Known(self.known.len() - 1));
+        self.known.len() - 1
     }
 
     /// The graph's one input: float images [N, C, H, W] with C, H, W fixed.
@@ -459,6 +493,12 @@ impl Builder<'_> {
                          only float computations per image"
                     ));
                 }
+                Some(_) if op != "DequantizeLinear" && self.quantised.contains_key(name) => {
+                    return Err(format!(
+                        "input '{name}' holds the integer codes of a QuantizeLinear; advcomp \
+                         reads them only through DequantizeLinear"
+                    ));
+                }
                 Some(v) => inputs.push(Some(v.clone())),
                 None => {
                     return Err(format!(
@@ -474,6 +514,14 @@ impl Builder<'_> {
             attrs: Attrs::new(&proto.attribute, proto.output.len()),
             inputs,
         };
+        if op == "QuantizeLinear" || op == "DequantizeLinear" {
+            return qdq::node(self, &n);
+        }
+        if op == "Constant"
+            && let (Some(t), Some(out)) = (n.attrs.tensor_type("value"), proto.output.first())
+        {
+            self.types.insert(out.clone(), t);
+        }
         if let Some(outputs) = self.at_import(&n)? {
             if outputs.len() < proto.output.iter().filter(|o| !o.is_empty()).count() {
                 return Err("makes fewer outputs than the node names".into());
@@ -559,7 +607,7 @@ impl Builder<'_> {
     }
 
     /// Adds the step computing `op` into the value `out` of node `n`.
-    fn push(&mut self, op: Op, out: &str, n: &Node) -> std::result::Result<(), String> {
+    pub fn push(&mut self, op: Op, out: &str, n: &Node) -> std::result::Result<(), String> {
         let shape_of = |o: Operand| self.shape(o);
         let shape = shapes::output_shape(&op, &shape_of)?;
         let workspace = shapes::workspace(&op, &shape_of, &shape);
@@ -670,7 +718,16 @@ impl Builder<'_> {
 
     /// Input `i` as a parameter: a float tensor stored in the file (trainable).
     fn param(&mut self, n: &Node, i: usize) -> std::result::Result<usize, String> {
-        let name = n.name(i).to_string();
+        self.param_named(n, i, n.name(i).to_string())
+    }
+
+    /// Input `i` as a parameter named `name`.
+    fn param_named(
+        &mut self,
+        n: &Node,
+        i: usize,
+        name: String,
+    ) -> std::result::Result<usize, String> {
         if let Some(&p) = self.param_names.get(&name) {
             return Ok(p);
         }
@@ -707,7 +764,7 @@ impl Builder<'_> {
 
     /// Input `i` as a weight: a parameter that pruning masks and quantisation rounds.
     fn weight(&mut self, n: &Node, i: usize) -> std::result::Result<usize, String> {
-        let w = self.param(n, i)?;
+        let w = self.quantised_param(n, i, Role::Weight)?;
         if !self.weights.contains(&w) {
             self.weights.push(w);
         }
@@ -719,16 +776,89 @@ impl Builder<'_> {
         if !matches!(n.inputs.get(i), Some(Some(_))) {
             return Ok(None);
         }
-        let b = self.param(n, i)?;
+        let b = self.quantised_param(n, i, Role::Bias)?;
         if !self.biases.contains(&b) {
             self.biases.push(b);
         }
         Ok(Some(b))
     }
 
+    /// Input `i` as a weight layer's weight or bias: when a DequantizeLinear made it, a
+    /// parameter named after the layer's node (a weight and its bias share the layer name
+    /// their grids are recorded under), its grid recorded.
+    fn quantised_param(
+        &mut self,
+        n: &Node,
+        i: usize,
+        role: Role,
+    ) -> std::result::Result<usize, String> {
+        let dequantised = match n.inputs.get(i) {
+            Some(Some(Value::Known(k))) => self.dequantised.get(k).cloned(),
+            _ => None,
+        };
+        let Some(d) = dequantised else {
+            return self.param(n, i);
+        };
+        let node = match n.proto.name.as_str() {
+            "" => n.label.clone(),
+            name => name.to_string(),
+        };
+        let suffix = match role {
+            Role::Weight => "weight",
+            Role::Bias => "bias",
+        };
+        let p = self.param_named(n, i, format!("{node}.{suffix}"))?;
+        let layer = node;
+        if role == Role::Weight {
+            if d.qtype != qdq::QType::Int8 {
+                return Err(format!(
+                    "its weight '{}' is {}; advcomp emulates int8 weights (uint8 for \
+                     activations, int32 for biases)",
+                    n.name(i),
+                    d.qtype.name()
+                ));
+            }
+            self.weight_types.insert(d.qtype);
+            self.qdq.weights.insert(layer, d.grid);
+        } else {
+            self.qdq.biases.insert(layer, d.grid);
+        }
+        Ok(p)
+    }
+
+    /// The affine quantiser a QDQ graph amounts to (`None` for a float graph).
+    fn qdq_config(&self) -> Option<Qdq> {
+        if self.quantised.is_empty() && self.dequantised.is_empty() {
+            return None;
+        }
+        let activations = self
+            .activation_types
+            .iter()
+            .next()
+            .and_then(|t| t.int_type());
+        let weights = self.weight_types.iter().next().and_then(|t| t.int_type());
+        let per_channel = self.qdq.weights.values().any(|g| g.axis.is_some());
+        let config = QuantConfig::Affine(AffineSettings {
+            weights,
+            activations,
+            per_channel,
+            calibration: crate::quant::Calibration::File,
+            ..AffineSettings::default()
+        });
+        Some(Qdq {
+            config,
+            grids: self.qdq.clone(),
+        })
+    }
+
     /// Input `i`'s value when it is known at import (`None` when the input is absent); an
     /// error when it is computed from the images.
-    fn known(&self, n: &Node, i: usize, what: &str) -> std::result::Result<Option<&Host>, String> {
+    pub fn known(
+        &self,
+        n: &Node,
+        i: usize,
+        what: &str,
+    ) -> std::result::Result<Option<&Host>, String> {
         match n.inputs.get(i).cloned().flatten() {
             None => Ok(None),
             Some(Value::Known(k)) => Ok(Some(&self.known[k])),
@@ -740,7 +870,7 @@ impl Builder<'_> {
         }
     }
 
-    fn required(&self, n: &Node, i: usize, what: &str) -> std::result::Result<&Host, String> {
+    pub fn required(&self, n: &Node, i: usize, what: &str) -> std::result::Result<&Host, String> {
         self.known(n, i, what)?
             .ok_or_else(|| format!("no {what} (input {i})"))
     }

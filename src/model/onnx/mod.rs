@@ -25,6 +25,7 @@ use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 mod build;
 mod fold;
 mod proto;
+mod qdq;
 mod run;
 mod shapes;
 
@@ -32,6 +33,7 @@ pub use build::supported_ops;
 use fold::Dim;
 
 use super::Compression;
+use crate::quant::{Grids, QuantConfig};
 use crate::{Error, Result};
 
 /// A tensor the graph holds: its ONNX name, shape and values (row-major).
@@ -236,6 +238,24 @@ enum Op {
         x: Operand,
         axes: Vec<Interpolation>,
     },
+    /// A QDQ graph's QuantizeLinear → DequantizeLinear of a computed value: fake quantisation
+    /// on the grid of activation site `site` where the compression has it (the compressed
+    /// model), else the value itself, or its ReLU where the zero point is the type's minimum
+    /// (the full model: ONNX Runtime's quantiser lets such a QuantizeLinear do a deleted
+    /// ReLU's work).
+    Quantise {
+        x: Operand,
+        site: String,
+        relu: bool,
+    },
+}
+
+/// What a QDQ graph's quantisation amounts to: the affine quantiser (its types, per channel or
+/// not) and the grids the file holds.
+#[derive(Clone, Debug)]
+pub struct Qdq {
+    pub config: QuantConfig,
+    pub grids: Grids,
 }
 
 impl Op {
@@ -290,7 +310,8 @@ impl Op {
             | Op::Expand { x, .. }
             | Op::Pad { x, .. }
             | Op::Gather { x, .. }
-            | Op::Resize { x, .. } => vec![*x],
+            | Op::Resize { x, .. }
+            | Op::Quantise { x, .. } => vec![*x],
         }
     }
 }
@@ -330,6 +351,9 @@ pub struct Graph {
     output: usize,
     /// A Softmax / LogSoftmax at the end that was removed (attacks need logits).
     pub stripped: Option<String>,
+    /// A QDQ graph's quantisation: the imported model as the file runs it is the graph's
+    /// model through this (its full model: through no compression).
+    pub qdq: Option<Qdq>,
 }
 
 /// An imported classifier: a burn module whose parameters are the graph's trainable tensors.
@@ -391,6 +415,7 @@ pub fn import(path: &Path, device: &Device) -> Result<OnnxModel> {
             slots: parsed.slots,
             output: parsed.output,
             stripped: parsed.stripped,
+            qdq: parsed.qdq,
         }),
     };
     // One image through the graph: shapes that do not fit each other (which burn reports by
@@ -422,6 +447,23 @@ pub fn import(path: &Path, device: &Device) -> Result<OnnxModel> {
 }
 
 impl Graph {
+    /// The axis of a weight parameter's output channels: 1 where it is the [in, out] right
+    /// operand of a product (MatMul, Gemm without transB), else 0 ([out, in, kh, kw], [out, in]).
+    pub fn out_axis(&self, param: usize) -> usize {
+        let in_out = self.steps.iter().any(|step| match &step.op {
+            Op::Linear {
+                weight, transposed, ..
+            } => *weight == param && !transposed,
+            Op::Gemm {
+                b: Operand::Param(w),
+                trans_b,
+                ..
+            } => *w == param && !trans_b,
+            _ => false,
+        });
+        usize::from(in_out)
+    }
+
     /// The layer a parameter belongs to, as masks and densities name it: the initialiser's
     /// name without a trailing `.weight` / `.bias` (PyTorch's module name).
     pub fn layer(&self, param: usize) -> String {
@@ -501,6 +543,7 @@ impl OnnxModel {
                 name: self.graph.layer(i),
                 values: self.params[i].val().inner(),
                 shape: self.graph.params[i].1.clone(),
+                out_axis: self.graph.out_axis(i),
             })
             .collect()
     }
@@ -519,7 +562,8 @@ impl OnnxModel {
                     return p;
                 }
                 let layer = graph.layer(i);
-                p.map(|t| compression.flat_weight(&layer, masked, t.inner()))
+                let shape = &graph.params[i].1;
+                p.map(|t| compression.flat_weight(&layer, masked, shape, t.inner()))
             })
             .collect();
         OnnxModel { params, graph }

@@ -18,6 +18,8 @@ pub(super) struct ModelFile {
     pub sha256: String,
     /// The initialisers, by name, in file order.
     pub initialisers: Vec<(String, Host)>,
+    /// Their ONNX element types, by name.
+    pub types: HashMap<String, i32>,
 }
 
 /// ONNX's `TensorProto.DataLocation.EXTERNAL`.
@@ -61,7 +63,9 @@ pub(super) fn read(path: &Path) -> Result<ModelFile> {
     // Each external data file once, in the order the initialisers first name them.
     let mut files: HashMap<String, Vec<u8>> = HashMap::new();
     let mut initialisers = Vec::with_capacity(graph.initializer.len());
+    let mut types = HashMap::new();
     for t in std::mem::take(&mut graph.initializer) {
+        types.insert(t.name.clone(), t.data_type);
         let host = if t.data_location.value() == EXTERNAL {
             let place = Place::of(&t)
                 .map_err(|why| refuse(format!("initialiser '{}': external data {why}", t.name)))?;
@@ -82,7 +86,16 @@ pub(super) fn read(path: &Path) -> Result<ModelFile> {
         } else {
             decode(&t, None)
         }
-        .map_err(|why| refuse(format!("initialiser '{}': {why}", t.name)))?;
+        .map_err(|why| {
+            // The node that reads it, when one does (a QDQ node of an unsupported type).
+            let reader = graph
+                .node
+                .iter()
+                .find(|n| n.input.contains(&t.name))
+                .map(|n| format!(" (read by node '{}' ({}))", n.name, n.op_type))
+                .unwrap_or_default();
+            refuse(format!("initialiser '{}'{reader}: {why}", t.name))
+        })?;
         initialisers.push((t.name.clone(), host));
     }
     let sha256 = {
@@ -98,6 +111,7 @@ pub(super) fn read(path: &Path) -> Result<ModelFile> {
         opset,
         sha256,
         initialisers,
+        types,
     })
 }
 
@@ -438,6 +452,13 @@ impl<'a> Attrs<'a> {
         self.get(name)
             .and_then(|a| a.t.as_ref())
             .map(|t| decode(t, None))
+    }
+
+    /// The ONNX element type of a tensor attribute.
+    pub fn tensor_type(&self, name: &str) -> Option<i32> {
+        self.get(name)
+            .and_then(|a| a.t.as_ref())
+            .map(|t| t.data_type)
     }
 
     /// Constant's value, from whichever attribute holds it.

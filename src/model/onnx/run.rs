@@ -89,8 +89,16 @@ impl OnnxModel {
             compression.flat_weight(
                 &graph.layer(i),
                 graph.weights.contains(&i),
+                &graph.params[i].1,
                 self.params[i].val(),
             )
+        };
+        // A weight layer's input, quantised where the quantiser quantises layer inputs.
+        let input = |w: usize, x: Value| -> Value {
+            Value {
+                t: compression.layer_input(&graph.layer(w), x.t),
+                rank: x.rank,
+            }
         };
         for step in &graph.steps {
             let get = |o: Operand| -> Value {
@@ -118,7 +126,8 @@ impl OnnxModel {
                     let w4: Tensor<4> =
                         weight(*w).reshape([shape[0], shape[1], shape[2], shape[3]]);
                     let b = bias.map(&weight);
-                    Value::new(conv2d(get(*x).as_rank::<4>(), w4, b, options.clone()))
+                    let x = input(*w, get(*x)).as_rank::<4>();
+                    Value::new(conv2d(x, w4, b, options.clone()))
                 }
                 Op::Linear {
                     x,
@@ -126,7 +135,7 @@ impl OnnxModel {
                     bias,
                     transposed,
                 } => {
-                    let x = get(*x);
+                    let x = input(*w, get(*x));
                     let (_, shape) = &graph.params[*w];
                     let w2: Tensor<2> = weight(*w).reshape([shape[0], shape[1]]);
                     let w2 = if *transposed { w2.transpose() } else { w2 };
@@ -149,7 +158,11 @@ impl OnnxModel {
                     trans_a,
                     trans_b,
                 } => {
-                    let a = get(*a).as_rank::<2>();
+                    let a = match b {
+                        Operand::Param(w) => input(*w, get(*a)),
+                        _ => get(*a),
+                    };
+                    let a = a.as_rank::<2>();
                     let b = match b {
                         Operand::Param(w) => {
                             let (_, shape) = &graph.params[*w];
@@ -385,6 +398,18 @@ impl OnnxModel {
                     Value {
                         t: b.t.expand(shape).mask_where(mask, a.t.expand(shape)),
                         rank,
+                    }
+                }
+                Op::Quantise { x, site, relu: r } => {
+                    let x = get(*x);
+                    let quantised = compression
+                        .quant
+                        .as_ref()
+                        .is_some_and(|q| q.activation_grid(site, false).is_some());
+                    match (quantised, *r) {
+                        (true, _) => x.map(|t| compression.activation(site, t)),
+                        (false, true) => x.map(relu),
+                        (false, false) => x,
                     }
                 }
                 Op::Resize { x, axes } => {

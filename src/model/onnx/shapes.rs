@@ -129,6 +129,7 @@ pub(super) fn output_shape(
             shape: index_shape,
         } => gather(&shape(*x), *axis, indices, index_shape),
         Op::Where { condition, a, b } => broadcast(&[&shape(*condition), &shape(*a), &shape(*b)]),
+        Op::Quantise { x, .. } => Ok(shape(*x)),
         Op::Resize { x, axes } => {
             let mut out = shape(*x);
             for a in axes {
