@@ -122,8 +122,16 @@ fn provenance(view: &View) -> Block {
         (
             "images",
             format!(
-                "clean accuracy (BASE ACC) on {} test images; {} test images attacked per source",
-                p.evaluation_images, p.attack_images
+                "clean accuracy (BASE ACC) on {} test images; {} test images attacked per \
+                 source{}",
+                p.evaluation_images,
+                p.attack_images,
+                match p.robustness_images {
+                    Some(n) if n < p.attack_images => {
+                        format!(", `auto` (the worst case) on the first {n} of them")
+                    }
+                    _ => String::new(),
+                }
             ),
         ),
         ("attacks", attacks),

@@ -140,6 +140,9 @@ pub struct Provenance {
     pub evaluation_images: usize,
     /// Test images attacked per source model.
     pub attack_images: usize,
+    /// Of those, the first this many `auto` attacks (absent: no robustness runs).
+    #[serde(default)]
+    pub robustness_images: Option<usize>,
     /// What the config's scale allows one to conclude, in a sentence.
     pub scope: String,
 }

@@ -195,6 +195,10 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
             .unwrap_or(test.len())
             .min(test.len()),
         attack_images: images,
+        robustness_images: config
+            .robustness
+            .enabled
+            .then(|| config.robustness_images().min(images)),
         scope: scope(
             config,
             images,

@@ -219,16 +219,19 @@ pub struct UnboundedCheck {
 /// only in the estimator), transfer beating the white-box attack (on each model attacked by
 /// itself), the unbounded check (on the cells of its model and estimator), and what only
 /// `auto`'s gradient-free stage found (on the gradient attacks' cells of the same model, which
-/// missed those images; not on `auto`'s own, whose number already counts them).
+/// missed those images, where they left more correct than `auto` did — an attack that already
+/// reached the worst case was not blind; not on `auto`'s own, whose number already counts
+/// them).
 pub fn complete(cells: &mut [Cell], unbounded: &[UnboundedCheck]) {
-    let gradient_free: Vec<(u64, String, f64)> = cells
+    // (seed, model, share only Square found, auto's accuracy)
+    let gradient_free: Vec<(u64, String, f64, f64)> = cells
         .iter()
         .filter(|c| c.attack == AttackKind::Auto && c.source == c.target)
         .filter_map(|c| {
             c.metrics
                 .indicators
                 .gradient_free_only
-                .map(|v| (c.seed, c.source.clone(), v))
+                .map(|v| (c.seed, c.source.clone(), v, c.metrics.adversarial_accuracy))
         })
         .collect();
     let same_run = |a: &Cell, b: &Cell| {
@@ -274,8 +277,9 @@ pub fn complete(cells: &mut [Cell], unbounded: &[UnboundedCheck]) {
         } else if cell.attack.uses_gradients() && cell.source == cell.target {
             indicators.gradient_free_only = gradient_free
                 .iter()
-                .filter(|(seed, source, _)| *seed == cell.seed && *source == cell.source)
-                .map(|(.., v)| *v)
+                .filter(|(seed, source, ..)| *seed == cell.seed && *source == cell.source)
+                .filter(|(.., auto_accuracy)| accuracy > *auto_accuracy)
+                .map(|(_, _, v, _)| *v)
                 .reduce(f64::max);
         }
         if cell.attack.uses_gradients()
@@ -302,4 +306,57 @@ pub fn unbounded_attack() -> crate::attack::AttackConfig {
         .and_then(|c| c.with("steps", 20))
         .and_then(|c| c.with("budget", 1.0))
         .expect("valid settings")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transfer::{CellMetrics, Scenario};
+
+    fn cell(attack: AttackKind, accuracy: f64, gradient_free_only: Option<f64>) -> Cell {
+        Cell {
+            seed: 1,
+            attack,
+            gradient: Gradient::Exact,
+            budget: (attack == AttackKind::Auto).then_some(0.1),
+            source: "dns0.05".into(),
+            target: "dns0.05".into(),
+            scenario: Scenario::CompToComp,
+            metrics: CellMetrics {
+                images: 200,
+                clean_accuracy: 0.97,
+                adversarial_accuracy: accuracy,
+                adversarial_accuracy_ci: [accuracy; 2],
+                success_rate: 0.0,
+                mean_abs_delta: 0.0,
+                mean_abs_delta_ci: [0.0; 2],
+                l0: 0.0,
+                l2: 0.0,
+                linf: 0.0,
+                mean_iterations: 0.0,
+                indicators: Indicators {
+                    gradient_free_only,
+                    ..Indicators::default()
+                },
+                masking_suspected: false,
+            },
+        }
+    }
+
+    /// What only Square found accuses the gradient attacks that left more images correct than
+    /// `auto`, not one that already reached the worst case (DeepFool at 0%).
+    #[test]
+    fn gradient_free_finds_accuse_only_attacks_above_the_worst_case() {
+        let mut cells = vec![
+            cell(AttackKind::Auto, 0.10, Some(0.02)),
+            cell(AttackKind::Ifgsm, 0.215, None),
+            cell(AttackKind::DeepFool, 0.0, None),
+        ];
+        complete(&mut cells, &[]);
+        assert_eq!(cells[0].metrics.indicators.gradient_free_only, None);
+        assert_eq!(cells[1].metrics.indicators.gradient_free_only, Some(0.02));
+        assert!(cells[1].metrics.masking_suspected);
+        assert_eq!(cells[2].metrics.indicators.gradient_free_only, None);
+        assert!(!cells[2].metrics.masking_suspected);
+    }
 }
