@@ -7,7 +7,7 @@
 //!   device buffers, and burn's own convolution, matrix product and pooling (`wgsl.rs`);
 //! - the Flex CPU backend runs a reference built from ordinary tensor ops (`reference.rs`), the
 //!   definition the WGSL is tested against, bit for bit, and its own im2col + GEMM convolution,
-//!   matrix product and max pooling (`cpu.rs`: Flex's are several times slower at these
+//!   matrix product and max pooling (`cpu/`: Flex's are several times slower at these
 //!   shapes);
 //! - `Autodiff<B>` adds the backward passes (`autodiff.rs`): straight-through (STE: the
 //!   gradient where qmin <= code <= qmax, zero elsewhere) or identity (BPDA) for the quantiser, identity to the dense weights for the mask (DNS lets pruned
