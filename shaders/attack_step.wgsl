@@ -1,14 +1,19 @@
 // One step of an iterative gradient attack (FGSM, FGM, IFGSM, IFGM, PGD), fused:
-//   step = eps * sign(g)                        (mode 0: the sign attacks)
-//        = factor[sample] * g                   (mode 1: gradient-amplitude attacks,
+//   step = eps * sign(g)                        (MODE_SIGN: the sign attacks)
+//        = factor[sample] * g                   (MODE_SCALED: gradient-amplitude attacks,
 //                                                the per-image factor scales g)
 //   a NaN gradient or step is no step;
 //   out  = clamp(x + step, x - eps, x + eps)    (each step stays in an eps interval of x)
 //   out  = clamp(out, x0 - budget, x0 + budget) (total L-inf budget; budget = +Inf: none)
 //   out  = clamp(out, 0, 1)                     (pixel range)
-// Four elements per invocation; the dispatch may be two-dimensional (see
-// fixed_point.wgsl).
+// PER_INVOCATION elements per invocation; the dispatch may be two-dimensional (see
+// prelude.wgsl).
 
+// The modes, filled in from src/kernels/mod.rs's StepRule.
+const MODE_SIGN: u32 = {{step_sign}}u;
+const MODE_SCALED: u32 = {{step_scaled}}u;
+
+// src/kernels/wgsl.rs's StepParams.
 struct Params {
     len: u32,
     // Elements per image: the sample of element i is i / per_sample.
@@ -28,11 +33,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> output: array<f32>;
 @group(0) @binding(5) var<storage, read_write> params: Params;
 
-fn is_nan(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
-
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
@@ -41,11 +42,11 @@ fn main(
     // Read the parameters once: every binding is read_write, so the compiler may not assume
     // that writes to `output` leave `params` unchanged.
     let p = params;
-    let first = ((group.y * groups.x + group.x) * 256u + local) * 4u;
-    for (var i = first; i < min(first + 4u, p.len); i++) {
+    let first = first_element(group, groups, local);
+    for (var i = first; i < min(first + PER_INVOCATION, p.len); i++) {
         let gi = g[i];
         var step = p.eps * sign(gi);
-        if (p.mode == 1u) {
+        if (p.mode == MODE_SCALED) {
             step = factor[i / p.per_sample] * gi;
         }
         if (is_nan(gi) || is_nan(step)) {

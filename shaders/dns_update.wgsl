@@ -1,8 +1,8 @@
 // Dynamic network surgery mask update (Guo et al. 2016), in one pass:
 //   M <- (M or |W| > t_high) and (|W| > t_low),   t_high = 1.1 t, t_low = 0.9 t.
 // Output is 1.0 (kept) or 0.0 (pruned); a NaN weight is pruned (its comparisons are
-// false). Four elements per invocation; the dispatch may be two-dimensional (see
-// fixed_point.wgsl).
+// false). PER_INVOCATION elements per invocation; the dispatch may be two-dimensional
+// (see prelude.wgsl).
 
 struct Params {
     len: u32,
@@ -18,7 +18,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> output: array<f32>;
 @group(0) @binding(3) var<storage, read_write> params: Params;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
@@ -27,8 +27,8 @@ fn main(
     // Read the parameters once: every binding is read_write, so the compiler may not assume
     // that writes to `output` leave `params` unchanged.
     let p = params;
-    let first = ((group.y * groups.x + group.x) * 256u + local) * 4u;
-    for (var i = first; i < min(first + 4u, p.len); i++) {
+    let first = first_element(group, groups, local);
+    for (var i = first; i < min(first + PER_INVOCATION, p.len); i++) {
         let magnitude = abs(weight[i]);
         let keep = (mask[i] != 0.0 || magnitude > p.t_high) && magnitude > p.t_low;
         output[i] = select(0.0, 1.0, keep);

@@ -1,6 +1,6 @@
 // Pruning mask: output = weight where mask != 0, else +0 (a pruned weight is exactly
-// zero, whatever it held: even Inf or NaN). One element per invocation; the dispatch
-// may be two-dimensional (see fixed_point.wgsl).
+// zero, whatever it held: even Inf or NaN). PER_INVOCATION elements per invocation; the
+// dispatch may be two-dimensional (see prelude.wgsl).
 
 struct Params {
     len: u32,
@@ -14,7 +14,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> output: array<f32>;
 @group(0) @binding(3) var<storage, read_write> params: Params;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
@@ -23,8 +23,8 @@ fn main(
     // Read the parameters once: every binding is read_write, so the compiler may not assume
     // that writes to `output` leave `params` unchanged.
     let p = params;
-    let first = ((group.y * groups.x + group.x) * 256u + local) * 4u;
-    for (var i = first; i < min(first + 4u, p.len); i++) {
+    let first = first_element(group, groups, local);
+    for (var i = first; i < min(first + PER_INVOCATION, p.len); i++) {
         output[i] = select(0.0, weight[i], mask[i] != 0.0);
     }
 }

@@ -1,23 +1,26 @@
-// Fake quantisation on a grid (DESIGN.md "Fixed-point quantisation" and "Affine integer
+// Fake quantisation on a grid (docs/design.md "Fixed-point quantisation" and "Affine integer
 // quantisation"), per tensor or per channel, and its straight-through gradient.
 //
 // Element i is in channel c = (i / inner) % channels, whose row of the parameters holds
 // (1/s, s, lo, hi): the host-computed f32 reciprocal of the scale, the scale, and the code
 // range less the zero point (lo = qmin - z, hi = qmax - z, integer-valued).
 //
-// mode 0: output = q(input) = clamp(round_half_even(input * (1/s)), lo, hi) * s
+// MODE_VALUE: output = q(input) = clamp(round_half_even(input * (1/s)), lo, hi) * s
 //   - WGSL round() rounds half to even; a product of two f32s is correctly rounded, so the
 //     result is the CPU's bit for bit (a division would not be: WGSL's is not correctly
 //     rounded, which is why the reciprocal comes from the host).
 //   - a zero result is +0 (a code has one zero), NaN stays NaN, and +-Inf saturate like any
 //     value beyond the range.
-// mode 1: output = grad where lo <= input * (1/s) <= hi, else 0 (STE: the gradient passes
+// MODE_STE: output = grad where lo <= input * (1/s) <= hi, else 0 (STE: the gradient passes
 //   inside the representable range and is zero where q clamps; 0 for NaN).
 // Fixed point Q(W, P) is one row: 1/s = 2^F, s = 2^-F, lo = -2^(W-1), hi = 2^(W-1) - 1.
 //
-// Each invocation handles 4 consecutive elements (the per-invocation cost dominates on
-// software Vulkan); the dispatch may be two-dimensional (more than 65535 workgroups): the
-// first element is (flattened workgroup index * 256 + local index) * 4.
+// Each invocation handles PER_INVOCATION consecutive elements; the dispatch may be
+// two-dimensional (see prelude.wgsl).
+
+// The modes, filled in from src/kernels/wgsl.rs's QuantiseMode.
+const MODE_VALUE: u32 = {{quantise_value}}u;
+const MODE_STE: u32 = {{quantise_ste}}u;
 
 struct Row {
     inv_scale: f32,
@@ -33,7 +36,8 @@ struct Sizes {
     inner: u32,
 }
 
-// One upload per launch: the sizes, then a row per channel.
+// One upload per launch: the sizes, then a row per channel (src/kernels/wgsl.rs's
+// QuantiseSizes and Row).
 struct Params {
     len: u32,
     mode: u32,
@@ -50,12 +54,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> output: array<f32>;
 @group(0) @binding(3) var<storage, read_write> params: Params;
 
-// Bit test: compilers may assume that `x != x` is false.
-fn is_nan(x: f32) -> bool {
-    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
-}
-
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP)
 fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
@@ -64,8 +63,8 @@ fn main(
     // Read the parameters once: every binding is read_write, so the compiler may not assume
     // that writes to `output` leave `params` unchanged.
     let p = Sizes(params.len, params.mode, params.channels, params.inner);
-    let first = ((group.y * groups.x + group.x) * 256u + local) * 4u;
-    let end = min(first + 4u, p.len);
+    let first = first_element(group, groups, local);
+    let end = min(first + PER_INVOCATION, p.len);
     if (p.channels == 1u) {
         let row = params.rows[0];
         for (var i = first; i < end; i++) {
@@ -92,7 +91,7 @@ fn main(
 fn quantise(i: u32, p: Sizes, row: Row) {
     let x = input[i];
     let scaled = x * row.inv_scale;
-    if (p.mode == 0u) {
+    if (p.mode == MODE_VALUE) {
         if (is_nan(x)) {
             output[i] = x;
             return;

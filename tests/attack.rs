@@ -300,7 +300,8 @@ fn attacks_on_a_quantised_model_follow_ste_gradients() {
 #[test]
 fn attacks_on_a_loaded_checkpoint_are_deterministic() {
     // A checkpoint loads in inference mode: no dropout, even when gradients flow to the
-    // images, so the same attack gives the same images.
+    // images, so the same attack gives the same images (and they are not the clean ones: an
+    // attack that changes nothing would be deterministic too).
     let device = backend::cpu().device;
     device.seed(13);
     let path = Scratch::path("attack.safetensors");
@@ -325,7 +326,13 @@ fn attacks_on_a_loaded_checkpoint_are_deterministic() {
                     .adversarial,
             )
         };
-        assert_eq!(run(), run(), "{kind}");
+        let first = run();
+        assert_ne!(
+            first,
+            host(images.clone()),
+            "{kind} left the images as they were"
+        );
+        assert_eq!(first, run(), "{kind}");
     }
 }
 

@@ -412,7 +412,7 @@ fn eval_cli_reports_json_for_a_checkpoint() {
     let device = cpu();
     let path = temp_file("cli-eval");
     model::save_checkpoint(&path, &ModelKind::LeNet5.init(&device), &meta()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_advcomp"))
+    let out = common::command()
         .args([
             "eval",
             "--backend",
@@ -438,19 +438,16 @@ fn eval_cli_reports_json_for_a_checkpoint() {
     assert!((0.0..=1.0).contains(&acc));
     assert!(String::from_utf8_lossy(&out.stderr).contains("backend: cpu on Flex"));
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_advcomp"))
-        .args([
-            "eval",
-            "--backend",
-            "cpu",
-            "--checkpoint",
-            "/nonexistent/model.safetensors",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("/nonexistent/model.safetensors: file not found")
+    let out = common::advcomp(&[
+        "eval",
+        "--backend",
+        "cpu",
+        "--checkpoint",
+        "/nonexistent/model.safetensors",
+    ]);
+    common::assert_refused(
+        &out,
+        "a checkpoint that is not there",
+        &["/nonexistent/model.safetensors: file not found"],
     );
 }

@@ -1,14 +1,10 @@
 //! The command line: `info` tables and JSON, and refusals of impossible options (exit code 2,
 //! a message that says what is wrong).
 
-use std::process::{Command, Output};
+mod common;
+use common::{advcomp, assert_refused};
 
-fn advcomp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_advcomp"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use std::process::Output;
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -84,7 +80,7 @@ fn completions_are_printed_for_each_shell() {
         );
     }
     let out = advcomp(&["completions", "tcsh"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_refused(&out, "completions tcsh", &[]);
 }
 
 #[test]
@@ -152,8 +148,6 @@ fn impossible_options_are_refused_with_exit_code_2() {
         ),
     ];
     for (args, message) in cases {
-        let out = advcomp(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+        assert_refused(&advcomp(args), &format!("{args:?}"), &[message]);
     }
 }

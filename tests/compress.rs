@@ -5,10 +5,9 @@
 //! are refused.
 
 mod common;
-use common::Scratch;
+use common::{Scratch, advcomp, assert_refused};
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use advcomp::backend;
@@ -352,13 +351,6 @@ fn a_compressed_checkpoint_loads_back_with_the_same_masks_formats_and_outputs() 
     }
 }
 
-fn advcomp(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_advcomp"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn impossible_compression_options_are_refused_and_write_nothing() {
     let base = baseline("bad-base.safetensors");
@@ -400,10 +392,7 @@ fn impossible_compression_options_are_refused_and_write_nothing() {
             "cpu",
         ];
         args.extend_from_slice(extra);
-        let result = advcomp(&args);
-        let stderr = String::from_utf8_lossy(&result.stderr);
-        assert_eq!(result.status.code(), Some(2), "{extra:?}: {stderr}");
-        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+        assert_refused(&advcomp(&args), &format!("{extra:?}"), &[expected]);
         assert!(!out.exists(), "{extra:?} wrote {}", out.display());
     }
 
@@ -425,11 +414,10 @@ fn impossible_compression_options_are_refused_and_write_nothing() {
         "--backend",
         "cpu",
     ]);
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert_eq!(result.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("mask 'conv0.weight_mask' has shape [10], the weight has [20, 1, 5, 5]"),
-        "{stderr}"
+    assert_refused(
+        &result,
+        "a mask that does not fit its weight",
+        &["mask 'conv0.weight_mask' has shape [10], the weight has [20, 1, 5, 5]"],
     );
 }
 

@@ -4,9 +4,7 @@
 //! nothing is evasive, through the command line as a user runs it.
 
 mod common;
-use common::{D, SIDE, Threshold};
-
-use std::process::Command;
+use common::{D, SIDE, Threshold, advcomp, assert_refused};
 
 use advcomp::attack::{self, AttackConfig, AttackKind, Differentiable};
 use advcomp::backend;
@@ -119,13 +117,6 @@ fn the_compressed_models_term_reaches_the_images_through_its_ste_quantisers() {
     );
 }
 
-fn advcomp(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_advcomp"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn on_identical_models_nothing_is_evasive_and_diva_needs_a_reference() {
     let lenet5 = concat!(
@@ -171,8 +162,7 @@ fn on_identical_models_nothing_is_evasive_and_diva_needs_a_reference() {
         "--backend",
         "cpu",
     ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --reference"));
+    assert_refused(&out, "diva without a reference", &["needs --reference"]);
     let out = advcomp(&[
         "attack",
         "--attack",
@@ -187,6 +177,5 @@ fn on_identical_models_nothing_is_evasive_and_diva_needs_a_reference() {
         "--backend",
         "cpu",
     ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--diva-weight"));
+    assert_refused(&out, "a bad DIVA weight", &["--diva-weight"]);
 }

@@ -4,11 +4,11 @@
 //! runs leave no temporaries behind; SIGINT / SIGTERM stop cleanly.
 
 mod common;
-use common::Scratch;
+use common::{Scratch, advcomp_in, assert_refused, command};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use advcomp::backend;
@@ -21,14 +21,7 @@ fn folder(name: &str) -> Scratch {
     Scratch::folder(&format!("hard-{name}"))
 }
 
-fn advcomp_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_advcomp"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
+/// `advcomp ARGS` run in the temp folder (where a relative output path would land).
 fn advcomp(args: &[&str]) -> Output {
     advcomp_in(&std::env::temp_dir(), args)
 }
@@ -43,17 +36,6 @@ fn succeed(args: &[&str]) {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Asserts exit code 2 and an `error:` line that contains every one of `expected`.
-fn assert_refused(out: &Output, what: &str, expected: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(2), "{what}: {err}");
-    assert!(err.contains("error: "), "{what}: {err}");
-    for e in expected {
-        assert!(err.contains(e), "{what}: expected '{e}' in: {err}");
-    }
-    assert!(!err.contains("panicked"), "{what}: {err}");
 }
 
 fn s(path: &Path) -> &str {
@@ -476,7 +458,7 @@ fn a_gzip_bomb_is_refused_without_inflating_it() {
     let bomb = gz.finish().unwrap();
     assert!(bomb.len() < 2 << 20, "{} bytes", bomb.len());
     std::fs::write(&path, &bomb).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_advcomp"))
+    let mut child = command()
         .args([
             "eval",
             "--checkpoint",
@@ -885,7 +867,7 @@ fn temporaries_of_killed_runs_are_removed_by_the_next_run() {
 /// Starts `args`, waits until its stderr has printed `ready`, sends `signal`, and returns the
 /// exit code and all of stderr.
 fn interrupt(args: &[&str], ready: &str, signal: &str) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_advcomp"))
+    let mut child = command()
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -910,7 +892,7 @@ fn interrupt(args: &[&str], ready: &str, signal: &str) -> (Option<i32>, String) 
     }
     assert!(seen.contains(ready), "never saw '{ready}': {seen}");
     std::thread::sleep(Duration::from_millis(300));
-    let kill = Command::new("kill")
+    let kill = std::process::Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
         .unwrap();

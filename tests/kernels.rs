@@ -104,7 +104,7 @@ fn mask_values(n: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn every_shader_parses_and_validates_with_naga() {
-    for (name, source) in kernels::SHADERS {
+    for (name, source) in &kernels::shaders() {
         let module = naga::front::wgsl::parse_str(source)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
         naga::valid::Validator::new(

@@ -3,8 +3,8 @@
 //! CPU backend and on wgpu (lavapipe in CI); the vendored files are the ones PyTorch wrote.
 
 mod common;
-use common::Scratch;
 use common::onnx as proto;
+use common::{Scratch, advcomp, assert_refused};
 
 use std::path::PathBuf;
 
@@ -161,13 +161,6 @@ fn zoo_models_from_both_exporters_match_pytorch_on_wgpu() {
         return;
     };
     zoo_matches_pytorch(&gpu.device, "wgpu");
-}
-
-fn advcomp(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_advcomp"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 fn model_file(name: &str) -> String {
@@ -498,7 +491,7 @@ fn imported_models_compress_fine_tune_and_reload_from_their_checkpoint() {
         "--backend",
         "cpu",
     ]);
-    assert_eq!(other.status.code(), Some(2));
+    assert_refused(&other, "the checkpoint onto another graph", &[]);
 }
 
 #[test]
@@ -540,12 +533,11 @@ fn onnx_files_advcomp_cannot_use_are_refused_by_name() {
             let command = args[0];
             let mut args = args.to_vec();
             args.extend(["--backend", "cpu"]);
-            let out = advcomp(&args);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(2), "{command} {file}: {stderr}");
-            assert!(
-                stderr.contains(&format!("error: model {path}: ")) && stderr.contains(expected),
-                "{command} {file}: {stderr}"
+            let start = format!("error: model {path}: ");
+            assert_refused(
+                &advcomp(&args),
+                &format!("{command} {file}"),
+                &[&start, expected],
             );
         }
     }
@@ -575,11 +567,10 @@ fn onnx_files_advcomp_cannot_use_are_refused_by_name() {
         "--backend",
         "cpu",
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("takes [1, 28, 28] images but dataset cifar10 has [3, 32, 32]"),
-        "{stderr}"
+    assert_refused(
+        &out,
+        "a model for other images",
+        &["takes [1, 28, 28] images but dataset cifar10 has [3, 32, 32]"],
     );
 }
 
@@ -653,12 +644,8 @@ fn every_op_computes_what_onnx_runtime_computes_with_gradients_to_the_pixels() {
 /// `advcomp ARGS --backend cpu` failed with exit code 2 and `error: model FILE: ...expected`.
 fn refused(args: &[&str], file: &std::path::Path, expected: &str) {
     let out = advcomp(&[args, &["--backend", "cpu"]].concat());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-    assert!(
-        stderr.contains(&format!("error: model {}: ", file.display())) && stderr.contains(expected),
-        "{args:?}: expected '{expected}' in: {stderr}"
-    );
+    let start = format!("error: model {}: ", file.display());
+    assert_refused(&out, &format!("{args:?}"), &[&start, expected]);
     assert!(out.stdout.is_empty(), "{args:?}: nothing printed on stdout");
 }
 
@@ -1036,7 +1023,7 @@ fn the_whole_study_runs_on_an_imported_model() {
         "--out",
         other.to_str().unwrap(),
     ]);
-    assert_eq!(refused.status.code(), Some(2));
+    assert_refused(&refused, "a sweep on an ONNX model without a dataset", &[]);
     assert!(!other.exists());
 }
 

@@ -3,11 +3,11 @@
 //! with a clear error naming the file when they cannot be used.
 
 mod common;
-use common::Scratch;
+use common::{Scratch, advcomp, assert_refused};
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use advcomp::data::{self, DatasetKind, Images, Pixels, Split};
 use safetensors::{Dtype, tensor::TensorView};
@@ -16,12 +16,9 @@ fn temp_dir(name: &str) -> Scratch {
     Scratch::folder(&format!("own-{name}"))
 }
 
-fn advcomp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_advcomp"))
-        .args(args)
-        .args(["--backend", "cpu"])
-        .output()
-        .unwrap()
+/// `advcomp ARGS --backend cpu`.
+fn on_cpu(args: &[&str]) -> Output {
+    advcomp(&[args, &["--backend", "cpu"]].concat())
 }
 
 fn json(out: &Output) -> serde_json::Value {
@@ -167,7 +164,7 @@ fn eval_on_own_files_equals_eval_on_the_same_images_of_the_dataset() {
     let accuracy = |extra: &[&str]| {
         let mut args = vec!["eval", "--checkpoint", LENET5, "--json"];
         args.extend(extra);
-        json(&advcomp(&args))["accuracy"].as_f64().unwrap()
+        json(&on_cpu(&args))["accuracy"].as_f64().unwrap()
     };
     let reference = accuracy(&["--limit", "100"]);
     assert!(reference > 0.9, "LeNet5 on MNIST: {reference}");
@@ -186,7 +183,7 @@ fn models_train_and_fine_tune_on_own_data_and_imported_models_fine_tune() {
     let folder = dir.join("test");
     write_image_folder(&mnist(Split::Test, 200), &folder);
     let out = dir.join("own.safetensors");
-    let trained = json(&advcomp(&[
+    let trained = json(&on_cpu(&[
         "train",
         "--model",
         "lenet5",
@@ -206,13 +203,12 @@ fn models_train_and_fine_tune_on_own_data_and_imported_models_fine_tune() {
     assert!(accuracy > 0.8, "3 epochs on 2,000 images: {accuracy}");
     // The checkpoint remembers it was made on own data: evaluating it needs the files again.
     for again in [
-        advcomp(&["eval", "--checkpoint", out.to_str().unwrap()]),
-        advcomp(&["attack", "--source", out.to_str().unwrap(), "--limit", "10"]),
+        on_cpu(&["eval", "--checkpoint", out.to_str().unwrap()]),
+        on_cpu(&["attack", "--source", out.to_str().unwrap(), "--limit", "10"]),
     ] {
-        assert_eq!(again.status.code(), Some(2));
-        assert!(String::from_utf8_lossy(&again.stderr).contains("--test-data"));
+        assert_refused(&again, "without its own test data", &["--test-data"]);
     }
-    let evaluated = json(&advcomp(&[
+    let evaluated = json(&on_cpu(&[
         "eval",
         "--checkpoint",
         out.to_str().unwrap(),
@@ -228,7 +224,7 @@ fn models_train_and_fine_tune_on_own_data_and_imported_models_fine_tune() {
         "/tests/data/models/mlp-mnist.onnx"
     );
     let tuned = dir.join("mlp-tuned.safetensors");
-    let trained = json(&advcomp(&[
+    let trained = json(&on_cpu(&[
         "train",
         "--model",
         onnx,
@@ -248,7 +244,7 @@ fn models_train_and_fine_tune_on_own_data_and_imported_models_fine_tune() {
     ]));
     let accuracy = trained["test_accuracy"].as_f64().unwrap();
     assert!(accuracy > 0.9, "fine-tuned MLP: {accuracy}");
-    let info = json(&advcomp(&[
+    let info = json(&on_cpu(&[
         "info",
         "--checkpoint",
         tuned.to_str().unwrap(),
@@ -260,7 +256,7 @@ fn models_train_and_fine_tune_on_own_data_and_imported_models_fine_tune() {
         "{meta}"
     );
     assert_eq!(meta["model_sha256"].as_str().unwrap().len(), 64);
-    let evaluated = json(&advcomp(&[
+    let evaluated = json(&on_cpu(&[
         "eval",
         "--checkpoint",
         tuned.to_str().unwrap(),
@@ -282,18 +278,9 @@ fn models_train_and_fine_tune_on_own_data_and_imported_models_fine_tune() {
     assert!(moved > 1e-3, "largest logit change {moved}");
 }
 
-/// Runs `args`, expects exit code 2 with an error whose text holds every one of `needles`.
+/// Runs `args` on the cpu, expects a refusal whose text holds every one of `needles`.
 fn refused(args: &[&str], needles: &[&str]) {
-    let out = advcomp(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-    assert!(stderr.contains("error: "), "{stderr}");
-    for needle in needles {
-        assert!(
-            stderr.contains(needle),
-            "{args:?}: '{needle}' not in: {stderr}"
-        );
-    }
+    assert_refused(&on_cpu(args), &format!("{args:?}"), needles);
 }
 
 #[test]

@@ -5,12 +5,10 @@
 mod common;
 use common::Scratch;
 
-use std::process::Command;
-
 #[test]
 fn the_profile_measures_every_attack_variant_and_batch_size_and_writes_its_files() {
     let out = Scratch::path("profile");
-    let output = Command::new(env!("CARGO_BIN_EXE_advcomp"))
+    let output = common::command()
         .args([
             "profile",
             "--baseline",

@@ -9,6 +9,7 @@
 
 mod common;
 use common::onnx as proto;
+use common::{advcomp, assert_error, assert_refused};
 
 use std::path::PathBuf;
 
@@ -154,13 +155,6 @@ fn check_files(device: &Device) {
     }
 }
 
-fn advcomp(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_advcomp"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 /// `advcomp info` on each malformed file: exit code 2, an error naming the file, the node and
 /// what is wrong.
 #[test]
@@ -212,18 +206,8 @@ fn malformed_qdq_files_are_refused_naming_the_file_and_the_node() {
             "--model",
             path.to_str().unwrap(),
         ]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{file}: {stderr}");
-        let error = stderr
-            .lines()
-            .find(|l| l.starts_with("error: "))
-            .unwrap_or("");
-        assert!(
-            error.contains(&format!("{file}.onnx"))
-                && error.contains(&format!("({op})"))
-                && error.contains(what),
-            "{file}: {stderr}"
-        );
+        let (name, op) = (format!("{file}.onnx"), format!("({op})"));
+        assert_error(&out, "", &[&name, &op, what]);
         assert!(out.stdout.is_empty(), "{file}: wrote {:?}", out.stdout);
     }
 }
@@ -301,8 +285,11 @@ fn the_study_runs_on_a_qdq_file_and_its_reference() {
         "--out",
         common::Scratch::path("qdq-sweep-refused").to_str().unwrap(),
     ]);
-    assert_eq!(run.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&run.stderr).contains("is not a quantised (QDQ) ONNX file"));
+    assert_refused(
+        &run,
+        "a float file as QDQ",
+        &["is not a quantised (QDQ) ONNX file"],
+    );
 }
 
 /// A QDQ file is not exported again: ONNX Runtime runs it as it is.
@@ -317,11 +304,10 @@ fn a_qdq_file_is_not_exported_again() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("lenet5.int8.onnx: is a quantised (QDQ) ONNX file already"),
-        "{stderr}"
+    assert_refused(
+        &run,
+        "a QDQ file exported again",
+        &["lenet5.int8.onnx: is a quantised (QDQ) ONNX file already"],
     );
     assert!(!out.exists());
 }
@@ -449,11 +435,10 @@ fn file_calibration_is_refused_where_advcomp_would_calibrate() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("error: --calibration: file: the grids of an imported QDQ model"),
-        "{stderr}"
+    assert_refused(
+        &run,
+        "compress --calibration file",
+        &["error: --calibration: file: the grids of an imported QDQ model"],
     );
     assert!(!out.exists());
     let config = common::Scratch::path("qdq-file-calibration.toml");
@@ -472,11 +457,10 @@ fn file_calibration_is_refused_where_advcomp_would_calibrate() {
         "--out",
         folder.to_str().unwrap(),
     ]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("grid.quantisers.calibration: file"),
-        "{stderr}"
+    assert_refused(
+        &run,
+        "a sweep calibrating from the file",
+        &["grid.quantisers.calibration: file"],
     );
     assert!(!folder.exists());
 }

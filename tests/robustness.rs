@@ -4,10 +4,9 @@
 //! failure saying when the STE blinds an attack, as a user runs it.
 
 mod common;
-use common::{D, SIDE, Scratch, Threshold};
+use common::{D, SIDE, Scratch, Threshold, advcomp, assert_refused};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use advcomp::attack::{self, AttackConfig, AttackKind, Differentiable};
 use advcomp::backend;
@@ -196,13 +195,6 @@ fn auto_reports_each_stage_and_its_kills_add_up() {
     assert_eq!(fooled, 8, "the images with means from 0.37 up");
 }
 
-fn advcomp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_advcomp"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn json(args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend(["--backend", "cpu", "--json"]);
@@ -344,10 +336,7 @@ fn impossible_attack_settings_are_refused_by_flag() {
             "cpu",
         ];
         all.extend(&args);
-        let out = advcomp(&all);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_refused(&advcomp(&all), &format!("{args:?}"), &[expected]);
     }
 }
 
@@ -366,11 +355,10 @@ fn a_sweep_config_naming_the_old_joint_gradient_setting_is_pointed_to_the_two_ne
         "--backend",
         "cpu",
     ]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("attack.grad") && stderr.contains("finetune.grad"),
-        "{stderr}"
+    assert_refused(
+        &run,
+        "the old joint gradient setting",
+        &["attack.grad", "finetune.grad"],
     );
     assert!(!out.exists());
 }

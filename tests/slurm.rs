@@ -22,7 +22,7 @@ fn out_dir(name: &str) -> Scratch {
 }
 
 fn sweep(out: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_advcomp"));
+    let mut cmd = common::command();
     cmd.args(["sweep", "--config", TINY, "--backend", "cpu", "--out"])
         .arg(out);
     cmd

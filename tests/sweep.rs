@@ -22,7 +22,7 @@ fn out_dir(name: &str) -> Scratch {
 }
 
 fn sweep(out: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_advcomp"));
+    let mut cmd = common::command();
     cmd.args(["sweep", "--config", TINY, "--backend", "cpu", "--out"])
         .arg(out);
     cmd
@@ -30,7 +30,7 @@ fn sweep(out: &Path) -> Command {
 
 /// `advcomp sweep` on the cpu with a config file of the test's own.
 fn sweep_with(config: &Path, out: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_advcomp"))
+    common::command()
         .args(["sweep", "--backend", "cpu", "--config"])
         .arg(config)
         .arg("--out")
@@ -260,9 +260,7 @@ fn a_second_sweep_on_the_same_folder_is_refused() {
     let second = sweep(&out).output().unwrap();
     first.kill().unwrap();
     first.wait().unwrap();
-    assert_eq!(second.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains("another sweep is running"), "{stderr}");
+    common::assert_refused(&second, "a second sweep", &["another sweep is running"]);
 }
 
 #[test]
@@ -298,18 +296,11 @@ fn bad_sweep_configs_are_refused_by_name_and_write_nothing() {
         let config = dir.join(format!("bad{i}.toml"));
         std::fs::write(&config, text).unwrap();
         let out = dir.join(format!("out{i}"));
-        let output = sweep_with(&config, &out);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{text}: {stderr}");
-        assert!(stderr.contains(expected), "{text}: {stderr}");
+        common::assert_refused(&sweep_with(&config, &out), text, &[expected]);
         assert!(!out.exists(), "{text}: nothing written");
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_advcomp"))
-        .args(["sweep", "--preset", "fast"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown preset 'fast'"));
+    let output = common::advcomp(&["sweep", "--preset", "fast"]);
+    common::assert_refused(&output, "an unknown preset", &["unknown preset 'fast'"]);
 }
 
 /// Runs one stage's shard of the tiny sweep; returns its output.
@@ -345,12 +336,10 @@ fn sharded_stages_in_any_order_give_the_results_of_one_process() {
 
     // A stage whose inputs are missing is refused by name, before it writes anything.
     let early = out_dir("shards-early");
-    let output = run_shard(&early, "attack", "0/1");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("stage attack: 6 input file(s) missing") && stderr.contains("full-s1-"),
-        "{stderr}"
+    common::assert_refused(
+        &run_shard(&early, "attack", "0/1"),
+        "a stage without its inputs",
+        &["stage attack: 6 input file(s) missing", "full-s1-"],
     );
     assert!(!early.exists(), "nothing written");
 
@@ -456,7 +445,7 @@ fn the_differential_stage_compares_diva_with_pgd_on_every_compressed_model() {
             "diva-margin" => &[],
             _ => &["--steps", "4"],
         };
-        let output = Command::new(env!("CARGO_BIN_EXE_advcomp"))
+        let output = common::command()
             .args([
                 "attack",
                 "--attack",

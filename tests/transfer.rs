@@ -3,9 +3,7 @@
 //! refuse bad options.
 
 mod common;
-use common::Scratch;
-
-use std::process::Command;
+use common::{Scratch, advcomp, assert_refused};
 
 use advcomp::attack::{AttackConfig, AttackKind};
 use advcomp::backend;
@@ -111,13 +109,6 @@ fn bootstrap_intervals_cover_the_mean_with_the_binomial_width() {
         "{lo}..{hi}"
     );
     assert_eq!(transfer::bootstrap_interval(&flips), [lo, hi], "fixed seed");
-}
-
-fn advcomp(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_advcomp"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]
@@ -276,10 +267,7 @@ fn attack_and_transfer_commands_run_and_refuse_bad_options() {
     for (args, expected) in cases {
         let mut args = args.to_vec();
         args.extend(["--backend", "cpu", "--limit", "4"]);
-        let out = advcomp(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_refused(&advcomp(&args), &format!("{args:?}"), &[expected]);
     }
     assert!(!never.exists());
 }

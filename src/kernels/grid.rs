@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// The constants of one channel (or of the whole tensor): multiply by `inv_scale`, round,
-/// clamp to [lo, hi] (integer-valued), multiply by `scale`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// clamp to [lo, hi] (integer-valued), multiply by `scale`. Laid out as the quantiser shader's
+/// `Row`, which the wgpu kernel uploads it as.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Channel {
     pub inv_scale: f32,
     pub scale: f32,

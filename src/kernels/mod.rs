@@ -7,7 +7,7 @@
 //!   device buffers, and burn's own convolution, matrix product and pooling (`wgsl.rs`);
 //! - the Flex CPU backend runs a reference built from ordinary tensor ops (`reference.rs`), the
 //!   definition the WGSL is tested against, bit for bit, and its own im2col + GEMM convolution,
-//!   matrix product and max pooling (`cpu.rs`: Flex's are several times slower at these
+//!   matrix product and max pooling (`cpu/`: Flex's are several times slower at these
 //!   shapes);
 //! - `Autodiff<B>` adds the backward passes (`autodiff.rs`): straight-through (STE: the
 //!   gradient where qmin <= code <= qmax, zero elsewhere) or identity (BPDA) for the quantiser, identity to the dense weights for the mask (DNS lets pruned
@@ -31,21 +31,27 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, backend_extension};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 
-/// The WGSL sources, by file name (for validation and for the record).
-pub const SHADERS: [(&str, &str); 4] = [
-    ("quantise.wgsl", wgsl::QUANTISE),
-    ("mask.wgsl", wgsl::MASK),
-    ("dns_update.wgsl", wgsl::DNS_UPDATE),
-    ("attack_step.wgsl", wgsl::ATTACK_STEP),
-];
+/// The WGSL that runs, by file name (for validation and for the record): each file of
+/// `shaders/` after the prelude, its placeholders filled in.
+pub fn shaders() -> [(String, String); 4] {
+    [
+        wgsl::QUANTISE,
+        wgsl::MASK,
+        wgsl::DNS_UPDATE,
+        wgsl::ATTACK_STEP,
+    ]
+    .map(|shader| (shader.file(), shader.complete()))
+}
 
-/// How an attack step turns the gradient into a perturbation.
+/// How an attack step turns the gradient into a perturbation. The value is the attack-step
+/// shader's mode (its `MODE_*` constants are filled in from it).
+#[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum StepRule {
     /// eps * sign(g) (FGSM, IFGSM, PGD).
-    Sign,
+    Sign = 0,
     /// factor[image] * g, one factor per image (FGM, IFGM).
-    Scaled,
+    Scaled = 1,
 }
 
 /// Settings of one fused attack step (see `shaders/attack_step.wgsl`).

@@ -19,47 +19,142 @@ use cubecl::server::KernelArguments;
 
 use super::{KernelOps, QuantGrad, StepRule, StepSettings, Table, burn_pool};
 
-pub(super) const QUANTISE: &str = include_str!("../../shaders/quantise.wgsl");
-pub(super) const MASK: &str = include_str!("../../shaders/mask.wgsl");
-pub(super) const DNS_UPDATE: &str = include_str!("../../shaders/dns_update.wgsl");
-pub(super) const ATTACK_STEP: &str = include_str!("../../shaders/attack_step.wgsl");
+/// Put before every shader: its constants, first element and `is_nan`.
+const PRELUDE: &str = include_str!("../../shaders/prelude.wgsl");
+
+pub(super) const QUANTISE: Shader = Shader {
+    name: "quantise",
+    body: include_str!("../../shaders/quantise.wgsl"),
+};
+pub(super) const MASK: Shader = Shader {
+    name: "mask",
+    body: include_str!("../../shaders/mask.wgsl"),
+};
+pub(super) const DNS_UPDATE: Shader = Shader {
+    name: "dns_update",
+    body: include_str!("../../shaders/dns_update.wgsl"),
+};
+pub(super) const ATTACK_STEP: Shader = Shader {
+    name: "attack_step",
+    body: include_str!("../../shaders/attack_step.wgsl"),
+};
 
 /// Invocations per workgroup: the `@workgroup_size` of every shader here.
 const WORKGROUP: u32 = 256;
 /// Consecutive elements each invocation handles (the loop in every shader here).
-const PER_INVOCATION: u64 = 4;
+const PER_INVOCATION: u32 = 4;
 /// The most workgroups the first dispatch dimension may have: WebGPU's limit, 65,535, as for
 /// the second. Tests lower it to make small tensors take the two-dimensional path (software Vulkan cannot allocate a
 /// tensor that needs it: 65,536 workgroups x 1,024 elements is 256 MiB in one binding).
 pub(super) static MAX_GROUPS_PER_DIM: AtomicU32 = AtomicU32::new(65_535);
 
-/// One WGSL file, named for the kernel cache.
-struct Wgsl {
-    name: &'static str,
-    source: &'static str,
+/// The quantiser shader's modes: its `MODE_*` constants are filled in from these.
+#[repr(u32)]
+#[derive(Clone, Copy)]
+enum QuantiseMode {
+    /// The quantised value.
+    Value = 0,
+    /// The straight-through gradient.
+    Ste = 1,
 }
 
-impl KernelSource for Wgsl {
+/// Every placeholder of the shaders and what fills it in.
+fn placeholders() -> [(&'static str, u32); 6] {
+    [
+        ("workgroup", WORKGROUP),
+        ("per_invocation", PER_INVOCATION),
+        ("quantise_value", QuantiseMode::Value as u32),
+        ("quantise_ste", QuantiseMode::Ste as u32),
+        ("step_sign", StepRule::Sign as u32),
+        ("step_scaled", StepRule::Scaled as u32),
+    ]
+}
+
+/// One WGSL file of `shaders/`, named for the kernel cache; the prelude goes before it.
+#[derive(Clone, Copy)]
+pub(super) struct Shader {
+    name: &'static str,
+    body: &'static str,
+}
+
+impl Shader {
+    /// The file's name in `shaders/`.
+    pub(super) fn file(&self) -> String {
+        format!("{}.wgsl", self.name)
+    }
+
+    /// The WGSL that runs: the prelude and the file, their placeholders filled in.
+    pub(super) fn complete(&self) -> String {
+        self.template().complete()
+    }
+
+    fn template(&self) -> SourceTemplate {
+        placeholders().into_iter().fold(
+            SourceTemplate::new(PRELUDE).add_template(self.body),
+            |template, (name, value)| template.register(name, value.to_string()),
+        )
+    }
+}
+
+impl KernelSource for Shader {
     fn source(&self) -> SourceTemplate {
-        SourceTemplate::new(self.source)
+        self.template()
     }
     fn id(&self) -> KernelId {
-        KernelId::new::<Wgsl>().info(self.name)
+        KernelId::new::<Shader>().info(self.name)
     }
     fn lang(&self) -> &'static str {
         "wgsl"
     }
 }
 
-fn wgsl(name: &'static str, source: &'static str) -> Wgsl {
-    Wgsl { name, source }
+/// The mask shader's parameters (its `Params`).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct MaskParams {
+    len: u32,
+}
+
+/// The DNS update shader's parameters (its `Params`).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct DnsParams {
+    len: u32,
+    t_low: f32,
+    t_high: f32,
+}
+
+/// The attack-step shader's parameters (its `Params`).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StepParams {
+    len: u32,
+    /// Elements per image.
+    per_sample: u32,
+    /// A [`StepRule`] (the shader's `MODE_*`).
+    mode: u32,
+    eps: f32,
+    budget: f32,
+}
+
+/// The quantiser shader's parameters before its rows (its `Sizes`, the head of `Params`;
+/// the rows are [`Table`]'s channels).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct QuantiseSizes {
+    len: u32,
+    /// A [`QuantiseMode`].
+    mode: u32,
+    channels: u32,
+    /// Elements per channel run.
+    inner: u32,
 }
 
 /// Workgroup counts covering `len` elements: one row while it fits, then a 2D grid (the shaders
 /// flatten the workgroup index and skip the tail).
 fn dispatch(len: usize) -> CubeCount {
     let limit = MAX_GROUPS_PER_DIM.load(Ordering::Relaxed) as u64;
-    let groups = (len as u64).div_ceil(WORKGROUP as u64 * PER_INVOCATION);
+    let groups = (len as u64).div_ceil(WORKGROUP as u64 * PER_INVOCATION as u64);
     let x = groups.min(limit);
     let y = groups.div_ceil(x);
     assert!(
@@ -70,10 +165,15 @@ fn dispatch(len: usize) -> CubeCount {
 }
 
 /// Launches `shader` with bindings `inputs..., output, params` and returns the output, shaped
-/// like the first input. `params` starts with the element count, which the caller leaves out.
-/// The first `same_size` inputs have the output's number of elements (the rest are smaller
-/// side tables, such as one factor per image).
-fn launch(shader: Wgsl, inputs: Vec<CubeTensor>, same_size: usize, params: &[u32]) -> CubeTensor {
+/// like the first input. `params` gives the parameters' bytes for the element count. The first
+/// `same_size` inputs have the output's number of elements (the rest are smaller side tables,
+/// such as one factor per image).
+fn launch(
+    shader: Shader,
+    inputs: Vec<CubeTensor>,
+    same_size: usize,
+    params: impl FnOnce(u32) -> Vec<u8>,
+) -> CubeTensor {
     let inputs: Vec<CubeTensor> = inputs.into_iter().map(into_contiguous).collect();
     let first = &inputs[0];
     assert!(
@@ -102,15 +202,14 @@ fn launch(shader: Wgsl, inputs: Vec<CubeTensor>, same_size: usize, params: &[u32
     if len == 0 {
         return output;
     }
-    // The shaders index with u32 and step up to 4 * 256 past the last element.
+    // The shaders index with u32 and step up to PER_INVOCATION * WORKGROUP past the last
+    // element.
     assert!(
-        len < (u32::MAX - 4 * WORKGROUP) as usize,
+        len < (u32::MAX - PER_INVOCATION * WORKGROUP) as usize,
         "{}: tensors of 2^32 elements or more are not supported",
         shader.name
     );
-    let mut words = vec![len as u32];
-    words.extend_from_slice(params);
-    let params = client.create_from_slice(bytemuck::cast_slice(&words));
+    let params = client.create_from_slice(&params(len as u32));
 
     let mut arguments = KernelArguments::new();
     for input in &inputs {
@@ -127,22 +226,29 @@ fn launch(shader: Wgsl, inputs: Vec<CubeTensor>, same_size: usize, params: &[u32
     output
 }
 
-/// The quantiser shader's parameters after the length: mode, channels, elements per channel
-/// run, then each channel's row (1/s, s, lo, hi).
-fn quantise_params(x: &CubeTensor, mode: u32, table: &Table) -> Vec<u32> {
-    let (_, channels, inner) = table.layout(&x.shape());
-    let mut params = vec![mode, channels as u32, inner.max(1) as u32];
-    for c in table.rows.iter() {
-        params.extend([c.inv_scale, c.scale, c.lo, c.hi].map(f32::to_bits));
-    }
-    params
+/// The quantiser shader's parameters for `len` elements of `shape`: the sizes, then each
+/// channel's row.
+fn quantise_params(len: u32, shape: &[usize], mode: QuantiseMode, table: &Table) -> Vec<u8> {
+    let (_, channels, inner) = table.layout(shape);
+    let sizes = QuantiseSizes {
+        len,
+        mode: mode as u32,
+        channels: channels as u32,
+        inner: inner.max(1) as u32,
+    };
+    [
+        bytemuck::bytes_of(&sizes),
+        bytemuck::cast_slice(&table.rows[..]),
+    ]
+    .concat()
 }
 
 impl KernelOps for CubeBackend {
     fn quantise(x: FloatTensor<Self>, table: Table, _grad: QuantGrad) -> FloatTensor<Self> {
-        let params = quantise_params(&x, 0, &table);
-        // Mode 0 never reads `grad`; bind the input there too.
-        launch(wgsl("quantise", QUANTISE), vec![x.clone(), x], 2, &params)
+        let shape = x.shape();
+        let params = |len| quantise_params(len, &shape, QuantiseMode::Value, &table);
+        // The value mode never reads `grad`; bind the input there too.
+        launch(QUANTISE, vec![x.clone(), x], 2, params)
     }
 
     fn quantise_ste(
@@ -150,13 +256,14 @@ impl KernelOps for CubeBackend {
         grad: FloatTensor<Self>,
         table: Table,
     ) -> FloatTensor<Self> {
-        let params = quantise_params(&x, 1, &table);
-        launch(wgsl("quantise", QUANTISE), vec![x, grad], 2, &params)
+        let shape = x.shape();
+        let params = |len| quantise_params(len, &shape, QuantiseMode::Ste, &table);
+        launch(QUANTISE, vec![x, grad], 2, params)
     }
 
     fn apply_mask(weight: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
-        let shader = wgsl("mask", MASK);
-        launch(shader, vec![weight, mask], 2, &[])
+        let params = |len| bytemuck::bytes_of(&MaskParams { len }).to_vec();
+        launch(MASK, vec![weight, mask], 2, params)
     }
 
     fn dns_update(
@@ -165,13 +272,8 @@ impl KernelOps for CubeBackend {
         t_low: f32,
         t_high: f32,
     ) -> FloatTensor<Self> {
-        let shader = wgsl("dns_update", DNS_UPDATE);
-        launch(
-            shader,
-            vec![weight, mask],
-            2,
-            &[t_low.to_bits(), t_high.to_bits()],
-        )
+        let params = |len| bytemuck::bytes_of(&DnsParams { len, t_low, t_high }).to_vec();
+        launch(DNS_UPDATE, vec![weight, mask], 2, params)
     }
 
     fn attack_step(
@@ -181,20 +283,19 @@ impl KernelOps for CubeBackend {
         factor: FloatTensor<Self>,
         step: StepSettings,
     ) -> FloatTensor<Self> {
-        let shader = wgsl("attack_step", ATTACK_STEP);
         let shape = x.shape();
         let per_image = shape.num_elements() / shape[0].max(1);
-        let mode = match step.rule {
-            StepRule::Sign => 0,
-            StepRule::Scaled => 1,
+        let params = |len| {
+            let params = StepParams {
+                len,
+                per_sample: per_image as u32,
+                mode: step.rule as u32,
+                eps: step.eps,
+                budget: step.budget,
+            };
+            bytemuck::bytes_of(&params).to_vec()
         };
-        let params = [
-            per_image as u32,
-            mode,
-            step.eps.to_bits(),
-            step.budget.to_bits(),
-        ];
-        launch(shader, vec![x, x0, grad, factor], 3, &params)
+        launch(ATTACK_STEP, vec![x, x0, grad, factor], 3, params)
     }
 
     fn conv(

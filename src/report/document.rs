@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::claims::{Claim, Verdict};
-use super::figures::Figure;
+use super::plot::Figure;
 use super::{Family, Run, SCENARIOS, View, adversarial_accuracy, summarise};
 use crate::Result;
 use crate::attack::AttackConfig;

@@ -6,11 +6,11 @@
 //! Across seeds every plotted value is the mean with a 95% t-interval; with one seed it is the
 //! value with its 95% bootstrap interval over the test images.
 
-mod bitmap_text;
 mod claims;
 mod document;
 mod figures;
 mod indicators;
+mod plot;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use crate::Result;
 use crate::attack::{AttackConfig, AttackKind, json_float};
 use crate::transfer::{CellMetrics, DifferentialMetrics, Gradient, UnboundedCheck};
 
-pub use figures::{Categories, Figure, LineFigure, Look, Panel, Point, Series, XAxis, save_lines};
+pub use plot::{Categories, Figure, LineFigure, Look, Panel, Point, Series, XAxis, save_lines};
 
 /// What a model of the sweep is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

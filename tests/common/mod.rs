@@ -3,6 +3,34 @@
 
 use advcomp::backend::{self, Backend, BackendChoice};
 
+/// The advcomp binary as a command, for a test that sets more than its arguments (a working
+/// folder, the environment, pipes, a child to kill).
+pub fn command() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_advcomp"))
+}
+
+/// Runs `advcomp ARGS` to the end and gives its output.
+pub fn advcomp(args: &[&str]) -> std::process::Output {
+    command().args(args).output().unwrap()
+}
+
+/// Runs `advcomp ARGS` in the folder `dir` to the end and gives its output.
+pub fn advcomp_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    command().current_dir(dir).args(args).output().unwrap()
+}
+
+/// Asserts that `out` is a refusal: exit code 2, an `error: ` on stderr, each of `expected`
+/// somewhere in stderr, and nothing panicked or aborted. `what` names the case in a failure.
+pub fn assert_refused(out: &std::process::Output, what: &str, expected: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+    assert!(err.contains("error: "), "{what}: {err}");
+    for e in expected {
+        assert!(err.contains(e), "{what}: expected '{e}' in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{what}: {err}");
+}
+
 /// The wgpu backend, or `None` (test skipped, said on stderr) when this machine has no
 /// Vulkan/Metal/DX12 adapter and `ADVCOMP_REQUIRE_GPU` is unset. CI sets it (and installs
 /// lavapipe), so there a missing adapter fails the test instead.
@@ -160,7 +188,7 @@ pub struct Limited {
 pub fn advcomp_limited(args: &[&str], envs: &[(&str, &str)]) -> Limited {
     use std::io::Read;
     use std::os::unix::process::CommandExt;
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_advcomp"));
+    let mut command = command();
     command
         .args(args)
         .envs(envs.iter().copied())
@@ -222,16 +250,15 @@ pub fn advcomp_limited(args: &[&str], envs: &[(&str, &str)]) -> Limited {
     }
 }
 
-/// Asserts that `out` ended with exit code 2 and that its error (the first line of stderr
-/// that starts with `error: `) starts with `error: {start}` and contains each of `then`;
-/// nothing panicked or aborted.
+/// [`assert_refused`], and more precisely: its error (the first line of stderr that starts
+/// with `error: `) starts with `error: {start}` and contains each of `then`.
 pub fn assert_error(out: &std::process::Output, start: &str, then: &[&str]) {
+    assert_refused(out, start, then);
     let err = String::from_utf8_lossy(&out.stderr);
     let line = err
         .lines()
         .find(|l| l.starts_with("error: "))
         .unwrap_or_else(|| panic!("no error line ({:?}): {err}", out.status));
-    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         line.starts_with(&format!("error: {start}")),
         "the error line should start with 'error: {start}': {line}"
@@ -239,5 +266,4 @@ pub fn assert_error(out: &std::process::Output, start: &str, then: &[&str]) {
     for t in then {
         assert!(line.contains(t), "'{t}' not in the error line: {line}");
     }
-    assert!(!err.contains("panicked"), "{err}");
 }

@@ -17,7 +17,7 @@ use plotters_backend::{
 fn font() -> &'static FontRef<'static> {
     static FONT: std::sync::OnceLock<FontRef<'static>> = std::sync::OnceLock::new();
     FONT.get_or_init(|| {
-        FontRef::try_from_slice(super::figures::FONT).expect("the embedded DejaVu Sans parses")
+        FontRef::try_from_slice(super::font::FONT).expect("the embedded DejaVu Sans parses")
     })
 }
 
