@@ -4,9 +4,9 @@
 //! nothing is evasive, through the command line as a user runs it.
 
 mod common;
-use common::{D, SIDE, Threshold, advcomp, assert_refused};
+use common::{D, SIDE, Threshold, advcomp, assert_refused, predicted};
 
-use advcomp::attack::{self, AttackConfig, AttackKind, Differentiable};
+use advcomp::attack::{self, AttackConfig, AttackKind};
 use advcomp::backend;
 use advcomp::model::{Classifier, Compression, ModelKind};
 use advcomp::quant::FixedPoint;
@@ -14,18 +14,6 @@ use burn::prelude::*;
 
 fn host<const K: usize>(t: Tensor<K>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-fn predicted(model: &impl Differentiable, images: Tensor<4>) -> Vec<i64> {
-    let n = images.dims()[0];
-    model
-        .logits(images)
-        .argmax(1)
-        .reshape([n])
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec::<i64>()
-        .unwrap()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! failure saying when the STE blinds an attack, as a user runs it.
 
 mod common;
-use common::{D, SIDE, Scratch, Threshold, advcomp, assert_refused};
+use common::{D, SIDE, Scratch, Threshold, advcomp, assert_refused, predicted};
 
 use std::path::{Path, PathBuf};
 
@@ -40,18 +40,6 @@ fn greys(n: usize, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
         Tensor::from_data(TensorData::new(pixels, [n, 1, SIDE, SIDE]), device),
         Tensor::zeros([n], device),
     )
-}
-
-fn predicted(model: &impl Differentiable, images: Tensor<4>) -> Vec<i64> {
-    let n = images.dims()[0];
-    model
-        .logits(images)
-        .argmax(1)
-        .reshape([n])
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec::<i64>()
-        .unwrap()
 }
 
 fn config(kind: AttackKind, settings: &[(&str, Value)]) -> AttackConfig {

@@ -14,18 +14,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::sweep_results as results;
-
-const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-sweep.toml");
+use common::tiny_sweep as sweep;
 
 fn out_dir(name: &str) -> Scratch {
     Scratch::path(&format!("slurm-{name}"))
-}
-
-fn sweep(out: &Path) -> Command {
-    let mut cmd = common::command();
-    cmd.args(["sweep", "--config", TINY, "--backend", "cpu", "--out"])
-        .arg(out);
-    cmd
 }
 
 fn ok(output: &Output, what: &str) -> String {

@@ -7,25 +7,17 @@ mod common;
 use common::Scratch;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use common::sweep_results as results;
-
-const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-sweep.toml");
+use common::{TINY, tiny_sweep as sweep};
 
 fn out_dir(name: &str) -> Scratch {
     Scratch::path(&format!("sweep-{name}"))
-}
-
-fn sweep(out: &Path) -> Command {
-    let mut cmd = common::command();
-    cmd.args(["sweep", "--config", TINY, "--backend", "cpu", "--out"])
-        .arg(out);
-    cmd
 }
 
 /// `advcomp sweep` on the cpu with a config file of the test's own.

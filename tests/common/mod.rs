@@ -9,6 +9,33 @@ pub fn command() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_advcomp"))
 }
 
+/// The tiny sweep config: every stage and figure, seconds on a CPU.
+pub const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-sweep.toml");
+
+/// `advcomp sweep` of [`TINY`] on the cpu into `out`, to be run.
+pub fn tiny_sweep(out: &std::path::Path) -> std::process::Command {
+    let mut cmd = command();
+    cmd.args(["sweep", "--config", TINY, "--backend", "cpu", "--out"])
+        .arg(out);
+    cmd
+}
+
+/// The classes `model` predicts for `images`.
+pub fn predicted(
+    model: &impl advcomp::attack::Differentiable,
+    images: burn::Tensor<4>,
+) -> Vec<i64> {
+    let n = images.dims()[0];
+    model
+        .logits(images)
+        .argmax(1)
+        .reshape([n])
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap()
+}
+
 /// Runs `advcomp ARGS` to the end and gives its output.
 pub fn advcomp(args: &[&str]) -> std::process::Output {
     command().args(args).output().unwrap()
