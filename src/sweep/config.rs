@@ -485,15 +485,6 @@ impl SweepConfig {
         }
         count("attack.images", self.attack.images, MAX_IMAGES)?;
         count("attack.batch_size", self.attack.batch_size, MAX_BATCH_SIZE)?;
-        let classes = 10;
-        if let Some(k) = self.attack.deepfool_candidates
-            && k > classes
-        {
-            return fail(
-                "attack.deepfool_candidates",
-                format!("{k} is more than the {classes} classes"),
-            );
-        }
         let renames = [
             ("step", "attack.eps"),
             ("candidates", "attack.deepfool_candidates"),

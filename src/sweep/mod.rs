@@ -94,6 +94,18 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
     let kind = config.model.clone();
     // The model as given (a built-in one freshly made): what the dataset must fit.
     let network = kind.load(&options.backend.device)?;
+    // Checked here, not with the rest of the config: the classes are the model's.
+    if let Some(k) = config.attack.deepfool_candidates
+        && k > network.classes()
+    {
+        return Err(Error::invalid(
+            "attack.deepfool_candidates",
+            format!(
+                "{k} is more than the {} classes of {kind}",
+                network.classes()
+            ),
+        ));
+    }
     let choice = DataChoice {
         dataset: config.dataset,
         dir: options.data_dir.clone(),
