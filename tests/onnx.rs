@@ -35,11 +35,9 @@ struct Golden {
 }
 
 fn golden(name: &str, device: &Device) -> Golden {
-    let bytes = std::fs::read(models().join(format!("{name}.golden.safetensors"))).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let f32s =
-        |n: &str| -> Vec<f32> { bytemuck::pod_collect_to_vec(file.tensor(n).unwrap().data()) };
-    let labels: Vec<i64> = bytemuck::pod_collect_to_vec(file.tensor("y").unwrap().data());
+    let file = common::Golden::read(&models().join(format!("{name}.golden.safetensors")));
+    let f32s = |n: &str| file.f32s(n);
+    let labels = file.i64s("y");
     let count = labels.len();
     Golden {
         x: Tensor::from_data(TensorData::new(f32s("x"), [count, 1, 28, 28]), device),
@@ -581,10 +579,8 @@ fn onnx_files_advcomp_cannot_use_are_refused_by_name() {
 #[test]
 fn every_op_computes_what_onnx_runtime_computes_with_gradients_to_the_pixels() {
     let device = advcomp::backend::cpu().device;
-    let bytes = std::fs::read(models().join("ops/ops.golden.safetensors")).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let f32s =
-        |n: &str| -> Vec<f32> { bytemuck::pod_collect_to_vec(file.tensor(n).unwrap().data()) };
+    let file = common::Golden::read(&models().join("ops/ops.golden.safetensors"));
+    let f32s = |n: &str| file.f32s(n);
     let pixels = f32s("x");
     let images =
         |p: &[f32]| Tensor::<4>::from_data(TensorData::new(p.to_vec(), [3, 2, 6, 6]), &device);

@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use advcomp::backend;
 use advcomp::model::{self, Compression, KeyMap, Network};
 use burn::prelude::*;
-use safetensors::SafeTensors;
 
 fn qdq() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/qdq")
@@ -32,11 +31,9 @@ struct Golden {
 }
 
 fn golden(name: &str, device: &Device) -> Golden {
-    let bytes = std::fs::read(qdq().join(format!("{name}.golden.safetensors"))).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let f32s =
-        |n: &str| -> Vec<f32> { bytemuck::pod_collect_to_vec(file.tensor(n).unwrap().data()) };
-    let y: Vec<i64> = bytemuck::pod_collect_to_vec(file.tensor("y").unwrap().data());
+    let file = common::Golden::read(&qdq().join(format!("{name}.golden.safetensors")));
+    let f32s = |n: &str| file.f32s(n);
+    let y = file.i64s("y");
     Golden {
         x: Tensor::from_data(TensorData::new(f32s("x"), [y.len(), 1, 28, 28]), device),
         y,

@@ -294,3 +294,26 @@ pub fn assert_error(out: &std::process::Output, start: &str, then: &[&str]) {
         assert!(line.contains(t), "'{t}' not in the error line: {line}");
     }
 }
+
+/// A golden-output file (safetensors) written by a fixture script: its tensors as numbers.
+pub struct Golden(Vec<u8>);
+
+impl Golden {
+    pub fn read(path: &std::path::Path) -> Self {
+        Self(std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+    }
+
+    fn tensor(&self, name: &str) -> Vec<u8> {
+        let file = safetensors::SafeTensors::deserialize(&self.0).unwrap();
+        let tensor = file.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        tensor.data().to_vec()
+    }
+
+    pub fn f32s(&self, name: &str) -> Vec<f32> {
+        bytemuck::pod_collect_to_vec(&self.tensor(name))
+    }
+
+    pub fn i64s(&self, name: &str) -> Vec<i64> {
+        bytemuck::pod_collect_to_vec(&self.tensor(name))
+    }
+}
