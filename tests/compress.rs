@@ -608,3 +608,55 @@ fn affine_int8_per_channel_keeps_a_trained_lenet5_and_puts_every_weight_on_its_g
     assert_eq!(logits, host(classifier.frozen().logits(images)));
     assert!(distinct(&logits) <= 256);
 }
+
+/// The sweep's cache keys are hashes of these configs' JSON: a change to a field's name,
+/// order or spelling (or to a default) would orphan every model a sweep has cached. The
+/// strings are those of the code that trained the cached models.
+#[test]
+fn the_json_and_hash_of_the_default_configs_do_not_move() {
+    let train = TrainConfig::new(ModelKind::LeNet5, "mnist");
+    let finetune = TrainConfig {
+        epochs: 3,
+        ..train.clone()
+    };
+    let grid = advcomp::sweep::SweepConfig::default().grid;
+    let dns = CompressConfig {
+        prune: Some(grid.pruner_at(0.1)),
+        ..CompressConfig::new(finetune.clone())
+    };
+    let q8 = CompressConfig {
+        quant: Some(QuantConfig::Fixed(FixedPointSettings::paper(8).unwrap())),
+        ..CompressConfig::new(finetune)
+    };
+    let finetune_json = r#""finetune":{"model":"lenet5","dataset":"mnist","epochs":3,"batch_size":128,"learning_rate":0.001,"optimizer":"adam","schedule":"cosine","seed":1,"train_limit":null}"#;
+    for (config, json, hash, expected_json, expected_hash) in [
+        (
+            "train",
+            serde_json::to_string(&train).unwrap(),
+            train.hash(),
+            r#"{"model":"lenet5","dataset":"mnist","epochs":6,"batch_size":128,"learning_rate":0.001,"optimizer":"adam","schedule":"cosine","seed":1,"train_limit":null}"#.to_string(),
+            "c4e4cb1cd90a624a",
+        ),
+        (
+            "dns",
+            serde_json::to_string(&dns).unwrap(),
+            dns.hash(),
+            format!(
+                r#"{{"prune":{{"kind":"dns","density":0.1,"density_ramp":0.34,"mask_freeze":0.75,"mask_interval":50}},"quant":null,"grad":"ste",{finetune_json}}}"#
+            ),
+            "3dd1a122575c6cc4",
+        ),
+        (
+            "q8",
+            serde_json::to_string(&q8).unwrap(),
+            q8.hash(),
+            format!(
+                r#"{{"prune":null,"quant":{{"kind":"fixed","activations":{{"bits":8,"int_bits":2}},"weights":{{"bits":8,"int_bits":2}}}},"grad":"ste",{finetune_json}}}"#
+            ),
+            "4caf972ee8a0e51f",
+        ),
+    ] {
+        assert_eq!(json, expected_json, "{config}");
+        assert_eq!(hash, expected_hash, "{config}");
+    }
+}
