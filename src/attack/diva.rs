@@ -57,7 +57,7 @@ impl Attack for Diva {
         Parameter {
             name: "weight",
             flag: "diva-weight",
-            help: "DIVA: weight c of the source's term in p_ref(y) - c * p_source(y) (default 1).",
+            help: "DIVA: weight c of the source's term in p_ref(y) - c * p_source(y).",
         },
     ];
     const NEEDS_REFERENCE: bool = true;

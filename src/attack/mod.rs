@@ -35,6 +35,9 @@ use crate::kernels::QuantGrad;
 use crate::{Error, Result};
 
 pub use iterative::GradNorm;
+
+/// Images attacked at once where no batch size is given (`advcomp attack`, the sweep).
+pub const BATCH_SIZE: usize = 256;
 pub use loss::{Loss, loss_gradient};
 
 /// A model an attack can differentiate: logits for images in [0, 1]. Gradients with respect
@@ -325,8 +328,7 @@ pub mod parameters {
         name: "budget",
         flag: "budget",
         help: "Total budget around the image (torchattacks' eps): L-inf unless --norm l2. \
-               PGD and DIVA: 0.1 by default; APGD, Square and auto: required; the others: \
-               none.",
+               APGD, Square and auto: required; an attack without a default below: none.",
     };
     pub const SEED: Parameter = Parameter {
         name: "seed",

@@ -56,7 +56,15 @@ impl FromArgMatches for SettingsFlags {
 impl Args for SettingsFlags {
     fn augment_args(mut command: clap::Command) -> clap::Command {
         for (p, kinds) in all_parameters() {
-            let attacks: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+            // Each attack with its default, from its settings' `Default`.
+            let attacks: Vec<String> = kinds
+                .iter()
+                .map(|k| match AttackConfig::new(*k).settings().get(p.name) {
+                    Some(Value::Null) | None => k.name().to_string(),
+                    Some(Value::String(v)) => format!("{k} {v}"),
+                    Some(v) => format!("{k} {v}"),
+                })
+                .collect();
             let mut arg = clap::Arg::new(p.name)
                 .long(p.flag)
                 .value_name(p.name.to_ascii_uppercase())
@@ -105,7 +113,7 @@ pub(super) struct AttackOptions {
     #[arg(long, default_value_t = 1000, value_parser = super::image_count)]
     limit: usize,
     /// Images attacked (and evaluated) at once.
-    #[arg(long, default_value_t = 256, value_parser = super::batch_size)]
+    #[arg(long, default_value_t = advcomp::attack::BATCH_SIZE, value_parser = super::batch_size)]
     batch_size: usize,
     #[command(flatten)]
     data: DataArgs,
