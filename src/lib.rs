@@ -144,4 +144,26 @@ pub mod limits {
     pub const MAX_REPEATS: usize = 10_000;
     /// Elements per kernel call in the kernel profile (4 GiB of f32).
     pub const MAX_KERNEL_ELEMENTS: usize = 1 << 30;
+
+    /// A count given as text (a flag's value), between `min` and `max`.
+    pub fn bounded(text: &str, min: usize, max: usize) -> std::result::Result<usize, String> {
+        let value: usize = text
+            .parse()
+            .map_err(|_| format!("'{text}' is not a whole number"))?;
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(format!("must be between {min} and {max} (got {value})"))
+        }
+    }
+
+    /// Images per batch, as text.
+    pub fn batch_size(text: &str) -> std::result::Result<usize, String> {
+        bounded(text, 1, MAX_BATCH_SIZE)
+    }
+
+    /// A number of images (a limit on a dataset), as text.
+    pub fn image_count(text: &str) -> std::result::Result<usize, String> {
+        bounded(text, 1, MAX_IMAGES)
+    }
 }

@@ -659,4 +659,19 @@ fn the_json_and_hash_of_the_default_configs_do_not_move() {
         assert_eq!(json, expected_json, "{config}");
         assert_eq!(hash, expected_hash, "{config}");
     }
+    // The sweep builds the same configs from its defaults.
+    let sweep = advcomp::sweep::SweepConfig::default();
+    let baseline = sweep.baseline.config(ModelKind::LeNet5, "mnist", 1);
+    assert_eq!(baseline.hash(), "c4e4cb1cd90a624a");
+    let dns = CompressConfig {
+        prune: Some(grid.pruner_at(0.1)),
+        ..sweep.finetune.config(ModelKind::LeNet5, "mnist", 1)
+    };
+    assert_eq!(dns.hash(), "3dd1a122575c6cc4");
+    // Slurm's tasks read the sweep config back from TOML.
+    for config in [sweep, advcomp::sweep::SweepConfig::preset("quick").unwrap()] {
+        let text = toml::to_string(&config).unwrap();
+        let back: advcomp::sweep::SweepConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, config, "{text}");
+    }
 }

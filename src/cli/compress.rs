@@ -2,15 +2,14 @@
 
 use std::path::PathBuf;
 
-use advcomp::compress::{self, CompressConfig, LayerSummary};
+use advcomp::compress::{self, CompressConfig, FinetuneSettings, LayerSummary};
 use advcomp::data::Split;
-use advcomp::kernels::QuantGrad;
 use advcomp::model::{self, Checkpoint, KeyMap};
-use advcomp::prune::{PruneConfig, PruneKind};
+use advcomp::prune::{DnsSettings, MagnitudeSettings, PruneConfig, PruneKind};
 use advcomp::quant::{
     AffineSettings, Calibration, FixedPoint, FixedPointSettings, IntType, QuantConfig,
 };
-use advcomp::train::{Optimizer, Schedule, TrainConfig};
+use advcomp::train::TrainSettings;
 use advcomp::{Error, Result};
 use clap::Args;
 use serde_json::json;
@@ -49,52 +48,36 @@ pub(super) struct CompressArgs {
     per_channel: bool,
     /// Affine: the activations' type (asymmetric, per tensor): uint8, int8, uint4, int4, or
     /// float (not quantised).
-    #[arg(long, requires = "quant", default_value = "uint8")]
+    #[arg(long, requires = "quant", default_value_t = ActivationType(AffineSettings::default().activations))]
     activation_type: ActivationType,
     /// Affine: how the activations' ranges are calibrated: minmax, percentile or mse.
-    #[arg(long, requires = "quant", default_value = "minmax")]
+    #[arg(long, requires = "quant", default_value_t = AffineSettings::default().calibration)]
     calibration: Calibration,
     /// Affine: training images the activations are calibrated on (drawn with --seed).
-    #[arg(long, requires = "quant", default_value_t = 1000, value_parser = super::image_count)]
+    #[arg(long, requires = "quant", default_value_t = AffineSettings::default().calibration_images, value_parser = super::image_count)]
     calibration_images: usize,
     /// Affine: the upper percentile of --calibration percentile (the lower is 100 minus it).
-    #[arg(long, requires = "quant", default_value_t = 99.99)]
+    #[arg(long, requires = "quant", default_value_t = AffineSettings::default().percentile)]
     percentile: f64,
-    /// Quantiser gradient: ste (zero where clamped) or identity (BPDA).
-    #[arg(long, default_value = "ste")]
-    grad: QuantGrad,
     /// Fine-tuning epochs (0: compress only).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = FinetuneSettings::default().train.epochs)]
     finetune_epochs: usize,
-    /// Fine-tuning learning rate at the start of the schedule.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// Fine-tuning images per step.
-    #[arg(long, default_value_t = 128, value_parser = super::batch_size)]
-    batch_size: usize,
-    /// adam or sgd (momentum 0.9).
-    #[arg(long, default_value = "adam")]
-    optimizer: Optimizer,
-    /// constant, cosine or step (÷10 at 50% and 75% of the run).
-    #[arg(long, default_value = "cosine")]
-    schedule: Schedule,
-    /// Seed of the shuffling and dropout while fine-tuning.
-    #[arg(long, default_value_t = 1)]
+    #[command(flatten)]
+    finetune: FinetuneSettings,
+    /// Seed of the shuffling and dropout while fine-tuning (and of the calibration images).
+    #[arg(long, default_value_t = advcomp::train::DEFAULT_SEED)]
     seed: u64,
-    /// Fine-tune on the first N training images only.
-    #[arg(long, value_parser = super::image_count)]
-    train_limit: Option<usize>,
     /// DNS: fine-tuning steps between mask updates.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = DnsSettings::default().mask_interval)]
     mask_interval: usize,
     /// DNS: masks stop changing after this fraction of fine-tuning.
-    #[arg(long, default_value_t = 0.75)]
+    #[arg(long, default_value_t = DnsSettings::default().mask_freeze)]
     mask_freeze: f64,
     /// DNS: fraction of fine-tuning over which density falls from 1 to --density (0: at once).
-    #[arg(long, default_value_t = 0.34)]
+    #[arg(long, default_value_t = DnsSettings::default().density_ramp)]
     density_ramp: f64,
     /// Magnitude: pruning rounds (1 = one-shot; more = iterative, fine-tuning between rounds).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = MagnitudeSettings::default().rounds)]
     rounds: usize,
     #[command(flatten)]
     data: DataArgs,
@@ -145,6 +128,15 @@ pub(super) struct StatsArgs {
 #[derive(Clone, Copy)]
 struct ActivationType(Option<IntType>);
 
+impl std::fmt::Display for ActivationType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(t) => t.fmt(f),
+            None => f.write_str("float"),
+        }
+    }
+}
+
 impl std::str::FromStr for ActivationType {
     type Err = advcomp::Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -181,15 +173,14 @@ fn config(args: &CompressArgs, model: &str, dataset: &str) -> Result<CompressCon
     {
         return Err(Error::usage("--int-bits needs --bits (the total width)"));
     }
-    let base = TrainConfig {
-        batch_size: args.batch_size,
-        optimizer: args.optimizer,
-        schedule: args.schedule,
-        seed: args.seed,
-        train_limit: args.train_limit,
-        ..TrainConfig::new(model, dataset)
+    let finetune = FinetuneSettings {
+        train: TrainSettings {
+            epochs: args.finetune_epochs,
+            ..args.finetune.train.clone()
+        },
+        ..args.finetune.clone()
     };
-    let mut config = CompressConfig::new(base);
+    let mut config = finetune.config(model, dataset, args.seed);
     config.prune = match prune {
         None => None,
         Some((kind, density)) => {
@@ -230,9 +221,6 @@ fn config(args: &CompressArgs, model: &str, dataset: &str) -> Result<CompressCon
         }
         None => None,
     };
-    config.grad = args.grad;
-    config.finetune.epochs = args.finetune_epochs;
-    config.finetune.learning_rate = args.lr;
     config.validate()?;
     Ok(config)
 }

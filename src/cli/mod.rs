@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use advcomp::backend::{self, Backend, BackendChoice};
 use advcomp::data::{DataChoice, DatasetKind, Split};
+use advcomp::limits::{batch_size, image_count};
 use advcomp::model::{self, KeyMap, ModelRef};
-use advcomp::train::{self, Optimizer, Schedule, TrainConfig};
+use advcomp::train::{self, TrainSettings};
 use advcomp::{Error, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -134,26 +135,13 @@ struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Passes over the training images.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = TrainSettings::default().epochs)]
     epochs: usize,
-    /// Training images per step.
-    #[arg(long, default_value_t = 128, value_parser = batch_size)]
-    batch_size: usize,
-    /// Learning rate at the start of the schedule.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// adam or sgd (momentum 0.9).
-    #[arg(long, default_value = "adam")]
-    optimizer: Optimizer,
-    /// constant, cosine or step (÷10 at 50% and 75% of the run).
-    #[arg(long, default_value = "cosine")]
-    schedule: Schedule,
+    #[command(flatten)]
+    settings: TrainSettings,
     /// Seed of the weight initialisation, shuffling and dropout.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = train::DEFAULT_SEED)]
     seed: u64,
-    /// Train on the first N training images only.
-    #[arg(long, value_parser = image_count)]
-    train_limit: Option<usize>,
     /// Evaluate on the first N test images only.
     #[arg(long, value_parser = image_count)]
     limit: Option<usize>,
@@ -183,7 +171,7 @@ struct EvalArgs {
     #[arg(long, value_parser = image_count)]
     limit: Option<usize>,
     /// Test images per forward pass.
-    #[arg(long, default_value_t = 500, value_parser = batch_size)]
+    #[arg(long, default_value_t = train::EVAL_BATCH_SIZE, value_parser = batch_size)]
     batch_size: usize,
     /// Also write each image's prediction here (CSV: image, label, predicted; a tie between
     /// top logits goes to the lowest class, as NumPy's argmax).
@@ -258,28 +246,6 @@ pub fn run() -> i32 {
             error.exit_code()
         }
     }
-}
-
-/// A count given on the command line, between `min` and `max`.
-fn bounded(text: &str, min: usize, max: usize) -> std::result::Result<usize, String> {
-    let value: usize = text
-        .parse()
-        .map_err(|_| format!("'{text}' is not a whole number"))?;
-    if (min..=max).contains(&value) {
-        Ok(value)
-    } else {
-        Err(format!("must be between {min} and {max} (got {value})"))
-    }
-}
-
-/// Images per batch.
-fn batch_size(text: &str) -> std::result::Result<usize, String> {
-    bounded(text, 1, advcomp::limits::MAX_BATCH_SIZE)
-}
-
-/// A number of images (a limit on a dataset).
-fn image_count(text: &str) -> std::result::Result<usize, String> {
-    bounded(text, 1, advcomp::limits::MAX_IMAGES)
 }
 
 fn print_epoch(r: &train::EpochReport) {
@@ -392,16 +358,11 @@ fn train_command(args: TrainArgs) -> Result<()> {
     let network = args.model.load(&backend.device)?;
     let choice = args.data.choice();
     let dataset = network.dataset(&choice, &model::CheckpointMeta::default())?;
-    let config = TrainConfig {
+    let settings = TrainSettings {
         epochs: args.epochs,
-        batch_size: args.batch_size,
-        learning_rate: args.lr,
-        optimizer: args.optimizer,
-        schedule: args.schedule,
-        seed: args.seed,
-        train_limit: args.train_limit,
-        ..TrainConfig::new(&args.model, &dataset.to_string())
+        ..args.settings.clone()
     };
+    let config = settings.config(&args.model, &dataset.to_string(), args.seed);
     config.validate()?;
     let out = args.out.clone().unwrap_or_else(|| {
         let model = match &args.model {

@@ -259,11 +259,11 @@ pub(super) struct ProfileArgs {
 }
 
 fn repeats(text: &str) -> std::result::Result<usize, String> {
-    super::bounded(text, 1, advcomp::limits::MAX_REPEATS)
+    advcomp::limits::bounded(text, 1, advcomp::limits::MAX_REPEATS)
 }
 
 fn elements(text: &str) -> std::result::Result<usize, String> {
-    super::bounded(text, 1, advcomp::limits::MAX_KERNEL_ELEMENTS)
+    advcomp::limits::bounded(text, 1, advcomp::limits::MAX_KERNEL_ELEMENTS)
 }
 
 pub(super) fn profile_command(args: ProfileArgs) -> Result<()> {

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use stats::{Cdf, LayerSummary, cdf_rows, weight_summary};
 
@@ -23,13 +23,54 @@ use crate::model::{
 };
 use crate::prune::PruneConfig;
 use crate::quant::QuantConfig;
-use crate::train::{self, EpochReport, StepInfo, TrainConfig};
+use crate::train::{self, EVAL_BATCH_SIZE, EpochReport, StepInfo, TrainConfig, TrainSettings};
 use crate::{Error, ModelRole, Result};
 
-/// The dropout rate the models are trained with.
-const BASE_DROPOUT: f64 = 0.5;
+/// How a compressed model is fine-tuned: `advcomp compress`'s flags (flattened) and a sweep's
+/// `[finetune]` table. The defaults are written here only: the STE, and 3 epochs of
+/// [`TrainSettings`]' run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneSettings {
+    /// Quantiser gradient: ste (zero where clamped) or identity (BPDA). A setting of the
+    /// compressed model, not of the attacks (they try every estimator on the same models).
+    #[arg(long, default_value_t = FinetuneSettings::default().grad)]
+    pub grad: QuantGrad,
+    #[serde(flatten)]
+    #[command(flatten)]
+    pub train: TrainSettings,
+}
 
-/// Everything a compression run depends on.
+impl Default for FinetuneSettings {
+    fn default() -> Self {
+        Self {
+            grad: QuantGrad::Ste,
+            train: TrainSettings {
+                epochs: 3,
+                ..TrainSettings::default()
+            },
+        }
+    }
+}
+
+impl FinetuneSettings {
+    /// The compression of `model` on `dataset` with `seed`, fine-tuned as these settings say
+    /// (no pruner or quantiser yet: set at least one).
+    pub fn config(
+        &self,
+        model: impl std::fmt::Display,
+        dataset: &str,
+        seed: u64,
+    ) -> CompressConfig {
+        CompressConfig {
+            grad: self.grad,
+            ..CompressConfig::new(self.train.config(model, dataset, seed))
+        }
+    }
+}
+
+/// Everything a compression run depends on. Its JSON (these fields in this order) is hashed
+/// into checkpoints and the sweep's cache keys.
 #[derive(Clone, Debug, Serialize)]
 pub struct CompressConfig {
     /// The pruner with its settings (its target density among them), or no pruning.
@@ -55,18 +96,14 @@ pub fn refuse_imported(q: &QuantConfig) -> Result<()> {
 }
 
 impl CompressConfig {
-    /// Defaults: no pruning, no quantisation (set at least one), STE, 3 epochs of Adam at
-    /// lr 1e-3 with cosine decay.
+    /// No pruning, no quantisation (set at least one), fine-tuned by `finetune` as given,
+    /// through [`FinetuneSettings`]' default gradient.
     pub fn new(finetune: TrainConfig) -> Self {
         Self {
             prune: None,
             quant: None,
-            grad: QuantGrad::Ste,
-            finetune: TrainConfig {
-                epochs: 3,
-                learning_rate: 1e-3,
-                ..finetune
-            },
+            grad: FinetuneSettings::default().grad,
+            finetune,
         }
     }
 
@@ -204,7 +241,7 @@ pub fn compress(
         // A pruned layer has fewer weights to co-adapt: Han et al. (2015) scale dropout by
         // sqrt(kept fraction) when retraining, which here is the target density.
         if let Some(pruner) = &config.prune {
-            network.set_dropout(BASE_DROPOUT * pruner.density().sqrt());
+            network.set_dropout(model::DROPOUT * pruner.density().sqrt());
         }
         train::fit(
             network,
@@ -235,7 +272,8 @@ pub fn compress(
         calibrate::refresh_weights(&network, &mut compression);
     }
     let network = model::bake(network, &compression);
-    let test_accuracy = train::evaluate(&network, &compression, test, device, 500, None)?;
+    let test_accuracy =
+        train::evaluate(&network, &compression, test, device, EVAL_BATCH_SIZE, None)?;
     let record = compression.record(&network, config.prune.clone(), config.finetune.epochs);
     Ok(Compressed {
         network,
@@ -308,7 +346,7 @@ pub fn compress_checkpoint(
         &checkpoint.compression,
         &test,
         device,
-        500,
+        EVAL_BATCH_SIZE,
         None,
     )
     .map_err(|e| e.naming(ModelRole::Target, base))?;

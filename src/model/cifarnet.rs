@@ -96,7 +96,7 @@ impl BuiltIn for CifarNet {
             bn7: bn(7, device),
             logits: Conv2dConfig::new([192, 10], [1, 1]).init(device),
             pool: AvgPool2dConfig::new([8, 8]).init(),
-            dropout: DropoutConfig::new(0.5).init(),
+            dropout: DropoutConfig::new(super::DROPOUT).init(),
         }
     }
 
@@ -210,7 +210,7 @@ impl BuiltIn for CifarNet {
             if i == 3 || i == 6 {
                 rows.push(LayerInfo::new(
                     &format!("dropout{}", i / 3 - 1),
-                    "dropout 0.5",
+                    &format!("dropout {}", super::DROPOUT),
                     [cout, size, size],
                     0,
                 ));

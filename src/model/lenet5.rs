@@ -36,7 +36,7 @@ impl BuiltIn for LeNet5 {
             fc1: LinearConfig::new(800, 500).init(device),
             logits: LinearConfig::new(500, 10).init(device),
             pool,
-            dropout: DropoutConfig::new(0.5).init(),
+            dropout: DropoutConfig::new(super::DROPOUT).init(),
         }
     }
 
@@ -110,7 +110,12 @@ impl BuiltIn for LeNet5 {
                 50 * 20 * 25 + 50,
             ),
             LayerInfo::new("pool1", "maxpool 2x2 /2", [50, 4, 4], 0),
-            LayerInfo::new("flatten", "flatten (C,H,W), dropout 0.5", [800, 1, 1], 0),
+            LayerInfo::new(
+                "flatten",
+                &format!("flatten (C,H,W), dropout {}", super::DROPOUT),
+                [800, 1, 1],
+                0,
+            ),
             LayerInfo::new(
                 "fc1",
                 "linear 800->500 + ReLU",

@@ -28,6 +28,10 @@ pub use export::{OnnxWriter, export, export_file};
 pub use lenet5::LeNet5;
 pub use onnx::OnnxModel;
 
+/// The dropout probability the built-in models are trained with (fine-tuning a pruned model
+/// scales it by the square root of its density).
+pub const DROPOUT: f64 = 0.5;
+
 use crate::data::{DataChoice, Dataset, DatasetKind, Images, Split};
 use crate::{Error, Result};
 

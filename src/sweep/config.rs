@@ -9,12 +9,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::attack::{AttackConfig, AttackKind};
+use crate::compress::FinetuneSettings;
 use crate::data::DatasetKind;
 use crate::kernels::QuantGrad;
 use crate::model::ModelRef;
-use crate::prune::{PruneConfig, PruneKind};
+use crate::prune::{DnsSettings, PruneConfig, PruneKind};
 use crate::quant::{FixedPoint, FixedPointSettings, QuantConfig};
-use crate::train::{Optimizer, Schedule, TrainConfig};
+use crate::train::TrainSettings;
 use crate::{Error, Result};
 
 /// The presets shipped in `assets/presets/`, by name.
@@ -22,53 +23,6 @@ pub const PRESETS: [(&str, &str); 2] = [
     ("quick", include_str!("../../assets/presets/quick.toml")),
     ("paper", include_str!("../../assets/presets/paper.toml")),
 ];
-
-/// One training run of the sweep (the baseline, or the fine-tuning of each compressed model).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Training {
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub learning_rate: f64,
-    /// Train on the first N training images only.
-    pub train_limit: Option<usize>,
-    /// Fine-tuning: the gradient the quantisers pass back while the compressed models train
-    /// (ste or identity). A setting of compression, not of the attacks: the attacks try both
-    /// estimators on the same models ([`Attacks::gradients`]).
-    pub grad: QuantGrad,
-}
-
-impl Training {
-    /// The training run this stands for (Adam, cosine decay, as docs/design.md fixes).
-    pub fn train_config(&self, model: &str, dataset: DatasetKind, seed: u64) -> TrainConfig {
-        TrainConfig {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            learning_rate: self.learning_rate,
-            optimizer: Optimizer::Adam,
-            schedule: Schedule::Cosine,
-            seed,
-            train_limit: self.train_limit,
-            ..TrainConfig::new(model, dataset.name())
-        }
-    }
-
-    fn with_epochs(epochs: usize) -> Self {
-        Self {
-            epochs,
-            batch_size: 128,
-            learning_rate: 1e-3,
-            train_limit: None,
-            grad: QuantGrad::Ste,
-        }
-    }
-}
-
-impl Default for Training {
-    fn default() -> Self {
-        Self::with_epochs(6)
-    }
-}
 
 /// The compressed models: one per density (pruned), one per bitwidth (weights and
 /// activations in fixed point with the paper's P rule), and one per quantiser listed (any
@@ -93,7 +47,7 @@ impl Default for Grid {
             densities: vec![1.0, 0.8, 0.6, 0.4, 0.3, 0.2, 0.1, 0.05],
             bits: vec![32, 24, 16, 12, 10, 8, 6, 4],
             quantisers: Vec::new(),
-            mask_interval: 50,
+            mask_interval: DnsSettings::default().mask_interval,
         }
     }
 }
@@ -161,7 +115,7 @@ impl Default for Attacks {
         Self {
             names: vec![AttackKind::Ifgsm, AttackKind::Ifgm, AttackKind::DeepFool],
             images: 10_000,
-            batch_size: 256,
+            batch_size: crate::attack::BATCH_SIZE,
             eps: None,
             steps: None,
             deepfool_candidates: None,
@@ -234,19 +188,12 @@ impl Default for Figure3 {
 /// examples are).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 pub struct Differential {
     pub enabled: bool,
-    /// c in p_F(y) - c * p_C(y).
-    pub weight: f32,
-}
-
-impl Default for Differential {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            weight: 1.0,
-        }
-    }
+    /// c in p_F(y) - c * p_C(y) (absent: DIVA's own default, or `[attack.settings.diva]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f32>,
 }
 
 /// Figure 5: activations recorded on this many test images.
@@ -278,8 +225,8 @@ pub struct SweepConfig {
     pub seeds: u64,
     /// Clean accuracy (BASE ACC) on the first N test images (all when absent).
     pub evaluation_images: Option<usize>,
-    pub baseline: Training,
-    pub finetune: Training,
+    pub baseline: TrainSettings,
+    pub finetune: FinetuneSettings,
     pub grid: Grid,
     pub attack: Attacks,
     pub figure3: Figure3,
@@ -295,8 +242,8 @@ impl Default for SweepConfig {
             dataset: None,
             seeds: 1,
             evaluation_images: None,
-            baseline: Training::default(),
-            finetune: Training::with_epochs(3),
+            baseline: TrainSettings::default(),
+            finetune: FinetuneSettings::default(),
             grid: Grid::default(),
             attack: Attacks::default(),
             figure3: Figure3::default(),
@@ -336,8 +283,16 @@ impl SweepConfig {
             let Some(span) = e.span() else {
                 return Error::usage(format!("{origin}: {}", e.to_string().trim_end()));
             };
-            let line = text[..span.start].matches('\n').count() + 1;
-            let field = field_at(text, span.start)
+            // A table with flattened settings (`[finetune]`) reports an unknown key at the
+            // table: point at the key's own line.
+            let start = e
+                .message()
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+                .and_then(|key| key_line(text, span.start, key))
+                .unwrap_or(span.start);
+            let line = text[..start].matches('\n').count() + 1;
+            let field = field_at(text, start)
                 .map(|f| format!("{f}: "))
                 .unwrap_or_default();
             Error::usage(format!("{origin}, line {line}: {field}{}", e.message()))
@@ -384,20 +339,17 @@ impl SweepConfig {
                     .into(),
             );
         }
-        if self.baseline.grad != QuantGrad::Ste {
-            return fail(
-                "baseline.grad",
-                "the baseline has no quantisers; the fine-tuning estimator is finetune.grad".into(),
-            );
-        }
         if self.attack.gradients.is_empty() {
             return fail(
                 "attack.gradients",
                 "needs at least one gradient estimator (ste, identity)".into(),
             );
         }
-        for (section, t) in [("baseline", &self.baseline), ("finetune", &self.finetune)] {
-            t.train_config("lenet5", DatasetKind::Mnist, 1)
+        for (section, t) in [
+            ("baseline", &self.baseline),
+            ("finetune", &self.finetune.train),
+        ] {
+            t.config("lenet5", DatasetKind::Mnist.name(), 1)
                 .validate()
                 .map_err(|e| e.in_section(section, &[]))?;
             if let Some(n) = t.train_limit {
@@ -596,10 +548,10 @@ impl SweepConfig {
     /// The differential stage's attacks on `seed`: DIVA in its own form (with this sweep's
     /// weight) and its margin form, and PGD with the matrix's step, steps and DIVA's budget.
     pub fn differential_attacks(&self, seed: u64) -> Result<Vec<AttackConfig>> {
-        let diva = self.matrix_attack(AttackKind::Diva, seed)?.with(
-            "weight",
-            crate::attack::json_float(self.differential.weight),
-        )?;
+        let mut diva = self.matrix_attack(AttackKind::Diva, seed)?;
+        if let Some(weight) = self.differential.weight {
+            diva = diva.with("weight", crate::attack::json_float(weight))?;
+        }
         let budget = crate::attack::json_float(diva.budget().expect("DIVA has a budget"));
         let margin = self
             .attack_config(AttackKind::DivaMargin, None, None, seed)?
@@ -614,6 +566,28 @@ impl SweepConfig {
     pub fn robustness_images(&self) -> usize {
         self.robustness.images.unwrap_or(self.attack.images)
     }
+}
+
+/// The byte offset of the line that sets `key` in the table that begins at or around
+/// `offset` (before the next table starts).
+fn key_line(text: &str, offset: usize, key: &str) -> Option<usize> {
+    let table_start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let mut at = table_start;
+    for (i, line) in text[table_start..].split('\n').enumerate() {
+        let trimmed = line.trim();
+        if i > 0 && trimmed.starts_with('[') {
+            return None;
+        }
+        if let Some((k, _)) = trimmed.split_once('=')
+            && k.trim().trim_matches('"') == key
+        {
+            return Some(at);
+        }
+        at += line.len() + 1;
+    }
+    None
 }
 
 /// The dotted name (`attack.eps`) of the TOML key whose value is at byte `offset`: the key of

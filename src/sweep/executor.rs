@@ -700,7 +700,7 @@ impl<'a> Executor<'a> {
                 &m.classifier.compression,
                 &self.context.test,
                 self.device(),
-                500,
+                train::EVAL_BATCH_SIZE,
                 self.context.evaluation_images,
             )
             .map_err(|e| e.naming(ModelRole::Target, &spec.path))?,

@@ -245,7 +245,7 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
 
 /// What a sweep of `config` can and cannot say, for the report's summary.
 fn scope(config: &SweepConfig, images: usize, given_baseline: bool, qdq: bool) -> String {
-    let limit = |t: &config::Training| {
+    let limit = |t: &crate::train::TrainSettings| {
         t.train_limit
             .map_or(String::new(), |n| format!(" on {n} training images"))
     };
@@ -269,8 +269,8 @@ fn scope(config: &SweepConfig, images: usize, given_baseline: bool, qdq: bool) -
         true => "no compression step".to_string(),
         false => format!(
             "compressed models fine-tuned for {}{}",
-            plural(config.finetune.epochs, "epoch"),
-            limit(&config.finetune)
+            plural(config.finetune.train.epochs, "epoch"),
+            limit(&config.finetune.train)
         ),
     };
     format!(

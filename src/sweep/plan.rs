@@ -14,7 +14,7 @@ use crate::compress::CompressConfig;
 use crate::data::DatasetKind;
 use crate::kernels::QuantGrad;
 use crate::report::{self, Family};
-use crate::train::TrainConfig;
+use crate::train::{TrainConfig, TrainSettings};
 use crate::transfer;
 use crate::{Error, Result, stable_hash};
 
@@ -258,12 +258,12 @@ impl PlanInputs<'_> {
         self.root.join(folder).join(name)
     }
 
-    fn train_config(&self, training: &super::config::Training, seed: u64) -> TrainConfig {
-        training.train_config(self.model_name, self.dataset, seed)
+    fn train_config(&self, training: &TrainSettings, seed: u64) -> TrainConfig {
+        training.config(self.model_name, self.dataset.name(), seed)
     }
 
     /// Image passes of a training run: forward and backward, about 3 passes an image.
-    fn train_cost(&self, training: &super::config::Training) -> f64 {
+    fn train_cost(&self, training: &TrainSettings) -> f64 {
         3.0 * training.epochs as f64 * training.train_limit.unwrap_or(60_000) as f64
     }
 
@@ -273,13 +273,9 @@ impl PlanInputs<'_> {
         if self.quantised.is_some() {
             return Ok(Vec::new());
         }
-        let finetune = self.train_config(&config.finetune, seed);
-        let base = CompressConfig {
-            grad: config.finetune.grad,
-            // `new` sets its own fine-tuning defaults; the sweep's are the config's.
-            finetune: finetune.clone(),
-            ..CompressConfig::new(finetune)
-        };
+        let base = config
+            .finetune
+            .config(self.model_name, self.dataset.name(), seed);
         let mut out = Vec::new();
         for &density in &config.grid.densities {
             let config = CompressConfig {
@@ -367,7 +363,7 @@ impl PlanInputs<'_> {
                         base,
                         config: compress,
                     },
-                    cost: self.train_cost(&config.finetune),
+                    cost: self.train_cost(&config.finetune.train),
                     needs: vec![base_path.clone()],
                     writes: vec![path],
                     name: format!("seed {seed}: {label}"),

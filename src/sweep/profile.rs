@@ -136,7 +136,7 @@ fn quick_baseline(options: &ProfileOptions, store: &Store) -> Result<PathBuf> {
         )));
     };
     let dataset = kind.default_dataset();
-    let config = preset.baseline.train_config(kind.name(), dataset, 1);
+    let config = preset.baseline.config(kind.name(), dataset.name(), 1);
     let key = config.hash();
     let path = options
         .out

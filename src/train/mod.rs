@@ -8,7 +8,7 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use std::path::{Path, PathBuf};
 
@@ -16,13 +16,30 @@ use crate::data::{DataChoice, Images, Split, shuffled_order};
 use crate::model::{self, CheckpointMeta, Compression, KeyMap, ModelKind, ModelRef, Network};
 use crate::{Error, Result};
 
+/// Test images per forward pass where a model's clean accuracy is measured (no gradients are
+/// kept, so the batches are larger than training's).
+pub const EVAL_BATCH_SIZE: usize = 500;
+
+/// The seed of a run where none is given.
+pub const DEFAULT_SEED: u64 = 1;
+
 /// The optimiser.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Optimizer {
     Adam,
     /// SGD with momentum 0.9.
+    #[serde(alias = "sgd")]
     SgdMomentum,
+}
+
+impl std::fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Optimizer::Adam => "adam",
+            Optimizer::SgdMomentum => "sgd",
+        })
+    }
 }
 
 impl FromStr for Optimizer {
@@ -39,7 +56,7 @@ impl FromStr for Optimizer {
 }
 
 /// How the learning rate moves over the run.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Schedule {
     Constant,
@@ -63,7 +80,76 @@ impl FromStr for Schedule {
     }
 }
 
-/// Everything a training run depends on.
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Schedule::Constant => "constant",
+            Schedule::Cosine => "cosine",
+            Schedule::Step => "step",
+        })
+    }
+}
+
+/// How a model is trained: `advcomp train`'s flags (flattened), a sweep's `[baseline]` table
+/// and, under the compression's own settings, `advcomp compress`'s fine-tuning flags and a
+/// sweep's `[finetune]` table. The defaults are written here only: Adam, lr 1e-3 with cosine
+/// decay, batch 128, 6 epochs, every training image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSettings {
+    /// Passes over the training images (each command names its own flag: `train --epochs`,
+    /// `compress --finetune-epochs`, with their defaults from `Default`).
+    #[arg(skip = TrainSettings::default().epochs)]
+    pub epochs: usize,
+    /// Training images per step.
+    #[arg(long, default_value_t = TrainSettings::default().batch_size, value_parser = crate::limits::batch_size)]
+    pub batch_size: usize,
+    /// Learning rate at the start of the schedule.
+    #[arg(long = "lr", default_value_t = TrainSettings::default().learning_rate)]
+    pub learning_rate: f64,
+    /// adam or sgd (momentum 0.9).
+    #[arg(long, default_value_t = TrainSettings::default().optimizer)]
+    pub optimizer: Optimizer,
+    /// constant, cosine or step (÷10 at 50% and 75% of the run).
+    #[arg(long, default_value_t = TrainSettings::default().schedule)]
+    pub schedule: Schedule,
+    /// Train on the first N training images only.
+    #[arg(long, value_parser = crate::limits::image_count)]
+    pub train_limit: Option<usize>,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            epochs: 6,
+            batch_size: 128,
+            learning_rate: 1e-3,
+            optimizer: Optimizer::Adam,
+            schedule: Schedule::Cosine,
+            train_limit: None,
+        }
+    }
+}
+
+impl TrainSettings {
+    /// The training run of `model` on `dataset` with `seed`.
+    pub fn config(&self, model: impl std::fmt::Display, dataset: &str, seed: u64) -> TrainConfig {
+        TrainConfig {
+            model: model.to_string(),
+            dataset: dataset.into(),
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            optimizer: self.optimizer,
+            schedule: self.schedule,
+            seed,
+            train_limit: self.train_limit,
+        }
+    }
+}
+
+/// Everything a training run depends on: [`TrainSettings`], the model, the data and the seed.
+/// Its JSON (these fields in this order) is hashed into checkpoints and the sweep's cache keys.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainConfig {
     pub model: String,
@@ -79,19 +165,9 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// The defaults: Adam, lr 1e-3 with cosine decay, batch 128, 6 epochs, seed 1.
+    /// The default settings ([`TrainSettings`]) and seed.
     pub fn new(model: impl std::fmt::Display, dataset: &str) -> Self {
-        Self {
-            model: model.to_string(),
-            dataset: dataset.into(),
-            epochs: 6,
-            batch_size: 128,
-            learning_rate: 1e-3,
-            optimizer: Optimizer::Adam,
-            schedule: Schedule::Cosine,
-            seed: 1,
-            train_limit: None,
-        }
+        TrainSettings::default().config(model, dataset, DEFAULT_SEED)
     }
 
     /// Refuses settings that cannot run, naming the field.
@@ -283,7 +359,14 @@ pub fn fit(
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let test_accuracy = evaluate(&network.valid(), compression, test, device, 500, None)?;
+        let test_accuracy = evaluate(
+            &network.valid(),
+            compression,
+            test,
+            device,
+            EVAL_BATCH_SIZE,
+            None,
+        )?;
         let report = EpochReport {
             epoch: epoch + 1,
             train_loss: loss_sum / seen.max(1) as f64,
@@ -411,7 +494,7 @@ pub fn train_baseline(
                 &existing.compression,
                 &test,
                 device,
-                500,
+                EVAL_BATCH_SIZE,
                 None,
             )
             .map_err(|e| e.naming(crate::ModelRole::Target, out))?;
