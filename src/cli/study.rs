@@ -211,34 +211,23 @@ pub(super) fn sweep_command(args: SweepArgs) -> Result<()> {
     Ok(())
 }
 
-fn list<T: std::str::FromStr>(text: &str, option: &str) -> Result<Vec<T>> {
-    text.split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| {
-            s.trim()
-                .parse()
-                .map_err(|_| Error::usage(format!("--{option}: '{s}' is not valid")))
-        })
-        .collect()
-}
-
 #[derive(Args)]
 pub(super) struct ProfileArgs {
     /// Profile the compression kernels (GB/s) instead of the attacks.
     #[arg(long)]
     kernels: bool,
-    /// Bitwidths of the quantised variants (weights and activations).
-    #[arg(long, default_value = "32,16,8,4")]
-    bits: String,
-    /// Densities of the (magnitude-)pruned variants; none by default.
-    #[arg(long, default_value = "")]
-    density: String,
+    /// Bitwidths of the quantised variants (weights and activations; comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [32, 16, 8, 4])]
+    bits: Vec<u32>,
+    /// Densities of the (magnitude-)pruned variants (comma-separated); none by default.
+    #[arg(long, value_delimiter = ',')]
+    density: Vec<f64>,
     /// Batch sizes to time each attack at (comma-separated).
-    #[arg(long, default_value = "64,256,1024")]
-    batch_sizes: String,
+    #[arg(long, value_delimiter = ',', default_values_t = [64, 256, 1024], value_parser = super::batch_size)]
+    batch_sizes: Vec<usize>,
     /// Attacks to time (comma-separated; e.g. ifgsm,ifgm,deepfool,apgd,square,auto).
-    #[arg(long, default_value = "ifgsm,ifgm,deepfool")]
-    attacks: String,
+    #[arg(long, value_delimiter = ',', default_values_t = [AttackKind::Ifgsm, AttackKind::Ifgm, AttackKind::DeepFool])]
+    attacks: Vec<AttackKind>,
     /// The L-inf budget of the attacks that measure robustness at one (apgd, square, auto).
     #[arg(long, default_value_t = 0.3)]
     budget: f32,
@@ -272,19 +261,7 @@ pub(super) fn profile_command(args: ProfileArgs) -> Result<()> {
         advcomp::files::check_output_dir("--out", &args.out, &inputs)?;
         return profile_kernels(&args, &open_backend(args.common.backend)?);
     }
-    let bits: Vec<u32> = list(&args.bits, "bits")?;
-    let densities: Vec<f64> = list(&args.density, "density")?;
-    let batch_sizes: Vec<usize> = list(&args.batch_sizes, "batch-sizes")?;
-    let attacks: Vec<AttackKind> = list(&args.attacks, "attacks")?;
-    let max = advcomp::limits::MAX_BATCH_SIZE;
-    if batch_sizes.is_empty() || batch_sizes.iter().any(|b| !(1..=max).contains(b)) {
-        return Err(Error::usage(format!(
-            "--batch-sizes: each batch size must be between 1 and {max} (got {batch_sizes:?})"
-        )));
-    }
-    if attacks.is_empty() {
-        return Err(Error::usage("--attacks: give at least one attack"));
-    }
+    let attacks = &args.attacks;
     if let Some(kind) = attacks.iter().find(|k| k.needs_reference()) {
         return Err(Error::usage(format!(
             "--attacks: {kind} attacks a pair of models; the profile times single-model attacks"
@@ -294,10 +271,10 @@ pub(super) fn profile_command(args: ProfileArgs) -> Result<()> {
     let backend = open_backend(args.common.backend)?;
     let outcome = sweep::profile_attacks(sweep::ProfileOptions {
         baseline: args.baseline.clone(),
-        bits,
-        densities,
-        batch_sizes,
-        attacks,
+        bits: args.bits.clone(),
+        densities: args.density.clone(),
+        batch_sizes: args.batch_sizes.clone(),
+        attacks: args.attacks.clone(),
         budget: args.budget,
         repeats: args.repeats,
         out: args.out.clone(),
