@@ -18,8 +18,8 @@ pub use stats::{Cdf, LayerSummary, cdf_rows, weight_summary};
 use crate::data::{DataChoice, Images, Split};
 use crate::kernels::QuantGrad;
 use crate::model::{
-    self, CheckpointMeta, Compression, CompressionRecord, KeyMap, Mask, Network, Quantisation,
-    weight_layers,
+    self, CheckpointMeta, Compression, CompressionRecord, KeyMap, Mask, ModelLabel, Network,
+    Quantisation, weight_layers,
 };
 use crate::prune::PruneConfig;
 use crate::quant::QuantConfig;
@@ -133,16 +133,9 @@ impl CompressConfig {
         crate::stable_hash([json.as_bytes()])
     }
 
-    /// The model's label in a sweep: the pruner's and the quantiser's, joined.
-    pub fn label(&self) -> String {
-        let parts: Vec<String> = [
-            self.prune.as_ref().map(PruneConfig::label),
-            self.quant.as_ref().map(QuantConfig::label),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        parts.join("-")
+    /// The model's label in a sweep.
+    pub fn label(&self) -> ModelLabel {
+        ModelLabel::compressed(self.prune.as_ref(), self.quant.as_ref())
     }
 }
 

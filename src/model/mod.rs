@@ -5,6 +5,7 @@ mod checkpoint;
 mod cifarnet;
 mod compression;
 mod export;
+mod label;
 mod layers;
 mod lenet5;
 pub mod onnx;
@@ -25,6 +26,7 @@ pub use compression::{
     weight_layers,
 };
 pub use export::{OnnxWriter, export, export_file};
+pub use label::ModelLabel;
 pub use lenet5::LeNet5;
 pub use onnx::OnnxModel;
 

@@ -15,9 +15,9 @@ use crate::backend::Backend;
 use crate::compress::{self, CompressConfig};
 use crate::data::Images;
 use crate::kernels::{self, QuantGrad, StepRule, StepSettings};
-use crate::model::{Classifier, Compression, Network, weight_layers};
+use crate::model::{Classifier, Compression, ModelLabel, Network, weight_layers};
 use crate::prune::{PruneConfig, PruneKind};
-use crate::quant::{FixedPoint, Grid};
+use crate::quant::{FixedPoint, FixedPointSettings, Grid, QuantConfig};
 use crate::report::{Categories, LineFigure, Panel, Point, Series};
 use crate::train::TrainConfig;
 
@@ -118,7 +118,7 @@ pub fn kernel_throughput(device: &Device, elements: usize, repeats: usize) -> Ve
 /// Made without fine-tuning: speed does not depend on it.
 #[derive(Clone)]
 pub struct Variant {
-    pub label: String,
+    pub label: ModelLabel,
     pub bits: Option<u32>,
     pub density: f64,
     pub classifier: Classifier,
@@ -134,7 +134,7 @@ pub fn variants(
     test: &Images,
 ) -> Result<Vec<Variant>> {
     let mut out = vec![Variant {
-        label: "full".into(),
+        label: ModelLabel::full(),
         bits: None,
         density: 1.0,
         classifier: Classifier {
@@ -148,8 +148,12 @@ pub fn variants(
     };
     for &b in bits {
         let format = Some(FixedPoint::paper(b)?);
+        let quantiser = QuantConfig::Fixed(FixedPointSettings {
+            weights: format,
+            activations: format,
+        });
         out.push(Variant {
-            label: format!("q{b}"),
+            label: ModelLabel::compressed(None, Some(&quantiser)),
             bits: Some(b),
             density: 1.0,
             classifier: Classifier {
@@ -167,7 +171,7 @@ pub fn variants(
         config.validate()?;
         let pruned = compress::compress(base, &config, device, test, test, |_| {})?;
         out.push(Variant {
-            label: format!("magnitude{d}"),
+            label: config.label(),
             bits: None,
             density: d,
             classifier: Classifier {
@@ -263,7 +267,7 @@ pub fn attack_throughput(
     }
     Ok(AttackTiming {
         attack: config.kind(),
-        model: variant.label.clone(),
+        model: variant.label.to_string(),
         bits: variant.bits,
         density: variant.density,
         batch_size: batch,
@@ -319,7 +323,7 @@ pub fn time_split(
         let _ = kernels::attack_step(x.clone(), x.clone(), grad.clone(), ones.clone(), settings);
     });
     TimeSplit {
-        model: variant.label.clone(),
+        model: variant.label.to_string(),
         batch_size: batch,
         forward_seconds: forward,
         backward_seconds: (forward_backward - forward).max(0.0),

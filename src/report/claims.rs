@@ -3,8 +3,9 @@
 //! against the value at the highest, averaged over seeds.
 
 // The claims are the paper's, about its three attacks by name.
-use super::{Family, Point, Run, SCENARIOS, View, adversarial_accuracy};
+use super::{Family, Point, Run, View, adversarial_accuracy};
 use crate::attack::AttackKind::{self, DeepFool, Ifgm, Ifgsm};
+use crate::transfer::Scenario;
 
 /// Which numbers a claim is judged on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +75,7 @@ pub struct Claim {
 }
 
 /// Adversarial accuracy (with its 95% interval) at the highest and at the lowest grid point of
-/// `family` for one attack and scenario (index into [`SCENARIOS`]).
+/// `family` for one attack and scenario (index into [`Scenario::PAPER`]).
 fn trend_points(
     view: &View,
     judge: Judge,
@@ -86,9 +87,9 @@ fn trend_points(
     if models.len() < 2 {
         return None;
     }
-    let pair = SCENARIOS[scenario].1;
+    let scenario = Scenario::PAPER[scenario];
     let at = |label: &str| {
-        let (s, t) = pair(label);
+        let (s, t) = scenario.cell(label);
         view.cell(judge.run(attack), s, t, adversarial_accuracy)
     };
     let (high, low) = (at(&models[0].label), at(&models[models.len() - 1].label));
@@ -319,7 +320,7 @@ fn high_precision_flat(view: &View, judge: Judge) -> (Verdict, String) {
             let values: Vec<f64> = models
                 .iter()
                 .map(|m| {
-                    let (s, t) = SCENARIOS[scenario].1(&m.label);
+                    let (s, t) = Scenario::PAPER[scenario].cell(&m.label);
                     view.cell(judge.run(attack), s, t, adversarial_accuracy).y
                 })
                 .collect();
@@ -384,7 +385,12 @@ fn ifgsm_transfers_best(view: &View, judge: Judge) -> (Verdict, String) {
     let mean = |attack: AttackKind| {
         let values: Vec<f64> = models
             .iter()
-            .flat_map(|m| [SCENARIOS[1].1(&m.label), SCENARIOS[2].1(&m.label)])
+            .flat_map(|m| {
+                [
+                    Scenario::FullToComp.cell(&m.label),
+                    Scenario::CompToFull.cell(&m.label),
+                ]
+            })
             .map(|(s, t)| view.cell(judge.run(attack), s, t, adversarial_accuracy).y)
             .collect();
         let finite = values.iter().all(|v| v.is_finite()) && !values.is_empty();

@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 
 use super::claims::{Claim, Verdict};
 use super::plot::Figure;
-use super::{Family, Run, SCENARIOS, View, adversarial_accuracy, summarise};
+use super::{Family, Run, View, adversarial_accuracy, summarise};
 use crate::Result;
 use crate::attack::AttackConfig;
+use crate::model::ModelLabel;
 use crate::transfer::Gradient;
+use crate::transfer::Scenario;
 
 enum Block {
     /// A section heading (the first is the page title); listed in the contents.
@@ -400,7 +402,7 @@ fn blocks(view: &View, figures: &[Figure], paper: &[Claim], worst: &[Claim]) -> 
             .flat_map(|f| view.family(*f))
             .map(|m| {
                 vec![
-                    m.label.clone(),
+                    m.label.to_string(),
                     m.scheme
                         .as_ref()
                         .map_or(m.family.name().into(), |s| format!("quantised: {s}")),
@@ -422,15 +424,15 @@ fn blocks(view: &View, figures: &[Figure], paper: &[Claim], worst: &[Claim]) -> 
             run.title()
         )));
         let mut header = vec!["model".to_string(), "BASE ACC".into()];
-        header.extend(SCENARIOS.iter().map(|(n, _)| n.to_string()));
+        header.extend(Scenario::PAPER.iter().map(|s| s.label().to_string()));
         header.push("mean |delta| (scenario 1)".into());
         let rows = [Family::Pruned, Family::Quantised]
             .iter()
             .flat_map(|f| view.family(*f))
             .map(|m| {
-                let mut row = vec![m.label.clone(), pct(view.base_accuracy(&m.label))];
-                row.extend(SCENARIOS.iter().map(|(_, pair)| {
-                    let (s, t) = pair(&m.label);
+                let mut row = vec![m.label.to_string(), pct(view.base_accuracy(&m.label))];
+                row.extend(Scenario::PAPER.iter().map(|scenario| {
+                    let (s, t) = scenario.cell(&m.label);
                     pct(view.cell(run, s, t, adversarial_accuracy))
                 }));
                 let delta = view.cell(run, &m.label, &m.label, super::mean_abs_delta);
@@ -439,7 +441,12 @@ fn blocks(view: &View, figures: &[Figure], paper: &[Claim], worst: &[Claim]) -> 
             })
             .collect();
         out.push(Block::Table { header, rows });
-        let full = view.cell(run, "full", "full", adversarial_accuracy);
+        let full = view.cell(
+            run,
+            ModelLabel::FULL,
+            ModelLabel::FULL,
+            adversarial_accuracy,
+        );
         out.push(Block::Text(format!(
             "Accuracy in %, in brackets the 95% interval ({interval}). The baseline's accuracy \
              under its own {} examples: {}.",
@@ -683,7 +690,7 @@ fn differential_blocks(view: &View) -> Vec<Block> {
     let find = |attack: AttackKind, model: &str| {
         cells
             .iter()
-            .find(|c| c.seed == 1 && c.attack == attack && c.model == model)
+            .find(|c| c.seed == 1 && c.attack == attack && *c.model == *model)
             .map(|c| &c.metrics)
     };
     let share = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.1}", 100.0 * v));
@@ -719,7 +726,7 @@ fn differential_blocks(view: &View) -> Vec<Block> {
             n += 1;
         }
         rows.push(vec![
-            m.label.clone(),
+            m.label.to_string(),
             pgd.map_or("-".into(), |p| p.both_correct.to_string()),
             share(diva.map(|d| d.evasive_success_rate)),
             share(margin.map(|d| d.evasive_success_rate)),

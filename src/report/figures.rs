@@ -7,10 +7,11 @@ use super::plot::{
     Categories, Figure, Heatmap, LineFigure, Look, Panel, Point, Series, XAxis, save_heatmap,
     save_lines,
 };
-use super::{Family, Run, SCENARIOS, View, adversarial_accuracy, clean_accuracy, mean_abs_delta};
+use super::{Family, Run, View, adversarial_accuracy, clean_accuracy, mean_abs_delta};
 use crate::Result;
 use crate::attack::AttackKind;
-use crate::transfer::DifferentialMetrics;
+use crate::model::ModelLabel;
+use crate::transfer::{DifferentialMetrics, Scenario};
 
 /// One series per scenario: `metric` of each model's cell under `run`, against `x(model)`.
 fn scenario_series(
@@ -20,19 +21,18 @@ fn scenario_series(
     x: impl Fn(&super::ModelRow) -> f64,
     metric: fn(&crate::transfer::CellMetrics) -> (f64, [f64; 2]),
 ) -> Vec<Series> {
-    SCENARIOS
+    Scenario::PAPER
         .iter()
-        .zip(1u8..)
-        .map(|((name, pair), number)| Series {
-            name: name.to_string(),
+        .map(|scenario| Series {
+            name: scenario.label().to_string(),
             points: models
                 .iter()
                 .map(|m| {
-                    let (s, t) = pair(&m.label);
+                    let (s, t) = scenario.cell(&m.label);
                     (x(m), view.cell(run, s, t, metric))
                 })
                 .collect(),
-            look: Look::Scenario(number),
+            look: Look::Scenario(scenario.number()),
         })
         .collect()
 }
@@ -151,11 +151,11 @@ fn schemes_figure(view: &View, footer: &str) -> LineFigure {
     };
     let mut panels = Vec::new();
     for run in view.runs(false) {
-        for (name, pair) in SCENARIOS {
+        for scenario in Scenario::PAPER {
             panels.push(panel(
-                format!("{}, scenario {name}", run.title()),
+                format!("{}, scenario {scenario}", run.title()),
                 lines(&|m| {
-                    let (s, t) = pair(&m.label);
+                    let (s, t) = scenario.cell(&m.label);
                     view.cell(run, s, t, adversarial_accuracy)
                 }),
             ));
@@ -207,7 +207,7 @@ fn eps_steps_figure(view: &View, footer: &str) -> LineFigure {
     let mut panels = Vec::new();
     for source in &sources {
         for attack in &attacks {
-            let on = if *source == "full" {
+            let on = if *source == ModelLabel::FULL {
                 "the baseline".to_string()
             } else {
                 source.to_string()

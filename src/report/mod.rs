@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::Result;
 use crate::attack::{AttackConfig, AttackKind, json_float};
+use crate::model::ModelLabel;
 use crate::transfer::{CellMetrics, DifferentialMetrics, Gradient, UnboundedCheck};
 
 pub use plot::{Categories, Figure, LineFigure, Look, Panel, Point, Series, XAxis, save_lines};
@@ -47,8 +48,7 @@ impl Family {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelRow {
     pub seed: u64,
-    /// `full`, `dns0.1`, `q8`, ...
-    pub label: String,
+    pub label: ModelLabel,
     pub family: Family,
     /// The pruning target (1 for unpruned models).
     pub density: f64,
@@ -72,15 +72,11 @@ pub struct EpsStepsCell {
     pub seed: u64,
     pub attack: AttackKind,
     /// The model attacked (cells written before Figure 3 had pruned sources are the baseline's).
-    #[serde(default = "full_label")]
-    pub source: String,
+    #[serde(default = "ModelLabel::full")]
+    pub source: ModelLabel,
     pub eps: f32,
     pub steps: usize,
     pub metrics: CellMetrics,
-}
-
-fn full_label() -> String {
-    "full".into()
 }
 
 /// Beyond the paper: one attack crafted on the pair (a compressed model, its baseline) and how
@@ -90,7 +86,7 @@ pub struct DifferentialCell {
     pub seed: u64,
     pub attack: AttackKind,
     /// The compressed model attacked (the baseline is the reference).
-    pub model: String,
+    pub model: ModelLabel,
     pub metrics: DifferentialMetrics,
 }
 
@@ -488,15 +484,8 @@ pub(crate) fn mean_abs_delta(m: &CellMetrics) -> (f64, [f64; 2]) {
     (m.mean_abs_delta, m.mean_abs_delta_ci)
 }
 
-/// Where a scenario's cell is for a compressed model: (source, target).
-pub(crate) type CellOf = fn(&str) -> (&str, &str);
-
-/// The paper's three scenarios, with how each cell is found for a compressed model `c`.
-pub(crate) const SCENARIOS: [(&str, CellOf); 3] = [
-    ("1 COMP->COMP", |c| (c, c)),
-    ("2 FULL->COMP", |c| ("full", c)),
-    ("3 COMP->FULL", |c| (c, "full")),
-];
+/// The folder, beside the result files, that holds the figures.
+pub const FIGURES: &str = "figures";
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
@@ -602,7 +591,7 @@ fn cell_row(facts: &ModelFacts, c: &Cell) -> [Value; 39] {
         c.attack.name().into(),
         c.scenario.number().into(),
         c.scenario.label().into(),
-        c.source.clone().into(),
+        c.source.to_string().into(),
         sd,
         sb,
         sh,
@@ -739,7 +728,7 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
         let path = m.checkpoint.strip_prefix(out).unwrap_or(&m.checkpoint);
         models.push_str(&csv_line([
             m.seed.into(),
-            m.label.clone().into(),
+            m.label.to_string().into(),
             m.family.name().into(),
             m.density.into(),
             m.bits.into(),
@@ -762,7 +751,7 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
         eps_steps.push_str(&csv_line([
             c.seed.into(),
             c.attack.name().into(),
-            c.source.clone().into(),
+            c.source.to_string().into(),
             sha,
             json_float(c.eps),
             c.steps.into(),
@@ -819,13 +808,13 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
             csv.push_str(&csv_line([
                 d.seed.into(),
                 d.attack.name().into(),
-                d.model.clone().into(),
+                d.model.to_string().into(),
                 model.map_or(Value::Null, |r| r.family.name().into()),
                 model.map_or(Value::Null, |r| r.density.into()),
                 model.and_then(|r| r.bits).into(),
                 facts.describe(d.seed, &d.model)[2].clone(),
-                "full".into(),
-                facts.describe(d.seed, "full")[2].clone(),
+                ModelLabel::FULL.into(),
+                facts.describe(d.seed, ModelLabel::FULL)[2].clone(),
                 setting(AttackConfig::step),
                 config.map_or(Value::Null, |a| a.steps().into()),
                 setting(AttackConfig::budget),
@@ -844,7 +833,7 @@ pub fn write(out: &Path, results: &Results) -> Result<PathBuf> {
         write_text(&out.join("differential.csv"), &csv)?;
     }
     let footer = view.footer();
-    let figures = figures::draw_all(&out.join("figures"), &view, &labels, &footer)?;
+    let figures = figures::draw_all(&out.join(FIGURES), &view, &labels, &footer)?;
     let paper = claims::check(&view, claims::Judge::Paper);
     let worst = claims::check(&view, claims::Judge::WorstCase);
     document::write(out, &view, &figures, &paper, &worst)

@@ -497,7 +497,7 @@ impl<'a> Executor<'a> {
         .map_err(|e| e.naming(ModelRole::Target, &self.spec(model).path))?;
         let check = crate::transfer::UnboundedCheck {
             seed: self.spec(model).seed,
-            model: self.spec(model).label.clone(),
+            model: self.spec(model).label.to_string(),
             gradient: set.diagnostics.gradient,
             accuracy: metrics.adversarial_accuracy,
         };
@@ -579,8 +579,8 @@ impl<'a> Executor<'a> {
                 attack: config.kind(),
                 gradient: set.diagnostics.gradient,
                 budget: config.budget(),
-                source: source_spec.label.clone(),
-                target: target_spec.label.clone(),
+                source: source_spec.label.to_string(),
+                target: target_spec.label.to_string(),
                 scenario: Scenario::of(
                     source_model.family != Family::Full,
                     target_model.family != Family::Full,
@@ -737,7 +737,7 @@ impl<'a> Executor<'a> {
             for tensor in ["weight", "activation"] {
                 out.push(CdfSeries {
                     seed: row.seed,
-                    label: row.label.clone(),
+                    label: row.label.to_string(),
                     tensor: tensor.into(),
                     points: points
                         .iter()
@@ -785,7 +785,7 @@ impl<'a> Executor<'a> {
                         attack: config.kind(),
                         gradient: self.gradient(*source, config, *grad)?,
                         budget: config.budget(),
-                        source: spec.label.clone(),
+                        source: spec.label.to_string(),
                         images: *images,
                         seconds: timing.seconds,
                         backend: timing.backend,

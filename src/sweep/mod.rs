@@ -26,7 +26,7 @@ use crate::attack::AttackConfig;
 use crate::backend::Backend;
 use crate::data::{DataChoice, DatasetKind, Images, Split};
 use crate::kernels::QuantGrad;
-use crate::model::{self, ModelRef};
+use crate::model::{self, ModelLabel, ModelRef};
 use crate::report::{self, Cell};
 use crate::{Error, Result, stable_hash};
 
@@ -131,7 +131,11 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
     let quantised = match (&kind, &network) {
         (ModelRef::Onnx(path), model::Network::Onnx(m)) if m.graph.qdq.is_some() => {
             let config = &m.graph.qdq.as_ref().expect("checked").config;
-            Some((path.clone(), key_of(path)?, config.label()))
+            Some((
+                path.clone(),
+                key_of(path)?,
+                ModelLabel::compressed(None, Some(config)),
+            ))
         }
         _ => None,
     };
@@ -399,7 +403,7 @@ pub fn transfer_matrix(options: MatrixOptions) -> Result<Vec<Cell>> {
         bytes.extend_from_slice(options.test.fingerprint().as_bytes());
         plan.models.push(ModelSpec {
             seed: 1,
-            label: m.name.clone(),
+            label: ModelLabel::named(m.name.clone()),
             family: None,
             key: stable_hash([bytes.as_slice()]),
             path: m.path.clone(),

@@ -13,12 +13,14 @@ use crate::attack::{AttackConfig, AttackKind};
 use crate::compress::CompressConfig;
 use crate::data::DatasetKind;
 use crate::kernels::QuantGrad;
+use crate::model::ModelLabel;
 use crate::report::{self, Family};
 use crate::train::{TrainConfig, TrainSettings};
 use crate::transfer;
 use crate::{Error, Result, stable_hash};
 
 use super::SweepConfig;
+use super::store::Folder;
 
 /// The stages of a sweep, in order: a stage's jobs read only files that earlier stages write,
 /// so the jobs of one stage can run in any order, in any number of processes.
@@ -119,8 +121,7 @@ impl FromStr for Shard {
 /// A model of the sweep: made by a job of the plan, or a file the user gave.
 pub(super) struct ModelSpec {
     pub seed: u64,
-    /// `full`, `dns0.1`, `q8`, ...
-    pub label: String,
+    pub label: ModelLabel,
     /// What the model is (`None`: read from its checkpoint's compression when loaded).
     pub family: Option<Family>,
     /// Hash of everything the model depends on.
@@ -239,7 +240,7 @@ pub(super) struct PlanInputs<'a> {
     pub baseline: Option<(PathBuf, String)>,
     /// A quantised (QDQ) ONNX file, its key and label: the one compressed model, in place of
     /// the grid's.
-    pub quantised: Option<(PathBuf, String, String)>,
+    pub quantised: Option<(PathBuf, String, ModelLabel)>,
     pub dataset: DatasetKind,
     /// Attacked test images per source model.
     pub images: usize,
@@ -254,8 +255,8 @@ pub(super) struct PlanInputs<'a> {
 }
 
 impl PlanInputs<'_> {
-    fn path(&self, folder: &str, name: String) -> PathBuf {
-        self.root.join(folder).join(name)
+    fn path(&self, folder: Folder, name: String) -> PathBuf {
+        self.root.join(folder.name()).join(name)
     }
 
     fn train_config(&self, training: &TrainSettings, seed: u64) -> TrainConfig {
@@ -268,7 +269,7 @@ impl PlanInputs<'_> {
     }
 
     /// The compressed models of one seed: (label, family, config).
-    fn grid(&self, seed: u64) -> Result<Vec<(String, Family, CompressConfig)>> {
+    fn grid(&self, seed: u64) -> Result<Vec<(ModelLabel, Family, CompressConfig)>> {
         let config = self.config;
         if self.quantised.is_some() {
             return Ok(Vec::new());
@@ -308,7 +309,7 @@ impl PlanInputs<'_> {
             match &self.baseline {
                 Some((path, key)) => plan.models.push(ModelSpec {
                     seed,
-                    label: "full".into(),
+                    label: ModelLabel::full(),
                     family: Some(Family::Full),
                     key: key.clone(),
                     path: path.clone(),
@@ -316,10 +317,13 @@ impl PlanInputs<'_> {
                 None => {
                     let train = self.train_config(&config.baseline, seed);
                     let key = train.hash();
-                    let path = self.path("models", format!("full-s{seed}-{key}.safetensors"));
+                    let path = self.path(
+                        Folder::Models,
+                        format!("{}-s{seed}-{key}.safetensors", ModelLabel::FULL),
+                    );
                     plan.models.push(ModelSpec {
                         seed,
-                        label: "full".into(),
+                        label: ModelLabel::full(),
                         family: Some(Family::Full),
                         key: key.clone(),
                         path: path.clone(),
@@ -346,7 +350,7 @@ impl PlanInputs<'_> {
                     figure3_densities.insert(label.clone(), pruner.density());
                 }
                 let key = stable_hash([base_key.as_bytes(), compress.hash().as_bytes()]);
-                let path = self.path("models", format!("{label}-s{seed}-{key}.safetensors"));
+                let path = self.path(Folder::Models, format!("{label}-s{seed}-{key}.safetensors"));
                 let model = plan.models.len();
                 plan.models.push(ModelSpec {
                     seed,
@@ -426,7 +430,7 @@ impl PlanInputs<'_> {
                             &images.to_le_bytes(),
                             b"unbounded",
                         ]);
-                        let cell = self.path("cells", format!("unbounded-{key}.json"));
+                        let cell = self.path(Folder::Cells, format!("unbounded-{key}.json"));
                         report_needs.push(cell.clone());
                         plan.jobs.push(Job {
                             key,
@@ -476,7 +480,7 @@ impl PlanInputs<'_> {
                                 &self.images.to_le_bytes(),
                                 b"eps-steps",
                             ]);
-                            let cell = self.path("cells", format!("eps-steps-{key}.json"));
+                            let cell = self.path(Folder::Cells, format!("eps-steps-{key}.json"));
                             report_needs.push(cell.clone());
                             plan.jobs.push(Job {
                                 key,
@@ -546,7 +550,7 @@ impl PlanInputs<'_> {
                 &self.images.to_le_bytes(),
                 b"differential",
             ]);
-            let cell = self.path("cells", format!("differential-{key}.json"));
+            let cell = self.path(Folder::Cells, format!("differential-{key}.json"));
             report_needs.push(cell.clone());
             let passes: f64 = attacks
                 .iter()
@@ -605,7 +609,7 @@ impl PlanInputs<'_> {
             .map(|&t| {
                 let target = models[t].key.as_bytes();
                 let key = stable_hash([set_key.as_bytes(), target, b"cell"]);
-                self.path("cells", format!("{key}.json"))
+                self.path(Folder::Cells, format!("{key}.json"))
             })
             .collect();
         // The name says what differs between the sets of one source: the estimator, the
@@ -620,7 +624,7 @@ impl PlanInputs<'_> {
             what.push_str("-bpda");
         }
         let set = self.path(
-            "sets",
+            Folder::Sets,
             format!("{what}-{}-s{}-{set_key}.safetensors", spec.label, spec.seed),
         );
         let mut writes = cells.clone();

@@ -11,7 +11,7 @@ use super::store::Store;
 use crate::attack::{AttackConfig, AttackKind};
 use crate::backend::Backend;
 use crate::data::{DataChoice, Split};
-use crate::model::{self, KeyMap, ModelRef};
+use crate::model::{self, KeyMap, ModelLabel, ModelRef};
 use crate::profile::{self, AttackTiming, TimeSplit};
 use crate::report::Family;
 use crate::{Error, Result};
@@ -144,7 +144,7 @@ fn quick_baseline(options: &ProfileOptions, store: &Store) -> Result<PathBuf> {
     let plan = Plan {
         models: vec![ModelSpec {
             seed: 1,
-            label: "full".into(),
+            label: ModelLabel::full(),
             family: Some(Family::Full),
             key: key.clone(),
             path: path.clone(),

@@ -16,8 +16,31 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use crate::files::remove_stale_temporaries;
 use crate::{Error, Result};
 
-/// Sub-folders of the output folder.
-pub(super) const FOLDERS: [&str; 4] = ["models", "sets", "cells", "figures"];
+/// A sub-folder of the output folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Folder {
+    /// Checkpoints: the baselines and the compressed models.
+    Models,
+    /// Adversarial sets.
+    Sets,
+    /// One result file per job (or per cell).
+    Cells,
+    /// The report's figures.
+    Figures,
+}
+
+impl Folder {
+    pub const ALL: [Folder; 4] = [Folder::Models, Folder::Sets, Folder::Cells, Folder::Figures];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Folder::Models => "models",
+            Folder::Sets => "sets",
+            Folder::Cells => "cells",
+            Folder::Figures => crate::report::FIGURES,
+        }
+    }
+}
 
 pub(super) struct Store {
     root: PathBuf,
@@ -37,16 +60,16 @@ impl Store {
     /// process's temporary from one another node is writing, so it leaves them (harmless;
     /// the next whole run on the folder removes them).
     pub fn open(root: &Path, shared: bool) -> Result<Self> {
-        for folder in FOLDERS {
-            let dir = root.join(folder);
+        for folder in Folder::ALL {
+            let dir = root.join(folder.name());
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
         let lock = lock(root, shared, "sweep")?;
         // Only now, holding the lock alone, is it safe to clear what a killed run left.
         if !shared {
             remove_stale_temporaries(root, None, false);
-            for folder in FOLDERS {
-                remove_stale_temporaries(&root.join(folder), None, false);
+            for folder in Folder::ALL {
+                remove_stale_temporaries(&root.join(folder.name()), None, false);
             }
         }
         let log_path = root.join("sweep.log");

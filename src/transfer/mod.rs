@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::attack::{self, AttackConfig, AttackKind, Batch, Target, View};
 use crate::data::Images;
 use crate::kernels::QuantGrad;
-use crate::model::{Classifier, Compression};
+use crate::model::{Classifier, Compression, ModelLabel};
 use crate::{Error, ModelRole, Result};
 
 pub use indicators::{Diagnostics, Indicators, UnboundedCheck, ZeroGradient};
@@ -365,6 +365,24 @@ impl Scenario {
         Scenario::CompToOtherComp,
         Scenario::FullToOtherFull,
     ];
+
+    /// The paper's three scenarios, in its order.
+    pub const PAPER: [Scenario; 3] = [
+        Scenario::CompToComp,
+        Scenario::FullToComp,
+        Scenario::CompToFull,
+    ];
+
+    /// Where this scenario's cell is for the compressed model labelled `compressed`: its
+    /// (source, target), the other side the full model ([`ModelLabel::FULL`]).
+    pub fn cell(self, compressed: &str) -> (&str, &str) {
+        match self {
+            Scenario::FullToComp => (ModelLabel::FULL, compressed),
+            Scenario::CompToFull => (compressed, ModelLabel::FULL),
+            Scenario::FullToFull => (ModelLabel::FULL, ModelLabel::FULL),
+            _ => (compressed, compressed),
+        }
+    }
 
     pub fn of(source_compressed: bool, target_compressed: bool, same_model: bool) -> Self {
         match (source_compressed, target_compressed, same_model) {
