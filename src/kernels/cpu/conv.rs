@@ -1,5 +1,7 @@
-//! Convolution: im2col + GEMM, a group of images per GEMM; its input gradient (col2im) and its
-//! weight gradient (fixed chunks of images added in order).
+//! Convolution: plain ones (LeNet5's) by im2col + GEMM, a group of images per GEMM; padded or
+//! strided ones (ResNets') by a direct kernel over the image split into its stride phases
+//! ([`Conv::is_direct`]); their input gradients (the direct kernel on the transposed
+//! convolution, or col2im) and weight gradients (fixed chunks of images added in order).
 
 use burn::backend::DType;
 use burn::backend::flex::FlexTensor;
