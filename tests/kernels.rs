@@ -797,6 +797,23 @@ fn convolution_and_its_gradients_equal_burns_on_every_geometry() {
             true,
             ConvOptions::new_with_padding([2, 2], [(0, 2), (0, 1)], [1, 1], 1),
         ),
+        // Stride 1 and padded within the kernel's reach: the direct kernel, forward and as its
+        // own input gradient; output channels past a whole block of 8, positions past a
+        // whole register of 16.
+        (
+            "3x3, padding 1, 20 output channels",
+            [3, 6, 9, 9],
+            [20, 6, 3, 3],
+            true,
+            ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+        ),
+        (
+            "5x5, padding 2, a 5x7 image, 8 output channels",
+            [2, 3, 5, 7],
+            [8, 3, 5, 5],
+            false,
+            ConvOptions::new([1, 1], [2, 2], [1, 1], 1),
+        ),
         (
             "padding wider than the kernel reaches",
             [1, 2, 4, 4],
@@ -971,6 +988,14 @@ fn cpu_kernels_compiled_for_avx512_and_for_baseline_x86_give_the_same_bits() {
             [4, 3, 3, 3],
             false,
             &strided,
+            true,
+        ));
+        parts.extend(conv_pass(
+            &cpu,
+            [3, 6, 9, 9],
+            [20, 6, 3, 3],
+            true,
+            &ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
             true,
         ));
         for options in [

@@ -7,8 +7,9 @@
 //! ops a forward and a backward pass per step.
 //!
 //! Convolution is im2col + GEMM, a group of images per GEMM, groups spread over rayon's pool
-//! (see [`gemm::gemm`] for the GEMM crate). Every output element is computed by one GEMM call
-//! in a fixed order, blocks of work do not depend on the thread count, and the weight gradient
+//! (see [`gemm::gemm`] for the GEMM crate), or, padded or strided, a direct kernel image by
+//! image (see `conv`). Every output element is computed by one GEMM call or one register of
+//! the direct kernel in a fixed order, blocks of work do not depend on the thread count, and the weight gradient
 //! sums fixed chunks of images in order, so results do not depend on the number of threads.
 //!
 //! Shapes these paths do not cover (grouped convolutions, padded, dilated or ceil-mode max

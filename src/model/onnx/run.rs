@@ -237,8 +237,11 @@ impl OnnxModel {
                     let per_channel = |v: Value| v.t.reshape(padded(&channel));
                     let (scale, shift) = (per_channel(get(*scale)), per_channel(get(*shift)));
                     let (mean, var) = (per_channel(get(*mean)), per_channel(get(*var)));
-                    let inv = (var + *epsilon as f32).sqrt().recip();
-                    x.map(|t| (t - mean) * inv * scale + shift)
+                    // x · a + b with a and b per channel: two passes over x (and two in the
+                    // backward pass) where (x - mean) / sd · scale + shift took four.
+                    let a = (var + *epsilon as f32).sqrt().recip() * scale;
+                    let b = shift - mean * a.clone();
+                    x.map(|t| t * a + b)
                 }
                 Op::LayerNorm {
                     x,
