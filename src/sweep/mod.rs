@@ -364,7 +364,7 @@ pub fn submit_to_slurm(options: &SweepOptions, slurm: &SlurmOptions) -> Result<S
 /// A model of the transfer command, loaded by the caller (it chose the test images from them).
 pub struct MatrixModel {
     /// Its name in the matrix (the file's stem).
-    pub name: String,
+    pub name: ModelLabel,
     pub path: PathBuf,
     /// Its gradient through the quantisers already chosen.
     pub classifier: crate::model::Classifier,
@@ -407,7 +407,7 @@ pub fn transfer_matrix(options: MatrixOptions) -> Result<Vec<Cell>> {
         bytes.extend_from_slice(options.test.fingerprint().as_bytes());
         plan.models.push(ModelSpec {
             seed: 1,
-            label: ModelLabel::named(m.name.clone()),
+            label: m.name.clone(),
             family: None,
             key: stable_hash([bytes.as_slice()]),
             path: m.path.clone(),

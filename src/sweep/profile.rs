@@ -53,6 +53,7 @@ pub fn profile_attacks(options: ProfileOptions) -> Result<ProfileOutcome> {
     let test = Rc::new(ckpt.network.images(&dataset, Split::Test)?);
     let variants = profile::variants(
         &ckpt.network,
+        &dataset,
         &options.bits,
         &options.densities,
         &options.backend.device,

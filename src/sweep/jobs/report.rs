@@ -110,7 +110,7 @@ impl Report {
             for tensor in ["weight", "activation"] {
                 out.push(CdfSeries {
                     seed: row.seed,
-                    label: row.label.to_string(),
+                    label: row.label.clone(),
                     tensor: tensor.into(),
                     points: points
                         .iter()

@@ -27,7 +27,7 @@ impl Work for Unbounded {
         let metrics = context.evaluate(model, &set)?;
         let check = UnboundedCheck {
             seed: context.spec(model).seed,
-            model: context.spec(model).label.to_string(),
+            model: context.spec(model).label.clone(),
             gradient: set.diagnostics.gradient,
             accuracy: metrics.adversarial_accuracy,
         };
