@@ -26,7 +26,7 @@ fn meta() -> CheckpointMeta {
         dataset: "mnist".into(),
         seed: 3,
         accuracy: Some(0.5),
-        compression: "none".into(),
+        compression: None,
         tool_version: advcomp::VERSION.into(),
         config_hash: "abc".into(),
         model_sha256: None,

@@ -364,7 +364,7 @@ pub fn compress_checkpoint(
         dataset: dataset.to_string(),
         seed: config.finetune.seed,
         accuracy: Some(compressed.test_accuracy),
-        compression: serde_json::to_string(&compressed.record).expect("record serialises"),
+        compression: Some(compressed.record.clone()),
         tool_version: crate::VERSION.into(),
         config_hash: format!("{}+{}", checkpoint.meta.config_hash, config.hash()),
     };

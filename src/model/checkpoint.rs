@@ -28,8 +28,10 @@ pub struct CheckpointMeta {
     pub seed: u64,
     /// Clean test accuracy in [0, 1] when it was written.
     pub accuracy: Option<f64>,
-    /// Compression config as JSON (`"none"` for a baseline).
-    pub compression: String,
+    /// The compression record (`None` for a baseline), stored as its JSON (`"none"` for a
+    /// baseline); a record that does not parse is refused when the file is read.
+    #[serde(with = "stored_record")]
+    pub compression: Option<CompressionRecord>,
     pub tool_version: String,
     /// Hash of the config that made the model.
     pub config_hash: String,
@@ -47,7 +49,10 @@ impl CheckpointMeta {
         if let Some(acc) = self.accuracy {
             map.insert("accuracy".into(), format!("{acc}"));
         }
-        map.insert("compression".into(), self.compression.clone());
+        map.insert(
+            "compression".into(),
+            stored_record::text(self.compression.as_ref()),
+        );
         map.insert("tool_version".into(), self.tool_version.clone());
         map.insert("config_hash".into(), self.config_hash.clone());
         if let Some(sha) = &self.model_sha256 {
@@ -56,21 +61,59 @@ impl CheckpointMeta {
         map
     }
 
-    fn from_header(header: &HashMap<String, String>) -> Self {
+    /// The metadata of the checkpoint at `path` (named in the refusal of a compression
+    /// record that does not parse).
+    fn from_header(header: &HashMap<String, String>, path: &Path) -> Result<Self> {
         let get = |k: &str| header.get(k).cloned().unwrap_or_default();
-        Self {
+        let compression = stored_record::parse(header.get("compression").map_or("", |s| s))
+            .map_err(|e| {
+                Error::checkpoint(path, format!("compression metadata is not valid: {e}"))
+            })?;
+        Ok(Self {
             model: get("model"),
             dataset: get("dataset"),
             seed: header.get("seed").and_then(|s| s.parse().ok()).unwrap_or(0),
             accuracy: header.get("accuracy").and_then(|s| s.parse().ok()),
-            compression: header
-                .get("compression")
-                .cloned()
-                .unwrap_or_else(|| "none".into()),
+            compression,
             tool_version: get("tool_version"),
             config_hash: get("config_hash"),
             model_sha256: header.get("model_sha256").cloned(),
+        })
+    }
+}
+
+/// A compression record as the metadata stores it: its JSON, or `"none"` for a baseline.
+mod stored_record {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::CompressionRecord;
+
+    pub fn text(record: Option<&CompressionRecord>) -> String {
+        match record {
+            None => "none".into(),
+            Some(r) => serde_json::to_string(r).expect("a record serialises"),
         }
+    }
+
+    /// `"none"` (or nothing) for a baseline, else a record's JSON.
+    pub fn parse(text: &str) -> serde_json::Result<Option<CompressionRecord>> {
+        match text {
+            "" | "none" => Ok(None),
+            json => serde_json::from_str(json).map(Some),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(
+        record: &Option<CompressionRecord>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        text(record.as_ref()).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<CompressionRecord>, D::Error> {
+        parse(&String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -211,7 +254,7 @@ impl Checkpoint {
 
     /// The compression record of the metadata (`None` for a baseline).
     pub fn record(&self) -> Option<CompressionRecord> {
-        serde_json::from_str(&self.meta.compression).ok()
+        self.meta.compression.clone()
     }
 }
 
@@ -381,7 +424,8 @@ pub fn load_checkpoint(
     let meta = header
         .metadata()
         .as_ref()
-        .map(CheckpointMeta::from_header)
+        .map(|h| CheckpointMeta::from_header(h, path))
+        .transpose()?
         .unwrap_or_default();
     if !meta.dataset.is_empty()
         && !meta.dataset.starts_with(crate::data::OWN_DATA)
@@ -472,12 +516,7 @@ pub fn load_checkpoint(
     }
     let kind = model_ref.clone();
 
-    let record: Option<CompressionRecord> = match meta.compression.as_str() {
-        "" | "none" => None,
-        json => Some(serde_json::from_str(json).map_err(|e| {
-            Error::checkpoint(path, format!("compression metadata is not valid: {e}"))
-        })?),
-    };
+    let record = meta.compression.clone();
     if let Some(record) = &record {
         record
             .validate(&template)
@@ -568,11 +607,10 @@ pub fn load(
         };
         let meta = CheckpointMeta {
             model: network.model_ref().to_string(),
-            compression: match &compression.quant {
-                Some(_) => serde_json::to_string(&compression.record(&network, None, 0))
-                    .expect("a record serialises"),
-                None => "none".into(),
-            },
+            compression: compression
+                .quant
+                .as_ref()
+                .map(|_| compression.record(&network, None, 0)),
             model_sha256: network.model_sha256(),
             ..CheckpointMeta::default()
         };

@@ -185,7 +185,7 @@ impl<'a> Context<'a> {
         let qdq = matches!(&checkpoint.network, model::Network::Onnx(m) if m.graph.qdq.is_some());
         if qdq && self.spec(index).family == Some(Family::Full) {
             checkpoint.compression = model::Compression::default();
-            checkpoint.meta.compression = "none".into();
+            checkpoint.meta.compression = None;
         }
         let loaded = Rc::new(Loaded::new(checkpoint));
         self.loaded.borrow_mut().insert(index, loaded.clone());

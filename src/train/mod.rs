@@ -517,7 +517,7 @@ pub fn train_baseline(
         dataset: dataset.to_string(),
         seed: config.seed,
         accuracy: Some(test_accuracy),
-        compression: "none".into(),
+        compression: None,
         tool_version: crate::VERSION.into(),
         config_hash: config.hash(),
     };
