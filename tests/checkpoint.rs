@@ -22,7 +22,7 @@ fn cpu() -> Device {
 
 fn meta() -> CheckpointMeta {
     CheckpointMeta {
-        model: "lenet5".into(),
+        model: Some(ModelKind::LeNet5.into()),
         dataset: "mnist".into(),
         seed: 3,
         accuracy: Some(0.5),
@@ -136,7 +136,7 @@ fn checkpoints_round_trip_to_identical_logits() {
             &path,
             &network,
             &CheckpointMeta {
-                model: kind.name().into(),
+                model: Some(kind.into()),
                 ..meta()
             },
         )

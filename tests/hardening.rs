@@ -44,7 +44,7 @@ fn s(path: &Path) -> &str {
 
 fn meta() -> CheckpointMeta {
     CheckpointMeta {
-        model: "lenet5".into(),
+        model: Some(ModelKind::LeNet5.into()),
         dataset: "mnist".into(),
         seed: 1,
         accuracy: None,

@@ -23,7 +23,10 @@ use crate::{Error, Result};
 /// What a checkpoint says about itself, stored as `__metadata__` in the safetensors header.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct CheckpointMeta {
-    pub model: String,
+    /// The model (`None`: none recorded; stored as its name or ONNX path, or `""`). A loaded
+    /// checkpoint's is the model it was read as.
+    #[serde(with = "stored_model")]
+    pub model: Option<ModelRef>,
     pub dataset: String,
     pub seed: u64,
     /// Clean test accuracy in [0, 1] when it was written.
@@ -43,7 +46,7 @@ pub struct CheckpointMeta {
 impl CheckpointMeta {
     fn to_header(&self) -> BTreeMap<String, String> {
         let mut map = BTreeMap::new();
-        map.insert("model".into(), self.model.clone());
+        map.insert("model".into(), stored_model::text(self.model.as_ref()));
         map.insert("dataset".into(), self.dataset.clone());
         map.insert("seed".into(), self.seed.to_string());
         if let Some(acc) = self.accuracy {
@@ -70,7 +73,8 @@ impl CheckpointMeta {
                 Error::checkpoint(path, format!("compression metadata is not valid: {e}"))
             })?;
         Ok(Self {
-            model: get("model"),
+            // Read by `load_checkpoint`, which knows whether the caller names the model.
+            model: None,
             dataset: get("dataset"),
             seed: header.get("seed").and_then(|s| s.parse().ok()).unwrap_or(0),
             accuracy: header.get("accuracy").and_then(|s| s.parse().ok()),
@@ -79,6 +83,33 @@ impl CheckpointMeta {
             config_hash: get("config_hash"),
             model_sha256: header.get("model_sha256").cloned(),
         })
+    }
+}
+
+/// A model as the metadata stores it: its name or ONNX path, or `""` for none.
+mod stored_model {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::ModelRef;
+
+    pub fn text(model: Option<&ModelRef>) -> String {
+        model.map_or(String::new(), ToString::to_string)
+    }
+
+    pub fn serialize<S: Serializer>(
+        model: &Option<ModelRef>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        text(model.as_ref()).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<ModelRef>, D::Error> {
+        match String::deserialize(deserializer)?.as_str() {
+            "" => Ok(None),
+            name => name.parse().map(Some).map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -421,6 +452,12 @@ pub fn load_checkpoint(
         .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e}")))?;
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e}")))?;
+    let recorded_model = header
+        .metadata()
+        .as_ref()
+        .and_then(|h| h.get("model"))
+        .filter(|m| !m.is_empty())
+        .cloned();
     let meta = header
         .metadata()
         .as_ref()
@@ -487,11 +524,8 @@ pub fn load_checkpoint(
         .find(|k| tensors.contains_key(k.signature()));
     let model_ref = match model {
         Some(model) => model,
-        None if !meta.model.is_empty() => meta.model.parse().map_err(|_| {
-            Error::checkpoint(
-                path,
-                format!("metadata names unknown model '{}'", meta.model),
-            )
+        None if let Some(recorded) = &recorded_model => recorded.parse().map_err(|_| {
+            Error::checkpoint(path, format!("metadata names unknown model '{recorded}'"))
         })?,
         None if recognised.is_some() => ModelRef::BuiltIn(recognised.expect("checked")),
         None => {
@@ -564,7 +598,7 @@ pub fn load_checkpoint(
         ));
     }
     let meta = CheckpointMeta {
-        model: kind.to_string(),
+        model: Some(kind.clone()),
         ..meta
     };
     let record = record.unwrap_or_default();
@@ -606,7 +640,7 @@ pub fn load(
             ..Compression::default()
         };
         let meta = CheckpointMeta {
-            model: network.model_ref().to_string(),
+            model: Some(network.model_ref()),
             compression: compression
                 .quant
                 .as_ref()
