@@ -306,7 +306,7 @@ fn attacks_on_a_loaded_checkpoint_are_deterministic() {
     device.seed(13);
     let path = Scratch::path("attack.safetensors");
     let meta = advcomp::model::CheckpointMeta {
-        model: "lenet5".into(),
+        model: Some(ModelKind::LeNet5.into()),
         ..Default::default()
     };
     advcomp::model::save_checkpoint(&path, &ModelKind::LeNet5.init(&device), &meta).unwrap();

@@ -22,11 +22,11 @@ fn cpu() -> Device {
 
 fn meta() -> CheckpointMeta {
     CheckpointMeta {
-        model: "lenet5".into(),
+        model: Some(ModelKind::LeNet5.into()),
         dataset: "mnist".into(),
         seed: 3,
         accuracy: Some(0.5),
-        compression: "none".into(),
+        compression: None,
         tool_version: advcomp::VERSION.into(),
         config_hash: "abc".into(),
         model_sha256: None,
@@ -136,7 +136,7 @@ fn checkpoints_round_trip_to_identical_logits() {
             &path,
             &network,
             &CheckpointMeta {
-                model: kind.name().into(),
+                model: Some(kind.into()),
                 ..meta()
             },
         )

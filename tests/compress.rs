@@ -30,7 +30,7 @@ fn baseline(name: &str) -> Scratch {
     device.seed(5);
     let path = temp(name);
     let meta = CheckpointMeta {
-        model: "lenet5".into(),
+        model: Some(ModelKind::LeNet5.into()),
         dataset: "mnist".into(),
         ..Default::default()
     };

@@ -42,13 +42,13 @@ fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-fn meta(compression: String) -> CheckpointMeta {
+fn meta() -> CheckpointMeta {
     CheckpointMeta {
-        model: "lenet5".into(),
+        model: Some(ModelKind::LeNet5.into()),
         dataset: "mnist".into(),
         seed: 1,
         accuracy: None,
-        compression,
+        compression: None,
         tool_version: advcomp::VERSION.into(),
         config_hash: "test".into(),
         model_sha256: None,
@@ -60,13 +60,7 @@ fn lenet5(path: &Path, seed: u64) -> PathBuf {
     let device = backend::cpu().device;
     device.seed(seed);
     let network = ModelKind::LeNet5.init(&device);
-    model::save_compressed(
-        path,
-        &network,
-        &Compression::default(),
-        &meta("none".into()),
-    )
-    .unwrap();
+    model::save_compressed(path, &network, &Compression::default(), &meta()).unwrap();
     path.to_path_buf()
 }
 

@@ -21,7 +21,7 @@ fn checkpoint(name: &str, seed: u64, compression: &Compression) -> Scratch {
     device.seed(seed);
     let path = temp(name);
     let meta = CheckpointMeta {
-        model: "lenet5".into(),
+        model: Some(ModelKind::LeNet5.into()),
         dataset: "mnist".into(),
         ..Default::default()
     };

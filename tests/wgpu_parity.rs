@@ -84,7 +84,7 @@ fn lenet5_forward_and_backward_on_wgpu_equal_the_cpu_backend() {
     cpu.device.seed(21);
     let path = Scratch::path("parity.safetensors");
     let meta = CheckpointMeta {
-        model: "lenet5".into(),
+        model: Some(ModelKind::LeNet5.into()),
         ..Default::default()
     };
     model::save_checkpoint(&path, &ModelKind::LeNet5.init(&cpu.device), &meta).unwrap();

@@ -8,7 +8,7 @@ use advcomp::attack::{AttackConfig, AttackKind, all_parameters};
 use advcomp::backend::Backend;
 use advcomp::data::{Images, Split};
 use advcomp::kernels::QuantGrad;
-use advcomp::model::{self, Classifier, KeyMap};
+use advcomp::model::{self, Classifier, KeyMap, ModelLabel};
 use advcomp::transfer::{self, AdversarialSet, Cell, UnboundedCheck, indicators};
 use advcomp::{Error, ModelRole, Result};
 use clap::{ArgMatches, Args, FromArgMatches};
@@ -179,7 +179,7 @@ pub(super) struct TransferArgs {
 
 /// A loaded checkpoint, named by its file.
 struct Loaded {
-    name: String,
+    name: ModelLabel,
     path: PathBuf,
     classifier: Classifier,
     /// The checkpoint's metadata: which dataset it was made on.
@@ -207,9 +207,10 @@ fn load(path: &Path, backend: &Backend, grad: QuantGrad) -> Result<Loaded> {
     let compressed = !classifier.compression.is_none();
     classifier.compression.grad = grad;
     Ok(Loaded {
-        name: path
-            .file_stem()
-            .map_or("model".into(), |s| s.to_string_lossy().into_owned()),
+        name: ModelLabel::named(
+            path.file_stem()
+                .map_or("model".into(), |s| s.to_string_lossy().into_owned()),
+        ),
         path: path.to_path_buf(),
         meta: ckpt.meta,
         classifier,

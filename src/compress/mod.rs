@@ -359,12 +359,12 @@ pub fn compress_checkpoint(
     // NaN from compression itself (a format that overflows): named by the model compressed.
     .map_err(|e| e.naming(ModelRole::Target, base))?;
     let meta = CheckpointMeta {
-        model: checkpoint.network.model_ref().to_string(),
+        model: Some(checkpoint.network.model_ref()),
         model_sha256: checkpoint.network.model_sha256(),
         dataset: dataset.to_string(),
         seed: config.finetune.seed,
         accuracy: Some(compressed.test_accuracy),
-        compression: serde_json::to_string(&compressed.record).expect("record serialises"),
+        compression: Some(compressed.record.clone()),
         tool_version: crate::VERSION.into(),
         config_hash: format!("{}+{}", checkpoint.meta.config_hash, config.hash()),
     };

@@ -23,13 +23,18 @@ use crate::{Error, Result};
 /// What a checkpoint says about itself, stored as `__metadata__` in the safetensors header.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct CheckpointMeta {
-    pub model: String,
+    /// The model (`None`: none recorded; stored as its name or ONNX path, or `""`). A loaded
+    /// checkpoint's is the model it was read as.
+    #[serde(with = "stored_model")]
+    pub model: Option<ModelRef>,
     pub dataset: String,
     pub seed: u64,
     /// Clean test accuracy in [0, 1] when it was written.
     pub accuracy: Option<f64>,
-    /// Compression config as JSON (`"none"` for a baseline).
-    pub compression: String,
+    /// The compression record (`None` for a baseline), stored as its JSON (`"none"` for a
+    /// baseline); a record that does not parse is refused when the file is read.
+    #[serde(with = "stored_record")]
+    pub compression: Option<CompressionRecord>,
     pub tool_version: String,
     /// Hash of the config that made the model.
     pub config_hash: String,
@@ -41,13 +46,16 @@ pub struct CheckpointMeta {
 impl CheckpointMeta {
     fn to_header(&self) -> BTreeMap<String, String> {
         let mut map = BTreeMap::new();
-        map.insert("model".into(), self.model.clone());
+        map.insert("model".into(), stored_model::text(self.model.as_ref()));
         map.insert("dataset".into(), self.dataset.clone());
         map.insert("seed".into(), self.seed.to_string());
         if let Some(acc) = self.accuracy {
             map.insert("accuracy".into(), format!("{acc}"));
         }
-        map.insert("compression".into(), self.compression.clone());
+        map.insert(
+            "compression".into(),
+            stored_record::text(self.compression.as_ref()),
+        );
         map.insert("tool_version".into(), self.tool_version.clone());
         map.insert("config_hash".into(), self.config_hash.clone());
         if let Some(sha) = &self.model_sha256 {
@@ -56,21 +64,87 @@ impl CheckpointMeta {
         map
     }
 
-    fn from_header(header: &HashMap<String, String>) -> Self {
+    /// The metadata of the checkpoint at `path` (named in the refusal of a compression
+    /// record that does not parse).
+    fn from_header(header: &HashMap<String, String>, path: &Path) -> Result<Self> {
         let get = |k: &str| header.get(k).cloned().unwrap_or_default();
-        Self {
-            model: get("model"),
+        let compression = stored_record::parse(header.get("compression").map_or("", |s| s))
+            .map_err(|e| {
+                Error::checkpoint(path, format!("compression metadata is not valid: {e}"))
+            })?;
+        Ok(Self {
+            // Read by `load_checkpoint`, which knows whether the caller names the model.
+            model: None,
             dataset: get("dataset"),
             seed: header.get("seed").and_then(|s| s.parse().ok()).unwrap_or(0),
             accuracy: header.get("accuracy").and_then(|s| s.parse().ok()),
-            compression: header
-                .get("compression")
-                .cloned()
-                .unwrap_or_else(|| "none".into()),
+            compression,
             tool_version: get("tool_version"),
             config_hash: get("config_hash"),
             model_sha256: header.get("model_sha256").cloned(),
+        })
+    }
+}
+
+/// A model as the metadata stores it: its name or ONNX path, or `""` for none.
+mod stored_model {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::ModelRef;
+
+    pub fn text(model: Option<&ModelRef>) -> String {
+        model.map_or(String::new(), ToString::to_string)
+    }
+
+    pub fn serialize<S: Serializer>(
+        model: &Option<ModelRef>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        text(model.as_ref()).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<ModelRef>, D::Error> {
+        match String::deserialize(deserializer)?.as_str() {
+            "" => Ok(None),
+            name => name.parse().map(Some).map_err(serde::de::Error::custom),
         }
+    }
+}
+
+/// A compression record as the metadata stores it: its JSON, or `"none"` for a baseline.
+mod stored_record {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::CompressionRecord;
+
+    pub fn text(record: Option<&CompressionRecord>) -> String {
+        match record {
+            None => "none".into(),
+            Some(r) => serde_json::to_string(r).expect("a record serialises"),
+        }
+    }
+
+    /// `"none"` (or nothing) for a baseline, else a record's JSON.
+    pub fn parse(text: &str) -> serde_json::Result<Option<CompressionRecord>> {
+        match text {
+            "" | "none" => Ok(None),
+            json => serde_json::from_str(json).map(Some),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(
+        record: &Option<CompressionRecord>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        text(record.as_ref()).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<CompressionRecord>, D::Error> {
+        parse(&String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -211,7 +285,7 @@ impl Checkpoint {
 
     /// The compression record of the metadata (`None` for a baseline).
     pub fn record(&self) -> Option<CompressionRecord> {
-        serde_json::from_str(&self.meta.compression).ok()
+        self.meta.compression.clone()
     }
 }
 
@@ -378,10 +452,17 @@ pub fn load_checkpoint(
         .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e}")))?;
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e}")))?;
+    let recorded_model = header
+        .metadata()
+        .as_ref()
+        .and_then(|h| h.get("model"))
+        .filter(|m| !m.is_empty())
+        .cloned();
     let meta = header
         .metadata()
         .as_ref()
-        .map(CheckpointMeta::from_header)
+        .map(|h| CheckpointMeta::from_header(h, path))
+        .transpose()?
         .unwrap_or_default();
     if !meta.dataset.is_empty()
         && !meta.dataset.starts_with(crate::data::OWN_DATA)
@@ -443,11 +524,8 @@ pub fn load_checkpoint(
         .find(|k| tensors.contains_key(k.signature()));
     let model_ref = match model {
         Some(model) => model,
-        None if !meta.model.is_empty() => meta.model.parse().map_err(|_| {
-            Error::checkpoint(
-                path,
-                format!("metadata names unknown model '{}'", meta.model),
-            )
+        None if let Some(recorded) = &recorded_model => recorded.parse().map_err(|_| {
+            Error::checkpoint(path, format!("metadata names unknown model '{recorded}'"))
         })?,
         None if recognised.is_some() => ModelRef::BuiltIn(recognised.expect("checked")),
         None => {
@@ -472,12 +550,7 @@ pub fn load_checkpoint(
     }
     let kind = model_ref.clone();
 
-    let record: Option<CompressionRecord> = match meta.compression.as_str() {
-        "" | "none" => None,
-        json => Some(serde_json::from_str(json).map_err(|e| {
-            Error::checkpoint(path, format!("compression metadata is not valid: {e}"))
-        })?),
-    };
+    let record = meta.compression.clone();
     if let Some(record) = &record {
         record
             .validate(&template)
@@ -525,7 +598,7 @@ pub fn load_checkpoint(
         ));
     }
     let meta = CheckpointMeta {
-        model: kind.to_string(),
+        model: Some(kind.clone()),
         ..meta
     };
     let record = record.unwrap_or_default();
@@ -567,12 +640,11 @@ pub fn load(
             ..Compression::default()
         };
         let meta = CheckpointMeta {
-            model: network.model_ref().to_string(),
-            compression: match &compression.quant {
-                Some(_) => serde_json::to_string(&compression.record(&network, None, 0))
-                    .expect("a record serialises"),
-                None => "none".into(),
-            },
+            model: Some(network.model_ref()),
+            compression: compression
+                .quant
+                .as_ref()
+                .map(|_| compression.record(&network, None, 0)),
             model_sha256: network.model_sha256(),
             ..CheckpointMeta::default()
         };

@@ -236,6 +236,12 @@ impl ModelRef {
 
 serde_as_text!(ModelRef);
 
+impl From<ModelKind> for ModelRef {
+    fn from(kind: ModelKind) -> Self {
+        ModelRef::BuiltIn(kind)
+    }
+}
+
 impl FromStr for ModelRef {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

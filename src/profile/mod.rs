@@ -13,7 +13,7 @@ use crate::Result;
 use crate::attack::{self, AttackConfig, AttackKind};
 use crate::backend::Backend;
 use crate::compress::{self, CompressConfig};
-use crate::data::Images;
+use crate::data::{Dataset, Images};
 use crate::kernels::{self, QuantGrad, StepRule, StepSettings};
 use crate::model::{Classifier, Compression, ModelLabel, Network, weight_layers};
 use crate::prune::{PruneConfig, PruneKind};
@@ -125,9 +125,11 @@ pub struct Variant {
 }
 
 /// The baseline and its quantised (weights and activations, the paper's P rule) and
-/// magnitude-pruned variants.
+/// magnitude-pruned variants (`dataset`: what `base` was made on, as the pruned variants'
+/// configs record it).
 pub fn variants(
     base: &Network,
+    dataset: &Dataset,
     bits: &[u32],
     densities: &[f64],
     device: &Device,
@@ -144,7 +146,7 @@ pub fn variants(
     }];
     let no_finetune = TrainConfig {
         epochs: 0,
-        ..TrainConfig::new(base.model_ref(), "mnist")
+        ..TrainConfig::new(base.model_ref(), &dataset.to_string())
     };
     for &b in bits {
         let format = Some(FixedPoint::paper(b)?);

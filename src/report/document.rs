@@ -470,7 +470,7 @@ fn blocks(view: &View, figures: &[Figure], paper: &[Claim], worst: &[Claim]) -> 
                     t.attack.to_string(),
                     t.gradient.to_string(),
                     t.budget.map_or("-".into(), |b| b.to_string()),
-                    t.source.clone(),
+                    t.source.to_string(),
                     t.images.to_string(),
                     if t.seconds.is_finite() {
                         format!("{:.1}", t.images as f64 / t.seconds.max(1e-9))

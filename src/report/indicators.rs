@@ -4,6 +4,7 @@
 
 use super::Results;
 use crate::attack::AttackKind;
+use crate::model::ModelLabel;
 use crate::transfer::Gradient;
 
 /// The largest rise of accuracy from a weaker to a stronger setting: over `points` (setting
@@ -27,17 +28,15 @@ fn largest_rise(points: &[(f64, f64)]) -> Option<f64> {
 /// updates `masking_suspected`.
 pub(super) fn non_monotone(results: &mut Results) {
     let grid = &results.eps_steps;
-    let mut rises: Vec<(u64, String, AttackKind, Option<f32>, f64)> = Vec::new();
+    let mut rises: Vec<(u64, ModelLabel, AttackKind, Option<f32>, f64)> = Vec::new();
     // Figure 3: at each number of steps across step sizes, at each step size across steps.
-    let mut keys: Vec<(u64, &str, AttackKind)> = grid
-        .iter()
-        .map(|c| (c.seed, c.source.as_str(), c.attack))
-        .collect();
+    let mut keys: Vec<(u64, &ModelLabel, AttackKind)> =
+        grid.iter().map(|c| (c.seed, &c.source, c.attack)).collect();
     keys.sort();
     keys.dedup();
     for (seed, source, attack) in keys {
         let of =
-            |c: &&super::EpsStepsCell| c.seed == seed && c.source == source && c.attack == attack;
+            |c: &&super::EpsStepsCell| c.seed == seed && c.source == *source && c.attack == attack;
         let cells: Vec<_> = grid.iter().filter(of).collect();
         let mut worst: Option<f64> = None;
         for c in &cells {
@@ -59,11 +58,11 @@ pub(super) fn non_monotone(results: &mut Results) {
             }
         }
         if let Some(rise) = worst {
-            rises.push((seed, source.to_string(), attack, None, rise));
+            rises.push((seed, source.clone(), attack, None, rise));
         }
     }
     // `auto` across its budgets.
-    let mut sources: Vec<(u64, String)> = results
+    let mut sources: Vec<(u64, ModelLabel)> = results
         .cells
         .iter()
         .filter(|c| c.attack == AttackKind::Auto && c.source == c.target)

@@ -94,7 +94,7 @@ pub struct DifferentialCell {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CdfSeries {
     pub seed: u64,
-    pub label: String,
+    pub label: ModelLabel,
     /// `weight` or `activation`.
     pub tensor: String,
     pub points: Vec<(f32, f64)>,
@@ -110,7 +110,7 @@ pub struct Throughput {
     pub gradient: Gradient,
     /// The attack's budget, when it has one.
     pub budget: Option<f32>,
-    pub source: String,
+    pub source: ModelLabel,
     pub images: usize,
     /// Seconds the run that made the set took (NaN when its timing file is gone).
     pub seconds: f64,
@@ -595,7 +595,7 @@ fn cell_row(facts: &ModelFacts, c: &Cell) -> [Value; 39] {
         sd,
         sb,
         sh,
-        c.target.clone().into(),
+        c.target.to_string().into(),
         td,
         tb,
         th,

@@ -11,7 +11,9 @@
 //! from the files on disk, so every way of running gives the same results.
 
 mod config;
+mod context;
 mod executor;
+mod jobs;
 mod plan;
 mod profile;
 mod slurm;
@@ -31,8 +33,9 @@ use crate::report::{self, Cell};
 use crate::{Error, Result, stable_hash};
 
 pub use config::{PRESETS, SweepConfig};
-use executor::{Context, Executor, Loaded, check_inputs};
-use plan::{Job, ModelSpec, Plan, PlanInputs, Stage as JobStage, Work};
+use context::{Inputs, Loaded, TestImages, Training};
+use executor::{Executor, check_inputs};
+use plan::{Job, ModelSpec, Plan, PlanInputs, Stage as JobStage};
 pub use plan::{Shard, Stage};
 pub use profile::{ProfileOptions, ProfileOutcome, profile_attacks};
 pub use slurm::{Count, Partition, SlurmOptions, SlurmSubmission, TimeLimit};
@@ -323,19 +326,20 @@ pub fn run(options: &SweepOptions) -> Result<SweepSummary> {
         options.backend,
         options.out.display()
     ));
-    let context = Context {
+    let inputs = Inputs {
         backend: options.backend,
-        test: prepared.test,
-        images: prepared.images,
-        batch_size: config.attack.batch_size,
-        evaluation_images: config.evaluation_images,
         load_as: Some(prepared.model.clone()),
-        training: Some((
-            prepared.model.clone(),
-            DataChoice::known(prepared.dataset, options.data_dir.clone()),
-        )),
+        test: Some(TestImages {
+            images: prepared.test,
+            batch_size: config.attack.batch_size,
+        }),
+        training: Some(Training {
+            model: prepared.model.clone(),
+            data: DataChoice::known(prepared.dataset, options.data_dir.clone()),
+            evaluation_images: config.evaluation_images,
+        }),
     };
-    let outcome = Executor::new(&context, &prepared.plan, &store).run(&selected)?;
+    let outcome = Executor::new(inputs, &prepared.plan, &store).run(&selected)?;
     let (report, models, cells) = match outcome.report {
         Some((path, models, cells)) => (Some(path), models, cells),
         None => (None, prepared.plan.models.len(), 0),
@@ -360,7 +364,7 @@ pub fn submit_to_slurm(options: &SweepOptions, slurm: &SlurmOptions) -> Result<S
 /// A model of the transfer command, loaded by the caller (it chose the test images from them).
 pub struct MatrixModel {
     /// Its name in the matrix (the file's stem).
-    pub name: String,
+    pub name: ModelLabel,
     pub path: PathBuf,
     /// Its gradient through the quantisers already chosen.
     pub classifier: crate::model::Classifier,
@@ -403,7 +407,7 @@ pub fn transfer_matrix(options: MatrixOptions) -> Result<Vec<Cell>> {
         bytes.extend_from_slice(options.test.fingerprint().as_bytes());
         plan.models.push(ModelSpec {
             seed: 1,
-            label: ModelLabel::named(m.name.clone()),
+            label: m.name.clone(),
             family: None,
             key: stable_hash([bytes.as_slice()]),
             path: m.path.clone(),
@@ -423,7 +427,7 @@ pub fn transfer_matrix(options: MatrixOptions) -> Result<Vec<Cell>> {
             name: format!("{} on {}", options.config.kind(), m.name),
             cost: images as f64
                 * (options.config.passes_per_image(classes) + 2.0 * options.models.len() as f64),
-            work: Work::Attack {
+            work: Box::new(jobs::Attack {
                 source: plan.models.len() - 1,
                 targets: (0..options.models.len()).collect(),
                 config: options.config.clone(),
@@ -431,7 +435,7 @@ pub fn transfer_matrix(options: MatrixOptions) -> Result<Vec<Cell>> {
                 images,
                 set,
                 cells: None,
-            },
+            }),
             needs: Vec::new(),
             writes: Vec::new(),
         });
@@ -441,23 +445,23 @@ pub fn transfer_matrix(options: MatrixOptions) -> Result<Vec<Cell>> {
         stage: JobStage::Report,
         name: "matrix".into(),
         cost: 0.0,
-        work: Work::Matrix {
+        work: Box::new(jobs::Matrix {
             out: options.out.clone(),
-        },
+        }),
         needs: Vec::new(),
         writes: Vec::new(),
     });
     let store = Store::cache(options.cache.as_deref(), "transfer")?;
-    let context = Context {
+    let inputs = Inputs {
         backend: options.backend,
-        test: options.test,
-        images,
-        batch_size: options.batch_size,
-        evaluation_images: None,
         load_as: None,
+        test: Some(TestImages {
+            images: options.test,
+            batch_size: options.batch_size,
+        }),
         training: None,
     };
-    let executor = Executor::new(&context, &plan, &store);
+    let executor = Executor::new(inputs, &plan, &store);
     for (index, m) in options.models.into_iter().enumerate() {
         executor.preload(index, Loaded::from_classifier(m.classifier));
     }

@@ -20,6 +20,7 @@ use crate::transfer;
 use crate::{Error, Result, stable_hash};
 
 use super::SweepConfig;
+use super::jobs::{self, Work};
 use super::store::Folder;
 
 /// The stages of a sweep, in order: a stage's jobs read only files that earlier stages write,
@@ -129,84 +130,12 @@ pub(super) struct ModelSpec {
     pub path: PathBuf,
 }
 
-/// What a job does.
-pub(super) enum Work {
-    /// Train model `model` from scratch.
-    Train { model: usize, config: TrainConfig },
-    /// Compress model `base` into model `model` and fine-tune it.
-    Compress {
-        model: usize,
-        base: usize,
-        config: CompressConfig,
-    },
-    /// Craft one adversarial set on the first `images` test images of `source`, its
-    /// quantisers passing gradients by `grad` (or read it back from `set`), and evaluate it on
-    /// every target: the set and its cells are written by this job alone. Cells without files
-    /// (`cells: None`) are kept in memory for the plan's last job.
-    Attack {
-        source: usize,
-        targets: Vec<usize>,
-        config: AttackConfig,
-        grad: QuantGrad,
-        images: usize,
-        set: Option<PathBuf>,
-        cells: Option<Vec<PathBuf>>,
-    },
-    /// The unbounded check of `model`'s gradient through `grad`: a gradient attack with a
-    /// budget of 1.0 must leave about no image correct.
-    Unbounded {
-        model: usize,
-        grad: QuantGrad,
-        images: usize,
-        cell: PathBuf,
-    },
-    /// One Figure 3 point: `model` attacked by itself (the set is not kept).
-    EpsSteps {
-        model: usize,
-        config: AttackConfig,
-        cell: PathBuf,
-    },
-    /// Beyond the paper: each attack crafted on the pair (compressed, reference) — DIVA, and
-    /// PGD for comparison — and how its examples split the pair.
-    Differential {
-        compressed: usize,
-        reference: usize,
-        attacks: Vec<AttackConfig>,
-        cell: PathBuf,
-    },
-    /// The sweep's tables, figures and report, from every file above.
-    Report {
-        title: String,
-        /// Where the numbers come from (the config as TOML among it), for the report's header.
-        provenance: Box<report::Provenance>,
-        /// The settings of each attack of the sweep (the first seed's).
-        attacks: Vec<AttackConfig>,
-        /// Figure 5: activations recorded on this many test images.
-        activation_images: usize,
-    },
-    /// The transfer command's matrix of adversarial accuracy (rows: source, columns: target),
-    /// from the cells kept in memory.
-    Matrix { out: PathBuf },
-    /// The profile: every attack's throughput on one model variant at one batch size, and
-    /// where one iteration's time goes (timings are always measured afresh, never reused).
-    Measure {
-        variant: Box<crate::profile::Variant>,
-        batch_size: usize,
-        attacks: Vec<AttackConfig>,
-        repeats: usize,
-    },
-    /// The profile's CSVs and figure, from the measurements kept in memory.
-    ProfileFiles {
-        out: PathBuf,
-        batch_sizes: Vec<usize>,
-    },
-}
-
 pub(super) struct Job {
     /// Content address: a hash of everything the job's outputs depend on.
     pub key: String,
     pub stage: Stage,
-    pub work: Work,
+    /// What it does.
+    pub work: Box<dyn Work>,
     /// Rough cost in image passes (a forward or backward pass of one image), for the ETA.
     pub cost: f64,
     /// Files the job reads, written by earlier stages (or given by the user).
@@ -331,10 +260,10 @@ impl PlanInputs<'_> {
                     plan.jobs.push(Job {
                         key,
                         stage: Stage::Baseline,
-                        work: Work::Train {
+                        work: Box::new(jobs::Train {
                             model: base,
                             config: train,
-                        },
+                        }),
                         cost: self.train_cost(&config.baseline),
                         needs: Vec::new(),
                         writes: vec![path],
@@ -362,11 +291,11 @@ impl PlanInputs<'_> {
                 plan.jobs.push(Job {
                     key,
                     stage: Stage::Compress,
-                    work: Work::Compress {
+                    work: Box::new(jobs::Compress {
                         model,
                         base,
                         config: compress,
-                    },
+                    }),
                     cost: self.train_cost(&config.finetune.train),
                     needs: vec![base_path.clone()],
                     writes: vec![path],
@@ -440,12 +369,12 @@ impl PlanInputs<'_> {
                                 spec.label
                             ),
                             cost: images as f64 * (check.passes_per_image(classes) + 2.0),
-                            work: Work::Unbounded {
+                            work: Box::new(jobs::Unbounded {
                                 model,
                                 grad,
                                 images,
                                 cell: cell.clone(),
-                            },
+                            }),
                             needs: vec![spec.path.clone()],
                             writes: vec![cell],
                         });
@@ -489,11 +418,12 @@ impl PlanInputs<'_> {
                                     "seed {seed}: figure 3, {kind} on {label}, eps {eps} x {steps}"
                                 ),
                                 cost: self.images as f64 * (attack.passes_per_image(classes) + 2.0),
-                                work: Work::EpsSteps {
+                                work: Box::new(jobs::EpsSteps {
                                     model: source,
                                     config: attack,
+                                    images: self.images,
                                     cell: cell.clone(),
-                                },
+                                }),
                                 needs: vec![source_path.clone()],
                                 writes: vec![cell],
                             });
@@ -513,12 +443,13 @@ impl PlanInputs<'_> {
                     .map(|p| p.as_os_str().as_encoded_bytes()),
             ),
             stage: Stage::Report,
-            work: Work::Report {
+            work: Box::new(jobs::Report {
                 title: self.title.clone(),
-                provenance: Box::new(self.provenance.clone()),
+                provenance: self.provenance.clone(),
                 attacks: self.attacks()?,
+                evaluation_images: config.evaluation_images,
                 activation_images: config.figure5.activation_images,
-            },
+            }),
             cost: report_cost,
             needs: report_needs,
             writes: Vec::new(),
@@ -566,12 +497,13 @@ impl PlanInputs<'_> {
                 cost: self.images as f64 * passes,
                 needs: vec![spec.path.clone(), reference.path.clone()],
                 writes: vec![cell.clone()],
-                work: Work::Differential {
+                work: Box::new(jobs::Differential {
                     compressed: m,
                     reference: base,
                     attacks: attacks.clone(),
+                    images: self.images,
                     cell,
-                },
+                }),
             });
         }
         Ok(())
@@ -635,7 +567,7 @@ impl PlanInputs<'_> {
             name: format!("seed {}: {what} on {}", spec.seed, spec.label),
             cost: images as f64
                 * (attack.passes_per_image(self.classes) + 2.0 * targets.len() as f64),
-            work: Work::Attack {
+            work: Box::new(jobs::Attack {
                 source,
                 targets: targets.to_vec(),
                 config: attack,
@@ -643,7 +575,7 @@ impl PlanInputs<'_> {
                 images,
                 set: Some(set),
                 cells: Some(cells),
-            },
+            }),
             needs: model_files.to_vec(),
             writes,
         }

@@ -3,10 +3,13 @@
 //! measuring job per model variant and batch size, and the files.
 
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use super::SweepConfig;
-use super::executor::{Context, Executor, Outcome};
-use super::plan::{Job, ModelSpec, Plan, Stage, Work};
+use super::context::{Inputs, Outcome, Training};
+use super::executor::Executor;
+use super::jobs;
+use super::plan::{Job, ModelSpec, Plan, Stage};
 use super::store::Store;
 use crate::attack::{AttackConfig, AttackKind};
 use crate::backend::Backend;
@@ -47,9 +50,10 @@ pub fn profile_attacks(options: ProfileOptions) -> Result<ProfileOutcome> {
     };
     let ckpt = model::load(&baseline, None, &KeyMap::default(), &options.backend.device)?;
     let dataset = ckpt.network.dataset(&DataChoice::default(), &ckpt.meta)?;
-    let test = ckpt.network.images(&dataset, Split::Test)?;
+    let test = Rc::new(ckpt.network.images(&dataset, Split::Test)?);
     let variants = profile::variants(
         &ckpt.network,
+        &dataset,
         &options.bits,
         &options.densities,
         &options.backend.device,
@@ -80,12 +84,13 @@ pub fn profile_attacks(options: ProfileOptions) -> Result<ProfileOutcome> {
                 stage: Stage::Attack,
                 name: format!("{}, batch {batch_size}", variant.label),
                 cost: (options.repeats + 1) as f64 * batch_size as f64 * (passes + 4.0),
-                work: Work::Measure {
-                    variant: Box::new(variant.clone()),
+                work: Box::new(jobs::Measure {
+                    variant: variant.clone(),
+                    test: test.clone(),
                     batch_size,
                     attacks: attacks.clone(),
                     repeats: options.repeats,
-                },
+                }),
                 needs: Vec::new(),
                 writes: Vec::new(),
             });
@@ -96,10 +101,10 @@ pub fn profile_attacks(options: ProfileOptions) -> Result<ProfileOutcome> {
         stage: Stage::Report,
         name: "files".into(),
         cost: 0.0,
-        work: Work::ProfileFiles {
+        work: Box::new(jobs::ProfileFiles {
             out: options.out.clone(),
             batch_sizes: options.batch_sizes.clone(),
-        },
+        }),
         needs: Vec::new(),
         writes: Vec::new(),
     });
@@ -111,14 +116,20 @@ pub fn profile_attacks(options: ProfileOptions) -> Result<ProfileOutcome> {
         options.backend,
         options.repeats
     ));
-    let context = context(options.backend, test, None);
+    // The measuring jobs carry their images and batch sizes, and load no checkpoint.
+    let inputs = Inputs {
+        backend: options.backend,
+        load_as: None,
+        test: None,
+        training: None,
+    };
     let all: Vec<usize> = (0..plan.jobs.len()).collect();
     let Outcome {
         timings,
         splits,
         files,
         ..
-    } = Executor::new(&context, &plan, &store).run(&all)?;
+    } = Executor::new(inputs, &plan, &store).run(&all)?;
     Ok(ProfileOutcome {
         timings,
         splits,
@@ -154,36 +165,21 @@ fn quick_baseline(options: &ProfileOptions, store: &Store) -> Result<PathBuf> {
             stage: Stage::Baseline,
             name: format!("seed 1: baseline ({kind}, the quick preset's)"),
             cost: 3.0 * config.epochs as f64 * 60_000.0,
-            work: Work::Train { model: 0, config },
+            work: Box::new(jobs::Train { model: 0, config }),
             needs: Vec::new(),
             writes: vec![path.clone()],
         }],
     };
-    let network = ModelRef::BuiltIn(kind).load(&options.backend.device)?;
-    let data = DataChoice::known(dataset, None);
-    let test = network.images(
-        &network.dataset(&data, &model::CheckpointMeta::default())?,
-        Split::Test,
-    )?;
-    let context = context(options.backend, test, Some((ModelRef::BuiltIn(kind), data)));
-    Executor::new(&context, &plan, store).run(&[0])?;
-    Ok(path)
-}
-
-/// The profile's jobs take their images and batch sizes from their own work, and load no
-/// checkpoint through the context: only the test images and what trains the baseline matter.
-fn context(
-    backend: &Backend,
-    test: crate::data::Images,
-    training: Option<(ModelRef, DataChoice)>,
-) -> Context<'_> {
-    Context {
-        backend,
-        test,
-        images: 0,
-        batch_size: 1,
-        evaluation_images: None,
+    let inputs = Inputs {
+        backend: options.backend,
         load_as: None,
-        training,
-    }
+        test: None,
+        training: Some(Training {
+            model: ModelRef::BuiltIn(kind),
+            data: DataChoice::known(dataset, None),
+            evaluation_images: None,
+        }),
+    };
+    Executor::new(inputs, &plan, store).run(&[0])?;
+    Ok(path)
 }

@@ -512,12 +512,12 @@ pub fn train_baseline(
         .map_err(|e| e.naming(crate::ModelRole::Target, Path::new(&model.to_string())))?;
     let test_accuracy = epochs.last().map(|r| r.test_accuracy).unwrap_or(0.0);
     let meta = CheckpointMeta {
-        model: network.model_ref().to_string(),
+        model: Some(network.model_ref()),
         model_sha256: network.model_sha256(),
         dataset: dataset.to_string(),
         seed: config.seed,
         accuracy: Some(test_accuracy),
-        compression: "none".into(),
+        compression: None,
         tool_version: crate::VERSION.into(),
         config_hash: config.hash(),
     };

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Cell, Gradient};
 use crate::attack::{AttackKind, Stage, StageKills};
+use crate::model::ModelLabel;
 
 /// Images whose loss gradient at the clean image is exactly zero, and pixels, as shares.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -210,7 +211,7 @@ impl Indicators {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UnboundedCheck {
     pub seed: u64,
-    pub model: String,
+    pub model: ModelLabel,
     pub gradient: Gradient,
     pub accuracy: f64,
 }
@@ -224,7 +225,7 @@ pub struct UnboundedCheck {
 /// them).
 pub fn complete(cells: &mut [Cell], unbounded: &[UnboundedCheck]) {
     // (seed, model, share only Square found, auto's accuracy)
-    let gradient_free: Vec<(u64, String, f64, f64)> = cells
+    let gradient_free: Vec<(u64, ModelLabel, f64, f64)> = cells
         .iter()
         .filter(|c| c.attack == AttackKind::Auto && c.source == c.target)
         .filter_map(|c| {
@@ -319,8 +320,8 @@ mod tests {
             attack,
             gradient: Gradient::Exact,
             budget: (attack == AttackKind::Auto).then_some(0.1),
-            source: "dns0.05".into(),
-            target: "dns0.05".into(),
+            source: ModelLabel::named("dns0.05"),
+            target: ModelLabel::named("dns0.05"),
             scenario: Scenario::CompToComp,
             metrics: CellMetrics {
                 images: 200,

@@ -446,8 +446,8 @@ pub struct Cell {
     /// The attack's total budget, when it has one.
     #[serde(default)]
     pub budget: Option<f32>,
-    pub source: String,
-    pub target: String,
+    pub source: ModelLabel,
+    pub target: ModelLabel,
     pub scenario: Scenario,
     pub metrics: CellMetrics,
 }
