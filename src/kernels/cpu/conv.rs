@@ -392,11 +392,18 @@ impl Conv {
         let (taps, pixels, ow) = (self.taps(), self.pixels(), self.out_width);
         let wq = self.phase_shape()[1];
         let row = (self.out_height * wq).next_multiple_of(LANES);
-        for (block, weights) in packed.chunks_exact(taps * OUT_BLOCK).enumerate() {
+        for (channels, weights) in packed.chunks_exact(taps * OUT_BLOCK).enumerate() {
             for at in (0..row).step_by(LANES) {
-                accumulate(offsets, weights, phased, at, wide, row);
+                let block = Block {
+                    offsets,
+                    weights,
+                    phased,
+                    at,
+                    row,
+                };
+                accumulate(&block, wide);
             }
-            let first = block * OUT_BLOCK;
+            let first = channels * OUT_BLOCK;
             for (b, o) in (first..self.out_channels.min(first + OUT_BLOCK)).enumerate() {
                 let b_o = bias.map_or(0.0, |bias| bias[o]);
                 let rows = wide[b * row..].chunks(wq);
@@ -578,6 +585,17 @@ impl Conv {
     }
 }
 
+/// One block of the direct kernel: tap t reads `phased` from `offsets[t] + at` on, with the
+/// [`OUT_BLOCK`] weights `weights[t * OUT_BLOCK..]`; output rows are `row` values apart.
+#[derive(Clone, Copy)]
+struct Block<'a> {
+    offsets: &'a [usize],
+    weights: &'a [f32],
+    phased: &'a [f32],
+    at: usize,
+    row: usize,
+}
+
 /// The direct kernel's inner block: for [`OUT_BLOCK`] output channels (`weights`: [taps,
 /// OUT_BLOCK]) and the [`LANES`] output positions from `at` on, `wide[b * row + at..]` = the sum
 /// over taps, in order, of x · w (fused multiply-adds), where tap t reads `phased` from
@@ -586,14 +604,14 @@ impl Conv {
 /// accumulators, or kept them in memory (30 and 2 times slower). The three copies give the
 /// same bits (every lane is the same chain of fused multiply-adds); without FMA in the CPU the
 /// plain copy's `mul_add` is a library call, slow but exact.
-fn accumulate(
-    offsets: &[usize],
-    weights: &[f32],
-    phased: &[f32],
-    at: usize,
-    wide: &mut [f32],
-    row: usize,
-) {
+fn accumulate(block: &Block, wide: &mut [f32]) {
+    let Block {
+        offsets,
+        weights,
+        phased,
+        at,
+        row,
+    } = *block;
     // The bounds of every read and write, checked here for every copy (offsets increase).
     assert!(weights.len() >= offsets.len() * OUT_BLOCK);
     assert!(
@@ -606,25 +624,25 @@ fn accumulate(
     {
         if avx512() {
             // SAFETY: the CPU has AVX-512F (`avx512()` checked it just above).
-            return unsafe { accumulate_avx512(offsets, weights, phased, at, wide, row) };
+            return unsafe { accumulate_avx512(block, wide) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { accumulate_avx2(offsets, weights, phased, at, wide, row) };
+            return unsafe { accumulate_avx2(block, wide) };
         }
     }
-    accumulate_plain(offsets, weights, phased, at, wide, row);
+    accumulate_plain(block, wide);
 }
 
-fn accumulate_plain(
-    offsets: &[usize],
-    weights: &[f32],
-    phased: &[f32],
-    at: usize,
-    wide: &mut [f32],
-    row: usize,
-) {
+fn accumulate_plain(block: &Block, wide: &mut [f32]) {
+    let Block {
+        offsets,
+        weights,
+        phased,
+        at,
+        row,
+    } = *block;
     let mut acc = [[0f32; LANES]; OUT_BLOCK];
     for (&offset, w) in offsets.iter().zip(weights.chunks_exact(OUT_BLOCK)) {
         let x = &phased[offset + at..][..LANES];
@@ -642,14 +660,14 @@ fn accumulate_plain(
 /// [`accumulate`] in the sixteen lanes of AVX-512 registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn accumulate_avx512(
-    offsets: &[usize],
-    weights: &[f32],
-    phased: &[f32],
-    at: usize,
-    wide: &mut [f32],
-    row: usize,
-) {
+fn accumulate_avx512(block: &Block, wide: &mut [f32]) {
+    let Block {
+        offsets,
+        weights,
+        phased,
+        at,
+        row,
+    } = *block;
     use std::arch::x86_64::{
         __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
         _mm512_storeu_ps,
@@ -673,14 +691,14 @@ fn accumulate_avx512(
 /// other (both halves' accumulators at once would not fit the sixteen registers).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn accumulate_avx2(
-    offsets: &[usize],
-    weights: &[f32],
-    phased: &[f32],
-    at: usize,
-    wide: &mut [f32],
-    row: usize,
-) {
+fn accumulate_avx2(block: &Block, wide: &mut [f32]) {
+    let Block {
+        offsets,
+        weights,
+        phased,
+        at,
+        row,
+    } = *block;
     use std::arch::x86_64::{
         __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps,
         _mm256_storeu_ps,
@@ -933,11 +951,17 @@ mod tests {
         let noise = |i: usize| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.1;
         let weights: Vec<f32> = (0..taps * OUT_BLOCK).map(|i| noise(i + 11)).collect();
         let phased: Vec<f32> = (0..offsets[taps - 1] + row + LANES).map(noise).collect();
-        type Block = fn(&[usize], &[f32], &[f32], usize, &mut [f32], usize);
-        let run = |copy: Block| {
+        let run = |copy: fn(&Block, &mut [f32])| {
             let mut wide = vec![0f32; OUT_BLOCK * row];
             for at in (0..row).step_by(LANES) {
-                copy(&offsets, &weights, &phased, at, &mut wide, row);
+                let block = Block {
+                    offsets: &offsets,
+                    weights: &weights,
+                    phased: &phased,
+                    at,
+                    row,
+                };
+                copy(&block, &mut wide);
             }
             wide
         };
@@ -949,14 +973,14 @@ mod tests {
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU has AVX-512F.
-                let avx512 = run(|o, w, p, a, d, r| unsafe { accumulate_avx512(o, w, p, a, d, r) });
+                let avx512 = run(|block, wide| unsafe { accumulate_avx512(block, wide) });
                 assert_eq!(bits(&avx512), bits(&plain), "the AVX-512 copy");
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
                 // SAFETY: the CPU has AVX2 and FMA.
-                let avx2 = run(|o, w, p, a, d, r| unsafe { accumulate_avx2(o, w, p, a, d, r) });
+                let avx2 = run(|block, wide| unsafe { accumulate_avx2(block, wide) });
                 assert_eq!(bits(&avx2), bits(&plain), "the AVX2 copy");
             }
         }
