@@ -657,68 +657,50 @@ fn accumulate_plain(block: &Block, wide: &mut [f32]) {
     }
 }
 
-/// [`accumulate`] in the sixteen lanes of AVX-512 registers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn accumulate_avx512(block: &Block, wide: &mut [f32]) {
-    let Block {
-        offsets,
-        weights,
-        phased,
-        at,
-        row,
-    } = *block;
-    use std::arch::x86_64::{
-        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
-        _mm512_storeu_ps,
-    };
-    let mut acc: [__m512; OUT_BLOCK] = [_mm512_setzero_ps(); OUT_BLOCK];
-    for (&offset, w) in offsets.iter().zip(weights.chunks_exact(OUT_BLOCK)) {
-        let w: &[f32; OUT_BLOCK] = w.try_into().unwrap();
-        // SAFETY: `accumulate` checked that the LANES values from offset + at are in `phased`.
-        let x = unsafe { _mm512_loadu_ps(phased.as_ptr().add(offset + at)) };
-        for (a, &w) in acc.iter_mut().zip(w) {
-            *a = _mm512_fmadd_ps(x, _mm512_set1_ps(w), *a);
-        }
-    }
-    for (b, a) in acc.into_iter().enumerate() {
-        // SAFETY: `accumulate` checked that row b's LANES values from `at` are in `wide`.
-        unsafe { _mm512_storeu_ps(wide.as_mut_ptr().add(b * row + at), a) };
-    }
-}
-
-/// [`accumulate`] in AVX2 registers: the sixteen lanes as two halves of eight, one after the
-/// other (both halves' accumulators at once would not fit the sixteen registers).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn accumulate_avx2(block: &Block, wide: &mut [f32]) {
-    let Block {
-        offsets,
-        weights,
-        phased,
-        at,
-        row,
-    } = *block;
-    use std::arch::x86_64::{
-        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps,
-        _mm256_storeu_ps,
-    };
-    for half in [0, LANES / 2] {
-        let mut acc: [__m256; OUT_BLOCK] = [_mm256_setzero_ps(); OUT_BLOCK];
-        for (&offset, w) in offsets.iter().zip(weights.chunks_exact(OUT_BLOCK)) {
-            let w: &[f32; OUT_BLOCK] = w.try_into().unwrap();
-            // SAFETY: as in `accumulate_avx512`; this half's eight values are among them.
-            let x = unsafe { _mm256_loadu_ps(phased.as_ptr().add(offset + at + half)) };
-            for (a, &w) in acc.iter_mut().zip(w) {
-                *a = _mm256_fmadd_ps(x, _mm256_set1_ps(w), *a);
+/// Defines `$name`, [`accumulate`] in registers of `$width` lanes with the CPU features
+/// `$features`: the sixteen lanes as `LANES / $width` parts, one after the other (AVX2's
+/// sixteen registers would not hold two parts' accumulators at once).
+macro_rules! accumulate_in_registers {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $width:literal,
+     $vector:ident, $zero:ident, $load:ident, $splat:ident, $fmadd:ident, $store:ident) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        fn $name(block: &Block, wide: &mut [f32]) {
+            use std::arch::x86_64::{$vector, $fmadd, $load, $splat, $store, $zero};
+            let Block { offsets, weights, phased, at, row } = *block;
+            for part in (0..LANES).step_by($width) {
+                let mut acc: [$vector; OUT_BLOCK] = [$zero(); OUT_BLOCK];
+                for (&offset, w) in offsets.iter().zip(weights.chunks_exact(OUT_BLOCK)) {
+                    let w: &[f32; OUT_BLOCK] = w.try_into().unwrap();
+                    // SAFETY: `accumulate` checked that the LANES values from offset + at are
+                    // in `phased`; this part's are among them.
+                    let x = unsafe { $load(phased.as_ptr().add(offset + at + part)) };
+                    for (a, &w) in acc.iter_mut().zip(w) {
+                        *a = $fmadd(x, $splat(w), *a);
+                    }
+                }
+                for (b, a) in acc.into_iter().enumerate() {
+                    // SAFETY: `accumulate` checked that row b's LANES values from `at` are in
+                    // `wide`; this part's are among them.
+                    unsafe { $store(wide.as_mut_ptr().add(b * row + at + part), a) };
+                }
             }
         }
-        for (b, a) in acc.into_iter().enumerate() {
-            // SAFETY: as in `accumulate_avx512`.
-            unsafe { _mm256_storeu_ps(wide.as_mut_ptr().add(b * row + at + half), a) };
-        }
-    }
+    };
 }
+
+accumulate_in_registers!(
+    /// [`accumulate`] in AVX-512 registers (one part of sixteen lanes).
+    accumulate_avx512, "avx512f", 16,
+    __m512, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps
+);
+
+accumulate_in_registers!(
+    /// [`accumulate`] in AVX2 registers (two parts of eight lanes).
+    accumulate_avx2, "avx2,fma", 8,
+    __m256, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps
+);
 
 /// One worker's buffers for a group of images: the im2col matrix, the outputs side by side
 /// and the images split into their stride phases.
