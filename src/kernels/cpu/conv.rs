@@ -605,21 +605,11 @@ struct Block<'a> {
 /// same bits (every lane is the same chain of fused multiply-adds); without FMA in the CPU the
 /// plain copy's `mul_add` is a library call, slow but exact.
 fn accumulate(block: &Block, wide: &mut [f32]) {
-    let Block {
-        offsets,
-        weights,
-        phased,
-        at,
-        row,
-    } = *block;
     // The bounds of every read and write, checked here for every copy (offsets increase).
-    assert!(weights.len() >= offsets.len() * OUT_BLOCK);
-    assert!(
-        offsets
-            .last()
-            .is_none_or(|&last| last + at + LANES <= phased.len())
-    );
-    assert!((OUT_BLOCK - 1) * row + at + LANES <= wide.len());
+    let read_end = block.offsets.last().map(|o| o + block.at + LANES);
+    assert!(block.weights.len() >= block.offsets.len() * OUT_BLOCK);
+    assert!(read_end.is_none_or(|end| end <= block.phased.len()));
+    assert!((OUT_BLOCK - 1) * block.row + block.at + LANES <= wide.len());
     #[cfg(target_arch = "x86_64")]
     {
         if avx512() {
