@@ -23,7 +23,7 @@ fn cpu() -> Device {
 fn meta() -> CheckpointMeta {
     CheckpointMeta {
         model: Some(ModelKind::LeNet5.into()),
-        dataset: "mnist".into(),
+        dataset: Some(DatasetKind::Mnist.into()),
         seed: 3,
         accuracy: Some(0.5),
         compression: None,

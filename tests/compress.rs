@@ -31,7 +31,7 @@ fn baseline(name: &str) -> Scratch {
     let path = temp(name);
     let meta = CheckpointMeta {
         model: Some(ModelKind::LeNet5.into()),
-        dataset: "mnist".into(),
+        dataset: Some(DatasetKind::Mnist.into()),
         ..Default::default()
     };
     model::save_checkpoint(&path, &ModelKind::LeNet5.init(&device), &meta).unwrap();
@@ -42,7 +42,7 @@ fn config(epochs: usize) -> CompressConfig {
     let mut config = CompressConfig::new(TrainConfig {
         batch_size: 64,
         train_limit: Some(512),
-        ..TrainConfig::new(ModelKind::LeNet5, "mnist")
+        ..TrainConfig::new(ModelKind::LeNet5, DatasetKind::Mnist)
     });
     config.finetune.epochs = epochs;
     config
@@ -614,7 +614,7 @@ fn affine_int8_per_channel_keeps_a_trained_lenet5_and_puts_every_weight_on_its_g
 /// strings are those of the code that trained the cached models.
 #[test]
 fn the_json_and_hash_of_the_default_configs_do_not_move() {
-    let train = TrainConfig::new(ModelKind::LeNet5, "mnist");
+    let train = TrainConfig::new(ModelKind::LeNet5, DatasetKind::Mnist);
     let finetune = TrainConfig {
         epochs: 3,
         ..train.clone()
@@ -661,11 +661,15 @@ fn the_json_and_hash_of_the_default_configs_do_not_move() {
     }
     // The sweep builds the same configs from its defaults.
     let sweep = advcomp::sweep::SweepConfig::default();
-    let baseline = sweep.baseline.config(ModelKind::LeNet5, "mnist", 1);
+    let baseline = sweep
+        .baseline
+        .config(ModelKind::LeNet5, DatasetKind::Mnist, 1);
     assert_eq!(baseline.hash(), "c4e4cb1cd90a624a");
     let dns = CompressConfig {
         prune: Some(grid.pruner_at(0.1)),
-        ..sweep.finetune.config(ModelKind::LeNet5, "mnist", 1)
+        ..sweep
+            .finetune
+            .config(ModelKind::LeNet5, DatasetKind::Mnist, 1)
     };
     assert_eq!(dns.hash(), "3dd1a122575c6cc4");
     // Slurm's tasks read the sweep config back from TOML.
@@ -674,4 +678,42 @@ fn the_json_and_hash_of_the_default_configs_do_not_move() {
         let back: advcomp::sweep::SweepConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, config, "{text}");
     }
+}
+
+/// An imported model (by its digest, as the sweep records it, or by its path) and the user's
+/// own data are written into the training config as the text they always were, and read back.
+#[test]
+fn imported_models_and_own_data_keep_their_text_in_the_config() {
+    use advcomp::data::DatasetRecord;
+    use advcomp::model::{ModelIdentity, ModelRef};
+    let sha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let own = DatasetRecord::Own("train pets/train, test pets/test".into());
+    for (model, dataset, expected) in [
+        (
+            ModelIdentity::digest(sha),
+            own.clone(),
+            r#"{"model":"onnx-0123456789abcdef","dataset":"own data: train pets/train, test pets/test","#,
+        ),
+        (
+            ModelRef::Onnx("models/resnet8.onnx".into()).into(),
+            DatasetKind::FashionMnist.into(),
+            r#"{"model":"models/resnet8.onnx","dataset":"fashion-mnist","#,
+        ),
+    ] {
+        let config = TrainConfig::new(model.clone(), dataset.clone());
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(json.starts_with(expected), "{json}");
+        assert_eq!(model.to_string().parse::<ModelIdentity>().unwrap(), model);
+        assert_eq!(
+            dataset.to_string().parse::<DatasetRecord>().unwrap(),
+            dataset
+        );
+    }
+    // A file whose name only looks like a digest is still a file.
+    assert_eq!(
+        "onnx-0123456789abcdef.onnx"
+            .parse::<ModelIdentity>()
+            .unwrap(),
+        ModelRef::Onnx("onnx-0123456789abcdef.onnx".into()).into()
+    );
 }

@@ -12,6 +12,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use advcomp::backend;
+use advcomp::data::DatasetKind;
 use advcomp::model::{self, CheckpointMeta, Compression, ModelKind};
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
@@ -45,7 +46,7 @@ fn s(path: &Path) -> &str {
 fn meta() -> CheckpointMeta {
     CheckpointMeta {
         model: Some(ModelKind::LeNet5.into()),
-        dataset: "mnist".into(),
+        dataset: Some(DatasetKind::Mnist.into()),
         seed: 1,
         accuracy: None,
         compression: None,
@@ -188,12 +189,7 @@ fn set_file(
     n: usize,
     spoil: impl FnOnce(&mut Vec<f32>, &mut Vec<usize>, &mut Vec<i64>, &mut Vec<i64>),
 ) {
-    let test = advcomp::data::load(
-        advcomp::data::DatasetKind::Mnist,
-        advcomp::data::Split::Test,
-        None,
-    )
-    .unwrap();
+    let test = advcomp::data::load(DatasetKind::Mnist, advcomp::data::Split::Test, None).unwrap();
     let mut pixels: Vec<f32> = test.pixels.floats(0..n * 784);
     let mut shape = vec![n, 1, 28, 28];
     let mut labels: Vec<i64> = test.labels[..n].iter().map(|&l| l as i64).collect();

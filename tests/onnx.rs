@@ -902,7 +902,7 @@ fn lenet5_equivalence(device: &Device, backend: &str) {
         prune: Some(PruneConfig::at(PruneKind::Dns, 0.2)),
         ..CompressConfig::new(TrainConfig {
             epochs: 0,
-            ..TrainConfig::new("lenet5", "mnist")
+            ..TrainConfig::new(advcomp::model::ModelKind::LeNet5, DatasetKind::Mnist)
         })
     };
     let config = CompressConfig {

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use advcomp::backend;
 use advcomp::compress::{self, CompressConfig};
+use advcomp::data::DatasetKind;
 use advcomp::model::{self, KeyMap, ModelKind};
 use advcomp::quant::{AffineSettings, FixedPointSettings, IntType, QuantConfig};
 use advcomp::train::TrainConfig;
@@ -26,7 +27,7 @@ fn lenet5() -> std::path::PathBuf {
 /// `quant` applied to the trained LeNet5 (no fine-tuning, calibration on 200 images).
 fn compressed(name: &str, quant: QuantConfig) -> Scratch {
     let out = Scratch::path(&format!("qdq-{name}.safetensors"));
-    let mut config = CompressConfig::new(TrainConfig::new(ModelKind::LeNet5, "mnist"));
+    let mut config = CompressConfig::new(TrainConfig::new(ModelKind::LeNet5, DatasetKind::Mnist));
     config.finetune.epochs = 0;
     config.quant = Some(quant);
     compress::compress_checkpoint(

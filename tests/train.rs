@@ -15,7 +15,7 @@ fn short_training_learns_and_is_reproducible_from_its_seed() {
         epochs: 1,
         train_limit: Some(2560),
         seed: 4,
-        ..TrainConfig::new(ModelKind::LeNet5, "mnist")
+        ..TrainConfig::new(ModelKind::LeNet5, DatasetKind::Mnist)
     };
     let run = || {
         let (network, reports) = train::train(

@@ -22,7 +22,7 @@ fn checkpoint(name: &str, seed: u64, compression: &Compression) -> Scratch {
     let path = temp(name);
     let meta = CheckpointMeta {
         model: Some(ModelKind::LeNet5.into()),
-        dataset: "mnist".into(),
+        dataset: Some(DatasetKind::Mnist.into()),
         ..Default::default()
     };
     let network = model::bake(ModelKind::LeNet5.init(&device), compression);

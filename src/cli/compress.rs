@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use advcomp::compress::{self, CompressConfig, FinetuneSettings, LayerSummary};
-use advcomp::data::Split;
-use advcomp::model::{self, Checkpoint, KeyMap};
+use advcomp::data::{DatasetRecord, Split};
+use advcomp::model::{self, Checkpoint, KeyMap, ModelRef};
 use advcomp::prune::{DnsSettings, MagnitudeSettings, PruneConfig, PruneKind};
 use advcomp::quant::{
     AffineSettings, Calibration, FixedPoint, FixedPointSettings, IntType, QuantConfig,
@@ -155,7 +155,7 @@ fn format(bits: Option<u32>, int_bits: Option<u32>) -> Result<Option<FixedPoint>
     }
 }
 
-fn config(args: &CompressArgs, model: &str, dataset: &str) -> Result<CompressConfig> {
+fn config(args: &CompressArgs, model: ModelRef, dataset: DatasetRecord) -> Result<CompressConfig> {
     let prune = match (args.prune, args.density) {
         (Some(p), Some(d)) => Some((p, d)),
         (None, Some(d)) => Some((PruneKind::Dns, d)),
@@ -235,7 +235,7 @@ pub(super) fn compress_command(args: CompressArgs) -> Result<()> {
     let kind = base.network.model_ref();
     let choice = args.data.choice();
     let dataset = base.network.dataset(&choice, &base.meta)?;
-    let config = config(&args, &kind.to_string(), &dataset.to_string())?;
+    let config = config(&args, kind.clone(), dataset.record())?;
     drop(base);
     eprintln!(
         "compressing {} ({kind} on {dataset}): prune {}, quantise {}, {} fine-tuning epochs",

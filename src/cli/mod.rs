@@ -362,7 +362,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         epochs: args.epochs,
         ..args.settings.clone()
     };
-    let config = settings.config(&args.model, &dataset.to_string(), args.seed);
+    let config = settings.config(args.model.clone(), dataset.record(), args.seed);
     config.validate()?;
     let out = args.out.clone().unwrap_or_else(|| {
         let model = match &args.model {

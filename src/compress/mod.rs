@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 
 pub use stats::{Cdf, LayerSummary, cdf_rows, weight_summary};
 
-use crate::data::{DataChoice, Images, Split};
+use crate::data::{DataChoice, DatasetRecord, Images, Split};
 use crate::kernels::QuantGrad;
 use crate::model::{
-    self, CheckpointMeta, Compression, CompressionRecord, KeyMap, Mask, ModelLabel, Network,
-    Quantisation, weight_layers,
+    self, CheckpointMeta, Compression, CompressionRecord, KeyMap, Mask, ModelIdentity, ModelLabel,
+    Network, Quantisation, weight_layers,
 };
 use crate::prune::PruneConfig;
 use crate::quant::QuantConfig;
@@ -58,8 +58,8 @@ impl FinetuneSettings {
     /// (no pruner or quantiser yet: set at least one).
     pub fn config(
         &self,
-        model: impl std::fmt::Display,
-        dataset: &str,
+        model: impl Into<ModelIdentity>,
+        dataset: impl Into<DatasetRecord>,
         seed: u64,
     ) -> CompressConfig {
         CompressConfig {
@@ -361,7 +361,7 @@ pub fn compress_checkpoint(
     let meta = CheckpointMeta {
         model: Some(checkpoint.network.model_ref()),
         model_sha256: checkpoint.network.model_sha256(),
-        dataset: dataset.to_string(),
+        dataset: Some(dataset.record()),
         seed: config.finetune.seed,
         accuracy: Some(compressed.test_accuracy),
         compression: Some(compressed.record.clone()),

@@ -187,6 +187,18 @@ impl Dataset {
         }
     }
 
+    /// What training configs and checkpoints record of it.
+    pub fn record(&self) -> DatasetRecord {
+        match self {
+            Dataset::Known { kind, .. } => DatasetRecord::Known(*kind),
+            Dataset::Own { .. } => DatasetRecord::Own(format!(
+                "train {}, test {}",
+                self.describe(Split::Train),
+                self.describe(Split::Test)
+            )),
+        }
+    }
+
     /// Where `split` is read from, for messages.
     pub fn describe(&self, split: Split) -> String {
         match (self, split) {
@@ -202,18 +214,63 @@ impl Dataset {
 /// test Y`).
 pub const OWN_DATA: &str = "own data: ";
 
-impl fmt::Display for Dataset {
-    /// `mnist`, or `own data: train X, test Y` (what checkpoints record).
+/// The data a model was made on, as training configs and checkpoints record it: a dataset
+/// advcomp knows (`mnist`), or the user's own files in words (`own data: train X, test Y`;
+/// the words are kept, not parsed: they only say which files to give again). Written as that
+/// text, which is part of the training config's JSON and so of every cache key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatasetRecord {
+    Known(DatasetKind),
+    /// What follows [`OWN_DATA`].
+    Own(String),
+}
+
+impl DatasetRecord {
+    /// The dataset advcomp knows, `None` for the user's own files.
+    pub fn kind(&self) -> Option<DatasetKind> {
+        match self {
+            DatasetRecord::Known(kind) => Some(*kind),
+            DatasetRecord::Own(_) => None,
+        }
+    }
+}
+
+impl From<DatasetKind> for DatasetRecord {
+    fn from(kind: DatasetKind) -> Self {
+        DatasetRecord::Known(kind)
+    }
+}
+
+impl fmt::Display for DatasetRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Dataset::Known { kind, .. } => write!(f, "{kind}"),
-            Dataset::Own { .. } => write!(
-                f,
-                "{OWN_DATA}train {}, test {}",
-                self.describe(Split::Train),
-                self.describe(Split::Test)
-            ),
+            DatasetRecord::Known(kind) => write!(f, "{kind}"),
+            DatasetRecord::Own(words) => write!(f, "{OWN_DATA}{words}"),
         }
+    }
+}
+
+impl FromStr for DatasetRecord {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.strip_prefix(OWN_DATA) {
+            Some(words) => Ok(DatasetRecord::Own(words.into())),
+            None => s.parse().map(DatasetRecord::Known).map_err(|_| {
+                Error::usage(format!(
+                    "unknown dataset '{s}' (advcomp records mnist, fashion-mnist, cifar10, or \
+                     '{OWN_DATA}...' for your own files)"
+                ))
+            }),
+        }
+    }
+}
+
+serde_as_text!(DatasetRecord);
+
+impl fmt::Display for Dataset {
+    /// `mnist`, or `own data: train X, test Y` (its [`DatasetRecord`]).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.record(), f)
     }
 }
 

@@ -17,7 +17,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use super::{Compression, CompressionRecord, Mask, ModelKind, ModelRef, Network, weight_layers};
-use crate::data::DatasetKind;
+use crate::data::{DatasetKind, DatasetRecord};
 use crate::{Error, Result};
 
 /// What a checkpoint says about itself, stored as `__metadata__` in the safetensors header.
@@ -25,9 +25,11 @@ use crate::{Error, Result};
 pub struct CheckpointMeta {
     /// The model (`None`: none recorded; stored as its name or ONNX path, or `""`). A loaded
     /// checkpoint's is the model it was read as.
-    #[serde(with = "stored_model")]
+    #[serde(with = "stored_text")]
     pub model: Option<ModelRef>,
-    pub dataset: String,
+    /// The data it was made on (`None`: none recorded; stored as its text, or `""`).
+    #[serde(with = "stored_text")]
+    pub dataset: Option<DatasetRecord>,
     pub seed: u64,
     /// Clean test accuracy in [0, 1] when it was written.
     pub accuracy: Option<f64>,
@@ -46,8 +48,8 @@ pub struct CheckpointMeta {
 impl CheckpointMeta {
     fn to_header(&self) -> BTreeMap<String, String> {
         let mut map = BTreeMap::new();
-        map.insert("model".into(), stored_model::text(self.model.as_ref()));
-        map.insert("dataset".into(), self.dataset.clone());
+        map.insert("model".into(), stored_text::text(self.model.as_ref()));
+        map.insert("dataset".into(), stored_text::text(self.dataset.as_ref()));
         map.insert("seed".into(), self.seed.to_string());
         if let Some(acc) = self.accuracy {
             map.insert("accuracy".into(), format!("{acc}"));
@@ -64,10 +66,21 @@ impl CheckpointMeta {
         map
     }
 
-    /// The metadata of the checkpoint at `path` (named in the refusal of a compression
-    /// record that does not parse).
+    /// The metadata of the checkpoint at `path` (named in the refusal of a dataset or a
+    /// compression record that does not parse).
     fn from_header(header: &HashMap<String, String>, path: &Path) -> Result<Self> {
         let get = |k: &str| header.get(k).cloned().unwrap_or_default();
+        let dataset = stored_text::parse(&get("dataset")).map_err(|_: Error| {
+            Error::checkpoint(
+                path,
+                format!(
+                    "metadata names unknown dataset '{}' (advcomp records mnist, \
+                     fashion-mnist, cifar10, or '{}...' for your own files)",
+                    get("dataset"),
+                    crate::data::OWN_DATA
+                ),
+            )
+        })?;
         let compression = stored_record::parse(header.get("compression").map_or("", |s| s))
             .map_err(|e| {
                 Error::checkpoint(path, format!("compression metadata is not valid: {e}"))
@@ -75,7 +88,7 @@ impl CheckpointMeta {
         Ok(Self {
             // Read by `load_checkpoint`, which knows whether the caller names the model.
             model: None,
-            dataset: get("dataset"),
+            dataset,
             seed: header.get("seed").and_then(|s| s.parse().ok()).unwrap_or(0),
             accuracy: header.get("accuracy").and_then(|s| s.parse().ok()),
             compression,
@@ -86,30 +99,36 @@ impl CheckpointMeta {
     }
 }
 
-/// A model as the metadata stores it: its name or ONNX path, or `""` for none.
-mod stored_model {
+/// A value the metadata may lack (the model: its name or ONNX path; the dataset) as it stores
+/// it: its text, or `""` for none.
+mod stored_text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use super::ModelRef;
-
-    pub fn text(model: Option<&ModelRef>) -> String {
-        model.map_or(String::new(), ToString::to_string)
+    pub fn text<T: Display>(value: Option<&T>) -> String {
+        value.map_or(String::new(), ToString::to_string)
     }
 
-    pub fn serialize<S: Serializer>(
-        model: &Option<ModelRef>,
+    pub fn parse<T: FromStr>(text: &str) -> Result<Option<T>, T::Err> {
+        match text {
+            "" => Ok(None),
+            text => text.parse().map(Some),
+        }
+    }
+
+    pub fn serialize<S: Serializer, T: Display>(
+        value: &Option<T>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        text(model.as_ref()).serialize(serializer)
+        text(value.as_ref()).serialize(serializer)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    pub fn deserialize<'de, D: Deserializer<'de>, T: FromStr<Err: Display>>(
         deserializer: D,
-    ) -> Result<Option<ModelRef>, D::Error> {
-        match String::deserialize(deserializer)?.as_str() {
-            "" => Ok(None),
-            name => name.parse().map(Some).map_err(serde::de::Error::custom),
-        }
+    ) -> Result<Option<T>, D::Error> {
+        parse(&String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -464,20 +483,6 @@ pub fn load_checkpoint(
         .map(|h| CheckpointMeta::from_header(h, path))
         .transpose()?
         .unwrap_or_default();
-    if !meta.dataset.is_empty()
-        && !meta.dataset.starts_with(crate::data::OWN_DATA)
-        && checkpoint_dataset(&meta).is_none()
-    {
-        return Err(Error::checkpoint(
-            path,
-            format!(
-                "metadata names unknown dataset '{}' (advcomp records mnist, fashion-mnist, \
-                 cifar10, or '{}...' for your own files)",
-                meta.dataset,
-                crate::data::OWN_DATA
-            ),
-        ));
-    }
 
     let mut tensors = BTreeMap::new();
     for (name, view) in file.tensors() {
@@ -659,5 +664,5 @@ pub fn load(
 
 /// The dataset a checkpoint was trained on, if its metadata names a known one.
 pub fn checkpoint_dataset(meta: &CheckpointMeta) -> Option<DatasetKind> {
-    meta.dataset.parse().ok()
+    meta.dataset.as_ref().and_then(DatasetRecord::kind)
 }

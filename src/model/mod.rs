@@ -34,7 +34,7 @@ pub use onnx::OnnxModel;
 /// scales it by the square root of its density).
 pub const DROPOUT: f64 = 0.5;
 
-use crate::data::{DataChoice, Dataset, DatasetKind, Images, Split};
+use crate::data::{DataChoice, Dataset, DatasetKind, DatasetRecord, Images, Split};
 use crate::{Error, Result};
 
 /// A built-in architecture: one file implementing this trait, plus its name in the
@@ -270,6 +270,66 @@ impl fmt::Display for ModelRef {
     }
 }
 
+/// The model a training or compression run starts from, as its config records it: the model
+/// as the user named it (`lenet5`, or an ONNX file's path: `advcomp train`/`compress`), or an
+/// imported file by the first 16 hex digits of its SHA-256 (`onnx-…`: the sweep, whose cache
+/// keys must not depend on where the file lies). Written as that text, which is part of the
+/// config's JSON and so of every cache key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelIdentity {
+    Named(ModelRef),
+    /// The digest's first 16 hex digits.
+    Digest(String),
+}
+
+impl ModelIdentity {
+    const DIGEST_PREFIX: &str = "onnx-";
+    const DIGEST_DIGITS: usize = 16;
+
+    /// An imported file by its SHA-256 (hex).
+    pub fn digest(sha256: &str) -> Self {
+        ModelIdentity::Digest(sha256.chars().take(Self::DIGEST_DIGITS).collect())
+    }
+}
+
+impl From<ModelRef> for ModelIdentity {
+    fn from(model: ModelRef) -> Self {
+        ModelIdentity::Named(model)
+    }
+}
+
+impl From<ModelKind> for ModelIdentity {
+    fn from(kind: ModelKind) -> Self {
+        ModelIdentity::Named(kind.into())
+    }
+}
+
+impl fmt::Display for ModelIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelIdentity::Named(model) => write!(f, "{model}"),
+            ModelIdentity::Digest(digits) => write!(f, "{}{digits}", Self::DIGEST_PREFIX),
+        }
+    }
+}
+
+impl FromStr for ModelIdentity {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.strip_prefix(Self::DIGEST_PREFIX) {
+            Some(digits)
+                if digits.len() == Self::DIGEST_DIGITS
+                    && digits.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Ok(ModelIdentity::Digest(digits.into()))
+            }
+            _ => s.parse().map(ModelIdentity::Named),
+        }
+    }
+}
+
+serde_as_text!(ModelIdentity);
+
 impl ModelRef {
     /// The built-in architecture, if it is one.
     pub fn builtin(&self) -> Option<ModelKind> {
@@ -471,17 +531,13 @@ impl Network {
                 test: choice.test.clone(),
             });
         }
-        if choice.dataset.is_none()
-            && !meta.dataset.is_empty()
-            && checkpoint_dataset(meta).is_none()
-        {
+        if let (None, Some(own @ DatasetRecord::Own(_))) = (choice.dataset, &meta.dataset) {
             return Err(Error::invalid(
                 "test_data",
                 format!(
-                    "not given, and model {} was made on {}: give those files again (or name \
-                     a dataset)",
+                    "not given, and model {} was made on {own}: give those files again (or \
+                     name a dataset)",
                     self.model_ref(),
-                    meta.dataset
                 ),
             ));
         }

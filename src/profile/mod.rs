@@ -146,7 +146,7 @@ pub fn variants(
     }];
     let no_finetune = TrainConfig {
         epochs: 0,
-        ..TrainConfig::new(base.model_ref(), &dataset.to_string())
+        ..TrainConfig::new(base.model_ref(), dataset.record())
     };
     for &b in bits {
         let format = Some(FixedPoint::paper(b)?);
@@ -189,7 +189,7 @@ pub fn variants(
 #[derive(Clone, Debug, Serialize)]
 pub struct AttackTiming {
     pub attack: AttackKind,
-    pub model: String,
+    pub model: ModelLabel,
     pub bits: Option<u32>,
     pub density: f64,
     pub batch_size: usize,
@@ -201,7 +201,7 @@ pub struct AttackTiming {
 /// Where one attack iteration's time goes, for one variant and batch size (medians).
 #[derive(Clone, Debug, Serialize)]
 pub struct TimeSplit {
-    pub model: String,
+    pub model: ModelLabel,
     pub batch_size: usize,
     /// Forward pass (compression included).
     pub forward_seconds: f64,
@@ -269,7 +269,7 @@ pub fn attack_throughput(
     }
     Ok(AttackTiming {
         attack: config.kind(),
-        model: variant.label.to_string(),
+        model: variant.label.clone(),
         bits: variant.bits,
         density: variant.density,
         batch_size: batch,
@@ -325,7 +325,7 @@ pub fn time_split(
         let _ = kernels::attack_step(x.clone(), x.clone(), grad.clone(), ones.clone(), settings);
     });
     TimeSplit {
-        model: variant.label.to_string(),
+        model: variant.label.clone(),
         batch_size: batch,
         forward_seconds: forward,
         backward_seconds: (forward_backward - forward).max(0.0),

@@ -349,7 +349,7 @@ impl SweepConfig {
             ("baseline", &self.baseline),
             ("finetune", &self.finetune.train),
         ] {
-            t.config("lenet5", DatasetKind::Mnist.name(), 1)
+            t.config(self.model.clone(), DatasetKind::Mnist, 1)
                 .validate()
                 .map_err(|e| e.in_section(section, &[]))?;
             if let Some(n) = t.train_limit {

@@ -115,9 +115,9 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         ..DataChoice::default()
     };
     let dataset = network.dataset(&choice, &model::CheckpointMeta::default())?;
-    let model_name = match network.model_sha256() {
-        Some(sha) => format!("onnx-{}", &sha[..16]),
-        None => kind.to_string(),
+    let identity = match network.model_sha256() {
+        Some(sha) => model::ModelIdentity::digest(&sha),
+        None => kind.clone().into(),
     };
     let key_of = |path: &Path| -> Result<String> {
         let bytes = crate::files::read_input(
@@ -229,7 +229,7 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         provenance,
         config,
         root: &options.out,
-        model_name: &model_name,
+        model: &identity,
         baseline,
         quantised,
         dataset,

@@ -13,7 +13,7 @@ use crate::attack::{AttackConfig, AttackKind};
 use crate::compress::CompressConfig;
 use crate::data::DatasetKind;
 use crate::kernels::QuantGrad;
-use crate::model::ModelLabel;
+use crate::model::{ModelIdentity, ModelLabel};
 use crate::report::{self, Family};
 use crate::train::{TrainConfig, TrainSettings};
 use crate::transfer;
@@ -164,7 +164,7 @@ pub(super) struct PlanInputs<'a> {
     pub root: &'a std::path::Path,
     /// The model's name in training configs (and so in keys): the built-in's name, or
     /// `onnx-<SHA-256 prefix>`.
-    pub model_name: &'a str,
+    pub model: &'a ModelIdentity,
     /// A baseline file (`--baseline`, or an ONNX model's own file) and the hash of its bytes.
     pub baseline: Option<(PathBuf, String)>,
     /// A quantised (QDQ) ONNX file, its key and label: the one compressed model, in place of
@@ -189,7 +189,7 @@ impl PlanInputs<'_> {
     }
 
     fn train_config(&self, training: &TrainSettings, seed: u64) -> TrainConfig {
-        training.config(self.model_name, self.dataset.name(), seed)
+        training.config(self.model.clone(), self.dataset, seed)
     }
 
     /// Image passes of a training run: forward and backward, about 3 passes an image.
@@ -205,7 +205,7 @@ impl PlanInputs<'_> {
         }
         let base = config
             .finetune
-            .config(self.model_name, self.dataset.name(), seed);
+            .config(self.model.clone(), self.dataset, seed);
         let mut out = Vec::new();
         for &density in &config.grid.densities {
             let config = CompressConfig {

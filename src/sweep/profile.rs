@@ -147,7 +147,7 @@ fn quick_baseline(options: &ProfileOptions, store: &Store) -> Result<PathBuf> {
         )));
     };
     let dataset = kind.default_dataset();
-    let config = preset.baseline.config(kind.name(), dataset.name(), 1);
+    let config = preset.baseline.config(kind, dataset, 1);
     let key = config.hash();
     let path = options
         .out

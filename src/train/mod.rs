@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use std::path::{Path, PathBuf};
 
-use crate::data::{DataChoice, Images, Split, shuffled_order};
-use crate::model::{self, CheckpointMeta, Compression, KeyMap, ModelKind, ModelRef, Network};
+use crate::data::{DataChoice, DatasetRecord, Images, Split, shuffled_order};
+use crate::model::{
+    self, CheckpointMeta, Compression, KeyMap, ModelIdentity, ModelKind, ModelRef, Network,
+};
 use crate::{Error, Result};
 
 /// Test images per forward pass where a model's clean accuracy is measured (no gradients are
@@ -133,9 +135,14 @@ impl Default for TrainSettings {
 
 impl TrainSettings {
     /// The training run of `model` on `dataset` with `seed`.
-    pub fn config(&self, model: impl std::fmt::Display, dataset: &str, seed: u64) -> TrainConfig {
+    pub fn config(
+        &self,
+        model: impl Into<ModelIdentity>,
+        dataset: impl Into<DatasetRecord>,
+        seed: u64,
+    ) -> TrainConfig {
         TrainConfig {
-            model: model.to_string(),
+            model: model.into(),
             dataset: dataset.into(),
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -152,8 +159,8 @@ impl TrainSettings {
 /// Its JSON (these fields in this order) is hashed into checkpoints and the sweep's cache keys.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainConfig {
-    pub model: String,
-    pub dataset: String,
+    pub model: ModelIdentity,
+    pub dataset: DatasetRecord,
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
@@ -166,7 +173,7 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     /// The default settings ([`TrainSettings`]) and seed.
-    pub fn new(model: impl std::fmt::Display, dataset: &str) -> Self {
+    pub fn new(model: impl Into<ModelIdentity>, dataset: impl Into<DatasetRecord>) -> Self {
         TrainSettings::default().config(model, dataset, DEFAULT_SEED)
     }
 
@@ -514,7 +521,7 @@ pub fn train_baseline(
     let meta = CheckpointMeta {
         model: Some(network.model_ref()),
         model_sha256: network.model_sha256(),
-        dataset: dataset.to_string(),
+        dataset: Some(dataset.record()),
         seed: config.seed,
         accuracy: Some(test_accuracy),
         compression: None,
