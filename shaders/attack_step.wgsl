@@ -7,7 +7,7 @@
 //   out  = clamp(out, x0 - budget, x0 + budget) (total L-inf budget; budget = +Inf: none)
 //   out  = clamp(out, 0, 1)                     (pixel range)
 // PER_INVOCATION elements per invocation; the dispatch may be two-dimensional (see
-// prelude.wgsl).
+// prelude.wgsl); the entry point is elementwise.wgsl's.
 
 // The modes, filled in from src/kernels/mod.rs's StepRule.
 const MODE_SIGN: u32 = {{step_sign}}u;
@@ -23,9 +23,7 @@ struct Params {
     budget: f32,
 }
 
-// Every binding is read_write although inputs are only read: cubecl sub-allocates tensors
-// from shared wgpu buffers, and wgpu refuses one buffer bound read-only and read-write
-// in the same dispatch.
+// Bindings (every one read_write: see prelude.wgsl).
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> x0: array<f32>;
 @group(0) @binding(2) var<storage, read_write> g: array<f32>;
@@ -33,29 +31,19 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> output: array<f32>;
 @group(0) @binding(5) var<storage, read_write> params: Params;
 
-@compute @workgroup_size(WORKGROUP)
-fn main(
-    @builtin(workgroup_id) group: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) local: u32,
-) {
-    // Read the parameters once: every binding is read_write, so the compiler may not assume
-    // that writes to `output` leave `params` unchanged.
-    let p = params;
-    let first = first_element(group, groups, local);
-    for (var i = first; i < min(first + PER_INVOCATION, p.len); i++) {
-        let gi = g[i];
-        var step = p.eps * sign(gi);
-        if (p.mode == MODE_SCALED) {
-            step = factor[i / p.per_sample] * gi;
-        }
-        if (is_nan(gi) || is_nan(step)) {
-            step = 0.0;
-        }
-        let xi = x[i];
-        let x0i = x0[i];
-        var out = clamp(xi + step, xi - p.eps, xi + p.eps);
-        out = clamp(out, x0i - p.budget, x0i + p.budget);
-        output[i] = clamp(out, 0.0, 1.0);
+// Element i (the entry point, in elementwise.wgsl, calls it for each of its elements).
+fn element(i: u32, p: Params) {
+    let gi = g[i];
+    var step = p.eps * sign(gi);
+    if (p.mode == MODE_SCALED) {
+        step = factor[i / p.per_sample] * gi;
     }
+    if (is_nan(gi) || is_nan(step)) {
+        step = 0.0;
+    }
+    let xi = x[i];
+    let x0i = x0[i];
+    var out = clamp(xi + step, xi - p.eps, xi + p.eps);
+    out = clamp(out, x0i - p.budget, x0i + p.budget);
+    output[i] = clamp(out, 0.0, 1.0);
 }

@@ -6,6 +6,10 @@
 // WORKGROUP invocations, and the dispatch may be two-dimensional (more than 65,535
 // workgroups): see first_element.
 
+// Every shader binds every buffer read_write although it only reads its inputs: cubecl
+// sub-allocates tensors from shared wgpu buffers, and wgpu refuses one buffer bound read-only
+// and read-write in the same dispatch.
+
 // Invocations per workgroup: every entry point's @workgroup_size.
 const WORKGROUP: u32 = {{workgroup}}u;
 // Consecutive elements each invocation handles.

@@ -46,9 +46,7 @@ struct Params {
     rows: array<Row>,
 }
 
-// Every binding is read_write although inputs are only read: cubecl sub-allocates tensors
-// from shared wgpu buffers, and wgpu refuses one buffer bound read-only and read-write
-// in the same dispatch.
+// Bindings (every one read_write: see prelude.wgsl).
 @group(0) @binding(0) var<storage, read_write> input: array<f32>;
 @group(0) @binding(1) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(2) var<storage, read_write> output: array<f32>;

@@ -21,22 +21,30 @@ use super::{KernelOps, QuantGrad, StepRule, StepSettings, Table, burn_pool};
 
 /// Put before every shader: its constants, first element and `is_nan`.
 const PRELUDE: &str = include_str!("../../shaders/prelude.wgsl");
+/// The entry point of the element-wise shaders (a loop calling the shader's `element`), put
+/// between the prelude and such a shader.
+const ELEMENTWISE: &str = include_str!("../../shaders/elementwise.wgsl");
 
 pub(super) const QUANTISE: Shader = Shader {
     name: "quantise",
     body: include_str!("../../shaders/quantise.wgsl"),
+    // Its own entry point: it steps along the channels.
+    elementwise: false,
 };
 pub(super) const MASK: Shader = Shader {
     name: "mask",
     body: include_str!("../../shaders/mask.wgsl"),
+    elementwise: true,
 };
 pub(super) const DNS_UPDATE: Shader = Shader {
     name: "dns_update",
     body: include_str!("../../shaders/dns_update.wgsl"),
+    elementwise: true,
 };
 pub(super) const ATTACK_STEP: Shader = Shader {
     name: "attack_step",
     body: include_str!("../../shaders/attack_step.wgsl"),
+    elementwise: true,
 };
 
 /// Invocations per workgroup: the `@workgroup_size` of every shader here.
@@ -70,11 +78,13 @@ fn placeholders() -> [(&'static str, u32); 6] {
     ]
 }
 
-/// One WGSL file of `shaders/`, named for the kernel cache; the prelude goes before it.
+/// One WGSL file of `shaders/`, named for the kernel cache; the prelude goes before it, and
+/// the element-wise entry point where the file only defines `element`.
 #[derive(Clone, Copy)]
 pub(super) struct Shader {
     name: &'static str,
     body: &'static str,
+    elementwise: bool,
 }
 
 impl Shader {
@@ -83,14 +93,17 @@ impl Shader {
         format!("{}.wgsl", self.name)
     }
 
-    /// The WGSL that runs: the prelude and the file, their placeholders filled in.
+    /// The WGSL that runs: the prelude (and the element-wise entry point) and the file, their
+    /// placeholders filled in.
     pub(super) fn complete(&self) -> String {
         self.template().complete()
     }
 
     fn template(&self) -> SourceTemplate {
         placeholders().into_iter().fold(
-            SourceTemplate::new(PRELUDE).add_template(self.body),
+            SourceTemplate::new(PRELUDE)
+                .add_template(if self.elementwise { ELEMENTWISE } else { "" })
+                .add_template(self.body),
             |template, (name, value)| template.register(name, value.to_string()),
         )
     }
