@@ -6,14 +6,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use onnx_ir::NodeProto;
 
 use super::fold::{self, Data, Dim, FOLDED, Host, shape_text};
+use super::ops::binary::{Binary, BinaryKind};
+use super::ops::unary::{Unary, UnaryKind};
+use super::ops::{Linear, OPS, Op};
 use super::proto::{Attrs, DataType, ModelFile};
-use super::{
-    Binary, Initialiser, Interpolation, Op, Operand, Qdq, Reduce, Step, Unary, qdq, shapes,
-};
+use super::{Initialiser, Operand, Qdq, Step, qdq, shapes};
 use crate::quant::{AffineSettings, Grids, QuantConfig};
 use crate::{Error, Result};
 
@@ -34,81 +34,6 @@ pub(super) struct Parsed {
     /// The quantisation a QDQ graph holds.
     pub qdq: Option<Qdq>,
 }
-
-/// How a node's inputs resolve into ops, per batch.
-type Convert = fn(&mut Builder, &Node) -> std::result::Result<Built, String>;
-
-/// The ops advcomp runs per batch, each with its conversion: the one list of them (the
-/// README's and docs/design.md's are checked against it by a test).
-const OPS: &[(&str, Convert)] = &[
-    ("Abs", |b, n| unary(b, n, Unary::Abs)),
-    ("Add", |b, n| binary(b, n, Binary::Add)),
-    ("AveragePool", average_pool),
-    ("BatchNormalization", batch_norm),
-    ("Cast", cast),
-    ("Clip", clip),
-    ("Concat", concat),
-    ("Conv", conv),
-    ("Div", |b, n| binary(b, n, Binary::Div)),
-    ("Dropout", |_, _| Ok(Built::Same)),
-    ("Elu", |b, n| {
-        unary(b, n, Unary::Elu(n.attrs.float("alpha", 1.0)))
-    }),
-    ("Erf", |b, n| unary(b, n, Unary::Erf)),
-    ("Exp", |b, n| unary(b, n, Unary::Exp)),
-    ("Expand", expand),
-    ("Flatten", flatten),
-    ("Gather", gather),
-    ("GatherND", gather_nd),
-    ("Gelu", gelu),
-    ("Gemm", gemm),
-    ("GlobalAveragePool", |b, n| global_pool(b, n, Reduce::Mean)),
-    ("GlobalMaxPool", |b, n| global_pool(b, n, Reduce::Max)),
-    ("HardSigmoid", |b, n| {
-        let (alpha, beta) = (n.attrs.float("alpha", 0.2), n.attrs.float("beta", 0.5));
-        unary(b, n, Unary::HardSigmoid { alpha, beta })
-    }),
-    ("HardSwish", |b, n| unary(b, n, Unary::HardSwish)),
-    ("Identity", |_, _| Ok(Built::Same)),
-    ("LayerNormalization", layer_norm),
-    ("LeakyRelu", |b, n| {
-        unary(b, n, Unary::LeakyRelu(n.attrs.float("alpha", 0.01)))
-    }),
-    ("Log", |b, n| unary(b, n, Unary::Log)),
-    ("LogSoftmax", |b, n| softmax(b, n, true)),
-    ("MatMul", matmul),
-    ("Max", |b, n| variadic(b, n, Binary::Max)),
-    ("MaxPool", max_pool),
-    ("Min", |b, n| variadic(b, n, Binary::Min)),
-    ("Mul", |b, n| binary(b, n, Binary::Mul)),
-    ("Neg", |b, n| unary(b, n, Unary::Neg)),
-    ("Pad", pad),
-    ("Pow", |b, n| binary(b, n, Binary::Pow)),
-    ("Reciprocal", |b, n| unary(b, n, Unary::Reciprocal)),
-    ("ReduceMax", |b, n| reduce(b, n, Reduce::Max)),
-    ("ReduceMean", |b, n| reduce(b, n, Reduce::Mean)),
-    ("ReduceSum", |b, n| reduce(b, n, Reduce::Sum)),
-    ("Relu", |b, n| unary(b, n, Unary::Relu)),
-    ("Reshape", reshape),
-    ("Resize", resize),
-    ("Selu", |b, n| {
-        let alpha = n.attrs.float("alpha", 1.673_263_2);
-        let gamma = n.attrs.float("gamma", 1.050_701);
-        unary(b, n, Unary::Selu { alpha, gamma })
-    }),
-    ("Sigmoid", |b, n| unary(b, n, Unary::Sigmoid)),
-    ("Slice", slice),
-    ("Softmax", |b, n| softmax(b, n, false)),
-    ("Softplus", |b, n| unary(b, n, Unary::Softplus)),
-    ("Split", split),
-    ("Sqrt", |b, n| unary(b, n, Unary::Sqrt)),
-    ("Squeeze", squeeze),
-    ("Sub", |b, n| binary(b, n, Binary::Sub)),
-    ("Tanh", |b, n| unary(b, n, Unary::Tanh)),
-    ("Transpose", transpose),
-    ("Unsqueeze", unsqueeze),
-    ("Where", where_),
-];
 
 /// The ops computed from the file and from shapes only, at import: beside [`FOLDED`]'s, those
 /// that read a value's shape or hold a constant.
@@ -145,7 +70,7 @@ fn supported_text() -> String {
 }
 
 /// What a node's conversion made.
-enum Built {
+pub(super) enum Built {
     /// Steps, one per output of the node.
     Steps(Vec<Op>),
     /// Its output is its first input (Identity, Dropout, a Cast to float, a final Softmax).
@@ -154,7 +79,7 @@ enum Built {
     Tainted,
 }
 
-fn one(op: Op) -> std::result::Result<Built, String> {
+pub(super) fn one(op: Op) -> std::result::Result<Built, String> {
     Ok(Built::Steps(vec![op]))
 }
 
@@ -267,13 +192,13 @@ pub(super) fn parse(path: &Path, file: ModelFile) -> Result<Parsed> {
 
 pub(super) struct Builder<'a> {
     path: &'a Path,
-    opset: i64,
+    pub opset: i64,
     /// Every value defined so far, by name.
     pub values: HashMap<String, Value>,
     pub known: Vec<Host>,
     /// How many node inputs (and graph outputs) read each value: fusions need one reader.
     readers: HashMap<String, usize>,
-    output_name: Option<String>,
+    pub output_name: Option<String>,
     /// Per slot: shape, the name of the value, the step that computes it.
     pub shapes: Vec<Vec<Dim>>,
     slot_names: Vec<String>,
@@ -281,15 +206,15 @@ pub(super) struct Builder<'a> {
     /// Elements of every value so far (and the largest workspace) for one image: what the
     /// dry run holds at once.
     elements: usize,
-    params: Vec<Initialiser>,
+    pub params: Vec<Initialiser>,
     param_names: HashMap<String, usize>,
-    consts: Vec<Initialiser>,
+    pub consts: Vec<Initialiser>,
     /// Known values already made constants: known index -> constant index.
     const_of: HashMap<usize, usize>,
     weights: Vec<usize>,
     biases: Vec<usize>,
     steps: Vec<Step>,
-    stripped: Option<String>,
+    pub stripped: Option<String>,
     /// The ONNX element type of each initialiser and Constant, by name (and of each stored
     /// tensor quantised at import): what a QDQ node's integer type is read from.
     pub types: HashMap<String, i32>,
@@ -609,8 +534,8 @@ impl Builder<'_> {
     /// Adds the step computing `op` into the value `out` of node `n`.
     pub fn push(&mut self, op: Op, out: &str, n: &Node) -> std::result::Result<(), String> {
         let shape_of = |o: Operand| self.shape(o);
-        let shape = shapes::output_shape(&op, &shape_of)?;
-        let workspace = shapes::workspace(&op, &shape_of, &shape);
+        let shape = op.output_shape(&shape_of)?;
+        let workspace = op.workspace(&shape_of, &shape);
         let slot = self
             .slot(out, shape.clone(), workspace)
             .map_err(|why| format!("its output {why}"))?;
@@ -631,7 +556,7 @@ impl Builder<'_> {
     }
 
     /// Adds a step of node `n` whose value only the node's next step reads.
-    fn intermediate(&mut self, op: Op, n: &Node) -> std::result::Result<Operand, String> {
+    pub fn intermediate(&mut self, op: Op, n: &Node) -> std::result::Result<Operand, String> {
         let name = format!("{} (inside)", n.label);
         self.push(op, &name, n)?;
         Ok(Operand::Value(self.shapes.len() - 1))
@@ -654,7 +579,7 @@ impl Builder<'_> {
     }
 
     /// The shape of what `operand` names.
-    fn shape(&self, operand: Operand) -> Vec<Dim> {
+    pub fn shape(&self, operand: Operand) -> Vec<Dim> {
         match operand {
             Operand::Value(i) => self.shapes[i].clone(),
             Operand::Param(i) => fold::fixed_shape(&self.params[i].shape),
@@ -671,7 +596,7 @@ impl Builder<'_> {
     }
 
     /// Input `i` as an operand: an earlier value, or a constant when known at import.
-    fn operand(&mut self, n: &Node, i: usize) -> std::result::Result<Operand, String> {
+    pub fn operand(&mut self, n: &Node, i: usize) -> std::result::Result<Operand, String> {
         match n.inputs.get(i).cloned().flatten() {
             Some(Value::Image(s)) => Ok(Operand::Value(s)),
             Some(Value::Known(k)) => self.constant(k, n.name(i)).map(Operand::Const),
@@ -679,7 +604,7 @@ impl Builder<'_> {
         }
     }
 
-    fn optional_operand(
+    pub fn optional_operand(
         &mut self,
         n: &Node,
         i: usize,
@@ -717,7 +642,7 @@ impl Builder<'_> {
     }
 
     /// Input `i` as a parameter: a float tensor stored in the file (trainable).
-    fn param(&mut self, n: &Node, i: usize) -> std::result::Result<usize, String> {
+    pub fn param(&mut self, n: &Node, i: usize) -> std::result::Result<usize, String> {
         self.param_named(n, i, n.name(i).to_string())
     }
 
@@ -763,7 +688,7 @@ impl Builder<'_> {
     }
 
     /// Input `i` as a weight: a parameter that pruning masks and quantisation rounds.
-    fn weight(&mut self, n: &Node, i: usize) -> std::result::Result<usize, String> {
+    pub fn weight(&mut self, n: &Node, i: usize) -> std::result::Result<usize, String> {
         let w = self.quantised_param(n, i, Role::Weight)?;
         if !self.weights.contains(&w) {
             self.weights.push(w);
@@ -772,7 +697,7 @@ impl Builder<'_> {
     }
 
     /// Optional input `i` as a bias: a parameter that quantisation rounds.
-    fn bias(&mut self, n: &Node, i: usize) -> std::result::Result<Option<usize>, String> {
+    pub fn bias(&mut self, n: &Node, i: usize) -> std::result::Result<Option<usize>, String> {
         if !matches!(n.inputs.get(i), Some(Some(_))) {
             return Ok(None);
         }
@@ -888,9 +813,9 @@ impl Builder<'_> {
             let Some(step) = self.producer[s] else {
                 continue;
             };
-            let Op::Linear {
+            let Op::Linear(Linear {
                 bias: None, weight, ..
-            } = self.steps[step].op
+            }) = self.steps[step].op
             else {
                 continue;
             };
@@ -903,7 +828,7 @@ impl Builder<'_> {
                 continue;
             }
             let bias = self.bias(n, b)?;
-            if let Op::Linear { bias: slot, .. } = &mut self.steps[step].op {
+            if let Op::Linear(Linear { bias: slot, .. }) = &mut self.steps[step].op {
                 *slot = bias;
             }
             if let Some(out) = n.proto.output.first() {
@@ -929,10 +854,10 @@ impl Builder<'_> {
         match self.gelu_input(product) {
             Some(x) => {
                 let out = n.proto.output.first().cloned().unwrap_or_default();
-                let gelu = Op::Unary {
-                    kind: Unary::Gelu { tanh: false },
+                let gelu = Op::Unary(Unary {
+                    kind: UnaryKind::Gelu { tanh: false },
                     x: Operand::Value(x),
-                };
+                });
                 self.push(gelu, &out, n)?;
                 if let Some(step) = self.steps.last_mut() {
                     step.kind = "Gelu".into();
@@ -949,40 +874,40 @@ impl Builder<'_> {
         let op = |s: usize| self.producer[s].map(|i| &self.steps[i].op);
         let constant =
             |o: &Operand, c: f32| matches!(o, Operand::Const(i) if self.consts[*i].values == [c]);
-        let Some(Op::Binary {
-            kind: Binary::Mul,
+        let Some(Op::Binary(Binary {
+            kind: BinaryKind::Mul,
             a: Operand::Value(p),
             b: Operand::Value(q),
-        }) = op(product)
+        })) = op(product)
         else {
             return None;
         };
         [(*p, *q), (*q, *p)].into_iter().find_map(|(x, sum)| {
             let erf = match op(sum)? {
-                Op::Binary {
-                    kind: Binary::Add,
+                Op::Binary(Binary {
+                    kind: BinaryKind::Add,
                     a: Operand::Value(e),
                     b: one,
-                }
-                | Op::Binary {
-                    kind: Binary::Add,
+                })
+                | Op::Binary(Binary {
+                    kind: BinaryKind::Add,
                     a: one,
                     b: Operand::Value(e),
-                } if constant(one, 1.0) => *e,
+                }) if constant(one, 1.0) => *e,
                 _ => return None,
             };
-            let Some(Op::Unary {
-                kind: Unary::Erf,
+            let Some(Op::Unary(Unary {
+                kind: UnaryKind::Erf,
                 x: Operand::Value(d),
-            }) = op(erf)
+            })) = op(erf)
             else {
                 return None;
             };
-            let Some(Op::Binary {
-                kind: Binary::Div,
+            let Some(Op::Binary(Binary {
+                kind: BinaryKind::Div,
                 a: Operand::Value(dx),
                 b: root,
-            }) = op(*d)
+            })) = op(*d)
             else {
                 return None;
             };
@@ -993,7 +918,7 @@ impl Builder<'_> {
 }
 
 /// An attribute's two spatial values (height, width), `default` for both when absent.
-fn pair(
+pub(super) fn pair(
     values: Option<Vec<i64>>,
     default: usize,
     what: &str,
@@ -1008,7 +933,7 @@ fn pair(
 }
 
 /// ONNX's pads (top, left, bottom, right) as (begin, end) per spatial axis.
-fn pads2(values: Option<Vec<i64>>) -> std::result::Result<[(usize, usize); 2], String> {
+pub(super) fn pads2(values: Option<Vec<i64>>) -> std::result::Result<[(usize, usize); 2], String> {
     match values.as_deref() {
         None => Ok([(0, 0); 2]),
         Some([t, l, b, r]) => Ok([(*t as usize, *b as usize), (*l as usize, *r as usize)]),
@@ -1018,7 +943,7 @@ fn pads2(values: Option<Vec<i64>>) -> std::result::Result<[(usize, usize); 2], S
     }
 }
 
-fn refuse_auto_pad(n: &Node) -> std::result::Result<(), String> {
+pub(super) fn refuse_auto_pad(n: &Node) -> std::result::Result<(), String> {
     match n.attrs.string("auto_pad", "NOTSET").as_str() {
         "NOTSET" | "VALID" => Ok(()),
         other => Err(format!(
@@ -1027,676 +952,10 @@ fn refuse_auto_pad(n: &Node) -> std::result::Result<(), String> {
     }
 }
 
-fn conv(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    refuse_auto_pad(n)?;
-    let x = b.operand(n, 0)?;
-    let weight = b.weight(n, 1)?;
-    let bias = b.bias(n, 2)?;
-    let w = b.params[weight].shape.clone();
-    if w.len() != 4 {
-        return Err(format!(
-            "the weight has shape {w:?}; only 2-D convolutions (a weight [M, C/group, kH, kW]) \
-             are supported"
-        ));
-    }
-    if let Some(k) = n.attrs.ints("kernel_shape") {
-        let k: Vec<usize> = k.iter().map(|&v| v as usize).collect();
-        shapes::conv_kernel(&k, &w)?;
-    }
-    one(Op::Conv {
-        x,
-        weight,
-        bias,
-        options: ConvOptions {
-            stride: pair(n.attrs.ints("strides"), 1, "strides")?,
-            padding: pads2(n.attrs.ints("pads"))?,
-            dilation: pair(n.attrs.ints("dilations"), 1, "dilations")?,
-            groups: n.attrs.int("group", 1) as usize,
-        },
-    })
-}
-
-fn max_pool(_: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    refuse_auto_pad(n)?;
-    let a = &n.attrs;
-    let kernel = pair(a.ints("kernel_shape"), 0, "kernel_shape")?;
-    Ok(Built::Steps(vec![Op::MaxPool {
-        x: operand_of(n)?,
-        options: MaxPoolOptions {
-            kernel_size: kernel,
-            stride: pair(a.ints("strides"), 1, "strides")?,
-            padding: pads2(a.ints("pads"))?,
-            dilation: pair(a.ints("dilations"), 1, "dilations")?,
-            ceil_mode: a.int("ceil_mode", 0) == 1,
-        },
-    }]))
-}
-
-fn average_pool(_: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    refuse_auto_pad(n)?;
-    let a = &n.attrs;
-    let dilations = pair(a.ints("dilations"), 1, "dilations")?;
-    if dilations != [1, 1] {
-        return Err(format!("dilations {dilations:?} are not supported"));
-    }
-    one(Op::AvgPool {
-        x: operand_of(n)?,
-        options: AvgPoolOptions {
-            kernel_size: pair(a.ints("kernel_shape"), 0, "kernel_shape")?,
-            stride: pair(a.ints("strides"), 1, "strides")?,
-            padding: pads2(a.ints("pads"))?,
-            count_include_pad: a.int("count_include_pad", 0) == 1,
-            ceil_mode: a.int("ceil_mode", 0) == 1,
-        },
-    })
-}
-
 /// The first input of a window op, which runs only on values computed from the images.
-fn operand_of(n: &Node) -> std::result::Result<Operand, String> {
+pub(super) fn operand_of(n: &Node) -> std::result::Result<Operand, String> {
     match n.inputs.first().cloned().flatten() {
         Some(Value::Image(s)) => Ok(Operand::Value(s)),
         _ => Err("its input is no value computed from the images".into()),
     }
-}
-
-fn global_pool(b: &mut Builder, n: &Node, kind: Reduce) -> std::result::Result<Built, String> {
-    let x = b.operand(n, 0)?;
-    let rank = b.shape(x).len();
-    if rank < 3 {
-        return Err(format!(
-            "the input has rank {rank}; [N, C, spatial axes...] is needed"
-        ));
-    }
-    one(Op::Reduce {
-        kind,
-        x,
-        axes: (2..rank).collect(),
-        keep: true,
-    })
-}
-
-fn gemm(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let a = b.operand(n, 0)?;
-    let known = |i: usize| matches!(n.inputs.get(i), Some(Some(Value::Known(_))));
-    let w = if known(1) {
-        Operand::Param(b.weight(n, 1)?)
-    } else {
-        b.operand(n, 1)?
-    };
-    let c = if known(2) {
-        b.bias(n, 2)?.map(Operand::Param)
-    } else {
-        b.optional_operand(n, 2)?
-    };
-    one(Op::Gemm {
-        a,
-        b: w,
-        c,
-        alpha: n.attrs.float("alpha", 1.0),
-        beta: n.attrs.float("beta", 1.0),
-        trans_a: n.attrs.int("transA", 0) != 0,
-        trans_b: n.attrs.int("transB", 0) != 0,
-    })
-}
-
-/// A MatMul with a weight stored in the file is a linear layer (pruned and quantised); one
-/// between two computed values (attention's) is a product.
-fn matmul(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let weight = match n.inputs.get(1) {
-        Some(Some(Value::Known(k))) => {
-            let h = &b.known[*k];
-            matches!(h.data, Data::Float(_)) && h.shape.len() == 2
-        }
-        _ => false,
-    };
-    if weight && matches!(n.inputs.first(), Some(Some(Value::Image(_)))) {
-        let x = b.operand(n, 0)?;
-        return one(Op::Linear {
-            x,
-            weight: b.weight(n, 1)?,
-            bias: None,
-            transposed: false,
-        });
-    }
-    one(Op::MatMul {
-        a: b.operand(n, 0)?,
-        b: b.operand(n, 1)?,
-    })
-}
-
-fn binary(b: &mut Builder, n: &Node, kind: Binary) -> std::result::Result<Built, String> {
-    one(Op::Binary {
-        kind,
-        a: b.operand(n, 0)?,
-        b: b.operand(n, 1)?,
-    })
-}
-
-fn variadic(b: &mut Builder, n: &Node, kind: Binary) -> std::result::Result<Built, String> {
-    match n.inputs.len() {
-        1 => Ok(Built::Same),
-        2 => binary(b, n, kind),
-        k => Err(format!("{k} inputs; one or two are supported")),
-    }
-}
-
-fn unary(b: &mut Builder, n: &Node, kind: Unary) -> std::result::Result<Built, String> {
-    one(Op::Unary {
-        kind,
-        x: b.operand(n, 0)?,
-    })
-}
-
-fn gelu(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let tanh = match n.attrs.string("approximate", "none").as_str() {
-        "none" => false,
-        "tanh" => true,
-        other => return Err(format!("approximate '{other}' is not supported")),
-    };
-    unary(b, n, Unary::Gelu { tanh })
-}
-
-fn cast(_: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    match DataType::from_onnx(n.attrs.int("to", 0))? {
-        DataType::Float => Ok(Built::Same),
-        _ => Ok(Built::Tainted),
-    }
-}
-
-/// Clip's bounds: inputs (opset 11 on) or attributes (before), known at import.
-fn clip(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let bound = |i: usize, name: &str, default: f32| -> std::result::Result<f32, String> {
-        match b.known(n, i, name)? {
-            Some(h) => match h.to_floats(name)?.as_slice() {
-                [v] => Ok(*v),
-                v => Err(format!("{name} holds {} numbers; one is needed", v.len())),
-            },
-            None => Ok(n.attrs.float(name, default)),
-        }
-    };
-    let min = bound(1, "min", f32::NEG_INFINITY)?;
-    let max = bound(2, "max", f32::INFINITY)?;
-    unary(b, n, Unary::Clip { min, max })
-}
-
-fn batch_norm(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    if n.attrs.int("training_mode", 0) != 0 {
-        return Err("training_mode 1 (statistics of the batch) is not supported".into());
-    }
-    let epsilon = f64::from(n.attrs.float("epsilon", 1e-5));
-    let x = b.operand(n, 0)?;
-    let scale = Operand::Param(b.param(n, 1)?);
-    let shift = Operand::Param(b.param(n, 2)?);
-    // Running statistics stay as they are (frozen also when fine-tuning).
-    let mean = b.operand(n, 3)?;
-    let var = b.operand(n, 4)?;
-    // sqrt(var + epsilon) of a negative number is NaN, in every logit after.
-    if let Operand::Const(i) = var
-        && let Some((channel, v)) = b.consts[i]
-            .values
-            .iter()
-            .enumerate()
-            .find(|(_, v)| f64::from(**v) + epsilon <= 0.0)
-    {
-        return Err(format!(
-            "input_var holds {v} at channel {channel}: with epsilon {epsilon} it has no square \
-             root (the outputs would be NaN)"
-        ));
-    }
-    one(Op::BatchNorm {
-        x,
-        scale,
-        shift,
-        mean,
-        var,
-        epsilon,
-    })
-}
-
-fn layer_norm(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let x = b.operand(n, 0)?;
-    let rank = b.shape(x).len();
-    let axis = fold::axis(n.attrs.int("axis", -1), rank)?;
-    let known = |i: usize| matches!(n.inputs.get(i), Some(Some(Value::Known(_))));
-    // Scale and shift are parameters, kept in float as batch norm's.
-    let scale = if known(1) {
-        Operand::Param(b.param(n, 1)?)
-    } else {
-        b.operand(n, 1)?
-    };
-    let bias = match n.inputs.get(2) {
-        Some(Some(_)) if known(2) => Some(Operand::Param(b.param(n, 2)?)),
-        Some(Some(_)) => Some(b.operand(n, 2)?),
-        _ => None,
-    };
-    one(Op::LayerNorm {
-        x,
-        scale,
-        bias,
-        axis,
-        epsilon: f64::from(n.attrs.float("epsilon", 1e-5)),
-    })
-}
-
-/// Softmax / LogSoftmax anywhere; at the graph's output over the classes, removed (attacks
-/// need logits), and said.
-fn softmax(b: &mut Builder, n: &Node, log: bool) -> std::result::Result<Built, String> {
-    let x = b.operand(n, 0)?;
-    let rank = b.shape(x).len();
-    let default = if b.opset >= 13 { -1 } else { 1 };
-    let axis = fold::axis(n.attrs.int("axis", default), rank)?;
-    if b.opset < 13 && axis + 1 != rank {
-        return Err(format!(
-            "axis {axis} of a rank-{rank} input: before opset 13 Softmax flattens the axes \
-             from `axis` on; only the last axis is supported"
-        ));
-    }
-    let last = n.proto.output.first() == b.output_name.as_ref();
-    if last && rank == 2 && axis == 1 {
-        b.stripped = Some(n.label.clone());
-        return Ok(Built::Same);
-    }
-    one(Op::Softmax { x, axis, log })
-}
-
-fn reduce(b: &mut Builder, n: &Node, kind: Reduce) -> std::result::Result<Built, String> {
-    let x = b.operand(n, 0)?;
-    let rank = b.shape(x).len();
-    let axes = fold::axes_of(&n.attrs, b.known(n, 1, "axes")?)?.unwrap_or_default();
-    let axes: Vec<usize> = if axes.is_empty() {
-        if n.attrs.int("noop_with_empty_axes", 0) == 1 {
-            return Ok(Built::Same);
-        }
-        (0..rank).collect()
-    } else {
-        axes.iter()
-            .map(|&a| fold::axis(a, rank))
-            .collect::<std::result::Result<_, _>>()?
-    };
-    one(Op::Reduce {
-        kind,
-        x,
-        axes,
-        keep: n.attrs.int("keepdims", 1) == 1,
-    })
-}
-
-fn reshape(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let x = b.operand(n, 0)?;
-    let to = b.required(n, 1, "shape")?.dims("the shape")?;
-    let shape = fold::reshaped(&b.shape(x), &to, n.attrs.int("allowzero", 0) == 1)?;
-    one(Op::Reshape { x, shape })
-}
-
-fn flatten(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let x = b.operand(n, 0)?;
-    let from = b.shape(x);
-    let a = fold::axis(n.attrs.int("axis", 1), from.len() + 1)?;
-    let rows = fold::product(&from[..a]).ok_or("too many elements")?;
-    let columns = fold::product(&from[a..]).ok_or("too many elements")?;
-    one(Op::Reshape {
-        x,
-        shape: vec![rows, columns],
-    })
-}
-
-fn squeeze(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let x = b.operand(n, 0)?;
-    let axes = fold::axes_of(&n.attrs, b.known(n, 1, "axes")?)?;
-    let shape = fold::squeezed(&b.shape(x), axes.as_deref())?;
-    one(Op::Reshape { x, shape })
-}
-
-fn unsqueeze(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let x = b.operand(n, 0)?;
-    let axes = fold::axes_of(&n.attrs, b.known(n, 1, "axes")?)?.ok_or("no axes")?;
-    let shape = fold::unsqueezed(&b.shape(x), &axes)?;
-    one(Op::Reshape { x, shape })
-}
-
-fn transpose(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let x = b.operand(n, 0)?;
-    let perm = fold::permutation(&n.attrs, b.shape(x).len())?;
-    one(Op::Transpose { x, perm })
-}
-
-fn slice(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let x = b.operand(n, 0)?;
-    let shape = b.shape(x);
-    let hosts: Vec<Option<&Host>> = (0..5)
-        .map(|i| {
-            if i == 0 {
-                Ok(None)
-            } else {
-                b.known(n, i, "slice bounds")
-            }
-        })
-        .collect::<std::result::Result<_, _>>()?;
-    let args = fold::slice_args(&n.attrs, &hosts, shape.len())?;
-    let mut ranges = Vec::new();
-    for i in 0..args.axes.len() {
-        let (axis, start, end, step) = (args.axes[i], args.starts[i], args.ends[i], args.steps[i]);
-        let len = shape[axis];
-        match len.known() {
-            Some(len) => {
-                let r = fold::slice_range(start, end, step, len as usize)?;
-                if r != (0, len, 1) {
-                    ranges.push((axis, r.0, r.1, r.2));
-                }
-            }
-            // The whole of an axis that grows with the batch.
-            None if start == 0 && step == 1 && end >= i64::from(i32::MAX) => {}
-            None => {
-                return Err(format!(
-                    "it slices axis {axis} of {}, whose length {len} depends on the batch size",
-                    shape_text(&shape)
-                ));
-            }
-        }
-    }
-    one(Op::Slice { x, ranges })
-}
-
-fn split(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let x = b.operand(n, 0)?;
-    let shape = b.shape(x);
-    let axis = fold::axis(n.attrs.int("axis", 0), shape.len())?;
-    let len = shape[axis].known().ok_or_else(|| {
-        format!(
-            "it splits axis {axis} of {}, whose length depends on the batch size",
-            shape_text(&shape)
-        )
-    })? as usize;
-    let lengths = fold::split_lengths(&n.attrs, b.known(n, 1, "split")?, len, n.attrs.outputs)?;
-    let mut start = 0;
-    let ops = lengths
-        .into_iter()
-        .map(|l| {
-            let op = Op::Slice {
-                x,
-                ranges: vec![(axis, start as i64, (start + l) as i64, 1)],
-            };
-            start += l;
-            op
-        })
-        .collect();
-    Ok(Built::Steps(ops))
-}
-
-fn concat(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let inputs = (0..n.inputs.len())
-        .map(|i| b.operand(n, i))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let rank = b.shape(*inputs.first().ok_or("no inputs")?).len();
-    let axis = fold::axis(n.attrs.int("axis", 0), rank)?;
-    one(Op::Concat { inputs, axis })
-}
-
-fn expand(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let x = b.operand(n, 0)?;
-    let shape = b.required(n, 1, "shape")?.dims("the shape")?;
-    one(Op::Expand { x, shape })
-}
-
-fn pad(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let mode = n.attrs.string("mode", "constant");
-    if mode != "constant" {
-        return Err(format!(
-            "mode '{mode}' is not supported; only constant padding is"
-        ));
-    }
-    let x = b.operand(n, 0)?;
-    let rank = b.shape(x).len();
-    let pads = match b.known(n, 1, "pads")? {
-        Some(h) => h.fixed_ints("pads")?,
-        None => n.attrs.ints("pads").ok_or("no pads")?,
-    };
-    let value = match b.known(n, 2, "constant_value")? {
-        Some(h) => *h.to_floats("constant_value")?.first().ok_or("no value")?,
-        None => n.attrs.float("value", 0.0),
-    };
-    let axes: Vec<usize> = match b.known(n, 3, "axes")? {
-        Some(h) => h
-            .fixed_ints("axes")?
-            .iter()
-            .map(|&a| fold::axis(a, rank))
-            .collect::<std::result::Result<_, _>>()?,
-        None => (0..rank).collect(),
-    };
-    if pads.len() != 2 * axes.len() {
-        return Err(format!(
-            "pads {pads:?}: {} values (begins, then ends) are needed",
-            2 * axes.len()
-        ));
-    }
-    if pads.iter().any(|&p| p < 0) {
-        return Err(format!(
-            "pads {pads:?}: negative pads (cropping) are not supported"
-        ));
-    }
-    let mut pairs = vec![(0, 0); rank];
-    for (i, &a) in axes.iter().enumerate() {
-        pairs[a] = (pads[i] as usize, pads[i + axes.len()] as usize);
-    }
-    one(Op::Pad {
-        x,
-        pads: pairs,
-        value,
-    })
-}
-
-fn gather(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let x = b.operand(n, 0)?;
-    let shape = b.shape(x);
-    let axis = fold::axis(n.attrs.int("axis", 0), shape.len())?;
-    let index = b.required(n, 1, "indices")?;
-    let len = shape[axis].known().ok_or_else(|| {
-        format!(
-            "it gathers along axis {axis} of {}, whose length depends on the batch size",
-            shape_text(&shape)
-        )
-    })?;
-    let indices = fold::indices_within(&index.fixed_ints("indices")?, len as usize)?;
-    let index_shape = index.shape.clone();
-    one(Op::Gather {
-        x,
-        axis,
-        indices,
-        shape: index_shape,
-    })
-}
-
-/// GatherND with constant indices into the leading axes: a Gather along those axes merged.
-fn gather_nd(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    if n.attrs.int("batch_dims", 0) != 0 {
-        return Err("batch_dims other than 0 is not supported".into());
-    }
-    let x = b.operand(n, 0)?;
-    let shape = b.shape(x);
-    let index = b.required(n, 1, "indices")?;
-    let k = *index.shape.last().ok_or("indices of rank 0")?;
-    if k == 0 || k > shape.len() {
-        return Err(format!(
-            "indices address {k} axes of an input of rank {}",
-            shape.len()
-        ));
-    }
-    let lengths: Vec<usize> = shape[..k]
-        .iter()
-        .map(|d| d.known().map(|v| v as usize))
-        .collect::<Option<_>>()
-        .ok_or_else(|| {
-            format!(
-                "it gathers along the leading axes of {}, whose lengths depend on the batch size",
-                shape_text(&shape)
-            )
-        })?;
-    let strides = fold::strides(&lengths);
-    let tuples = index.fixed_ints("indices")?;
-    let indices = tuples
-        .chunks(k)
-        .map(|t| {
-            t.iter().enumerate().try_fold(0, |flat, (axis, &i)| {
-                Ok::<_, String>(
-                    flat + fold::indices_within(&[i], lengths[axis])?[0] * strides[axis],
-                )
-            })
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let index_shape = index.shape[..index.shape.len() - 1].to_vec();
-    let mut merged = vec![Dim::new(lengths.iter().product::<usize>() as i64)];
-    merged.extend_from_slice(&shape[k..]);
-    let flat = b.intermediate(Op::Reshape { x, shape: merged }, n)?;
-    one(Op::Gather {
-        x: flat,
-        axis: 0,
-        indices,
-        shape: index_shape,
-    })
-}
-
-fn where_(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let condition = b.required(n, 0, "condition")?;
-    if !matches!(condition.data, Data::Bool(_)) {
-        return Err("its condition holds no booleans".into());
-    }
-    one(Op::Where {
-        condition: b.operand(n, 0)?,
-        a: b.operand(n, 1)?,
-        b: b.operand(n, 2)?,
-    })
-}
-
-/// Resize, nearest or linear, by constant scales or sizes: per resized axis, the input
-/// positions (and weights) each output position reads, computed here as ONNX defines them.
-fn resize(b: &mut Builder, n: &Node) -> std::result::Result<Built, String> {
-    let a = &n.attrs;
-    let mode = a.string("mode", "nearest");
-    if mode != "nearest" && mode != "linear" {
-        return Err(format!(
-            "mode '{mode}' is not supported (nearest and linear are)"
-        ));
-    }
-    if a.int("antialias", 0) != 0 {
-        return Err("antialias 1 is not supported".into());
-    }
-    let x = b.operand(n, 0)?;
-    let shape = b.shape(x);
-    let rank = shape.len();
-    // Opset 10: (X, scales); 11 on: (X, roi, scales, sizes).
-    let (scales, sizes) = if b.opset < 11 {
-        (b.known(n, 1, "scales")?, None)
-    } else {
-        (b.known(n, 2, "scales")?, b.known(n, 3, "sizes")?)
-    };
-    let scales = scales.filter(|h| h.len() > 0);
-    let axes: Vec<usize> = match a.ints("axes") {
-        Some(v) => v
-            .iter()
-            .map(|&i| fold::axis(i, rank))
-            .collect::<std::result::Result<_, _>>()?,
-        None => (0..rank).collect(),
-    };
-    let transform = a.string("coordinate_transformation_mode", "half_pixel");
-    let nearest = a.string("nearest_mode", "round_prefer_floor");
-    let policy = a.string("keep_aspect_ratio_policy", "stretch");
-    let (scales, sizes) = match (scales, sizes) {
-        (Some(s), _) => (Some(s.to_floats("scales")?), None),
-        (None, Some(s)) if policy == "stretch" => (None, Some(s.dims("sizes")?)),
-        (None, Some(_)) => {
-            return Err(format!(
-                "keep_aspect_ratio_policy '{policy}' is not supported"
-            ));
-        }
-        (None, None) => return Err("neither scales nor sizes".into()),
-    };
-    let given = scales
-        .as_ref()
-        .map_or_else(|| sizes.as_ref().map_or(0, Vec::len), Vec::len);
-    if given != axes.len() {
-        return Err(format!("{given} scales or sizes for {} axes", axes.len()));
-    }
-    let mut interpolations = Vec::new();
-    for (i, &axis) in axes.iter().enumerate() {
-        // Axes kept as they are (the batch's, the channels') are no work.
-        let same = match (&scales, &sizes) {
-            (Some(s), _) => s[i] == 1.0,
-            (_, Some(z)) => z[i] == shape[axis],
-            _ => unreachable!("one of them is given"),
-        };
-        if same {
-            continue;
-        }
-        let input = shape[axis]
-            .known()
-            .ok_or("it resizes an axis whose length depends on the batch size")?
-            as usize;
-        let (out, scale) = match (&scales, &sizes) {
-            (Some(s), _) if s[i] > 0.0 && s[i].is_finite() => {
-                ((input as f32 * s[i]).floor() as usize, s[i])
-            }
-            (Some(s), _) => return Err(format!("scale {} is no positive number", s[i])),
-            (_, Some(z)) => match z[i].known() {
-                Some(z) if z > 0 && input > 0 => (z as usize, z as f32 / input as f32),
-                _ => return Err(format!("size {} is no positive length", z[i])),
-            },
-            _ => unreachable!("one of them is given"),
-        };
-        if out == 0 || out > 1 << 24 {
-            return Err(format!("axis {axis} resized to {out}"));
-        }
-        let mut taps = match mode.as_str() {
-            "nearest" => vec![(Vec::with_capacity(out), vec![1.0; out])],
-            _ => vec![(Vec::with_capacity(out), Vec::with_capacity(out)); 2],
-        };
-        let last = (input - 1) as f32;
-        for o in 0..out {
-            let r = o as f32;
-            let x = match transform.as_str() {
-                "half_pixel" => (r + 0.5) / scale - 0.5,
-                "pytorch_half_pixel" if out > 1 => (r + 0.5) / scale - 0.5,
-                "pytorch_half_pixel" => 0.0,
-                "align_corners" if out == 1 => 0.0,
-                "align_corners" => r * last / (out - 1) as f32,
-                "asymmetric" => r / scale,
-                "half_pixel_symmetric" => {
-                    let adjustment = out as f32 / (scale * input as f32);
-                    let center = input as f32 / 2.0;
-                    center * (1.0 - adjustment) + (r + 0.5) / scale - 0.5
-                }
-                other => {
-                    return Err(format!(
-                        "coordinate_transformation_mode '{other}' is not supported"
-                    ));
-                }
-            };
-            if mode == "nearest" {
-                let i = match nearest.as_str() {
-                    "round_prefer_floor" if x.fract() == 0.5 => x.floor(),
-                    "round_prefer_ceil" if x.fract() == 0.5 => x.ceil(),
-                    "round_prefer_floor" | "round_prefer_ceil" => x.round(),
-                    "floor" => x.floor(),
-                    "ceil" => x.ceil(),
-                    other => return Err(format!("nearest_mode '{other}' is not supported")),
-                };
-                taps[0].0.push(i.clamp(0.0, last) as usize);
-            } else {
-                let x = x.clamp(0.0, last);
-                let low = x.floor();
-                let w = x - low;
-                taps[0].0.push(low as usize);
-                taps[0].1.push(1.0 - w);
-                taps[1].0.push((low as usize + 1).min(input - 1));
-                taps[1].1.push(w);
-            }
-        }
-        interpolations.push(Interpolation { axis, taps });
-    }
-    if interpolations.is_empty() {
-        return Ok(Built::Same);
-    }
-    one(Op::Resize {
-        x,
-        axes: interpolations,
-    })
 }

@@ -7,8 +7,10 @@
 //! with autodiff reaching the input images ([`run`]). What follows only from the input's shape
 //! and the file's constants (a graph reading its own shape to reshape, masks, scales) is
 //! computed once at import with the batch size left free ([`fold`]); each step's output shape
-//! is inferred and checked there too ([`shapes`]). The weights and biases of Conv / Gemm /
-//! MatMul (`Linear`) and the scale and shift of BatchNormalization and LayerNormalization are
+//! is inferred and checked there too ([`shapes`]). What a step computes is its kind: one file
+//! per kind in [`ops`] (its conversion from ONNX, output shape and forward pass), each one
+//! entry of the list in `ops/mod.rs`. The weights and biases of Conv / Gemm / MatMul
+//! (`Linear`) and the scale and shift of BatchNormalization and LayerNormalization are
 //! parameters (trainable, stored flat with their ONNX shape); everything else the graph holds
 //! (batch-norm running statistics, constants of Sub / Div, ...) is a constant.
 //!
@@ -20,10 +22,10 @@ use std::sync::Arc;
 
 use burn::module::{Module, Param};
 use burn::prelude::*;
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 
 mod build;
 mod fold;
+mod ops;
 mod proto;
 mod qdq;
 mod run;
@@ -31,6 +33,7 @@ mod shapes;
 
 pub use build::supported_ops;
 use fold::Dim;
+use ops::{Conv, Gemm, Linear, Op};
 
 use super::Compression;
 use crate::quant::{Grids, QuantConfig};
@@ -55,265 +58,12 @@ enum Operand {
     Const(usize),
 }
 
-/// Elementwise functions of two inputs, with NumPy broadcasting.
-#[derive(Clone, Copy, Debug)]
-enum Binary {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Pow,
-    Min,
-    Max,
-}
-
-/// Elementwise functions of one input.
-#[derive(Clone, Copy, Debug)]
-enum Unary {
-    Relu,
-    LeakyRelu(f32),
-    Sigmoid,
-    Tanh,
-    Clip {
-        min: f32,
-        max: f32,
-    },
-    HardSigmoid {
-        alpha: f32,
-        beta: f32,
-    },
-    HardSwish,
-    /// GELU, exact (erf) or its tanh approximation.
-    Gelu {
-        tanh: bool,
-    },
-    Elu(f32),
-    Selu {
-        alpha: f32,
-        gamma: f32,
-    },
-    Softplus,
-    Erf,
-    Exp,
-    Log,
-    Sqrt,
-    Neg,
-    Abs,
-    Reciprocal,
-}
-
-/// Reductions over axes.
-#[derive(Clone, Copy, Debug)]
-enum Reduce {
-    Mean,
-    Sum,
-    Max,
-}
-
-/// One input axis of a Resize: each output position along `axis` is the weighted sum of the
-/// input at the taps' indices (one tap for nearest, two for linear).
-#[derive(Clone, Debug)]
-struct Interpolation {
-    axis: usize,
-    taps: Vec<(Vec<usize>, Vec<f32>)>,
-}
-
-#[derive(Clone, Debug)]
-enum Op {
-    Conv {
-        x: Operand,
-        weight: usize,
-        bias: Option<usize>,
-        options: ConvOptions<2>,
-    },
-    /// x · Wᵀ + b on the last axis, with W in ONNX's [out, in] layout (`transposed`, Gemm's)
-    /// or [in, out] (MatMul's).
-    Linear {
-        x: Operand,
-        weight: usize,
-        bias: Option<usize>,
-        transposed: bool,
-    },
-    /// alpha · op(A) · op(B) + beta · C.
-    Gemm {
-        a: Operand,
-        b: Operand,
-        c: Option<Operand>,
-        alpha: f32,
-        beta: f32,
-        trans_a: bool,
-        trans_b: bool,
-    },
-    /// NumPy's matmul of two computed values (attention's products), batched.
-    MatMul {
-        a: Operand,
-        b: Operand,
-    },
-    Binary {
-        kind: Binary,
-        a: Operand,
-        b: Operand,
-    },
-    Unary {
-        kind: Unary,
-        x: Operand,
-    },
-    MaxPool {
-        x: Operand,
-        options: MaxPoolOptions<2>,
-    },
-    AvgPool {
-        x: Operand,
-        options: AvgPoolOptions<2>,
-    },
-    BatchNorm {
-        x: Operand,
-        scale: Operand,
-        shift: Operand,
-        mean: Operand,
-        var: Operand,
-        epsilon: f64,
-    },
-    /// Normalised over the axes from `axis` on, then scaled and shifted.
-    LayerNorm {
-        x: Operand,
-        scale: Operand,
-        bias: Option<Operand>,
-        axis: usize,
-        epsilon: f64,
-    },
-    Softmax {
-        x: Operand,
-        axis: usize,
-        log: bool,
-    },
-    Reduce {
-        kind: Reduce,
-        x: Operand,
-        axes: Vec<usize>,
-        keep: bool,
-    },
-    /// Reshape, Flatten, Squeeze, Unsqueeze: the output's lengths, resolved at import.
-    Reshape {
-        x: Operand,
-        shape: Vec<Dim>,
-    },
-    Transpose {
-        x: Operand,
-        perm: Vec<usize>,
-    },
-    /// (axis, start, end, step) per sliced axis, clamped at import.
-    Slice {
-        x: Operand,
-        ranges: Vec<(usize, i64, i64, i64)>,
-    },
-    Concat {
-        inputs: Vec<Operand>,
-        axis: usize,
-    },
-    Expand {
-        x: Operand,
-        shape: Vec<Dim>,
-    },
-    /// Constant padding (before, after) per axis.
-    Pad {
-        x: Operand,
-        pads: Vec<(usize, usize)>,
-        value: f32,
-    },
-    /// Constant indices (of shape `shape`) along `axis`.
-    Gather {
-        x: Operand,
-        axis: usize,
-        indices: Vec<usize>,
-        shape: Vec<usize>,
-    },
-    /// `a` where the constant condition (1 or 0) holds, else `b`.
-    Where {
-        condition: Operand,
-        a: Operand,
-        b: Operand,
-    },
-    Resize {
-        x: Operand,
-        axes: Vec<Interpolation>,
-    },
-    /// A QDQ graph's QuantizeLinear → DequantizeLinear of a computed value: fake quantisation
-    /// on the grid of activation site `site` where the compression has it (the compressed
-    /// model), else the value itself, or its ReLU where the zero point is the type's minimum
-    /// (the full model: ONNX Runtime's quantiser lets such a QuantizeLinear do a deleted
-    /// ReLU's work).
-    Quantise {
-        x: Operand,
-        site: String,
-        relu: bool,
-    },
-}
-
 /// What a QDQ graph's quantisation amounts to: the affine quantiser (its types, per channel or
 /// not) and the grids the file holds.
 #[derive(Clone, Debug)]
 pub struct Qdq {
     pub config: QuantConfig,
     pub grids: Grids,
-}
-
-impl Op {
-    /// Whether the op is a nonlinearity: its output is a layer output, quantised when
-    /// activations are (the rule that makes an imported LeNet5 quantise where the built-in
-    /// one does).
-    fn is_activation(&self) -> bool {
-        match self {
-            Op::Unary { kind, .. } => !matches!(
-                kind,
-                Unary::Erf
-                    | Unary::Exp
-                    | Unary::Log
-                    | Unary::Sqrt
-                    | Unary::Neg
-                    | Unary::Abs
-                    | Unary::Reciprocal
-            ),
-            Op::Softmax { log, .. } => !log,
-            _ => false,
-        }
-    }
-
-    /// The operands the op reads.
-    fn operands(&self) -> Vec<Operand> {
-        match self {
-            Op::Conv { x, .. } | Op::Linear { x, .. } => vec![*x],
-            Op::Gemm { a, b, c, .. } => [Some(*a), Some(*b), *c].into_iter().flatten().collect(),
-            Op::MatMul { a, b } | Op::Binary { a, b, .. } => vec![*a, *b],
-            Op::BatchNorm {
-                x,
-                scale,
-                shift,
-                mean,
-                var,
-                ..
-            } => vec![*x, *scale, *shift, *mean, *var],
-            Op::LayerNorm { x, scale, bias, .. } => [Some(*x), Some(*scale), *bias]
-                .into_iter()
-                .flatten()
-                .collect(),
-            Op::Concat { inputs, .. } => inputs.clone(),
-            Op::Where { condition, a, b } => vec![*condition, *a, *b],
-            Op::Unary { x, .. }
-            | Op::MaxPool { x, .. }
-            | Op::AvgPool { x, .. }
-            | Op::Softmax { x, .. }
-            | Op::Reduce { x, .. }
-            | Op::Reshape { x, .. }
-            | Op::Transpose { x, .. }
-            | Op::Slice { x, .. }
-            | Op::Expand { x, .. }
-            | Op::Pad { x, .. }
-            | Op::Gather { x, .. }
-            | Op::Resize { x, .. }
-            | Op::Quantise { x, .. } => vec![*x],
-        }
-    }
 }
 
 /// One step of the graph: the op, the node it came from, where its output goes.
@@ -451,14 +201,14 @@ impl Graph {
     /// operand of a product (MatMul, Gemm without transB), else 0 ([out, in, kh, kw], [out, in]).
     pub fn out_axis(&self, param: usize) -> usize {
         let in_out = self.steps.iter().any(|step| match &step.op {
-            Op::Linear {
+            Op::Linear(Linear {
                 weight, transposed, ..
-            } => *weight == param && !transposed,
-            Op::Gemm {
+            }) => *weight == param && !transposed,
+            Op::Gemm(Gemm {
                 b: Operand::Param(w),
                 trans_b,
                 ..
-            } => *w == param && !trans_b,
+            }) => *w == param && !trans_b,
             _ => false,
         });
         usize::from(in_out)
@@ -485,7 +235,8 @@ impl OnnxModel {
             .iter()
             .map(|step| {
                 let own = match &step.op {
-                    Op::Conv { weight, bias, .. } | Op::Linear { weight, bias, .. } => {
+                    Op::Conv(Conv { weight, bias, .. })
+                    | Op::Linear(Linear { weight, bias, .. }) => {
                         size(*weight) + bias.map_or(0, size)
                     }
                     _ => 0,

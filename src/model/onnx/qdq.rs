@@ -7,7 +7,7 @@
 //!   bias that reads it is quantised on that grid in the compressed model (which gives back the
 //!   same numbers, and keeps them on the grid while fine-tuning).
 //! - `QuantizeLinear` of a value computed from the images, read only by `DequantizeLinear`s of
-//!   the same scale and zero point, is one fake-quantisation step ([`Op::Quantise`]): the
+//!   the same scale and zero point, is one fake-quantisation step ([`Quantise`]): the
 //!   compressed model applies its grid (round half to even, saturate, zero point); the full
 //!   model passes the value through, or applies a ReLU where the zero point is the type's
 //!   minimum (ONNX Runtime's quantiser deletes a ReLU before such a QuantizeLinear and lets
@@ -19,9 +19,10 @@
 //! scales or zero points whose length is not the axis's; an axis outside the tensor; blocked
 //! quantisation; and any type but uint8 and int8 (int32 for biases).
 
+use super::Operand;
 use super::build::{Builder, Node, Value};
 use super::fold::{Data, Dim, Host};
-use super::{Op, Operand};
+use super::ops::{Op, Quantise};
 use crate::kernels::Grid;
 use crate::quant::IntType;
 
@@ -312,11 +313,11 @@ pub(super) fn node(b: &mut Builder, n: &Node) -> std::result::Result<(), String>
             let relu = grid.zero[0] == grid.qmin;
             let site = out.clone();
             b.push(
-                Op::Quantise {
+                Op::Quantise(Quantise {
                     x: Operand::Value(slot),
                     site: site.clone(),
                     relu,
-                },
+                }),
                 &out,
                 n,
             )?;
