@@ -351,13 +351,59 @@ fn a_compressed_checkpoint_loads_back_with_the_same_masks_formats_and_outputs() 
     }
 }
 
+/// `--quantiser` reaches any quantiser by its settings in JSON: the same compression as the
+/// built-in one's own flags, bit for bit.
+#[test]
+fn a_quantiser_given_by_its_settings_compresses_as_its_own_flags_do() {
+    let base = baseline("json-base.safetensors");
+    let base = base.to_str().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = temp(name);
+        let mut args = vec![
+            "compress",
+            "--checkpoint",
+            base,
+            "--finetune-epochs",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        let result = advcomp(&args);
+        assert!(result.status.success(), "{extra:?}: {result:?}");
+        std::fs::read(&out).unwrap()
+    };
+    let flags = run("flags-q6.safetensors", &["--bits", "6"]);
+    let json = run(
+        "json-q6.safetensors",
+        &[
+            "--quantiser",
+            r#"{"kind": "fixed", "weights": {"bits": 6, "int_bits": 4}, "activations": {"bits": 6, "int_bits": 4}}"#,
+        ],
+    );
+    assert!(flags == json, "the two checkpoints differ");
+    let affine = run(
+        "json-int8.safetensors",
+        &[
+            "--quantiser",
+            r#"{"kind": "affine", "weights": "int8", "calibration_images": 64}"#,
+        ],
+    );
+    assert!(
+        affine != flags,
+        "the affine quantiser made the fixed-point model"
+    );
+}
+
 #[test]
 fn impossible_compression_options_are_refused_and_write_nothing() {
     let base = baseline("bad-base.safetensors");
     let base = base.to_str().unwrap();
     let out = temp("never.safetensors");
     let out_str = out.to_str().unwrap();
-    let cases: [(&[&str], &str); 13] = [
+    let cases: [(&[&str], &str); 17] = [
         (&["--density", "0"], "must lie in (0, 1]"),
         (&["--density", "1.5"], "must lie in (0, 1]"),
         (&["--prune", "dns"], "needs --density"),
@@ -380,6 +426,30 @@ fn impossible_compression_options_are_refused_and_write_nothing() {
         (&["--quant", "int8", "--bits", "8"], "cannot be used with"),
         (&["--quant", "uint8"], "weights are quantised symmetrically"),
         (&["--quant", "int16"], "unknown integer type 'int16'"),
+        (
+            &["--quantiser", r#"{"kind": "kmeans"}"#],
+            "unknown quantiser 'kmeans'",
+        ),
+        (
+            &["--quantiser", r#"{"kind": "fixed", "speed": 2}"#],
+            "unknown field `speed`",
+        ),
+        (
+            &[
+                "--quantiser",
+                r#"{"kind": "fixed", "weights": {"bits": 8, "int_bits": 9}}"#,
+            ],
+            "between 1 (the sign bit) and the width 8",
+        ),
+        (
+            &[
+                "--quantiser",
+                r#"{"kind": "fixed", "weights": {"bits": 8, "int_bits": 2}}"#,
+                "--bits",
+                "8",
+            ],
+            "cannot be used with",
+        ),
     ];
     for (extra, expected) in cases {
         let mut args = vec![

@@ -59,6 +59,12 @@ pub(super) struct CompressArgs {
     /// Affine: the upper percentile of --calibration percentile (the lower is 100 minus it).
     #[arg(long, requires = "quant", default_value_t = AffineSettings::default().percentile)]
     percentile: f64,
+    /// Any quantiser, by its settings as the sweep's [[grid.quantisers]] and checkpoints'
+    /// records write them, in JSON: '{"kind": "fixed", "weights": {"bits": 8, "int_bits":
+    /// 2}}' (what it leaves out takes the quantiser's defaults). The flags above are
+    /// shorthands for the built-in ones; this reaches every quantiser.
+    #[arg(long, value_parser = quantiser_json, conflicts_with_all = ["bits", "int_bits", "weight_bits", "activation_bits", "quant"])]
+    quantiser: Option<QuantConfig>,
     /// Fine-tuning epochs (0: compress only).
     #[arg(long, default_value_t = FinetuneSettings::default().train.epochs)]
     finetune_epochs: usize,
@@ -147,6 +153,11 @@ impl std::str::FromStr for ActivationType {
     }
 }
 
+/// `--quantiser`: a quantiser's settings in JSON, read as the sweep config reads them.
+fn quantiser_json(text: &str) -> std::result::Result<QuantConfig, String> {
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
 fn format(bits: Option<u32>, int_bits: Option<u32>) -> Result<Option<FixedPoint>> {
     match (bits, int_bits) {
         (Some(w), Some(p)) => FixedPoint::new(w, p).map(Some),
@@ -204,6 +215,7 @@ fn config(args: &CompressArgs, model: ModelRef, dataset: DatasetRecord) -> Resul
     let weights = format(args.weight_bits.or(args.bits), args.int_bits)?;
     let activations = format(args.activation_bits.or(args.bits), args.int_bits)?;
     config.quant = match args.quant {
+        _ if args.quantiser.is_some() => args.quantiser.clone(),
         Some(t) => Some(QuantConfig::Affine(AffineSettings {
             weights: Some(t),
             activations: args.activation_type.0,

@@ -118,7 +118,8 @@ impl CompressConfig {
         }
         if self.prune.is_none() && self.quant.is_none() {
             return Err(Error::usage(
-                "nothing to compress: give --prune dns|magnitude with --density, --bits or --quant",
+                "nothing to compress: give --prune dns|magnitude with --density, --bits, --quant or \
+                 --quantiser",
             ));
         }
         if self.finetune.epochs > 0 {
