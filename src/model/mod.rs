@@ -392,26 +392,31 @@ pub struct Classifier {
 /// meaningless (an argmax, a loss, an attack's gradient).
 pub fn check_logits(logits: &Tensor<2>, first_image: usize, role: crate::ModelRole) -> Result<()> {
     let [_, classes] = logits.dims();
-    let values: Vec<f32> = logits
-        .clone()
-        .inner()
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
-    match values.iter().position(|v| !v.is_finite()) {
+    match first_non_finite(logits.clone().inner()) {
         None => Ok(()),
-        Some(i) => Err(Error::NonFinite {
+        Some((i, value)) => Err(Error::NonFinite {
             role,
             problem: format!(
-                "its logits hold {} for image {} (class {}); a classifier's logits are \
+                "its logits hold {value} for image {} (class {}); a classifier's logits are \
                  finite numbers",
-                values[i],
                 first_image + i / classes.max(1),
                 i % classes.max(1)
             ),
         }),
     }
+}
+
+/// The first element of `values` (row-major) that is NaN or infinite, and its value.
+pub(crate) fn first_non_finite<const D: usize>(values: Tensor<D>) -> Option<(usize, f32)> {
+    let values = values
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    values
+        .iter()
+        .position(|v| !v.is_finite())
+        .map(|i| (i, values[i]))
 }
 
 /// Each row's predicted class: the index of its largest logit, the lowest index where several

@@ -396,17 +396,11 @@ fn check_finite(
     config: &TrainConfig,
 ) -> Result<()> {
     let count = losses.len();
-    let values = Tensor::cat(losses, 0)
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
-    match values.iter().position(|v| !v.is_finite()) {
+    match model::first_non_finite(Tensor::cat(losses, 0)) {
         None => Ok(()),
-        Some(i) => Err(Error::usage(format!(
-            "training diverged: the loss is {} at epoch {}, step {} of the epoch (learning rate {}); \
+        Some((i, value)) => Err(Error::usage(format!(
+            "training diverged: the loss is {value} at epoch {}, step {} of the epoch (learning rate {}); \
              nothing was written — try a lower learning rate",
-            values[i],
             epoch + 1,
             last_step + 2 + i - count,
             config.learning_rate
