@@ -162,6 +162,102 @@ fn deepfool_reaches_the_linear_boundary_in_one_step() {
     }
 }
 
+/// With `candidates` = 2 DeepFool looks only at the image's class and the runner-up by clean
+/// logit: on a linear model it steps straight to that boundary (closed form), which is not
+/// always the nearest one the full attack steps to.
+#[test]
+fn deepfool_with_candidates_steps_to_the_boundary_of_its_candidates_only() {
+    let device = backend::cpu().device;
+    // Classes of very different weight norms: the runner-up by logit is often not the nearest
+    // boundary.
+    let (_, mut w, b) = linear(&device, 0.05, 3);
+    for (i, v) in w.iter_mut().enumerate() {
+        *v *= [1.0, 4.0, 0.25, 2.0][i % CLASSES];
+    }
+    let model = Linear {
+        weight: Tensor::from_data(TensorData::new(w.clone(), [D, CLASSES]), &device),
+        bias: Tensor::from_data(TensorData::new(b.clone(), [CLASSES]), &device),
+    };
+    let n = 64;
+    let (images, _, x, _) = batch(&device, n, 4);
+    let predicted = model.logits(images.clone()).argmax(1).reshape([n]);
+    let labels: Vec<i64> = predicted
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap();
+    let run = |candidates: Option<usize>| {
+        let mut config = AttackConfig::new(AttackKind::DeepFool)
+            .with("overshoot", 0.02)
+            .unwrap();
+        if let Some(k) = candidates {
+            config = config.with("candidates", k).unwrap();
+        }
+        host(
+            attack::attack(&model, images.clone(), predicted.clone(), &config, 0)
+                .unwrap()
+                .adversarial,
+        )
+    };
+    let (top2, every) = (run(Some(2)), run(None));
+    let logit = |i: usize, k: usize| -> f32 {
+        (0..D)
+            .map(|j| x[i * D + j] * w[j * CLASSES + k])
+            .sum::<f32>()
+            + b[k]
+    };
+    let mut elsewhere = 0;
+    for i in 0..n {
+        let y = labels[i] as usize;
+        let runner_up = (0..CLASSES)
+            .filter(|&k| k != y)
+            .max_by(|&a, &c| logit(i, a).total_cmp(&logit(i, c)))
+            .unwrap();
+        // r = (|f_k - f_y| + 1e-4) / |w_k - w_y|^2 (w_k - w_y), placed with the overshoot.
+        let direction: Vec<f32> = (0..D)
+            .map(|j| w[j * CLASSES + runner_up] - w[j * CLASSES + y])
+            .collect();
+        let squared: f32 = direction.iter().map(|v| v * v).sum();
+        let gap = (logit(i, runner_up) - logit(i, y)).abs() + 1e-4;
+        for j in 0..D {
+            let want = (x[i * D + j] + 1.02 * gap / squared * direction[j]).clamp(0.0, 1.0);
+            let got = top2[i * D + j];
+            assert!(
+                (got - want).abs() < 1e-5,
+                "image {i} pixel {j}: {got} vs {want}"
+            );
+        }
+        // The full attack steps to the nearest boundary of all: where that is another class's,
+        // the two images differ.
+        let distance = |k: usize| {
+            let norm: f32 = (0..D)
+                .map(|j| (w[j * CLASSES + k] - w[j * CLASSES + y]).powi(2))
+                .sum::<f32>()
+                .sqrt();
+            (logit(i, k) - logit(i, y)).abs() / norm
+        };
+        let nearest = (0..CLASSES)
+            .filter(|&k| k != y)
+            .min_by(|&a, &c| distance(a).total_cmp(&distance(c)))
+            .unwrap();
+        if nearest != runner_up {
+            elsewhere += 1;
+            let largest = (0..D)
+                .map(|j| (top2[i * D + j] - every[i * D + j]).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                largest > 1e-6,
+                "image {i}: the full attack took the same step"
+            );
+        }
+    }
+    assert!(
+        elsewhere > 0,
+        "every image's nearest boundary was its runner-up's: the test shows nothing"
+    );
+}
+
 #[test]
 fn adversarial_images_stay_in_the_pixel_range_and_their_budget() {
     let device = backend::cpu().device;
