@@ -127,8 +127,8 @@ impl Slots {
     /// (S = k + 1; a tie is ranked as `argsort` ranks it). The label among those k is excluded
     /// there too, so the boundaries considered, and their order, are those of
     /// [`Slots::every_class`] with every other class excluded: the same step, from k + 1
-    /// gradients instead of K.
-    fn candidates(logits: Tensor<2>, labels: &Tensor<2, Int>, k: usize) -> Self {
+    /// gradients instead of K. `truth`: the labels on the host.
+    fn candidates(logits: Tensor<2>, labels: &Tensor<2, Int>, truth: &[i64], k: usize) -> Self {
         let [n, classes] = logits.dims();
         let device = logits.device();
         let rank: Vec<i64> = logits
@@ -139,14 +139,8 @@ impl Slots {
             .convert::<i64>()
             .try_to_vec::<i64>()
             .unwrap_or_default();
-        let own: Vec<i64> = labels
-            .clone()
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .unwrap_or_default();
         let mut slots = Vec::with_capacity(n * (k + 1));
-        for (label, ranks) in own.iter().zip(rank.chunks(classes)) {
+        for (label, ranks) in truth.iter().zip(rank.chunks(classes)) {
             slots.push(*label);
             slots.extend((0..classes as i64).filter(|&c| ranks[c as usize] < k as i64));
         }
@@ -224,7 +218,9 @@ fn deepfool(
     let classes = model.logits(images.clone().narrow(0, 0, 1)).dims()[1];
     // The classes looked at: with --candidates, from the clean logits.
     let slots = match config.candidates {
-        Some(k) if k < classes => Slots::candidates(model.logits(place(&total)), &label_index, k),
+        Some(k) if k < classes => {
+            Slots::candidates(model.logits(place(&total)), &label_index, &truth, k)
+        }
         _ => Slots::every_class(&label_index, classes),
     };
     let width = slots.classes.dims()[1];
