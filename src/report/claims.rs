@@ -117,6 +117,29 @@ fn pct(v: f64) -> String {
     format!("{:.1}%", 100.0 * v)
 }
 
+/// A mean with its 95% interval, where it has one: "3.0% (1.2-4.8)".
+fn pct_interval(p: Point) -> String {
+    if p.hi > p.lo {
+        format!("{} ({:.1}-{:.1})", pct(p.y), 100.0 * p.lo, 100.0 * p.hi)
+    } else {
+        pct(p.y)
+    }
+}
+
+/// Points with the mean and 95% interval over seeds where there are several: "0.5 (0.0-1.2)".
+fn points_interval(p: Point) -> String {
+    if p.hi > p.lo {
+        format!(
+            "{:.1} ({:.1}-{:.1})",
+            100.0 * p.y,
+            100.0 * p.lo,
+            100.0 * p.hi
+        )
+    } else {
+        format!("{:.1}", 100.0 * p.y)
+    }
+}
+
 /// Checks that `rising` (low > high) or falling holds for every (attack, scenario) listed;
 /// the evidence lists each pair's numbers.
 fn trend_claim(
@@ -144,8 +167,8 @@ fn trend_claim(
                 parts.push(format!(
                     "{attack} scenario {}: {} at the highest {grid} -> {} at the lowest{}",
                     scenario + 1,
-                    pct(high.y),
-                    pct(low.y),
+                    pct_interval(high),
+                    pct_interval(low),
                     if beyond_noise { "" } else { " (within noise)" }
                 ));
             }
@@ -327,13 +350,29 @@ fn high_precision_flat(view: &View, judge: Judge) -> (Verdict, String) {
             if values.iter().any(|v| !v.is_finite()) {
                 return (Verdict::NotTestable, format!("no {attack} cells"));
             }
-            let spread = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
-                - values.iter().cloned().fold(f64::INFINITY, f64::min);
+            let spread = spread_of(&values);
             worst = worst.max(spread);
+            // The same spread within each seed: how much of it the seeds' noise could make.
+            let within_seeds = view.over_seeds(|seed| {
+                let values: Option<Vec<f64>> = models
+                    .iter()
+                    .map(|m| {
+                        let (s, t) = Scenario::PAPER[scenario].cell(&m.label);
+                        view.run_cell(judge.run(attack), seed, s, t)
+                            .map(|c| c.metrics.adversarial_accuracy)
+                    })
+                    .collect();
+                values.map(|v| spread_of(&v))
+            });
             parts.push(format!(
-                "{attack} scenario {}: spread {:.1} points",
+                "{attack} scenario {}: spread {:.1} points{}",
                 scenario + 1,
-                100.0 * spread
+                100.0 * spread,
+                if within_seeds.hi > within_seeds.lo {
+                    format!(" (within a seed {})", points_interval(within_seeds))
+                } else {
+                    String::new()
+                }
             ));
         }
     }
@@ -343,6 +382,12 @@ fn high_precision_flat(view: &View, judge: Judge) -> (Verdict, String) {
         Verdict::NotSupported
     };
     (verdict, parts.join("; "))
+}
+
+/// The largest value less the smallest.
+fn spread_of(values: &[f64]) -> f64 {
+    values.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+        - values.iter().cloned().fold(f64::INFINITY, f64::min)
 }
 
 fn same_effect_as_pruning(view: &View, judge: Judge) -> (Verdict, String) {
@@ -411,9 +456,42 @@ fn ifgsm_transfers_best(view: &View, judge: Judge) -> (Verdict, String) {
         return (Verdict::NotTestable, "needs a second attack".into());
     }
     let best = attacks.iter().all(|(_, m)| ifgsm <= *m);
+    // Each attack's mean within each seed, for its interval over seeds.
+    let per_seed = |attack: AttackKind| {
+        view.over_seeds(|seed| {
+            let values: Option<Vec<f64>> = models
+                .iter()
+                .flat_map(|m| {
+                    [
+                        Scenario::FullToComp.cell(&m.label),
+                        Scenario::CompToFull.cell(&m.label),
+                    ]
+                })
+                .map(|(s, t)| {
+                    view.run_cell(judge.run(attack), seed, s, t)
+                        .map(|c| c.metrics.adversarial_accuracy)
+                })
+                .collect();
+            values
+                .filter(|v| !v.is_empty())
+                .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+        })
+    };
     let evidence = attacks
         .iter()
-        .map(|(a, m)| format!("{a} {}", pct(*m)))
+        .map(|&(a, m)| {
+            let seeds = per_seed(a);
+            let interval = if seeds.hi > seeds.lo {
+                format!(
+                    " ({:.1}-{:.1} over seeds)",
+                    100.0 * seeds.lo,
+                    100.0 * seeds.hi
+                )
+            } else {
+                String::new()
+            };
+            format!("{a} {}{interval}", pct(m))
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let verdict = if best {

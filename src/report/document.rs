@@ -174,7 +174,8 @@ fn summary(view: &View, paper: &[Claim], worst: &[Claim]) -> Vec<Block> {
              every budget within its L-inf reach; the claims that compare attacks take each \
              through its strongest estimator only) it supports {} and {} are inconclusive. Each \
              claim, the comparison it was turned into, both verdicts and the numbers that \
-             decide them (accuracies under attack, means over seeds):",
+             decide them (accuracies under attack: means over seeds, in brackets their 95% \
+             interval, over the seeds where there are several, else over the images):",
             paper.len(),
             testable,
             count(paper, Verdict::Supported),

@@ -219,6 +219,9 @@ impl Run {
 }
 
 /// The mean and 95% interval of one value over seeds (or its bootstrap interval with one).
+/// Every value summarised is a fraction in [0, 1] (accuracies, rates, the mean change of pixels
+/// in [0, 1]), so the interval is clipped to it: Student's t over two or three seeds reaches
+/// far past it when the seeds disagree.
 pub fn summarise(samples: &[(f64, [f64; 2])]) -> Point {
     let n = samples.len();
     match n {
@@ -228,7 +231,7 @@ pub fn summarise(samples: &[(f64, [f64; 2])]) -> Point {
             let mean = samples.iter().map(|s| s.0).sum::<f64>() / n as f64;
             let var = samples.iter().map(|s| (s.0 - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
             let half = t_975(n - 1) * (var / n as f64).sqrt();
-            Point::new(mean, mean - half, mean + half)
+            Point::new(mean, (mean - half).max(0.0), (mean + half).min(1.0))
         }
     }
 }
@@ -410,6 +413,18 @@ impl<'a> View<'a> {
                     .adversarial_accuracy
                     .total_cmp(&b.metrics.adversarial_accuracy)
             })
+    }
+
+    /// A value computed on each seed's numbers alone, as its mean and 95% interval over seeds
+    /// (no interval with one seed); seeds where it cannot be computed are left out.
+    pub fn over_seeds(&self, value: impl Fn(u64) -> Option<f64>) -> Point {
+        let samples: Vec<_> = self
+            .seeds()
+            .into_iter()
+            .filter_map(value)
+            .map(|v| (v, [v, v]))
+            .collect();
+        summarise(&samples)
     }
 
     fn seeds(&self) -> Vec<u64> {
