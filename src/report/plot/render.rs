@@ -1,6 +1,7 @@
 //! The plotters renderer: line figures and heat maps as PNG and SVG, one drawing function per
 //! kind of figure, generic over the two backends.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use plotters::coord::Shift;
@@ -496,20 +497,69 @@ fn save(
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let png = dir.join(format!("{stem}.png"));
     let svg = dir.join(format!("{stem}.svg"));
-    let mut drawn = Ok(());
-    crate::files::write_atomically_with(&png, |tmp| {
-        drawn = draw_png(CrispText(BitMapBackend::new(tmp, size)).into_drawing_area());
-        drawn.clone().map_err(std::io::Error::other)
-    })
-    .map_err(|e| match drawn {
-        Err(problem) => drawing_error(&png, problem),
-        Ok(()) => e,
-    })?;
+    let mut rgb = vec![0u8; 3 * size.0 as usize * size.1 as usize];
+    draw_png(CrispText(BitMapBackend::with_buffer(&mut rgb, size)).into_drawing_area())
+        .map_err(|e| drawing_error(&png, e))?;
+    crate::write_atomically(
+        &png,
+        &palette_png(&rgb, size).map_err(|e| drawing_error(&png, e))?,
+    )?;
     let mut text = String::new();
     draw_svg(SVGBackend::with_string(&mut text, size).into_drawing_area())
         .map_err(|e| drawing_error(&svg, e))?;
     crate::write_atomically(&svg, text.as_bytes())?;
     Ok(Figure { caption, png, svg })
+}
+
+/// `rgb` as an 8-bit palette PNG. A plot is a few flat colours and their anti-aliased edges
+/// (a few thousand colours in all): 256 of them, NeuQuant's choice where there are more, look
+/// the same and make the file about 4x smaller than 24-bit RGB.
+fn palette_png(rgb: &[u8], (width, height): (u32, u32)) -> std::result::Result<Vec<u8>, String> {
+    let mut colours: HashMap<[u8; 3], u8> = HashMap::new();
+    for p in rgb.chunks_exact(3) {
+        let next = colours.len();
+        if next > 256 {
+            break;
+        }
+        colours.entry([p[0], p[1], p[2]]).or_insert(next as u8);
+    }
+    let (palette, colours) = if colours.len() <= 256 {
+        let mut palette = vec![0u8; 3 * colours.len()];
+        for (c, &i) in &colours {
+            palette[3 * i as usize..][..3].copy_from_slice(c);
+        }
+        (palette, colours)
+    } else {
+        let rgba: Vec<u8> = rgb
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect();
+        let quant = color_quant::NeuQuant::new(10, 256, &rgba);
+        let mut colours = HashMap::new();
+        for p in rgb.chunks_exact(3) {
+            let c = [p[0], p[1], p[2]];
+            colours
+                .entry(c)
+                .or_insert_with(|| quant.index_of(&[c[0], c[1], c[2], 255]) as u8);
+        }
+        (quant.color_map_rgb(), colours)
+    };
+    let indices: Vec<u8> = rgb
+        .chunks_exact(3)
+        .map(|p| colours[&[p[0], p[1], p[2]]])
+        .collect();
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Indexed);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_palette(palette);
+    encoder.set_compression(png::Compression::Best);
+    let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+    writer
+        .write_image_data(&indices)
+        .map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 /// Draws `figure` into `dir/stem.{png,svg}`.
