@@ -113,31 +113,21 @@ fn separated(a: Point, b: Point) -> bool {
     a.lo > b.hi || b.lo > a.hi || (a.lo == a.hi && b.lo == b.hi && a.y != b.y)
 }
 
-fn pct(v: f64) -> String {
-    format!("{:.1}%", 100.0 * v)
-}
-
-/// A mean with its 95% interval, where it has one: "3.0% (1.2-4.8)".
-fn pct_interval(p: Point) -> String {
+/// A mean with its 95% interval where it has one, in percent ("3.0% (1.2-4.8)") or in points
+/// (`unit` "").
+fn with_interval(p: Point, unit: &str) -> String {
+    let mean = format!("{:.1}{unit}", 100.0 * p.y);
     if p.hi > p.lo {
-        format!("{} ({:.1}-{:.1})", pct(p.y), 100.0 * p.lo, 100.0 * p.hi)
+        format!("{mean} ({:.1}-{:.1})", 100.0 * p.lo, 100.0 * p.hi)
     } else {
-        pct(p.y)
+        mean
     }
 }
 
-/// Points with the mean and 95% interval over seeds where there are several: "0.5 (0.0-1.2)".
-fn points_interval(p: Point) -> String {
-    if p.hi > p.lo {
-        format!(
-            "{:.1} ({:.1}-{:.1})",
-            100.0 * p.y,
-            100.0 * p.lo,
-            100.0 * p.hi
-        )
-    } else {
-        format!("{:.1}", 100.0 * p.y)
-    }
+/// The adversarial accuracy of `run` on a (source, target) cell in one seed.
+fn seed_accuracy(view: &View, run: Run, seed: u64, (source, target): (&str, &str)) -> Option<f64> {
+    view.run_cell(run, seed, source, target)
+        .map(|c| c.metrics.adversarial_accuracy)
 }
 
 /// Checks that `rising` (low > high) or falling holds for every (attack, scenario) listed;
@@ -167,8 +157,8 @@ fn trend_claim(
                 parts.push(format!(
                     "{attack} scenario {}: {} at the highest {grid} -> {} at the lowest{}",
                     scenario + 1,
-                    pct_interval(high),
-                    pct_interval(low),
+                    with_interval(high, "%"),
+                    with_interval(low, "%"),
                     if beyond_noise { "" } else { " (within noise)" }
                 ));
             }
@@ -357,9 +347,8 @@ fn high_precision_flat(view: &View, judge: Judge) -> (Verdict, String) {
                 let values: Option<Vec<f64>> = models
                     .iter()
                     .map(|m| {
-                        let (s, t) = Scenario::PAPER[scenario].cell(&m.label);
-                        view.run_cell(judge.run(attack), seed, s, t)
-                            .map(|c| c.metrics.adversarial_accuracy)
+                        let cell = Scenario::PAPER[scenario].cell(&m.label);
+                        seed_accuracy(view, judge.run(attack), seed, cell)
                     })
                     .collect();
                 values.map(|v| spread_of(&v))
@@ -369,7 +358,7 @@ fn high_precision_flat(view: &View, judge: Judge) -> (Verdict, String) {
                 scenario + 1,
                 100.0 * spread,
                 if within_seeds.hi > within_seeds.lo {
-                    format!(" (within a seed {})", points_interval(within_seeds))
+                    format!(" (within a seed {})", with_interval(within_seeds, ""))
                 } else {
                     String::new()
                 }
@@ -467,10 +456,7 @@ fn ifgsm_transfers_best(view: &View, judge: Judge) -> (Verdict, String) {
                         Scenario::CompToFull.cell(&m.label),
                     ]
                 })
-                .map(|(s, t)| {
-                    view.run_cell(judge.run(attack), seed, s, t)
-                        .map(|c| c.metrics.adversarial_accuracy)
-                })
+                .map(|cell| seed_accuracy(view, judge.run(attack), seed, cell))
                 .collect();
             values
                 .filter(|v| !v.is_empty())
@@ -481,16 +467,10 @@ fn ifgsm_transfers_best(view: &View, judge: Judge) -> (Verdict, String) {
         .iter()
         .map(|&(a, m)| {
             let seeds = per_seed(a);
-            let interval = if seeds.hi > seeds.lo {
-                format!(
-                    " ({:.1}-{:.1} over seeds)",
-                    100.0 * seeds.lo,
-                    100.0 * seeds.hi
-                )
-            } else {
-                String::new()
-            };
-            format!("{a} {}{interval}", pct(m))
+            format!(
+                "{a} {}",
+                with_interval(Point::new(m, seeds.lo, seeds.hi), "%")
+            )
         })
         .collect::<Vec<_>>()
         .join(", ");
