@@ -193,6 +193,10 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         Some(sha) => format!("advcomp sweep: {kind} (SHA-256 {sha}) on {dataset}"),
         None => format!("advcomp sweep: {kind} on {dataset}"),
     };
+    let evaluated = config
+        .evaluation_images
+        .unwrap_or(test.len())
+        .min(test.len());
     let provenance = report::Provenance {
         origin: options.origin.clone(),
         config_toml: toml::to_string(config)
@@ -209,10 +213,7 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         },
         dataset: dataset.to_string(),
         seeds: config.seeds,
-        evaluation_images: config
-            .evaluation_images
-            .unwrap_or(test.len())
-            .min(test.len()),
+        evaluation_images: evaluated,
         attack_images: images,
         robustness_images: config
             .robustness
@@ -221,6 +222,7 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
         scope: scope(
             config,
             images,
+            evaluated,
             network.model_sha256().is_some() || baseline.is_some(),
             quantised.is_some(),
         ),
@@ -251,7 +253,13 @@ fn prepare(options: &SweepOptions) -> Result<Prepared> {
 }
 
 /// What a sweep of `config` can and cannot say, for the report's summary.
-fn scope(config: &SweepConfig, images: usize, given_baseline: bool, qdq: bool) -> String {
+fn scope(
+    config: &SweepConfig,
+    images: usize,
+    evaluated: usize,
+    given_baseline: bool,
+    qdq: bool,
+) -> String {
     let limit = |t: &crate::train::TrainSettings| {
         t.train_limit
             .map_or(String::new(), |n| format!(" on {n} training images"))
@@ -280,11 +288,18 @@ fn scope(config: &SweepConfig, images: usize, given_baseline: bool, qdq: bool) -
             limit(&config.finetune.train)
         ),
     };
+    let attacked = if images < evaluated {
+        format!(
+            "the first {images} of the {evaluated} test images attacked per source (clean \
+             accuracy on all {evaluated})"
+        )
+    } else {
+        format!("{} attacked per source", plural(images, "test image"))
+    };
     format!(
-        "{baseline}; {compressed}; {} attacked per source; {}. \
+        "{baseline}; {compressed}; {attacked}; {}. \
          With {images} images an accuracy near 50% is known to about ±{noise:.0} points (95%), \
          so smaller differences are noise{}.",
-        plural(images, "test image"),
         plural(config.seeds as usize, "seed"),
         if config.seeds < 2 {
             "; with one seed the intervals cover the choice of test images, not of training \
